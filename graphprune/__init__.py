@@ -1,0 +1,1 @@
+"""graphprune: structured pruning of ONNX models."""

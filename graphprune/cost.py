@@ -1,0 +1,461 @@
+"""Cost of an ONNX model: parameter count, multiply-accumulates and measured latency.
+
+Everything here looks at the *main graph* only. Subgraphs (bodies of ``If``, ``Loop``,
+``Scan``) and model-local functions are opaque: their nodes count 0 and their constants are
+not parameters. Only nodes of the default ONNX domain (``""`` / ``"ai.onnx"``) are counted;
+custom-domain nodes (e.g. ``com.microsoft``) count 0.
+
+Parameters (:func:`count_params`)
+---------------------------------
+The number of *elements* of every floating-point constant tensor of the main graph:
+
+* each initializer of type FLOAT, FLOAT16, BFLOAT16 or DOUBLE, counted once by name, however
+  many nodes use it (also when it is unused, and also when it doubles as a graph input);
+* the ``value`` tensor of every ``Constant`` node with one of those types, plus its
+  ``value_float`` (1 element) or ``value_floats`` (their number) attribute;
+* for sparse initializers of a float type, the number of stored values.
+
+Integer, boolean and string tensors (shapes, axes, indices, quantized weights) are not
+counted. Only ``dims`` are read, never tensor data, so models loaded without their external
+data (``onnx.load(path, load_external_data=False)``) are counted exactly.
+
+Multiply-accumulates (:func:`count_flops`)
+------------------------------------------
+The field ``flops`` holds **MACs** (one multiply plus one add = 1); multiply by 2 for
+hardware-style FLOPs. Counts are computed from tensor shapes: those passed as ``shapes``
+(name -> tuple of dims, ``None`` for an unknown dim), else those of
+:func:`graphprune.graph.infer_shapes`. Biases and the ``C`` input of ``Gemm`` are not counted.
+In the table, ``X``/``A`` is the first input, ``W``/``B`` the weight or second input and ``Y``
+the first output; ``elems(T)`` is the number of elements of ``T``.
+
+==========================================  ===================================================
+op type                                     MACs
+==========================================  ===================================================
+Conv, ConvInteger, QLinearConv              ``elems(Y) * prod(W.shape[1:])``
+                                            = N·C_out·prod(out spatial)·(C_in/group)·prod(kernel)
+ConvTranspose                               ``elems(X) * prod(W.shape[1:])``
+                                            = N·C_in·prod(in spatial)·(C_out/group)·prod(kernel)
+Gemm                                        M·N·K (``transA``/``transB`` respected)
+MatMul, MatMulInteger, QLinearMatMul        ``elems(Y) * K`` = prod(batch dims of Y)·M·N·K, for
+                                            constant weights and activation × activation alike
+Einsum                                      product of the sizes of all distinct subscripts
+                                            (and of the broadcast ``...`` dims): the size of
+                                            the iteration space
+RNN, GRU, LSTM                              ``seq_len * batch * (elems(W) + elems(R))``: the
+                                            input and recurrent matrix products of all gates
+                                            and directions (gate nonlinearities not counted)
+MaxPool, AveragePool, LpPool                ``elems(Y) * prod(kernel_shape)``
+GlobalAveragePool, GlobalMaxPool,           ``elems(X)``
+GlobalLpPool
+Reduce* (ReduceSum, ReduceMean, ...),       ``elems(X)``: every input element is read once,
+ArgMax, ArgMin                              so ``ReduceMean`` over H, W costs the same as
+                                            ``GlobalAveragePool``
+elementwise arithmetic, math, comparison,   ``elems(Y)`` (1 per output element)
+logic and activation ops (Add, Mul, Relu,
+Clip, Sigmoid, Gelu, Where, Erf, ...),
+BatchNormalization, InstanceNormalization,
+LayerNormalization, GroupNormalization,
+LpNormalization, LRN,
+MeanVarianceNormalization, RMSNormalization,
+Softmax, LogSoftmax, Hardmax
+everything else (Reshape, Transpose,        0
+Concat, Slice, Gather, Shape, Cast,
+Identity, Dropout, Resize, Pad, ...)
+==========================================  ===================================================
+
+The exact op sets are ``_ELEMENTWISE_OPS``, ``_REDUCE_OPS`` and the rest of the module's
+tables. When a shape a counted node needs is unknown (missing, or with a symbolic dim such as
+a dynamic batch), that node counts 0 and is counted in :attr:`Cost.unknown_nodes` instead;
+pass ``shapes`` with concrete dims (or fix the model's input dims) to count it.
+
+Latency (:func:`latency_ms`)
+----------------------------
+Median wall time of ``session.run`` with onnxruntime's CPUExecutionProvider, graph
+optimization level ORT_ENABLE_ALL, ``intra_op_num_threads=threads`` and
+``inter_op_num_threads=1``, over ``repeats`` timed runs after ``warmup`` untimed ones, fed by
+:func:`random_feeds` unless ``feeds`` are given.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from graphprune.graph import infer_shapes
+
+__all__ = [
+    "Cost",
+    "cost_of",
+    "count_flops",
+    "count_params",
+    "latency_ms",
+    "random_feeds",
+]
+
+_FLOAT_TYPES = frozenset(
+    {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.BFLOAT16,
+        onnx.TensorProto.DOUBLE,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Static cost of a model; see the module docstring for what each number counts."""
+
+    params: int
+    """Elements of the float initializers and float Constant values of the main graph."""
+    flops: int
+    """Multiply-accumulates (MACs) of the main graph."""
+    flops_by_op: dict[str, int] = field(default_factory=dict)
+    """MACs per op type, for the op types that contribute a nonzero count."""
+    file_bytes: int | None = None
+    """Size of the model file(s), filled in by callers that know it; None here."""
+    unknown_nodes: int = 0
+    """Nodes of a counted op type that counted 0 because a shape they need is unknown."""
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Number of elements of the float constant tensors of ``model``'s main graph.
+
+    Reads ``dims`` only, so it works on models loaded without their (external) data.
+    """
+    g = model.graph
+    total = 0
+    seen: set[str] = set()
+    for t in g.initializer:
+        if t.name in seen:
+            continue
+        seen.add(t.name)
+        if t.data_type in _FLOAT_TYPES:
+            total += _numel(t.dims)
+    for st in g.sparse_initializer:
+        name = st.values.name
+        if name in seen:
+            continue
+        seen.add(name)
+        if st.values.data_type in _FLOAT_TYPES:
+            total += _numel(st.values.dims)
+    for node in g.node:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        for attr in node.attribute:
+            if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                if attr.t.data_type in _FLOAT_TYPES:
+                    total += _numel(attr.t.dims)
+            elif attr.name == "value_float":
+                total += 1
+            elif attr.name == "value_floats":
+                total += len(attr.floats)
+            elif (
+                attr.name == "sparse_value" and attr.sparse_tensor.values.data_type in _FLOAT_TYPES
+            ):
+                total += _numel(attr.sparse_tensor.values.dims)
+    return total
+
+
+# --------------------------------------------------------------------------- MACs
+
+# op type -> (index of the data input, index of the weight input)
+_CONV_OPS = {"Conv": (0, 1), "ConvInteger": (0, 1), "QLinearConv": (0, 3)}
+# op type -> (index of A, index of B)
+_MATMUL_OPS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3)}
+_RNN_OPS = frozenset({"RNN", "GRU", "LSTM"})
+_POOL_OPS = frozenset({"MaxPool", "AveragePool", "LpPool"})
+_GLOBAL_POOL_OPS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
+_REDUCE_OPS = frozenset(
+    {
+        "ReduceSum",
+        "ReduceMean",
+        "ReduceMax",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceSumSquare",
+        "ArgMax",
+        "ArgMin",
+    }
+)
+_ELEMENTWISE_OPS = frozenset(
+    {
+        # arithmetic
+        "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Neg", "Abs", "Reciprocal", "Sqrt",
+        "Exp", "Log", "Floor", "Ceil", "Round", "Sign", "Erf", "Sum", "Mean", "Max", "Min",
+        "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Tanh", "Asinh",
+        "Acosh", "Atanh", "IsNaN", "IsInf", "BitShift",
+        # comparison, logic, selection
+        "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor",
+        "Not", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "Where",
+        # activations
+        "Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Elu", "Selu",
+        "Celu", "Gelu", "Mish", "Softplus", "Softsign", "ThresholdedRelu", "Shrink", "Clip",
+        # normalizations and softmax
+        "BatchNormalization", "InstanceNormalization", "LayerNormalization",
+        "GroupNormalization", "LpNormalization", "LRN", "MeanVarianceNormalization",
+        "RMSNormalization", "Softmax", "LogSoftmax", "Hardmax",
+    }
+)  # fmt: skip
+
+Shapes = dict[str, tuple]  # name -> tuple[int | None, ...]
+
+
+def count_flops(model: onnx.ModelProto, shapes: dict | None = None) -> tuple[int, dict[str, int]]:
+    """MACs of ``model``'s main graph and their split by op type (nonzero entries only).
+
+    ``shapes`` maps tensor names to dims; without it, :func:`graphprune.graph.infer_shapes`
+    is run. Nodes whose shapes are unknown count 0 (see :func:`cost_of` for how many).
+    """
+    total, by_op, _ = _count(model, shapes)
+    return total, by_op
+
+
+def cost_of(model: onnx.ModelProto, shapes: dict | None = None) -> Cost:
+    """Parameters and MACs of ``model`` (``file_bytes`` is left None)."""
+    total, by_op, unknown = _count(model, shapes)
+    return Cost(
+        params=count_params(model),
+        flops=total,
+        flops_by_op=by_op,
+        unknown_nodes=unknown,
+    )
+
+
+def _count(model: onnx.ModelProto, shapes: dict | None) -> tuple[int, dict[str, int], int]:
+    if shapes is None:
+        shapes = infer_shapes(model)
+    total = 0
+    by_op: dict[str, int] = {}
+    unknown = 0
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or not _is_counted(node.op_type):
+            continue
+        macs = _node_macs(node, shapes)
+        if macs is None:
+            unknown += 1
+            continue
+        if macs:
+            total += macs
+            by_op[node.op_type] = by_op.get(node.op_type, 0) + macs
+    return total, by_op, unknown
+
+
+def _is_counted(op: str) -> bool:
+    return (
+        op in _CONV_OPS
+        or op in _MATMUL_OPS
+        or op in _RNN_OPS
+        or op in _POOL_OPS
+        or op in _GLOBAL_POOL_OPS
+        or op in _REDUCE_OPS
+        or op in _ELEMENTWISE_OPS
+        or op in ("ConvTranspose", "Gemm", "Einsum")
+    )
+
+
+def _node_macs(node: onnx.NodeProto, shapes: Shapes) -> int | None:
+    """MACs of one counted node, or None when a shape it needs is unknown."""
+    op = node.op_type
+
+    def shape(i: int, outputs: bool = False) -> tuple | None:
+        names = node.output if outputs else node.input
+        if i >= len(names) or not names[i]:
+            return None
+        s = shapes.get(names[i])
+        if s is None or any(d is None for d in s):
+            return None
+        return tuple(int(d) for d in s)
+
+    if op in _CONV_OPS:
+        _, w_idx = _CONV_OPS[op]
+        y, w = shape(0, outputs=True), shape(w_idx)
+        if y is None or w is None or len(w) < 2:
+            return None
+        return _numel(y) * _numel(w[1:])
+    if op == "ConvTranspose":
+        x, w = shape(0), shape(1)
+        if x is None or w is None or len(w) < 2:
+            return None
+        return _numel(x) * _numel(w[1:])
+    if op == "Gemm":
+        y, a, b = shape(0, outputs=True), shape(0), shape(1)
+        k = None
+        if a is not None and len(a) == 2:
+            k = a[0] if _attr(node, "transA", 0) else a[1]
+        elif b is not None and len(b) == 2:
+            k = b[1] if _attr(node, "transB", 0) else b[0]
+        if y is None or k is None:
+            return None
+        return _numel(y) * k
+    if op in _MATMUL_OPS:
+        a_idx, b_idx = _MATMUL_OPS[op]
+        y, a, b = shape(0, outputs=True), shape(a_idx), shape(b_idx)
+        k = None
+        if a is not None and len(a) >= 1:
+            k = a[-1]
+        elif b is not None and len(b) >= 1:
+            k = b[0] if len(b) == 1 else b[-2]
+        if y is None or k is None:
+            return None
+        return _numel(y) * k
+    if op == "Einsum":
+        ins = [shape(i) for i in range(len(node.input))]
+        if any(s is None for s in ins):
+            return None
+        return _einsum_macs(_attr(node, "equation", b"").decode(), ins)
+    if op in _RNN_OPS:
+        x, w, r = shape(0), shape(1), shape(2)
+        if x is None or w is None or r is None or len(x) != 3:
+            return None
+        return x[0] * x[1] * (_numel(w) + _numel(r))
+    if op in _POOL_OPS:
+        y = shape(0, outputs=True)
+        kernel = _attr(node, "kernel_shape", None)
+        if y is None or kernel is None:
+            return None
+        return _numel(y) * _numel(kernel)
+    if op in _GLOBAL_POOL_OPS or op in _REDUCE_OPS:
+        x = shape(0)
+        return None if x is None else _numel(x)
+    # elementwise / normalization / softmax
+    y = shape(0, outputs=True)
+    return None if y is None else _numel(y)
+
+
+def _einsum_macs(equation: str, in_shapes: Sequence[tuple]) -> int | None:
+    """Size of an Einsum's iteration space: product of the sizes of all its subscripts."""
+    lhs = equation.replace(" ", "").split("->")[0]
+    terms = lhs.split(",")
+    if len(terms) != len(in_shapes):
+        return None
+    sizes: dict[str, int] = {}
+    ellipsis: list[int] = []  # broadcast shape of the "..." dims, right-aligned
+    for term, s in zip(terms, in_shapes, strict=True):
+        if "..." in term:
+            pre, post = term.split("...", 1)
+            n_ell = len(s) - len(pre) - len(post)
+            if n_ell < 0:
+                return None
+            labels = list(pre) + [""] * n_ell + list(post)
+            ell = list(s[len(pre) : len(pre) + n_ell])
+            width = max(len(ellipsis), len(ell))
+            ellipsis = [1] * (width - len(ellipsis)) + ellipsis
+            ell = [1] * (width - len(ell)) + ell
+            ellipsis = [max(p, q) for p, q in zip(ellipsis, ell, strict=True)]
+        else:
+            labels = list(term)
+            if len(labels) != len(s):
+                return None
+        for label, d in zip(labels, s, strict=True):
+            if label:
+                sizes[label] = max(sizes.get(label, 1), d)
+    return _numel(sizes.values()) * _numel(ellipsis)
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _numel(dims) -> int:
+    return math.prod(int(d) for d in dims)
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random inputs for every graph input that is not an initializer.
+
+    Shapes are the declared ones, with dynamic (symbolic) or missing dims set to 1 (an input
+    without any declared shape gets shape ``(1,)``). Floats are standard normal, integers are
+    drawn from 0..3 (valid as small indices or sizes), booleans are random.
+    """
+    rng = np.random.default_rng(seed)
+    init_names = {t.name for t in model.graph.initializer}
+    feeds: dict[str, np.ndarray] = {}
+    for vi in model.graph.input:
+        if vi.name in init_names:
+            continue
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise ValueError(f"input {vi.name!r} is not a tensor; pass feeds explicitly")
+        if tt.HasField("shape"):
+            dims = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim)
+        else:
+            dims = (1,)
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        except Exception as exc:
+            raise ValueError(
+                f"input {vi.name!r} has unsupported element type {tt.elem_type}; pass feeds"
+            ) from exc
+        if dtype == np.bool_:
+            arr = rng.integers(0, 2, size=dims).astype(np.bool_)
+        elif np.issubdtype(dtype, np.integer):
+            arr = rng.integers(0, 4, size=dims).astype(dtype)
+        elif np.issubdtype(dtype, np.floating):
+            arr = rng.standard_normal(size=dims).astype(dtype)
+        else:
+            raise ValueError(f"input {vi.name!r} has unsupported element type {dtype}; pass feeds")
+        feeds[vi.name] = arr
+    return feeds
+
+
+def latency_ms(
+    model: onnx.ModelProto | str | os.PathLike,
+    *,
+    repeats: int = 20,
+    warmup: int = 3,
+    threads: int = 1,
+    feeds: dict | None = None,
+) -> float:
+    """Median latency in milliseconds of one inference on onnxruntime's CPU provider.
+
+    ``model`` is a ModelProto (serialized in memory, so its weights must be loaded and it must
+    be under 2 GB) or a path (which also works for models with external data). ``warmup``
+    untimed runs precede ``repeats`` runs timed with :func:`time.perf_counter`.
+    """
+    import onnxruntime as ort
+
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if isinstance(model, onnx.ModelProto):
+        source: str | bytes = model.SerializeToString()
+        proto = model
+    else:
+        source = os.fspath(model)
+        proto = onnx.load(source, load_external_data=False) if feeds is None else None
+    sess = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+    if feeds is None:
+        assert proto is not None
+        feeds = random_feeds(proto)
+    for _ in range(max(warmup, 0)):
+        sess.run(None, feeds)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0

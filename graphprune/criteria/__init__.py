@@ -1,0 +1,77 @@
+"""Criteria: one importance score per index of a group (higher is more important).
+
+Rules:
+1. A criterion reads the weights of the group's members, never the graph.
+2. Member scores are normalised by their mean before they are averaged, so a group's
+   members weigh the same whatever their scale, and groups are comparable for a global
+   threshold (each group's scores average 1).
+3. Magnitude criteria use the weights that make ("out") and read ("in") the channel;
+   a group with neither falls back to its per-channel parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..dependency import DependencyGraph, Group, Member
+
+
+
+@dataclass
+class ScoreContext:
+    """What a criterion may need besides the group: a seed, and a place for notes."""
+
+    seed: int = 0
+    fallbacks: dict[str, int] = field(default_factory=dict)
+
+    def fell_back(self, what: str) -> None:
+        """Record that a group was scored differently from what was asked."""
+        self.fallbacks[what] = self.fallbacks.get(what, 0) + 1
+
+
+Criterion = Callable[[Group, DependencyGraph, ScoreContext], np.ndarray]
+CRITERIA: dict[str, Criterion] = {}
+
+
+def criterion(name: str) -> Callable[[Criterion], Criterion]:
+    def register(fn: Criterion) -> Criterion:
+        CRITERIA[name] = fn
+        return fn
+
+    return register
+
+
+def entry_stats(arr: np.ndarray, m: Member, reduce: str) -> np.ndarray:
+    """Per group index: the l1 or squared-l2 mass of the member's slices."""
+    moved = np.moveaxis(arr, m.axis, 0).reshape(arr.shape[m.axis], -1).astype(np.float32)
+    per_entry = np.abs(moved).sum(axis=1) if reduce == "l1" else np.square(moved).sum(axis=1)
+    return per_entry[m.indices].sum(axis=1)
+
+
+def normalised_mean(columns: list[np.ndarray], size: int) -> np.ndarray:
+    if not columns:
+        return np.ones(size, dtype=np.float64)
+    out = np.zeros(size, dtype=np.float64)
+    for c in columns:
+        c = c.astype(np.float64)
+        mean = c.mean()
+        out += c / mean if mean > 0 else c
+    return out / len(columns)
+
+
+def magnitude_members(group: Group) -> list[Member]:
+    ms = [m for m in group.weights() if m.role in ("out", "in")]
+    return ms or group.weights("param")
+
+
+def score_groups(deps: DependencyGraph, name: str, *, seed: int = 0) -> tuple[dict[int, np.ndarray], ScoreContext]:
+    """Scores of every prunable group under criterion ``name``."""
+    fn = CRITERIA[name]
+    ctx = ScoreContext(seed=seed)
+    scores = {g.id: np.asarray(fn(g, deps, ctx), dtype=np.float64) for g in deps.prunable_groups()}
+    return scores, ctx
+
+from . import magnitude  # noqa: E402,F401

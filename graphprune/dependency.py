@@ -1,0 +1,407 @@
+"""Channel dependencies: op rules -> couplings between dims -> groups.
+
+A *dim* is one axis of one tensor (or a virtual axis such as the groups of a grouped
+Conv). Rules couple dims with index maps (identity, segment, block) in a networkx graph.
+Resolving the maps to single entries (a union-find over entries, vectorised with numpy)
+gives entry classes that must be removed together; classes touching the same dims the
+same way form one :class:`Group`: a channel space of size N whose index ``j`` owns
+``member.indices[j]`` on every member's axis.
+
+A group is blocked when any member dim is forbidden: a graph input or output, a dim a
+node reads or writes without a rule that follows it, a dim a rule forbids (Softmax over
+it), a dim of unknown size. Blocked groups keep every reason, for the user.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import onnx
+
+from .graph import ModelView, view
+from .rules import Dim, rule_for
+
+INITIALIZER, CONSTANT, ACTIVATION, VIRTUAL = "initializer", "constant", "activation", "virtual"
+
+
+@dataclass
+class Member:
+    """One dim of a group: group index ``j`` owns ``indices[j]`` on ``axis`` of ``tensor``."""
+
+    tensor: str
+    axis: int
+    kind: str  # initializer | constant | activation | virtual
+    role: str | None  # "out" (makes the channel), "in" (reads it), "param", or None
+    indices: np.ndarray  # int64 [N, k]
+
+    @property
+    def size(self) -> int:
+        return int(self.indices.size)
+
+
+@dataclass
+class Group:
+    """A channel space whose entries are removed together from every member."""
+
+    id: int
+    size: int
+    members: list[Member]
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def prunable(self) -> bool:
+        return not self.reasons
+
+    def weights(self, role: str | None = None) -> list[Member]:
+        """Initializer/constant members, optionally only those of one role."""
+        return [
+            m for m in self.members if m.kind in (INITIALIZER, CONSTANT) and (role is None or m.role == role)
+        ]
+
+    @property
+    def anchor(self) -> Member | None:
+        """The member that names this group in a plan: a weight with one entry per index."""
+        ranked = sorted(
+            (m for m in self.weights() if m.indices.shape[1] == 1),
+            key=lambda m: ({"out": 0, "in": 1, "param": 2}.get(m.role or "", 3)),
+        )
+        return ranked[0] if ranked else None
+
+    @property
+    def label(self) -> str:
+        a = self.anchor
+        if a is not None:
+            return f"{a.tensor}[{a.axis}]"
+        m = self.members[0]
+        return f"{m.tensor}[{m.axis}]"
+
+
+@dataclass
+class DependencyGraph:
+    """The result of :func:`analyze`: the dims, their couplings and the groups."""
+
+    view: ModelView
+    graph: nx.MultiGraph
+    groups: list[Group]
+    forbidden: dict[Dim, list[str]]
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        return self.view.model
+
+    def prunable_groups(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+    def blocked_groups(self) -> list[Group]:
+        return [g for g in self.groups if not g.prunable]
+
+    def group_of(self, tensor: str, axis: int) -> Group | None:
+        """The group one of whose members is ``tensor``'s ``axis`` (first match)."""
+        for g in self.groups:
+            for m in g.members:
+                if m.tensor == tensor and m.axis == axis:
+                    return g
+        return None
+
+
+def analyze(model: onnx.ModelProto | ModelView) -> DependencyGraph:
+    """Trace the channel dependencies of ``model`` and return its groups."""
+    mv = model if isinstance(model, ModelView) else view(model)
+    collector = _Collector(mv)
+    for i, node in enumerate(mv.nodes):
+        collector.run_rule(i, node)
+    collector.check_boundaries()
+    groups = _resolve(collector)
+    return DependencyGraph(view=mv, graph=collector.graph, groups=groups, forbidden=collector.forbidden)
+
+
+class _Collector:
+    """Implements the rules' :class:`~graphprune.rules.RuleContext` and gathers their output."""
+
+    def __init__(self, mv: ModelView):
+        self.view = mv
+        self.graph = nx.MultiGraph()
+        self.roles: dict[Dim, str] = {}
+        self.forbidden: dict[Dim, list[str]] = defaultdict(list)
+        self.declared: set[tuple[int, str, int]] = set()
+        self._node_index = -1
+        self._node: onnx.NodeProto | None = None
+
+    # --- RuleContext -------------------------------------------------------------
+    def run_rule(self, index: int, node: onnx.NodeProto) -> None:
+        rule = rule_for(node)
+        if rule is None:
+            return
+        self._node_index, self._node = index, node
+        try:
+            rule(node, self)
+        except Exception as exc:  # a rule that trips on an odd node must not crash the run
+            name = self.view.node_names[index]
+            for t in list(node.input) + list(node.output):
+                for ax in range(len(self.view.shapes.get(t) or ())):
+                    self.forbid(self.dim(t, ax), f"rule for {node.op_type} ({name}) failed: {exc}")
+        finally:
+            self._node = None
+
+    def attr(self, name: str, default=None):
+        for a in self._node.attribute:
+            if a.name == name:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+    def shape(self, tensor: str):
+        return self.view.shapes.get(tensor)
+
+    def value(self, tensor: str):
+        return self.view.value(tensor)
+
+    def dim(self, tensor: str, axis: int) -> Dim | None:
+        shape = self.view.shapes.get(tensor)
+        if shape is None or not tensor:
+            return None
+        rank = len(shape)
+        if not -rank <= axis < rank:
+            return None
+        axis = axis + rank if axis < 0 else axis
+        d = (tensor, axis)
+        if d not in self.graph:
+            self.graph.add_node(d, size=shape[axis], kind=self._kind(tensor))
+        self.declared.add((self._node_index, tensor, axis))
+        return d
+
+    def virtual(self, label: str, size: int) -> Dim:
+        d = (label, -1)
+        self.graph.add_node(d, size=size, kind=VIRTUAL)
+        return d
+
+    def identity(self, a: Dim | None, b: Dim | None) -> None:
+        self._edge(a, b, "identity", 0)
+
+    def segment(self, part: Dim | None, whole: Dim | None, offset: int) -> None:
+        self._edge(part, whole, "segment", offset)
+
+    def block(self, coarse: Dim | None, fine: Dim | None, k: int) -> None:
+        self._edge(coarse, fine, "identity" if k == 1 else "block", k)
+
+    def role(self, d: Dim | None, role: str) -> None:
+        if d is not None:
+            self.roles.setdefault(d, role)
+
+    def forbid(self, d: Dim | None, reason: str) -> None:
+        if d is not None and reason not in self.forbidden[d]:
+            self.forbidden[d].append(reason)
+
+    # --- helpers -----------------------------------------------------------------
+    def _edge(self, a: Dim | None, b: Dim | None, kind: str, param: int) -> None:
+        if a is None or b is None or a == b:
+            return
+        self.graph.add_edge(a, b, a=a, b=b, kind=kind, param=param)
+
+    def _kind(self, tensor: str) -> str:
+        if tensor in self.view.initializers and tensor not in self.view.graph_inputs:
+            return INITIALIZER
+        if tensor in self.view.constant_nodes:
+            return CONSTANT
+        return ACTIVATION
+
+    def check_boundaries(self) -> None:
+        """Forbid dims that leave the graph or meet a node that does not follow them."""
+        mv = self.view
+        inputs, outputs = set(mv.graph_inputs), set(mv.graph_outputs)
+        for d, data in self.graph.nodes(data=True):
+            if data["kind"] == VIRTUAL:
+                continue
+            tensor, axis = d
+            if data["size"] is None:
+                self.forbid(d, f"unknown size of axis {axis} of {tensor}")
+            if tensor in inputs:
+                self.forbid(d, f"graph input {tensor}")
+            if tensor in outputs:
+                self.forbid(d, f"graph output {tensor}")
+            if data["kind"] == ACTIVATION and tensor in mv.producer:
+                self._check_node(mv.producer[tensor], d, "writes")
+            for ci, pos in mv.consumers.get(tensor, ()):
+                if pos < 0:
+                    self.forbid(d, f"read inside a subgraph of {mv.nodes[ci].op_type} ({mv.node_names[ci]})")
+                else:
+                    self._check_node(ci, d, "reads")
+
+    def _check_node(self, index: int, d: Dim, verb: str) -> None:
+        if (index, d[0], d[1]) in self.declared:
+            return
+        node = self.view.nodes[index]
+        name = self.view.node_names[index]
+        if rule_for(node) is None:
+            op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            self.forbid(d, f"no rule for {op} ({name})")
+        else:
+            self.forbid(d, f"{node.op_type} ({name}) {verb} axis {d[1]} of {d[0]} without a rule for it")
+
+
+def _resolve(c: _Collector) -> list[Group]:
+    """Entry-level classes of the coupled dims, gathered into groups."""
+    g = c.graph
+    keep: list[Dim] = []
+    broken: list[tuple[list[Dim], str]] = []
+    for comp in nx.connected_components(g):
+        comp = list(comp)
+        if not any(g.nodes[d]["kind"] in (INITIALIZER, CONSTANT) for d in comp):
+            continue  # batch/spatial axes and the like: nothing to prune
+        reason = _inconsistent(g, comp)
+        if reason:
+            broken.append((comp, reason))
+        else:
+            keep.extend(comp)
+    keep.sort(key=_dim_order(c))
+    groups = _entry_groups(c, keep)
+    for comp, reason in broken:
+        comp.sort(key=_dim_order(c))
+        members = [Member(t, ax, g.nodes[(t, ax)]["kind"], c.roles.get((t, ax)), np.zeros((0, 1), np.int64))
+                   for t, ax in comp]
+        reasons = [reason] + [r for d in comp for r in c.forbidden.get(d, [])]
+        groups.append(Group(id=-1, size=0, members=members, reasons=list(dict.fromkeys(reasons))))
+    for i, grp in enumerate(groups):
+        grp.id = i
+    return groups
+
+
+def _dim_order(c: _Collector):
+    order = {}
+    for i, node in enumerate(c.view.nodes):
+        for t in list(node.input) + list(node.output):
+            order.setdefault(t, i)
+
+    def key(d: Dim):
+        return (order.get(d[0], len(order)), d[0], d[1])
+
+    return key
+
+
+def _inconsistent(g: nx.MultiGraph, comp: Iterable[Dim]) -> str | None:
+    for d in comp:
+        if g.nodes[d]["size"] is None:
+            return f"unknown size of {d[0]} axis {d[1]}"
+    for a, b, data in g.edges(comp, data=True):
+        ea, eb = data["a"], data["b"]
+        sa, sb = g.nodes[ea]["size"], g.nodes[eb]["size"]
+        kind, p = data["kind"], data["param"]
+        ok = (
+            (kind == "identity" and sa == sb)
+            or (kind == "segment" and p + sa <= sb)
+            or (kind == "block" and sa * p == sb)
+        )
+        if not ok:
+            return f"inconsistent sizes coupling {ea[0]} axis {ea[1]} ({sa}) and {eb[0]} axis {eb[1]} ({sb})"
+    return None
+
+
+def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
+    if not dims:
+        return []
+    g = c.graph
+    index = {d: i for i, d in enumerate(dims)}
+    sizes = np.array([g.nodes[d]["size"] for d in dims], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    n = int(offsets[-1])
+    us, vs = [], []
+    for a, b, data in g.edges(dims, data=True):
+        ea, eb = data["a"], data["b"]
+        oa, ob = offsets[index[ea]], offsets[index[eb]]
+        sa = sizes[index[ea]]
+        kind, p = data["kind"], data["param"]
+        if kind == "identity":
+            us.append(oa + np.arange(sa))
+            vs.append(ob + np.arange(sa))
+        elif kind == "segment":
+            us.append(oa + np.arange(sa))
+            vs.append(ob + p + np.arange(sa))
+        else:  # block: coarse[i] owns fine[i*p:(i+1)*p]
+            us.append(oa + np.repeat(np.arange(sa), p))
+            vs.append(ob + np.arange(sa * p))
+    u = np.concatenate(us) if us else np.zeros(0, np.int64)
+    v = np.concatenate(vs) if vs else np.zeros(0, np.int64)
+    label = _union_find(n, u, v)
+    dim_of = np.repeat(np.arange(len(dims)), sizes)
+
+    # Classes with the same dims, touched the same number of times, form one group.
+    nd = len(dims)
+    pair, counts = np.unique(label * nd + dim_of, return_counts=True)
+    pair_label, pair_dim = pair // nd, pair % nd
+    rng = np.random.default_rng(12345)
+    salt = rng.integers(1, 2**62, size=nd, dtype=np.int64).astype(np.uint64)
+    sig = np.zeros(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        np.add.at(sig, pair_label, salt[pair_dim] * counts.astype(np.uint64))
+    roots = np.unique(label)
+    root_sig = sig[roots]
+    uniq_sig, group_of_root = np.unique(root_sig, return_inverse=True)
+
+    # For each group, member dims and per-class counts come from its first class.
+    first_pair = np.searchsorted(pair_label, roots)
+    groups: list[Group] = []
+    root_pos = {int(r): i for i, r in enumerate(roots)}
+    order_of_group = []
+    for gi in range(len(uniq_sig)):
+        cls = roots[group_of_root == gi]
+        r0 = root_pos[int(cls[0])]
+        lo = first_pair[r0]
+        hi = first_pair[r0 + 1] if r0 + 1 < len(first_pair) else len(pair_label)
+        member_dims = pair_dim[lo:hi]
+        member_k = counts[lo:hi]
+        in_group = np.zeros(n, dtype=bool)
+        in_group[np.isin(label, cls)] = True
+        # Order the classes by their entries on the first single-entry member.
+        k1 = [d for d, k in zip(member_dims, member_k) if k == 1]
+        ref = int(k1[0]) if k1 else int(member_dims[0])
+        ref_entries = np.arange(offsets[ref], offsets[ref + 1])
+        ref_entries = ref_entries[in_group[ref_entries]]
+        _, first = np.unique(label[ref_entries], return_index=True)
+        class_order = label[ref_entries][np.sort(first)]
+        rank = np.empty(n, dtype=np.int64)
+        rank[class_order] = np.arange(len(class_order))
+        members = []
+        reasons: list[str] = []
+        for d, k in zip(member_dims, member_k):
+            d = int(d)
+            entries = np.arange(offsets[d], offsets[d + 1])
+            entries = entries[in_group[entries]]
+            entries = entries[np.lexsort((entries, rank[label[entries]]))]
+            dim = dims[d]
+            members.append(
+                Member(
+                    tensor=dim[0],
+                    axis=dim[1],
+                    kind=g.nodes[dim]["kind"],
+                    role=c.roles.get(dim),
+                    indices=(entries - offsets[d]).reshape(len(class_order), int(k)),
+                )
+            )
+            reasons.extend(c.forbidden.get(dim, []))
+        members = [m for m in members if m.kind != VIRTUAL or True]
+        groups.append(Group(id=0, size=len(class_order), members=members, reasons=list(dict.fromkeys(reasons))))
+        order_of_group.append(int(min(member_dims)))
+    return [groups[i] for i in np.argsort(order_of_group, kind="stable")]
+
+
+def _union_find(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Smallest entry of each connected component, for every entry (numpy, no Python loop per edge)."""
+    parent = np.arange(n, dtype=np.int64)
+    if len(u) == 0:
+        return parent
+    while True:
+        pu, pv = parent[u], parent[v]
+        differ = pu != pv
+        if not differ.any():
+            return parent
+        m = np.minimum(pu[differ], pv[differ])
+        np.minimum.at(parent, pu[differ], m)
+        np.minimum.at(parent, pv[differ], m)
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped

@@ -1,0 +1,225 @@
+"""A read-only view of an ONNX graph for analysis: producers, consumers, constants, shapes.
+
+Shapes come from ONNX shape inference run on a *light* copy of the model, in which large
+float initializers keep their dims and type but no data: inference needs only the small
+integer tensors (shapes, axes, pads), so the weights are never copied.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+_CACHE_LIMIT = 4096  # elements; constants up to this size are cached by ModelView.value
+_LIGHT_THRESHOLD = 1024  # elements; larger float tensors lose their data in the light copy
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+}
+
+Shape = tuple  # tuple[int | None, ...]
+
+
+@dataclass
+class ModelView:
+    """Indexes of one ONNX model's main graph. Build with :func:`view`."""
+
+    model: onnx.ModelProto
+    nodes: list[onnx.NodeProto]
+    node_names: list[str]
+    producer: dict[str, int]
+    consumers: dict[str, list[tuple[int, int]]]
+    initializers: dict[str, onnx.TensorProto]
+    constant_nodes: dict[str, int]  # output name -> index of its Constant node
+    graph_inputs: list[str]
+    graph_outputs: list[str]
+    shapes: dict[str, Shape]
+    opset: int
+    _values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def is_constant(self, name: str) -> bool:
+        """True for initializers and outputs of Constant nodes (not graph inputs)."""
+        return (name in self.initializers and name not in self._input_set) or name in self.constant_nodes
+
+    def value(self, name: str) -> np.ndarray | None:
+        """The value of a constant tensor, or None if it is not a constant.
+
+        Small tensors (shapes, axes, scalars) are cached; weights are read afresh each time
+        so that analysis never holds a second copy of them.
+        """
+        if not self.is_constant(name):
+            return None
+        if name in self._values:
+            return self._values[name]
+        tensor = self.constant_tensor(name)
+        arr = numpy_helper.to_array(tensor)
+        if arr.size <= _CACHE_LIMIT:
+            self._values[name] = arr
+        return arr
+
+    def constant_tensor(self, name: str) -> onnx.TensorProto:
+        if name in self.initializers:
+            return self.initializers[name]
+        node = self.nodes[self.constant_nodes[name]]
+        for attr in node.attribute:
+            if attr.name == "value":
+                return attr.t
+        raise KeyError(f"Constant node for {name} has no tensor value")
+
+    def shape(self, name: str) -> Shape | None:
+        return self.shapes.get(name)
+
+    def rank(self, name: str) -> int | None:
+        s = self.shapes.get(name)
+        return None if s is None else len(s)
+
+    @cached_property
+    def _input_set(self) -> frozenset[str]:
+        return frozenset(self.graph_inputs)
+
+
+def view(model: onnx.ModelProto) -> ModelView:
+    """Index ``model``'s main graph (subgraphs of If/Loop/Scan are opaque nodes)."""
+    g = model.graph
+    nodes = list(g.node)
+    producer: dict[str, int] = {}
+    consumers: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    constant_nodes: dict[str, int] = {}
+    names = []
+    for i, node in enumerate(nodes):
+        names.append(node.name or f"{node.op_type}_{i}")
+        for out in node.output:
+            if out:
+                producer[out] = i
+        for pos, inp in enumerate(node.input):
+            if inp:
+                consumers[inp].append((i, pos))
+        for name in _subgraph_inputs(node):
+            consumers[name].append((i, -1))
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            if any(a.name == "value" for a in node.attribute):
+                constant_nodes[node.output[0]] = i
+    initializers = {t.name: t for t in g.initializer}
+    init_names = set(initializers)
+    graph_inputs = [v.name for v in g.input if v.name not in init_names]
+    return ModelView(
+        model=model,
+        nodes=nodes,
+        node_names=names,
+        producer=producer,
+        consumers=dict(consumers),
+        initializers=initializers,
+        constant_nodes=constant_nodes,
+        graph_inputs=graph_inputs,
+        graph_outputs=[v.name for v in g.output],
+        shapes=infer_shapes(model),
+        opset=opset_of(model),
+    )
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 1
+
+
+def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose large float tensors have dims and type but no data."""
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g = model.graph
+    lg = light.graph
+    lg.name = g.name
+    lg.input.extend(g.input)
+    lg.output.extend(g.output)
+    lg.value_info.extend(g.value_info)
+    for node in g.node:
+        if node.op_type == "Constant" and _has_large_tensor_attr(node):
+            new = lg.node.add()
+            new.op_type, new.name, new.domain = node.op_type, node.name, node.domain
+            new.output.extend(node.output)
+            for attr in node.attribute:
+                a = new.attribute.add()
+                if attr.type == onnx.AttributeProto.TENSOR and _is_large(attr.t):
+                    a.name, a.type = attr.name, attr.type
+                    a.t.CopyFrom(_stub(attr.t))
+                else:
+                    a.CopyFrom(attr)
+        else:
+            lg.node.append(node)
+    for t in g.initializer:
+        lg.initializer.append(_stub(t) if _is_large(t) else t)
+    return light
+
+
+def infer_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
+    """Shapes of every tensor that ONNX shape inference can tell (None for unknown dims)."""
+    light = light_copy(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # inference fails on exotic graphs: fall back to the declared shapes
+        inferred = light
+    shapes: dict[str, Shape] = {}
+    g = inferred.graph
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        s = _shape_of_value_info(vi)
+        if s is not None:
+            shapes[vi.name] = s
+    for t in model.graph.initializer:
+        shapes[t.name] = tuple(int(d) for d in t.dims)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    shapes[node.output[0]] = tuple(int(d) for d in attr.t.dims)
+    return shapes
+
+
+def _shape_of_value_info(vi: onnx.ValueInfoProto) -> Shape | None:
+    t = vi.type
+    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim)
+
+
+def _is_large(t: onnx.TensorProto) -> bool:
+    if t.data_type not in _FLOAT_TYPES:
+        return False
+    return int(np.prod(t.dims, dtype=np.int64)) > _LIGHT_THRESHOLD
+
+
+def _has_large_tensor_attr(node: onnx.NodeProto) -> bool:
+    return any(a.type == onnx.AttributeProto.TENSOR and _is_large(a.t) for a in node.attribute)
+
+
+def _stub(t: onnx.TensorProto) -> onnx.TensorProto:
+    s = onnx.TensorProto()
+    s.name = t.name
+    s.data_type = t.data_type
+    s.dims.extend(t.dims)
+    return s
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs read from the outer scope (If/Loop/Scan bodies)."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for sub in graphs:
+            local = {v.name for v in sub.input} | {t.name for t in sub.initializer}
+            for n in sub.node:
+                local.update(n.output)
+            for n in sub.node:
+                names.update(i for i in n.input if i and i not in local)
+                names.update(i for i in _subgraph_inputs(n) if i not in local)
+    return names

@@ -1,0 +1,140 @@
+"""Loading and saving ONNX files.
+
+Rules:
+1. Every load failure is an ``InputError`` naming the file and the problem in one line.
+2. Saving is atomic: the model is written to a temporary file in the target folder and
+   renamed over the target, so a crash or an interrupt never leaves a half-written file.
+3. Models whose serialized size would pass protobuf's 2 GB limit, and models that came
+   with external data, are saved with external data beside the output, named after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from .errors import InputError
+
+_PROTOBUF_LIMIT = 2**31 - 1
+_EXTERNAL_THRESHOLD = 1024  # bytes; tensors smaller than this stay inside the .onnx file
+
+
+def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
+    """Read an ONNX file, or raise ``InputError`` saying what is wrong with it."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, not an ONNX file")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p}: empty file (0 bytes)")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: not a valid ONNX model (cannot parse protobuf: {_first_line(exc)})") from None
+    if not model.HasField("graph") or (len(model.graph.node) == 0 and not model.opset_import):
+        raise InputError(f"{p}: not an ONNX model (no graph in the protobuf message)")
+    if load_external_data and _uses_external_data(model):
+        base = p.resolve().parent
+        for tensor in _external_tensors(model):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            target = (base / location).resolve()
+            if base not in target.parents:
+                raise InputError(f"{p}: external data location {location!r} escapes the model's folder")
+            if not target.exists():
+                raise InputError(f"{p}: missing external data file {location!r}")
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(base))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{p}: cannot read external data ({_first_line(exc)})") from None
+    return model
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically; returns the final path.
+
+    ``external_data=None`` chooses: external data when the model would not fit in one
+    protobuf (2 GB) or already holds tensors that point to external files.
+    """
+    p = Path(path)
+    folder = p.resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if external_data is None:
+        external_data = _uses_external_data(model) or model.ByteSize() > _PROTOBUF_LIMIT
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    data_name = p.name + ".data"
+    tmp_data = None
+    try:
+        if external_data:
+            tmp_data = folder / f".{data_name}.tmp"
+            onnx.save_model(
+                model,
+                tmp,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=tmp_data.name,
+                size_threshold=_EXTERNAL_THRESHOLD,
+            )
+            # The location recorded in the model must be the final name, not the temp one.
+            _rename_location(tmp, tmp_data.name, data_name)
+            os.replace(tmp_data, folder / data_name)
+            tmp_data = None
+        else:
+            with open(tmp, "wb") as f:
+                f.write(model.SerializeToString())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if tmp_data is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_data)
+        raise
+    return p
+
+
+def _rename_location(model_path: str, old: str, new: str) -> None:
+    model = onnx.load(model_path, load_external_data=False)
+    for tensor in _external_tensors(model):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+    with open(model_path, "wb") as f:
+        f.write(model.SerializeToString())
+
+
+def _external_tensors(model: onnx.ModelProto):
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield tensor
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(True for _ in _external_tensors(model))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file (report, plan) atomically."""
+    p = Path(path)
+    p.resolve().parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.resolve().parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return p

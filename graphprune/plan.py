@@ -1,0 +1,128 @@
+"""The plan: which entries of which groups to remove, and its JSON form.
+
+A plan file is ``{"groups": [{"anchor": NAME, "axis": A, "remove": [i, ...]}, ...]}``.
+Each entry names its group by one member, a weight initializer and an axis, and lists
+indices on that member's axis. Other keys (top level or per entry) are informative and
+ignored on reading, so a plan can carry notes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .dependency import DependencyGraph, Group
+from .errors import InputError
+
+FORMAT = "graphprune-plan-v1"
+
+
+@dataclass
+class Plan:
+    """Removed group indices, keyed by group id of one :class:`DependencyGraph`."""
+
+    removals: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def removed(self, group: Group) -> np.ndarray:
+        return self.removals.get(group.id, np.zeros(0, dtype=np.int64))
+
+    @property
+    def total_removed(self) -> int:
+        return int(sum(len(v) for v in self.removals.values()))
+
+    def to_json(self, deps: DependencyGraph, **meta) -> dict:
+        """The JSON object of this plan, each group addressed by its anchor member."""
+        entries = []
+        for group in deps.groups:
+            idx = self.removed(group)
+            if len(idx) == 0:
+                continue
+            anchor = group.anchor
+            if anchor is None:  # every prunable group with a weight has one; defensive
+                continue
+            entries.append(
+                {
+                    "anchor": anchor.tensor,
+                    "axis": anchor.axis,
+                    "remove": sorted(int(i) for i in anchor.indices[idx].ravel()),
+                    "size": group.size,
+                }
+            )
+        return {"format": FORMAT, **meta, "groups": entries}
+
+    def save(self, path: str | os.PathLike, deps: DependencyGraph, **meta) -> None:
+        from .io import write_text_atomic
+
+        write_text_atomic(path, json.dumps(self.to_json(deps, **meta), indent=1) + "\n")
+
+
+def read_plan(path: str | os.PathLike) -> dict:
+    """Read a plan file into its JSON object, or raise ``InputError``."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such plan file")
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: plan is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("groups"), list):
+        raise InputError(f'{p}: plan must be a JSON object with a "groups" list')
+    return data
+
+
+def plan_from_json(data: dict, deps: DependencyGraph, source: str = "plan") -> Plan:
+    """Turn a plan's JSON object into group removals, checking it against ``deps``."""
+    by_member: dict[tuple[str, int], list] = {}
+    for group in deps.groups:
+        for m in group.members:
+            if m.kind in ("initializer", "constant"):
+                by_member.setdefault((m.tensor, m.axis), []).append((group, m))
+    known = set(deps.view.initializers) | set(deps.view.constant_nodes)
+    removals: dict[int, set[int]] = {}
+    for n, entry in enumerate(data.get("groups", [])):
+        where = f"{source}: groups[{n}]"
+        if not isinstance(entry, dict) or not {"anchor", "axis", "remove"} <= set(entry):
+            raise InputError(f'{where} needs "anchor", "axis" and "remove"')
+        anchor, axis, remove = entry["anchor"], entry["axis"], entry["remove"]
+        if not isinstance(anchor, str) or not isinstance(axis, int) or not isinstance(remove, list):
+            raise InputError(f"{where}: anchor must be a string, axis an integer, remove a list")
+        if anchor not in known:
+            raise InputError(f"{where}: no initializer named {anchor!r} in the model")
+        shape = deps.view.shapes.get(anchor, ())
+        if not 0 <= axis < len(shape):
+            raise InputError(f"{where}: {anchor} has no axis {axis} (shape {list(shape)})")
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in remove):
+            raise InputError(f"{where}: remove must list integers")
+        bad = [i for i in remove if not 0 <= i < shape[axis]]
+        if bad:
+            raise InputError(f"{where}: index {bad[0]} out of range for {anchor} axis {axis} (size {shape[axis]})")
+        candidates = by_member.get((anchor, axis))
+        if not candidates:
+            raise InputError(f"{where}: {anchor} axis {axis} is not a prunable channel axis")
+        wanted = set(remove)
+        for group, member in candidates:
+            if not wanted:
+                break
+            mine = [j for j in range(group.size) if wanted & set(member.indices[j].tolist())]
+            if not mine:
+                continue
+            if not group.prunable:
+                raise InputError(f"{where}: {anchor} axis {axis} is blocked: {group.reasons[0]}")
+            for j in mine:
+                entries = set(member.indices[j].tolist())
+                if not entries <= wanted:
+                    raise InputError(
+                        f"{where}: indices {sorted(entries)} of {anchor} axis {axis} must be removed together"
+                    )
+                wanted -= entries
+            removals.setdefault(group.id, set()).update(mine)
+        if wanted:
+            raise InputError(f"{where}: indices {sorted(wanted)[:5]} of {anchor} axis {axis} belong to no group")
+    for gid, js in removals.items():
+        if len(js) >= deps.groups[gid].size:
+            raise InputError(f"{source}: plan removes every channel of group {deps.groups[gid].label}")
+    return Plan({gid: np.array(sorted(js), dtype=np.int64) for gid, js in removals.items()})

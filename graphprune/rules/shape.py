@@ -1,0 +1,356 @@
+"""Couplings of ops that move, cut, join or reshape axes.
+
+Rules:
+1. Concat: input ``k`` is the segment of the output axis that starts after the inputs
+   before it; other axes pass through.
+2. Split: the inverse of Concat; the split sizes are rewritten after removal.
+3. Slice with constant bounds and step 1: the output is a segment of the input axis; the
+   bounds are rewritten (shifted by the entries removed before them). Other steps block.
+4. Flatten and Reshape (constant shape): axes are matched by running products; where one
+   axis becomes several (``[B, S, H*D] -> [B, S, H, D]``) or several become one
+   (``[N, C, H, W] -> [N, C*H*W]``) the major axis owns a block of the single axis.
+   The Reshape shape constant is rewritten; a shape computed at run time blocks.
+5. Transpose, Squeeze, Unsqueeze renumber axes.
+6. Pad and Resize: axes that are not padded or resized pass through; a Resize ``sizes``
+   constant is rewritten.
+7. Shape only reads sizes: the runtime value follows the pruned tensor, so it does not
+   block; ops that build tensors from such values have no rule and block on their own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from . import RuleContext, SurgeryContext, couple_all_axes, rewriter, rule
+
+
+def _axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+@rule("Concat")
+def concat(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    y = node.output[0]
+    ys = ctx.shape(y)
+    if ys is None:
+        return
+    axis = _axis(ctx.attr("axis"), len(ys))
+    offset = 0
+    for x in node.input:
+        xs = ctx.shape(x)
+        if xs is None or xs[axis] is None:
+            return  # unknown segment sizes: the remaining inputs stay undeclared, so they block
+        for ax in range(len(ys)):
+            if ax == axis:
+                ctx.segment(ctx.dim(x, ax), ctx.dim(y, ax), offset)
+            else:
+                ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax))
+        offset += xs[axis]
+
+
+@rule("Split")
+def split(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x = node.input[0]
+    xs = ctx.shape(x)
+    if xs is None:
+        return
+    axis = _axis(ctx.attr("axis", 0), len(xs))
+    offset = 0
+    for y in node.output:
+        ys = ctx.shape(y)
+        if ys is None or ys[axis] is None:
+            return
+        for ax in range(len(xs)):
+            if ax == axis:
+                ctx.segment(ctx.dim(y, ax), ctx.dim(x, ax), offset)
+            else:
+                ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax))
+        offset += ys[axis]
+
+
+@rewriter("Split")
+def rewrite_split(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
+    xs = ctx.old_shape(node.input[0])
+    axis = _axis(next((a.i for a in node.attribute if a.name == "axis"), 0), len(xs))
+    old = [ctx.old_shape(y)[axis] for y in node.output]
+    new = [ctx.new_shape(y)[axis] for y in node.output]
+    if old == new:
+        return
+    has_attr = any(a.name == "split" for a in node.attribute)
+    if has_attr or ctx.view.opset < 13:
+        ctx.set_attr(node, "split", new)
+    else:
+        # An equal split (no sizes, or num_outputs in opset 18) may no longer be equal:
+        # always give explicit sizes.
+        for i, a in enumerate(node.attribute):
+            if a.name == "num_outputs":
+                del node.attribute[i]
+                break
+        ctx.set_constant_input(node, 1, np.array(new, dtype=np.int64))
+
+
+def _slice_params(node: onnx.NodeProto, ctx) -> tuple[list, list, list, list] | None:
+    """(starts, ends, axes, steps) as lists, or None when they are not constants."""
+    if ctx.view.opset < 10:
+        starts, ends = _attr_list(node, "starts"), _attr_list(node, "ends")
+        axes = _attr_list(node, "axes")
+        steps = None
+    else:
+        vals = []
+        for pos in range(1, 5):
+            if pos < len(node.input) and node.input[pos]:
+                v = ctx.view.value(node.input[pos])
+                if v is None:
+                    return None
+                vals.append([int(a) for a in v.ravel()])
+            else:
+                vals.append(None)
+        starts, ends, axes, steps = vals
+    if starts is None or ends is None:
+        return None
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    return starts, ends, axes, steps
+
+
+def _attr_list(node, name):
+    a = next((a for a in node.attribute if a.name == name), None)
+    return list(a.ints) if a is not None else None
+
+
+def _clamp(v: int, size: int) -> int:
+    v = v + size if v < 0 else v
+    return max(0, min(v, size))
+
+
+@rule("Slice")
+def slice_(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x, y = node.input[0], node.output[0]
+    xs = ctx.shape(x)
+    params = _slice_params(node, ctx)
+    if xs is None or params is None:
+        return
+    starts, ends, axes, steps = params
+    sliced = {}
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        sliced[_axis(a, len(xs))] = (s, e, st)
+    for ax in range(len(xs)):
+        if ax not in sliced:
+            ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax))
+            continue
+        s, e, st = sliced[ax]
+        if st != 1 or xs[ax] is None:
+            continue  # strided or reversed slices are not handled: the axis blocks
+        ctx.segment(ctx.dim(y, ax), ctx.dim(x, ax), _clamp(s, xs[ax]))
+
+
+@rewriter("Slice")
+def rewrite_slice(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
+    x = node.input[0]
+    xs = ctx.old_shape(x)
+    params = _slice_params(node, ctx)
+    if params is None:
+        return
+    starts, ends, axes, steps = params
+    changed = False
+    for i, a in enumerate(axes):
+        ax = _axis(a, len(xs))
+        removed = ctx.removed(x, ax)
+        if len(removed) == 0:
+            continue
+        s, e = _clamp(starts[i], xs[ax]), _clamp(ends[i], xs[ax])
+        starts[i] = s - int(np.sum(removed < s))
+        ends[i] = e - int(np.sum(removed < e))
+        changed = True
+    if not changed:
+        return
+    if ctx.view.opset < 10:
+        ctx.set_attr(node, "starts", starts)
+        ctx.set_attr(node, "ends", ends)
+    else:
+        ctx.set_constant_input(node, 1, np.array(starts, dtype=np.int64))
+        ctx.set_constant_input(node, 2, np.array(ends, dtype=np.int64))
+
+
+@rule("Flatten")
+def flatten(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x, y = node.input[0], node.output[0]
+    xs = ctx.shape(x)
+    if xs is None:
+        return
+    axis = _axis(ctx.attr("axis", 1), len(xs))
+    for out_ax, (lo, hi) in enumerate(((0, axis), (axis, len(xs)))):
+        if lo >= hi:
+            continue
+        _major_block(ctx, x, lo, hi, y, out_ax, xs)
+
+
+def _major_block(ctx: RuleContext, x: str, lo: int, hi: int, y: str, out_ax: int, xs) -> None:
+    """Axes ``lo:hi`` of x merge into axis ``out_ax`` of y: the major axis owns blocks."""
+    rest = xs[lo + 1 : hi]
+    if any(s is None for s in rest):
+        return
+    ctx.block(ctx.dim(x, lo), ctx.dim(y, out_ax), int(np.prod(rest, dtype=np.int64)))
+
+
+@rule("Reshape")
+def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x, y = node.input[0], node.output[0]
+    if ctx.view.value(node.input[1]) is None:
+        return  # shape computed at run time: cannot be rewritten, so the dims block
+    xs, ys = ctx.shape(x), ctx.shape(y)
+    if xs is None or ys is None or None in xs or None in ys:
+        return
+    for (i0, i1), (j0, j1) in _matched_segments(xs, ys):
+        if i1 - i0 == 1 and j1 - j0 == 1:
+            ctx.identity(ctx.dim(x, i0), ctx.dim(y, j0))
+        elif i1 - i0 == 1:  # one axis split into several: the output's major axis owns blocks
+            ctx.block(ctx.dim(y, j0), ctx.dim(x, i0), int(np.prod(ys[j0 + 1 : j1], dtype=np.int64)))
+        elif j1 - j0 == 1:  # several axes merged into one
+            ctx.block(ctx.dim(x, i0), ctx.dim(y, j0), int(np.prod(xs[i0 + 1 : i1], dtype=np.int64)))
+
+
+def _matched_segments(xs, ys):
+    """Pairs of axis ranges of equal size product, skipping size-1 axes at the edges."""
+    i = j = 0
+    out = []
+    while i < len(xs) and j < len(ys):
+        i0, j0 = i, j
+        pi, pj = xs[i], ys[j]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if pi < pj and i < len(xs):
+                pi *= xs[i]
+                i += 1
+            elif pj < pi and j < len(ys):
+                pj *= ys[j]
+                j += 1
+            else:
+                return out
+        out.append(((i0, i), (j0, j)))
+    return out
+
+
+@rewriter("Reshape")
+def rewrite_reshape(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
+    y = node.output[0]
+    old, new = ctx.old_shape(y), ctx.new_shape(y)
+    if old == new:
+        return
+    target = [int(v) for v in ctx.view.value(node.input[1]).ravel()]
+    for ax, (o, n) in enumerate(zip(old, new)):
+        if o != n and target[ax] not in (-1, 0):
+            target[ax] = n
+    ctx.set_constant_input(node, 1, np.array(target, dtype=np.int64))
+
+
+@rule("Transpose")
+def transpose(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x, y = node.input[0], node.output[0]
+    xs = ctx.shape(x)
+    if xs is None:
+        return
+    perm = ctx.attr("perm", list(reversed(range(len(xs)))))
+    for out_ax, in_ax in enumerate(perm):
+        ctx.identity(ctx.dim(x, in_ax), ctx.dim(y, out_ax))
+
+
+def _axes_param(node: onnx.NodeProto, ctx: RuleContext) -> list[int] | None:
+    axes = ctx.attr("axes", None)
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        v = ctx.value(node.input[1])
+        return None if v is None else [int(a) for a in v.ravel()]
+    return axes
+
+
+@rule("Squeeze", "Unsqueeze")
+def squeeze(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x, y = node.input[0], node.output[0]
+    xs, ys = ctx.shape(x), ctx.shape(y)
+    if xs is None or ys is None:
+        return
+    axes = _axes_param(node, ctx)
+    if node.op_type == "Squeeze":
+        if axes is None:
+            if len(node.input) > 1 and node.input[1]:
+                return
+            axes = [a for a, s in enumerate(xs) if s == 1]
+        gone = {_axis(a, len(xs)) for a in axes}
+        kept = [a for a in range(len(xs)) if a not in gone]
+        pairs = zip(kept, range(len(ys)))
+    else:
+        if axes is None:
+            return
+        new = {_axis(a, len(ys)) for a in axes}
+        kept = [a for a in range(len(ys)) if a not in new]
+        pairs = zip(range(len(xs)), kept)
+    for a, b in pairs:
+        ctx.identity(ctx.dim(x, a), ctx.dim(y, b))
+
+
+@rule("Pad")
+def pad(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x, y = node.input[0], node.output[0]
+    xs = ctx.shape(x)
+    if xs is None:
+        return
+    rank = len(xs)
+    if ctx.view.opset < 11:
+        pads = ctx.attr("pads", None)
+        axes = list(range(rank))
+    else:
+        pads_v = ctx.value(node.input[1]) if len(node.input) > 1 else None
+        if pads_v is None:
+            return
+        pads = [int(p) for p in pads_v.ravel()]
+        axes = list(range(rank))
+        if len(node.input) > 3 and node.input[3]:
+            av = ctx.value(node.input[3])
+            if av is None:
+                return
+            axes = [_axis(int(a), rank) for a in av.ravel()]
+    if pads is None:
+        return
+    n = len(axes)
+    padded = {ax for k, ax in enumerate(axes) if pads[k] != 0 or pads[k + n] != 0}
+    for ax in range(rank):
+        if ax not in padded:
+            ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax))
+
+
+@rule("Resize", "Upsample")
+def resize(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x, y = node.input[0], node.output[0]
+    xs, ys = ctx.shape(x), ctx.shape(y)
+    if xs is None or ys is None or len(xs) != len(ys):
+        return
+    for ax, (a, b) in enumerate(zip(xs, ys)):
+        if a is not None and a == b:
+            ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax))
+
+
+@rewriter("Resize")
+def rewrite_resize(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
+    if len(node.input) < 4 or not node.input[3]:
+        return  # scales, not sizes: nothing to rewrite
+    old, new = ctx.old_shape(node.output[0]), ctx.new_shape(node.output[0])
+    if old == new:
+        return
+    sizes = ctx.view.value(node.input[3]).astype(np.int64).copy()
+    for ax, n in enumerate(new):
+        sizes[ax] = n
+    ctx.set_constant_input(node, 3, sizes)
+
+
+@rule("Shape", "Size")
+def shape_read(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    xs = ctx.shape(node.input[0])
+    for ax in range(len(xs or ())):
+        ctx.dim(node.input[0], ax)  # declared: Shape reads the sizes at run time
+
+
+@rule("DepthToSpace", "SpaceToDepth")
+def depth_to_space(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    couple_batch = ctx.dim(node.input[0], 0), ctx.dim(node.output[0], 0)
+    ctx.identity(*couple_batch)

@@ -1,0 +1,175 @@
+"""Validation: every pruned model is checked before it is trusted.
+
+The contract (DESIGN.md):
+1. ``onnx.checker.check_model(full_check=True)``, which includes strict shape inference;
+2. an onnxruntime session runs on inputs of the declared shapes;
+3. exactness: the pruned model equals, within relative 1e-4, a *masked reference* built
+   independently of the surgery: the original model with the weights that read the
+   removed channels set to zero (a removed channel then contributes nothing, and every
+   path it takes ends in such a weight or the group would have been blocked);
+4. fidelity against the original: cosine similarity, relative L2 error, top-1 agreement;
+5. cost before and after: parameters, FLOPs, file size, latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+try:
+    from .cost import cost_of, latency_ms, random_feeds
+except ImportError:  # TEMP
+    pass
+from .dependency import CONSTANT, INITIALIZER, DependencyGraph
+from .plan import Plan
+
+EXACT_RTOL = 1e-4
+
+
+@dataclass
+class Exactness:
+    checked: bool = False
+    passed: bool = False
+    max_rel_diff: float | None = None
+    skipped_groups: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class Fidelity:
+    cosine: float | None = None
+    rel_l2: float | None = None
+    top1_agreement: float | None = None
+
+
+@dataclass
+class Validation:
+    """Steps 1-4 of the contract for one pruned model."""
+
+    checker_ok: bool
+    checker_error: str
+    runtime_ok: bool
+    runtime_error: str
+    exact: Exactness
+    fidelity: Fidelity
+
+    @property
+    def passed(self) -> bool:
+        return self.checker_ok and self.runtime_ok and (not self.exact.checked or self.exact.passed)
+
+
+def check(pruned: onnx.ModelProto) -> str:
+    """Empty string if the model passes the full checker, else the first line of the error."""
+    try:
+        onnx.checker.check_model(pruned, full_check=True)
+    except Exception as exc:  # checker raises ValidationError, shape inference InferenceError
+        return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return ""
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs of ``model`` in onnxruntime (CPU, one thread, deterministic)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    return sess.run(None, {k: v for k, v in feeds.items() if k in names})
+
+
+def masked_reference(original: onnx.ModelProto, deps: DependencyGraph, plan: Plan) -> onnx.ModelProto:
+    """The original with every weight entry that reads a removed channel set to zero."""
+    zero: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for group in deps.groups:
+        js = plan.removed(group)
+        if len(js) == 0:
+            continue
+        for m in group.members:
+            if m.role == "in" and m.kind in (INITIALIZER, CONSTANT):
+                zero.setdefault(m.tensor, []).append((m.axis, m.indices[js].ravel()))
+    ref = onnx.ModelProto()
+    ref.CopyFrom(original)
+    tensors = {t.name: t for t in ref.graph.initializer}
+    for node in ref.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    tensors.setdefault(node.output[0], a.t)
+    for name, cuts in zero.items():
+        t = tensors[name]
+        arr = numpy_helper.to_array(t).copy()
+        for axis, idx in cuts:
+            np.moveaxis(arr, axis, 0)[idx] = 0
+        new = numpy_helper.from_array(arr, name)
+        new.data_type = t.data_type
+        t.CopyFrom(new)
+    return ref
+
+
+def rel_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """Largest |a - b| relative to the largest |b|, over all outputs."""
+    worst = 0.0
+    for x, y in zip(a, b):
+        x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        scale = max(float(np.max(np.abs(y64))) if y64.size else 0.0, 1e-12)
+        worst = max(worst, float(np.max(np.abs(x64 - y64))) / scale if y64.size else 0.0)
+    return worst
+
+
+def fidelity(pruned_out: list[np.ndarray], original_out: list[np.ndarray]) -> Fidelity:
+    p = np.concatenate([np.asarray(o, np.float64).ravel() for o in pruned_out])
+    o = np.concatenate([np.asarray(o, np.float64).ravel() for o in original_out])
+    denom = float(np.linalg.norm(p) * np.linalg.norm(o))
+    cosine = float(p @ o / denom) if denom > 0 else (1.0 if np.array_equal(p, o) else 0.0)
+    rel_l2 = float(np.linalg.norm(p - o) / max(float(np.linalg.norm(o)), 1e-12))
+    top1 = None
+    first_p, first_o = np.asarray(pruned_out[0]), np.asarray(original_out[0])
+    if first_o.ndim == 2 and first_o.shape[1] > 1 and first_p.shape == first_o.shape:
+        top1 = float(np.mean(first_p.argmax(axis=1) == first_o.argmax(axis=1)))
+    return Fidelity(cosine=cosine, rel_l2=rel_l2, top1_agreement=top1)
+
+
+def check_pruned(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    deps: DependencyGraph | None = None,
+    plan: Plan | None = None,
+    *,
+    feeds: dict[str, np.ndarray] | None = None,
+) -> Validation:
+    """Steps 1-4 of the validation contract."""
+    checker_error = check(pruned)
+    feeds = feeds if feeds is not None else random_feeds(original)
+    exact = Exactness()
+    fid = Fidelity()
+    try:
+        pruned_out = run(pruned, feeds)
+        runtime_error = ""
+    except Exception as exc:
+        pruned_out = None
+        runtime_error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    if pruned_out is not None:
+        original_out = run(original, feeds)
+        fid = fidelity(pruned_out, original_out)
+        if deps is not None and plan is not None:
+            ref_out = run(masked_reference(original, deps, plan), feeds)
+            diff = rel_diff(pruned_out, ref_out)
+            exact = Exactness(checked=True, passed=diff <= EXACT_RTOL, max_rel_diff=diff)
+        else:
+            exact.note = "no plan: exactness needs the plan the model was pruned with"
+    return Validation(
+        checker_ok=not checker_error,
+        checker_error=checker_error,
+        runtime_ok=pruned_out is not None,
+        runtime_error=runtime_error,
+        exact=exact,
+        fidelity=fid,
+    )
+
+
+__all__ = ["check_pruned", "masked_reference", "Validation", "Exactness", "Fidelity", "cost_of", "latency_ms"]
