@@ -20,10 +20,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-try:
-    from .cost import cost_of, latency_ms, random_feeds
-except ImportError:  # TEMP
-    pass
+from .cost import cost_of, latency_ms, random_feeds
 from .dependency import CONSTANT, INITIALIZER, DependencyGraph
 from .plan import Plan
 

@@ -1,0 +1,147 @@
+"""The Python API, mirroring the CLI: ``analyze``, ``prune``, ``validate``.
+
+``model`` may be a path or an ``onnx.ModelProto``; nothing is written unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import io
+from .cost import cost_of, latency_ms
+from .dependency import DependencyGraph, analyze as _analyze
+from .errors import InputError
+from .passes.filter import PLAN_METADATA_KEY, FilterPruning, get_metadata
+from .plan import Plan, plan_from_json, read_plan
+from .report import Report
+from .validate import check_pruned
+
+ModelLike = str | os.PathLike | onnx.ModelProto
+
+
+@dataclass
+class PruneResult:
+    """The pruned model, its report, the plan applied and the analysis it came from."""
+
+    model: onnx.ModelProto
+    report: Report
+    plan: Plan
+    deps: DependencyGraph
+
+
+def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
+    """A ModelProto from a path (with a clear error if it is not a usable ONNX file) or as given."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    proto = io.load(model)
+    if check:
+        try:
+            onnx.checker.check_model(proto)
+        except Exception as exc:  # onnx raises ValidationError (and others for odd files)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{model}: fails the ONNX checker: {first}") from None
+    return proto
+
+
+def analyze(model: ModelLike) -> DependencyGraph:
+    """The dependency graph and groups of ``model``."""
+    return _analyze(load_model(model))
+
+
+def prune(
+    model: ModelLike,
+    ratio: float = 0.5,
+    criterion: str = "l2",
+    *,
+    global_threshold: bool = False,
+    round_to: int = 1,
+    min_keep: int = 1,
+    ignore: tuple[str, ...] | list[str] = (),
+    plan: dict | str | os.PathLike | None = None,
+    seed: int = 0,
+    validate: bool = True,
+    latency: bool = True,
+    feeds: dict[str, np.ndarray] | None = None,
+) -> PruneResult:
+    """Prune ``model`` and (by default) validate the result against the whole contract.
+
+    ``plan`` is a plan's JSON object or a path to a plan file; it replaces ``ratio``
+    and ``criterion``. ``report.passed`` says whether validation held.
+    """
+    original = load_model(model)
+    if plan is not None and not isinstance(plan, dict):
+        plan = read_plan(plan)
+    pass_ = FilterPruning(
+        ratio=ratio,
+        criterion=criterion,
+        global_threshold=global_threshold,
+        round_to=round_to,
+        min_keep=min_keep,
+        ignore=tuple(ignore),
+        seed=seed,
+        plan=plan,
+    )
+    deps = _analyze(original)
+    pruned, chosen, details = pass_.run(original, deps)
+    report = _report(original, pruned, details, deps, chosen, validate=validate, latency=latency, feeds=feeds)
+    return PruneResult(model=pruned, report=report, plan=chosen, deps=deps)
+
+
+def validate(
+    original: ModelLike,
+    pruned: ModelLike,
+    *,
+    plan: dict | str | os.PathLike | None = None,
+    latency: bool = True,
+    feeds: dict[str, np.ndarray] | None = None,
+) -> Report:
+    """Validate ``pruned`` against ``original``.
+
+    Exactness needs the plan: given here, or read from the pruned model's metadata
+    (graphprune writes it there).
+    """
+    orig = load_model(original)
+    new = load_model(pruned, check=False)
+    if plan is not None and not isinstance(plan, dict):
+        plan = read_plan(plan)
+    if plan is None:
+        text = get_metadata(new, PLAN_METADATA_KEY)
+        plan = json.loads(text) if text else None
+    deps = _analyze(orig) if plan is not None else None
+    chosen = plan_from_json(plan, deps, source="plan") if plan is not None else None
+    return _report(orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds)
+
+
+def _report(original, pruned, details, deps, plan, *, validate, latency, feeds) -> Report:
+    before, after = cost_of(original), cost_of(pruned)
+    report = Report(
+        params_before=before.params,
+        params_after=after.params,
+        flops_before=before.flops,
+        flops_after=after.flops,
+        file_bytes_before=original.ByteSize(),
+        file_bytes_after=pruned.ByteSize(),
+        prune=details,
+    )
+    if validate:
+        v = check_pruned(original, pruned, deps, plan, feeds=feeds)
+        report.validated = True
+        report.checker = {"passed": v.checker_ok, "error": v.checker_error}
+        report.runtime = {"passed": v.runtime_ok, "error": v.runtime_error}
+        report.exact = v.exact
+        report.fidelity = v.fidelity
+        if latency and v.runtime_ok:
+            report.latency_ms_before = latency_ms(original, feeds=feeds)
+            report.latency_ms_after = latency_ms(pruned, feeds=feeds)
+    return report
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write ``model`` atomically (external data beside it when it is too large)."""
+    return io.save(model, path)

@@ -1,0 +1,189 @@
+"""The command line: the only place that knows about argv, files to write and exit codes.
+
+Exit codes: 0 success, 1 validation failed, 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from . import api, io
+from .criteria import CRITERIA
+from .errors import GraphpruneError, InputError, ValidationFailed
+from .inspect import describe, table
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's usage dump becomes our one-line error
+        raise InputError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="graphprune", description="Structured pruning of ONNX models, with proof.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    i = sub.add_parser("inspect", help="show the channel groups: size, members, prunable or why not")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+
+    pr = sub.add_parser("prune", help="prune a model and validate the result")
+    pr.add_argument("model")
+    pr.add_argument("-o", "--output", required=True, help="where to write the pruned model")
+    pr.add_argument("--ratio", type=float, default=0.5, help="fraction of each group to remove (default 0.5)")
+    pr.add_argument("--criterion", default="l2", help=f"one of {', '.join(sorted(CRITERIA))} (default l2)")
+    pr.add_argument("--global", dest="global_threshold", action="store_true",
+                    help="one threshold over all groups' normalised scores instead of a uniform ratio")
+    pr.add_argument("--round-to", type=int, default=1, help="keep channel counts multiples of N")
+    pr.add_argument("--min-keep", type=int, default=1, help="keep at least N entries per group")
+    pr.add_argument("--ignore", nargs="+", default=[], metavar="NAME",
+                    help="protect layers: node or tensor names (glob patterns allowed)")
+    pr.add_argument("--plan", help="apply this plan (JSON) instead of --ratio/--criterion")
+    pr.add_argument("--save-plan", help="write the plan that was applied (JSON)")
+    pr.add_argument("--report", help="write the report (JSON)")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the random criterion and inputs")
+    pr.add_argument("--no-validate", action="store_true", help="skip validation (faster)")
+    pr.add_argument("--no-latency", action="store_true", help="validate but do not time onnxruntime")
+    pr.add_argument("--force", action="store_true", help="overwrite an existing output")
+    pr.add_argument("--keep-failed", action="store_true", help="write the output even if validation fails")
+    pr.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+
+    v = sub.add_parser("validate", help="validate a pruned model against its original")
+    v.add_argument("original")
+    v.add_argument("pruned")
+    v.add_argument("--plan", help="the plan used (default: the one graphprune stored in the pruned model)")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument("--no-latency", action="store_true", help="do not time onnxruntime")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return {"inspect": _inspect, "prune": _prune, "validate": _validate}[args.command](args)
+    except InputError as exc:
+        print(f"graphprune: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except ValidationFailed as exc:
+        print(f"graphprune: validation failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except GraphpruneError as exc:
+        print(f"graphprune: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except BrokenPipeError:  # e.g. piped into `head`: not an error of ours
+        sys.stderr.close()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("graphprune: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so in one line, with the traceback only on request
+        if debug:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(
+            f"graphprune: internal error ({type(exc).__name__}: {first}); this is a bug, please report it"
+            " with the command and model (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT
+
+
+def _inspect(args) -> int:
+    deps = api.analyze(args.model)
+    if args.json:
+        print(json.dumps({"model": str(args.model), **describe(deps)}, indent=1))
+    else:
+        print(table(deps))
+    return EXIT_OK
+
+
+def _say(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _prune(args) -> int:
+    src, out = Path(args.model), Path(args.output)
+    if out.exists() and src.exists() and os.path.samefile(src, out):
+        raise InputError(f"{out}: output is the input file; choose another -o")
+    if out.exists() and not args.force:
+        raise InputError(f"{out}: output exists; use --force to overwrite")
+    if out.is_dir():
+        raise InputError(f"{out}: output is a directory")
+    plan = None
+    if args.plan:
+        from .plan import read_plan
+
+        plan = read_plan(args.plan)
+    t0 = time.perf_counter()
+    _say(args, f"loading {src} ...")
+    model = api.load_model(src)
+    _say(args, f"analyzing and pruning ({len(model.graph.node)} nodes) ...")
+    result = api.prune(
+        model,
+        ratio=args.ratio,
+        criterion=args.criterion,
+        global_threshold=args.global_threshold,
+        round_to=args.round_to,
+        min_keep=args.min_keep,
+        ignore=tuple(args.ignore),
+        plan=plan,
+        seed=args.seed,
+        validate=False,
+    )
+    report = result.report
+    if not args.no_validate:
+        _say(args, "validating (checker, onnxruntime, exactness, fidelity, latency) ...")
+        report = api._report(model, result.model, report.prune, result.deps, result.plan,
+                             validate=True, latency=not args.no_latency, feeds=None)
+    report.file_bytes_before = src.stat().st_size
+    failed = report.validated and not report.passed
+    if not failed or args.keep_failed:
+        written = io.save(result.model, out)
+        report.file_bytes_after = written.stat().st_size
+    if args.save_plan:
+        result.plan.save(args.save_plan, result.deps, model=str(src))
+    if args.report:
+        io.write_text_atomic(args.report, json.dumps(report.to_dict(), indent=1) + "\n")
+    if not args.quiet:
+        print(report.table())
+        print(f"{'wrote ' + str(out) if not failed or args.keep_failed else 'nothing written'}"
+              f" in {time.perf_counter() - t0:.1f}s")
+    if failed:
+        raise ValidationFailed(_failure(report) + ("" if args.keep_failed else "; output not written"))
+    return EXIT_OK
+
+
+def _failure(report) -> str:
+    if not report.checker["passed"]:
+        return f"checker: {report.checker['error']}"
+    if not report.runtime["passed"]:
+        return f"onnxruntime: {report.runtime['error']}"
+    return f"exactness: max relative difference {report.exact.max_rel_diff:.2e} over 1e-4"
+
+
+def _validate(args) -> int:
+    report = api.validate(args.original, args.pruned, plan=args.plan, latency=not args.no_latency)
+    report.file_bytes_before = Path(args.original).stat().st_size
+    report.file_bytes_after = Path(args.pruned).stat().st_size
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(report.table())
+    if not report.passed:
+        raise ValidationFailed(_failure(report))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""What ``graphprune inspect`` shows: the groups of a model, as rows and as JSON."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from .dependency import DependencyGraph, Group
+from .report import grid
+
+
+def producers(deps: DependencyGraph, group: Group) -> list[str]:
+    """Names of the nodes whose weights make the group's channels."""
+    mv = deps.view
+    names = []
+    for m in group.weights("out"):
+        for i, _ in mv.consumers.get(m.tensor, []):
+            if mv.node_names[i] not in names:
+                names.append(mv.node_names[i])
+    return names
+
+
+def describe(deps: DependencyGraph) -> dict[str, Any]:
+    """The JSON form of ``inspect``."""
+    groups = []
+    for g in deps.groups:
+        groups.append(
+            {
+                "id": g.id,
+                "label": g.label,
+                "size": g.size,
+                "prunable": g.prunable,
+                "reasons": g.reasons,
+                "producers": producers(deps, g),
+                "members": [
+                    {"tensor": m.tensor, "axis": m.axis, "kind": m.kind, "role": m.role,
+                     "entries_per_index": int(m.indices.shape[1])}
+                    for m in g.members
+                ],
+            }
+        )
+    reasons = Counter(r for g in deps.blocked_groups() for r in g.reasons)
+    return {
+        "nodes": len(deps.view.nodes),
+        "groups_total": len(deps.groups),
+        "groups_prunable": len(deps.prunable_groups()),
+        "groups_blocked": len(deps.blocked_groups()),
+        "prunable_channels": int(sum(g.size for g in deps.prunable_groups())),
+        "blocked_reasons": dict(reasons.most_common()),
+        "groups": groups,
+    }
+
+
+def table(deps: DependencyGraph) -> str:
+    rows = []
+    for g in deps.groups:
+        prods = producers(deps, g)
+        shown = ", ".join(prods[:2]) + (f" +{len(prods) - 2}" if len(prods) > 2 else "")
+        status = "prunable" if g.prunable else "blocked: " + g.reasons[0] + (
+            f" (+{len(g.reasons) - 1} more)" if len(g.reasons) > 1 else "")
+        rows.append((g.id, g.size, len(g.members), shown or "-", status))
+    summary = describe(deps)
+    foot = (
+        f"{summary['groups_total']} groups: {summary['groups_prunable']} prunable"
+        f" ({summary['prunable_channels']} channels), {summary['groups_blocked']} blocked"
+    )
+    return grid(("group", "size", "members", "made by", "status"), rows) + "\n" + foot

@@ -1,0 +1,45 @@
+"""Passes: user-facing ``ModelProto -> ModelProto`` steps.
+
+Each pass is a frozen dataclass (its configuration) whose ``__call__(model)`` returns a
+:class:`PassResult`; ``pass_(model).model`` drops into any pipeline of model transforms.
+A :class:`Pipeline` runs passes in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import onnx
+
+
+@dataclass
+class PassResult:
+    """The transformed model and what the pass did."""
+
+    model: onnx.ModelProto
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class Pass(Protocol):
+    def __call__(self, model: onnx.ModelProto) -> PassResult: ...
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Run passes in order; the report holds each pass's report under its class name."""
+
+    passes: tuple[Pass, ...]
+
+    def __call__(self, model: onnx.ModelProto) -> PassResult:
+        reports = []
+        for p in self.passes:
+            result = p(model)
+            model = result.model
+            reports.append({"pass": type(p).__name__, **result.report})
+        return PassResult(model, {"passes": reports})
+
+
+from .filter import FilterPruning  # noqa: E402
+
+__all__ = ["FilterPruning", "Pass", "PassResult", "Pipeline"]

@@ -1,0 +1,111 @@
+"""Filter pruning: remove output filters ranked by a criterion; everything coupled follows."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+import onnx
+
+from ..allocate import allocate, protected
+from ..criteria import CRITERIA, score_groups
+from ..dependency import DependencyGraph, analyze
+from ..errors import InputError
+from ..plan import Plan, plan_from_json
+from ..surgery import apply_plan
+from . import PassResult
+
+PLAN_METADATA_KEY = "graphprune.plan"
+
+
+@dataclass(frozen=True)
+class FilterPruning:
+    """Remove the lowest-scoring ``ratio`` of every prunable group (or by one global threshold).
+
+    ``plan`` (a plan's JSON object) replaces scoring and allocation: its removals are
+    applied as they are. The pruned model carries its plan in ``metadata_props`` under
+    ``graphprune.plan``, so it can be validated later against the original.
+    """
+
+    ratio: float = 0.5
+    criterion: str = "l2"
+    global_threshold: bool = False
+    round_to: int = 1
+    min_keep: int = 1
+    ignore: tuple[str, ...] = ()
+    seed: int = 0
+    plan: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.plan is None:
+            if not 0.0 < self.ratio < 1.0:
+                raise InputError(f"ratio must be between 0 and 1 (exclusive), got {self.ratio}")
+            if self.criterion not in CRITERIA:
+                raise InputError(f"unknown criterion {self.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
+        if self.round_to < 1:
+            raise InputError(f"round-to must be a positive integer, got {self.round_to}")
+        if self.min_keep < 1:
+            raise InputError(f"min-keep must be a positive integer, got {self.min_keep}")
+
+    def __call__(self, model: onnx.ModelProto) -> PassResult:
+        deps = analyze(model)
+        pruned, plan, report = self.run(model, deps)
+        return PassResult(pruned, report)
+
+    def choose(self, deps: DependencyGraph) -> tuple[Plan, dict]:
+        """The plan this pass would apply to ``deps``, and notes for the report."""
+        if self.plan is not None:
+            return plan_from_json(self.plan, deps), {"source": "plan"}
+        scores, ctx = score_groups(deps, self.criterion, seed=self.seed)
+        plan = allocate(
+            deps,
+            scores,
+            self.ratio,
+            global_threshold=self.global_threshold,
+            round_to=self.round_to,
+            min_keep=self.min_keep,
+            ignore=self.ignore,
+        )
+        return plan, {"criterion_fallbacks": dict(ctx.fallbacks)}
+
+    def run(self, model: onnx.ModelProto, deps: DependencyGraph, *, inplace: bool = False):
+        """Plan and surgery on an analysed model: ``(pruned, plan, report)``."""
+        plan, notes = self.choose(deps)
+        plan_json = plan.to_json(deps)
+        pruned = apply_plan(model, deps, plan, inplace=inplace)
+        set_metadata(pruned, PLAN_METADATA_KEY, json.dumps(plan_json, separators=(",", ":")))
+        return pruned, plan, self.report(deps, plan, notes)
+
+    def report(self, deps: DependencyGraph, plan: Plan, notes: dict) -> dict:
+        skipped = protected(deps, self.ignore)
+        blocked = deps.blocked_groups()
+        reasons = Counter(r for g in blocked for r in g.reasons)
+        return {
+            "criterion": None if self.plan is not None else self.criterion,
+            "ratio": None if self.plan is not None else self.ratio,
+            "global": self.global_threshold,
+            "round_to": self.round_to,
+            "groups_total": len(deps.groups),
+            "groups_prunable": len(deps.prunable_groups()),
+            "groups_pruned": len(plan.removals),
+            "groups_blocked": len(blocked),
+            "groups_ignored": len(skipped),
+            "channels_removed": plan.total_removed,
+            "blocked": [{"group": g.label, "size": g.size, "reasons": g.reasons} for g in blocked],
+            "blocked_reasons": dict(reasons.most_common()),
+            **notes,
+        }
+
+
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, value
+
+
+def get_metadata(model: onnx.ModelProto, key: str) -> str | None:
+    return next((p.value for p in model.metadata_props if p.key == key), None)

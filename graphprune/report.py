@@ -1,0 +1,129 @@
+"""The report of a prune or a validation: one dataclass, its JSON form and its terminal table."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .validate import Exactness, Fidelity
+
+
+@dataclass
+class Report:
+    """What was done and what it cost; the JSON keys are a contract (add, never rename)."""
+
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    file_bytes_before: int | None = None
+    file_bytes_after: int | None = None
+    latency_ms_before: float | None = None
+    latency_ms_after: float | None = None
+    validated: bool = False
+    checker: dict[str, Any] = field(default_factory=lambda: {"passed": None, "error": ""})
+    runtime: dict[str, Any] = field(default_factory=lambda: {"passed": None, "error": ""})
+    exact: Exactness = field(default_factory=Exactness)
+    fidelity: Fidelity = field(default_factory=Fidelity)
+    prune: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """True when validation ran and every step of the contract held."""
+        return (
+            self.validated
+            and bool(self.checker["passed"])
+            and bool(self.runtime["passed"])
+            and (not self.exact.checked or self.exact.passed)
+        )
+
+    @property
+    def groups_pruned(self) -> int:
+        return int(self.prune.get("groups_pruned", 0))
+
+    @property
+    def groups_blocked(self) -> int:
+        return int(self.prune.get("groups_blocked", 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        extra = d.pop("prune")
+        d["passed"] = self.passed
+        d["groups_pruned"] = extra.pop("groups_pruned", 0)
+        d["groups_blocked"] = extra.pop("groups_blocked", 0)
+        d.update(extra)
+        return d
+
+    def table(self) -> str:
+        """A terminal table: before -> after for each cost, then the checks."""
+        rows = [
+            ("parameters", _num(self.params_before), _num(self.params_after), _ratio(self.params_after, self.params_before)),
+            ("FLOPs (MACs)", _num(self.flops_before), _num(self.flops_after), _ratio(self.flops_after, self.flops_before)),
+        ]
+        if self.file_bytes_before is not None and self.file_bytes_after is not None:
+            rows.append(("file size", _bytes(self.file_bytes_before), _bytes(self.file_bytes_after),
+                         _ratio(self.file_bytes_after, self.file_bytes_before)))
+        if self.latency_ms_before is not None and self.latency_ms_after is not None:
+            rows.append(("latency (ORT, median)", f"{self.latency_ms_before:.2f} ms", f"{self.latency_ms_after:.2f} ms",
+                         _ratio(self.latency_ms_after, self.latency_ms_before)))
+        lines = _grid(("", "before", "after", "ratio"), rows)
+        p = self.prune
+        if p:
+            lines.append(
+                f"groups: {p.get('groups_pruned', 0)} pruned of {p.get('groups_prunable', 0)} prunable,"
+                f" {p.get('groups_blocked', 0)} blocked, {p.get('channels_removed', 0)} channels removed"
+            )
+        if not self.validated:
+            lines.append("validation: skipped (--no-validate)")
+            return "\n".join(lines)
+        lines.append(f"checker: {'passed' if self.checker['passed'] else 'FAILED: ' + self.checker['error']}")
+        lines.append(f"onnxruntime: {'ran' if self.runtime['passed'] else 'FAILED: ' + self.runtime['error']}")
+        if self.exact.checked:
+            verdict = "passed" if self.exact.passed else "FAILED"
+            lines.append(f"exactness vs masked reference: {verdict} (max rel diff {self.exact.max_rel_diff:.2e})")
+        else:
+            lines.append(f"exactness: not checked ({self.exact.note or 'no plan'})")
+        f = self.fidelity
+        if f.cosine is not None:
+            top1 = f", top-1 agreement {f.top1_agreement:.3f}" if f.top1_agreement is not None else ""
+            lines.append(f"fidelity vs original: cosine {f.cosine:.4f}, relative L2 {f.rel_l2:.4f}{top1}")
+        return "\n".join(lines)
+
+
+def _grid(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
+    """Rows under a header; numbers (and the cost columns) right-aligned, text left-aligned."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    right = [i > 0 and all(_numeric(r[i]) for r in rows) for i in range(len(header))]
+    out = []
+    for r in [header, tuple("-" * w for w in widths), *rows]:
+        cells = [str(c).rjust(w) if right[i] else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        out.append("  ".join(cells).rstrip())
+    return out
+
+
+def _numeric(cell) -> bool:
+    text = str(cell)
+    return isinstance(cell, (int, float)) or (text[:1].isdigit() or text[:1] == "-")
+
+
+def grid(header: tuple[str, ...], rows: list[tuple]) -> str:
+    """A plain-text table with a header line."""
+    return "\n".join(_grid(tuple(map(str, header)), rows))
+
+
+def _num(n: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _ratio(after: float, before: float) -> str:
+    return f"{after / before:.3f}" if before else "-"
