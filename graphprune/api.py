@@ -20,7 +20,7 @@ from .errors import InputError
 from .passes.filter import PLAN_METADATA_KEY, FilterPruning, get_metadata
 from .plan import Plan, plan_from_json, read_plan
 from .report import Report
-from .validate import check_pruned
+from .validation import check_pruned
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .validate import Exactness, Fidelity
+from .validation import Exactness, Fidelity
 
 
 @dataclass
