@@ -197,7 +197,14 @@ class _Collector:
 
     # --- helpers -----------------------------------------------------------------
     def _edge(self, a: Dim | None, b: Dim | None, kind: str, param: int) -> None:
-        if a is None or b is None or a == b:
+        if a is None or b is None:
+            # One side has no known shape: the other side must not lose entries alone.
+            known = a if b is None else b
+            if known is not None and self._node is not None:
+                name = self._node.name or self._node.op_type
+                self.forbid(known, f"{self._node.op_type} ({name}) couples it to a tensor of unknown shape")
+            return
+        if a == b:
             return
         self.graph.add_edge(a, b, a=a, b=b, kind=kind, param=param)
 
@@ -249,8 +256,8 @@ def _resolve(c: _Collector) -> list[Group]:
     broken: list[tuple[list[Dim], str]] = []
     for comp in nx.connected_components(g):
         comp = list(comp)
-        if not any(g.nodes[d]["kind"] in (INITIALIZER, CONSTANT) for d in comp):
-            continue  # batch/spatial axes and the like: nothing to prune
+        if not any(g.nodes[d]["kind"] in (INITIALIZER, CONSTANT) and c.view.is_float_constant(d[0]) for d in comp):
+            continue  # batch/spatial axes, shape arithmetic and the like: no weights, nothing to prune
         reason = _inconsistent(g, comp)
         if reason:
             broken.append((comp, reason))

@@ -64,6 +64,10 @@ class ModelView:
             self._values[name] = arr
         return arr
 
+    def is_float_constant(self, name: str) -> bool:
+        """True for constants of a floating-point type: weights, not shapes or indices."""
+        return self.is_constant(name) and self.constant_tensor(name).data_type in _FLOAT_TYPES
+
     def constant_tensor(self, name: str) -> onnx.TensorProto:
         if name in self.initializers:
             return self.initializers[name]

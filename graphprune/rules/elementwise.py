@@ -48,10 +48,13 @@ def broadcast(ctx: RuleContext, inputs: list[str], output: str) -> None:
     ys = ctx.shape(output)
     if ys is None:
         return
+    if any(ctx.shape(name) is None or len(ctx.shape(name)) > len(ys) for name in inputs):
+        # An operand of unknown shape might carry any axis: the output's axes cannot shrink.
+        for ax in range(len(ys)):
+            ctx.forbid(ctx.dim(output, ax), "an operand of unknown shape")
+        return
     for name in inputs:
         xs = ctx.shape(name)
-        if xs is None or len(xs) > len(ys):
-            continue
         shift = len(ys) - len(xs)
         for ax, size in enumerate(xs):
             out_size = ys[ax + shift]

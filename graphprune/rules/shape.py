@@ -36,11 +36,13 @@ def concat(node: onnx.NodeProto, ctx: RuleContext) -> None:
     if ys is None:
         return
     axis = _axis(ctx.attr("axis"), len(ys))
+    parts = [(x, ctx.shape(x)) for x in node.input]
+    if any(xs is None or xs[axis] is None for _, xs in parts):
+        # Without every segment's size the output's entries cannot all be traced.
+        ctx.forbid(ctx.dim(y, axis), f"Concat ({node.name}) with an input of unknown size")
+        return
     offset = 0
-    for x in node.input:
-        xs = ctx.shape(x)
-        if xs is None or xs[axis] is None:
-            return  # unknown segment sizes: the remaining inputs stay undeclared, so they block
+    for x, xs in parts:
         for ax in range(len(ys)):
             if ax == axis:
                 ctx.segment(ctx.dim(x, ax), ctx.dim(y, ax), offset)
@@ -56,11 +58,12 @@ def split(node: onnx.NodeProto, ctx: RuleContext) -> None:
     if xs is None:
         return
     axis = _axis(ctx.attr("axis", 0), len(xs))
+    parts = [(y, ctx.shape(y)) for y in node.output]
+    if any(ys is None or ys[axis] is None for _, ys in parts):
+        ctx.forbid(ctx.dim(x, axis), f"Split ({node.name}) with an output of unknown size")
+        return
     offset = 0
-    for y in node.output:
-        ys = ctx.shape(y)
-        if ys is None or ys[axis] is None:
-            return
+    for y, ys in parts:
         for ax in range(len(xs)):
             if ax == axis:
                 ctx.segment(ctx.dim(y, ax), ctx.dim(x, ax), offset)
@@ -198,7 +201,8 @@ def _major_block(ctx: RuleContext, x: str, lo: int, hi: int, y: str, out_ax: int
 def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
     x, y = node.input[0], node.output[0]
     if ctx.view.value(node.input[1]) is None:
-        return  # shape computed at run time: cannot be rewritten, so the dims block
+        _forbid_all(ctx, node, "Reshape with a shape computed at run time")
+        return
     xs, ys = ctx.shape(x), ctx.shape(y)
     if xs is None or ys is None or None in xs or None in ys:
         return
@@ -325,6 +329,9 @@ def resize(node: onnx.NodeProto, ctx: RuleContext) -> None:
     xs, ys = ctx.shape(x), ctx.shape(y)
     if xs is None or ys is None or len(xs) != len(ys):
         return
+    if len(node.input) > 3 and node.input[3] and ctx.value(node.input[3]) is None:
+        _forbid_all(ctx, node, f"{node.op_type} with sizes computed at run time")
+        return
     for ax, (a, b) in enumerate(zip(xs, ys)):
         if a is not None and a == b:
             ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax))
@@ -341,6 +348,13 @@ def rewrite_resize(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
     for ax, n in enumerate(new):
         sizes[ax] = n
     ctx.set_constant_input(node, 3, sizes)
+
+
+def _forbid_all(ctx: RuleContext, node: onnx.NodeProto, reason: str) -> None:
+    """Block every axis of the node's data input and output, with ``reason``."""
+    for t in (node.input[0], node.output[0]):
+        for ax in range(len(ctx.shape(t) or ())):
+            ctx.forbid(ctx.dim(t, ax), reason)
 
 
 @rule("Shape", "Size")
