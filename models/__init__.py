@@ -1,0 +1,1 @@
+"""Test and example models: synthetic builders, bundled examples, the zoo loader."""

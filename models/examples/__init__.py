@@ -1,0 +1,1 @@
+"""Bundled example models (regenerate with ``python -m models.examples.make_examples``)."""
