@@ -15,7 +15,8 @@ import onnx
 
 from . import io
 from .cost import cost_of, latency_ms
-from .dependency import DependencyGraph, analyze as _analyze
+from .dependency import DependencyGraph
+from .dependency import analyze as _analyze
 from .errors import InputError
 from .passes.filter import PLAN_METADATA_KEY, FilterPruning, get_metadata
 from .plan import Plan, plan_from_json, read_plan
@@ -44,8 +45,7 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
         try:
             onnx.checker.check_model(proto)
         except Exception as exc:  # onnx raises ValidationError (and others for odd files)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"{model}: fails the ONNX checker: {first}") from None
+            raise InputError(f"{model}: fails the ONNX checker: {io.one_line(exc)}") from None
     return proto
 
 
@@ -75,7 +75,9 @@ def prune(
     and ``criterion``. ``report.passed`` says whether validation held.
     """
     original = load_model(model)
+    plan_source = "plan"
     if plan is not None and not isinstance(plan, dict):
+        plan_source = str(plan)
         plan = read_plan(plan)
     pass_ = FilterPruning(
         ratio=ratio,
@@ -86,6 +88,7 @@ def prune(
         ignore=tuple(ignore),
         seed=seed,
         plan=plan,
+        plan_source=plan_source,
     )
     deps = _analyze(original)
     pruned, chosen, details = pass_.run(original, deps)
@@ -108,13 +111,16 @@ def validate(
     """
     orig = load_model(original)
     new = load_model(pruned, check=False)
+    source = "plan"
     if plan is not None and not isinstance(plan, dict):
+        source = str(plan)
         plan = read_plan(plan)
     if plan is None:
         text = get_metadata(new, PLAN_METADATA_KEY)
         plan = json.loads(text) if text else None
+        source = f"{pruned} (plan stored in its metadata)" if not isinstance(pruned, onnx.ModelProto) else "stored plan"
     deps = _analyze(orig) if plan is not None else None
-    chosen = plan_from_json(plan, deps, source="plan") if plan is not None else None
+    chosen = plan_from_json(plan, deps, source=source) if plan is not None else None
     return _report(orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds)
 
 

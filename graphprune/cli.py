@@ -17,6 +17,7 @@ from . import api, io
 from .criteria import CRITERIA
 from .errors import GraphpruneError, InputError, ValidationFailed
 from .inspect import describe, table
+from .passes.filter import FilterPruning
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 
@@ -40,12 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", required=True, help="where to write the pruned model")
     pr.add_argument("--ratio", type=float, default=0.5, help="fraction of each group to remove (default 0.5)")
     pr.add_argument("--criterion", default="l2", help=f"one of {', '.join(sorted(CRITERIA))} (default l2)")
-    pr.add_argument("--global", dest="global_threshold", action="store_true",
-                    help="one threshold over all groups' normalised scores instead of a uniform ratio")
+    pr.add_argument(
+        "--global",
+        dest="global_threshold",
+        action="store_true",
+        help="one threshold over all groups' normalised scores instead of a uniform ratio",
+    )
     pr.add_argument("--round-to", type=int, default=1, help="keep channel counts multiples of N")
     pr.add_argument("--min-keep", type=int, default=1, help="keep at least N entries per group")
-    pr.add_argument("--ignore", nargs="+", default=[], metavar="NAME",
-                    help="protect layers: node or tensor names (glob patterns allowed)")
+    pr.add_argument(
+        "--ignore",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="protect layers: node or tensor names (glob patterns allowed)",
+    )
     pr.add_argument("--plan", help="apply this plan (JSON) instead of --ratio/--criterion")
     pr.add_argument("--save-plan", help="write the plan that was applied (JSON)")
     pr.add_argument("--report", help="write the report (JSON)")
@@ -120,15 +130,21 @@ def _prune(args) -> int:
         raise InputError(f"{out}: output exists; use --force to overwrite")
     if out.is_dir():
         raise InputError(f"{out}: output is a directory")
-    plan = None
-    if args.plan:
-        from .plan import read_plan
-
-        plan = read_plan(args.plan)
+    # Check the flags before the (possibly long) load.
+    FilterPruning(
+        ratio=args.ratio,
+        criterion=args.criterion,
+        round_to=args.round_to,
+        min_keep=args.min_keep,
+        plan={} if args.plan else None,
+    )
     t0 = time.perf_counter()
     _say(args, f"loading {src} ...")
     model = api.load_model(src)
-    _say(args, f"analyzing and pruning ({len(model.graph.node)} nodes) ...")
+    steps = "analyzing, pruning" + (
+        "" if args.no_validate else ", validating (checker, onnxruntime, exactness, fidelity)"
+    )
+    _say(args, f"{steps} ({len(model.graph.node)} nodes) ...")
     result = api.prune(
         model,
         ratio=args.ratio,
@@ -137,15 +153,12 @@ def _prune(args) -> int:
         round_to=args.round_to,
         min_keep=args.min_keep,
         ignore=tuple(args.ignore),
-        plan=plan,
+        plan=args.plan,
         seed=args.seed,
-        validate=False,
+        validate=not args.no_validate,
+        latency=not args.no_latency,
     )
     report = result.report
-    if not args.no_validate:
-        _say(args, "validating (checker, onnxruntime, exactness, fidelity, latency) ...")
-        report = api._report(model, result.model, report.prune, result.deps, result.plan,
-                             validate=True, latency=not args.no_latency, feeds=None)
     report.file_bytes_before = src.stat().st_size
     failed = report.validated and not report.passed
     if not failed or args.keep_failed:
@@ -157,8 +170,10 @@ def _prune(args) -> int:
         io.write_text_atomic(args.report, json.dumps(report.to_dict(), indent=1) + "\n")
     if not args.quiet:
         print(report.table())
-        print(f"{'wrote ' + str(out) if not failed or args.keep_failed else 'nothing written'}"
-              f" in {time.perf_counter() - t0:.1f}s")
+        print(
+            f"{'wrote ' + str(out) if not failed or args.keep_failed else 'nothing written'}"
+            f" in {time.perf_counter() - t0:.1f}s"
+        )
     if failed:
         raise ValidationFailed(_failure(report) + ("" if args.keep_failed else "; output not written"))
     return EXIT_OK

@@ -160,9 +160,7 @@ def count_params(model: onnx.ModelProto) -> int:
                 total += 1
             elif attr.name == "value_floats":
                 total += len(attr.floats)
-            elif (
-                attr.name == "sparse_value" and attr.sparse_tensor.values.data_type in _FLOAT_TYPES
-            ):
+            elif attr.name == "sparse_value" and attr.sparse_tensor.values.data_type in _FLOAT_TYPES:
                 total += _numel(attr.sparse_tensor.values.dims)
     return total
 
@@ -404,9 +402,7 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]
         try:
             dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
         except Exception as exc:
-            raise ValueError(
-                f"input {vi.name!r} has unsupported element type {tt.elem_type}; pass feeds"
-            ) from exc
+            raise ValueError(f"input {vi.name!r} has unsupported element type {tt.elem_type}; pass feeds") from exc
         if dtype == np.bool_:
             arr = rng.integers(0, 2, size=dims).astype(np.bool_)
         elif np.issubdtype(dtype, np.integer):

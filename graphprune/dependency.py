@@ -58,16 +58,14 @@ class Group:
 
     def weights(self, role: str | None = None) -> list[Member]:
         """Initializer/constant members, optionally only those of one role."""
-        return [
-            m for m in self.members if m.kind in (INITIALIZER, CONSTANT) and (role is None or m.role == role)
-        ]
+        return [m for m in self.members if m.kind in (INITIALIZER, CONSTANT) and (role is None or m.role == role)]
 
     @property
     def anchor(self) -> Member | None:
         """The member that names this group in a plan: a weight with one entry per index."""
         ranked = sorted(
             (m for m in self.weights() if m.indices.shape[1] == 1),
-            key=lambda m: ({"out": 0, "in": 1, "param": 2}.get(m.role or "", 3)),
+            key=lambda m: {"out": 0, "in": 1, "param": 2}.get(m.role or "", 3),
         )
         return ranked[0] if ranked else None
 
@@ -267,8 +265,9 @@ def _resolve(c: _Collector) -> list[Group]:
     groups = _entry_groups(c, keep)
     for comp, reason in broken:
         comp.sort(key=_dim_order(c))
-        members = [Member(t, ax, g.nodes[(t, ax)]["kind"], c.roles.get((t, ax)), np.zeros((0, 1), np.int64))
-                   for t, ax in comp]
+        members = [
+            Member(t, ax, g.nodes[(t, ax)]["kind"], c.roles.get((t, ax)), np.zeros((0, 1), np.int64)) for t, ax in comp
+        ]
         reasons = [reason] + [r for d in comp for r in c.forbidden.get(d, [])]
         groups.append(Group(id=-1, size=0, members=members, reasons=list(dict.fromkeys(reasons))))
     for i, grp in enumerate(groups):
@@ -292,7 +291,7 @@ def _inconsistent(g: nx.MultiGraph, comp: Iterable[Dim]) -> str | None:
     for d in comp:
         if g.nodes[d]["size"] is None:
             return f"unknown size of {d[0]} axis {d[1]}"
-    for a, b, data in g.edges(comp, data=True):
+    for _a, _b, data in g.edges(comp, data=True):
         ea, eb = data["a"], data["b"]
         sa, sb = g.nodes[ea]["size"], g.nodes[eb]["size"]
         kind, p = data["kind"], data["param"]
@@ -315,7 +314,7 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     n = int(offsets[-1])
     us, vs = [], []
-    for a, b, data in g.edges(dims, data=True):
+    for _a, _b, data in g.edges(dims, data=True):
         ea, eb = data["a"], data["b"]
         oa, ob = offsets[index[ea]], offsets[index[eb]]
         sa = sizes[index[ea]]
@@ -388,7 +387,6 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
                 )
             )
             reasons.extend(c.forbidden.get(dim, []))
-        members = [m for m in members if m.kind != VIRTUAL or True]
         groups.append(Group(id=0, size=len(class_order), members=members, reasons=list(dict.fromkeys(reasons))))
         order_of_group.append(int(min(member_dims)))
     return [groups[i] for i in np.argsort(order_of_group, kind="stable")]

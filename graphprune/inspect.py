@@ -33,8 +33,13 @@ def describe(deps: DependencyGraph) -> dict[str, Any]:
                 "reasons": g.reasons,
                 "producers": producers(deps, g),
                 "members": [
-                    {"tensor": m.tensor, "axis": m.axis, "kind": m.kind, "role": m.role,
-                     "entries_per_index": int(m.indices.shape[1])}
+                    {
+                        "tensor": m.tensor,
+                        "axis": m.axis,
+                        "kind": m.kind,
+                        "role": m.role,
+                        "entries_per_index": int(m.indices.shape[1]),
+                    }
                     for m in g.members
                 ],
             }
@@ -56,8 +61,11 @@ def table(deps: DependencyGraph) -> str:
     for g in deps.groups:
         prods = producers(deps, g)
         shown = ", ".join(prods[:2]) + (f" +{len(prods) - 2}" if len(prods) > 2 else "")
-        status = "prunable" if g.prunable else "blocked: " + g.reasons[0] + (
-            f" (+{len(g.reasons) - 1} more)" if len(g.reasons) > 1 else "")
+        status = (
+            "prunable"
+            if g.prunable
+            else "blocked: " + g.reasons[0] + (f" (+{len(g.reasons) - 1} more)" if len(g.reasons) > 1 else "")
+        )
         rows.append((g.id, g.size, len(g.members), shown or "-", status))
     summary = describe(deps)
     foot = (

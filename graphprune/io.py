@@ -34,7 +34,8 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.Mo
     if p.stat().st_size == 0:
         raise InputError(f"{p}: empty file (0 bytes)")
     try:
-        model = onnx.load(str(p), load_external_data=False)
+        # format="protobuf": onnx would otherwise pick a text reader from a .json/.txtpb suffix
+        model = onnx.load(str(p), format="protobuf", load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{p}: not a valid ONNX model (cannot parse protobuf: {_first_line(exc)})") from None
     if not model.HasField("graph") or (len(model.graph.node) == 0 and not model.opset_import):
@@ -88,7 +89,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool
         else:
             with open(tmp, "wb") as f:
                 f.write(model.SerializeToString())
-        os.replace(tmp, p)
+        _publish(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -97,6 +98,18 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool
                 os.unlink(tmp_data)
         raise
     return p
+
+
+def _publish(tmp: str | os.PathLike, final: Path) -> None:
+    """Rename ``tmp`` over ``final`` with the mode a new file would get (mkstemp makes 0600)."""
+    if final.exists():
+        mode = final.stat().st_mode & 0o777
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(tmp, mode)
+    os.replace(tmp, final)
 
 
 def _rename_location(model_path: str, old: str, new: str) -> None:
@@ -120,8 +133,13 @@ def _uses_external_data(model: onnx.ModelProto) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
+    return one_line(exc)
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message folded onto one line (for one-line errors)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -132,7 +150,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.replace(tmp, p)
+        _publish(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

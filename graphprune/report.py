@@ -57,15 +57,37 @@ class Report:
     def table(self) -> str:
         """A terminal table: before -> after for each cost, then the checks."""
         rows = [
-            ("parameters", _num(self.params_before), _num(self.params_after), _ratio(self.params_after, self.params_before)),
-            ("FLOPs (MACs)", _num(self.flops_before), _num(self.flops_after), _ratio(self.flops_after, self.flops_before)),
+            (
+                "parameters",
+                _num(self.params_before),
+                _num(self.params_after),
+                _ratio(self.params_after, self.params_before),
+            ),
+            (
+                "FLOPs (MACs)",
+                _num(self.flops_before),
+                _num(self.flops_after),
+                _ratio(self.flops_after, self.flops_before),
+            ),
         ]
         if self.file_bytes_before is not None and self.file_bytes_after is not None:
-            rows.append(("file size", _bytes(self.file_bytes_before), _bytes(self.file_bytes_after),
-                         _ratio(self.file_bytes_after, self.file_bytes_before)))
+            rows.append(
+                (
+                    "file size",
+                    _bytes(self.file_bytes_before),
+                    _bytes(self.file_bytes_after),
+                    _ratio(self.file_bytes_after, self.file_bytes_before),
+                )
+            )
         if self.latency_ms_before is not None and self.latency_ms_after is not None:
-            rows.append(("latency (ORT, median)", f"{self.latency_ms_before:.2f} ms", f"{self.latency_ms_after:.2f} ms",
-                         _ratio(self.latency_ms_after, self.latency_ms_before)))
+            rows.append(
+                (
+                    "latency (ORT, median)",
+                    f"{self.latency_ms_before:.2f} ms",
+                    f"{self.latency_ms_after:.2f} ms",
+                    _ratio(self.latency_ms_after, self.latency_ms_before),
+                )
+            )
         lines = _grid(("", "before", "after", "ratio"), rows)
         p = self.prune
         if p:

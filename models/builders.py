@@ -220,17 +220,13 @@ class _Builder:
             self.param(f"{name}.running_mean", self.small((c,))),
             self.param(f"{name}.running_var", rng.uniform(0.5, 1.5, c).astype(np.float32)),
         ]
-        return self.node(
-            "BatchNormalization", inputs, name, [self.shapes[x]], epsilon=eps, momentum=0.9
-        )[0]
+        return self.node("BatchNormalization", inputs, name, [self.shapes[x]], epsilon=eps, momentum=0.9)[0]
 
     def instance_norm(self, x: str, *, name: str, eps: float = 1e-5) -> str:
         c = self.channels(x)
         scale = self.param(f"{name}.weight", self.rng.uniform(0.5, 1.5, c).astype(np.float32))
         bias = self.param(f"{name}.bias", self.small((c,)))
-        return self.node(
-            "InstanceNormalization", [x, scale, bias], name, [self.shapes[x]], epsilon=eps
-        )[0]
+        return self.node("InstanceNormalization", [x, scale, bias], name, [self.shapes[x]], epsilon=eps)[0]
 
     def act(self, x: str, kind: str, *, name: str) -> str:
         """Elementwise activation by name (see ``ACTIVATIONS``)."""
@@ -258,9 +254,7 @@ class _Builder:
             return self.node("Clip", [x, lo, hi], name, [self.shapes[x]])[0]
         if kind == "prelu":  # per-channel slope [C, 1, 1]
             c = self.channels(x)
-            slope = self.param(
-                f"{name}.weight", self.rng.uniform(0.05, 0.3, (c, 1, 1)).astype(np.float32)
-            )
+            slope = self.param(f"{name}.weight", self.rng.uniform(0.05, 0.3, (c, 1, 1)).astype(np.float32))
             return self.node("PRelu", [x, slope], name, [self.shapes[x]])[0]
         raise ValueError(f"unknown activation {kind!r}")
 
@@ -314,9 +308,7 @@ class _Builder:
     def _pool(self, op: str, x: str, k: int, stride: int, pad: int, name: str) -> str:
         n, c, h, w = self.shapes[x]
         out = (n, c, _conv_out(h, k, stride, pad), _conv_out(w, k, stride, pad))
-        return self.node(
-            op, [x], name, [out], kernel_shape=[k, k], pads=[pad] * 4, strides=[stride, stride]
-        )[0]
+        return self.node(op, [x], name, [out], kernel_shape=[k, k], pads=[pad] * 4, strides=[stride, stride])[0]
 
     def maxpool(self, x: str, k: int = 2, stride: int | None = None, pad: int = 0, *, name: str):
         return self._pool("MaxPool", x, k, stride or k, pad, name)
@@ -349,9 +341,7 @@ class _Builder:
         n, nin = self.shapes[x]
         weight = self.param(f"{name}.weight", self.he((nout, nin), nin))
         bias = self.param(f"{name}.bias", self.small((nout,)))
-        return self.node(
-            "Gemm", [x, weight, bias], name, [(n, nout)], alpha=1.0, beta=1.0, transB=1
-        )[0]
+        return self.node("Gemm", [x, weight, bias], name, [(n, nout)], alpha=1.0, beta=1.0, transB=1)[0]
 
     def matmul_add(self, x: str, nout: int, *, name: str) -> str:
         """A linear layer as MatMul with a constant [in, out] weight, then Add of the bias."""

@@ -88,8 +88,7 @@ def _export(name: str, exporter: str) -> dict:
         if entry["exporter"] == exporter:
             if not entry.get("ok"):
                 raise ValueError(
-                    f"{name}: the {exporter} export failed "
-                    f"({entry.get('error_stage')}: {entry.get('error')})"
+                    f"{name}: the {exporter} export failed ({entry.get('error_stage')}: {entry.get('error')})"
                 )
             return entry
     raise KeyError(f"{name}: no export by {exporter!r}; available: {exporters(name)}")
@@ -206,10 +205,7 @@ def materialize(model: onnx.ModelProto, stats: dict, seed: int = 0) -> onnx.Mode
             raise KeyError(f"stripped tensor {key!r} has no statistics")
         dtype = _FLOAT_DTYPES.get(tensor.data_type)
         if dtype is None:
-            raise TypeError(
-                f"{key!r}: cannot refill a tensor of type "
-                f"{TensorProto.DataType.Name(tensor.data_type)}"
-            )
+            raise TypeError(f"{key!r}: cannot refill a tensor of type {TensorProto.DataType.Name(tensor.data_type)}")
         jobs.append((tensor, (key, table[key], tuple(tensor.dims), dtype, key in variances, seed)))
 
     def draw_bytes(args) -> bytes:
@@ -236,9 +232,7 @@ def load(name: str, exporter: str = "torchscript", seed: int = 0) -> onnx.ModelP
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m models.zoo", description="Write a materialized zoo model."
-    )
+    parser = argparse.ArgumentParser(prog="python -m models.zoo", description="Write a materialized zoo model.")
     parser.add_argument("name", help=f"one of: {', '.join(names())}")
     parser.add_argument("out", type=pathlib.Path, help="output .onnx path")
     parser.add_argument("--exporter", default="torchscript", help="torchscript (default) or dynamo")

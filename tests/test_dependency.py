@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -111,7 +110,8 @@ def _tiny(op_node, extra_inits=(), out_channels=8, opset=17):
         helper.make_node("Conv", ["u", "w2"], ["y"], name="conv2"),
     ]
     graph = helper.make_graph(
-        nodes, "probe",
+        nodes,
+        "probe",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
         inits,

@@ -300,11 +300,7 @@ def test_unet_and_decoder_structure():
 
 def test_grouped_conv_structure():
     model = builders.grouped_conv(groups=4)
-    groups = [
-        next((a.i for a in n.attribute if a.name == "group"), 1)
-        for n in model.graph.node
-        if n.op_type == "Conv"
-    ]
+    groups = [next((a.i for a in n.attribute if a.name == "group"), 1) for n in model.graph.node if n.op_type == "Conv"]
     assert 4 in groups
     assert inits(model)["layer1.0.conv2.weight"].shape == (32, 8, 3, 3)
     assert "Add" in op_types(model)
@@ -338,9 +334,7 @@ def test_random_input_skips_initializers():
     model = builders.conv_chain()
     # Old exporters list initializers as graph inputs too: they must not get a feed.
     weight = model.graph.initializer[0]
-    model.graph.input.append(
-        helper.make_tensor_value_info(weight.name, weight.data_type, list(weight.dims))
-    )
+    model.graph.input.append(helper.make_tensor_value_info(weight.name, weight.data_type, list(weight.dims)))
     feed = random_input(model, seed=5)
     assert list(feed) == ["input"] and feed["input"].shape == (1, 3, 32, 32)
     np.testing.assert_array_equal(feed["input"], random_input(model, seed=5)["input"])

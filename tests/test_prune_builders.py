@@ -37,9 +37,7 @@ def test_global_threshold_prunes_groups_unevenly_and_exactly():
     model = builders.residual_net(width=16, blocks=4)
     result = graphprune.prune(model, ratio=0.5, global_threshold=True, latency=False)
     assert result.report.exact.passed
-    fractions = {
-        g.id: len(result.plan.removed(g)) / g.size for g in result.deps.prunable_groups()
-    }
+    fractions = {g.id: len(result.plan.removed(g)) / g.size for g in result.deps.prunable_groups()}
     assert len(set(np.round(list(fractions.values()), 3))) > 1
 
 

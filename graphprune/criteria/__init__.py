@@ -19,7 +19,6 @@ import numpy as np
 from ..dependency import DependencyGraph, Group, Member
 
 
-
 @dataclass
 class ScoreContext:
     """What a criterion may need besides the group: a seed, and a place for notes."""
@@ -73,5 +72,6 @@ def score_groups(deps: DependencyGraph, name: str, *, seed: int = 0) -> tuple[di
     ctx = ScoreContext(seed=seed)
     scores = {g.id: np.asarray(fn(g, deps, ctx), dtype=np.float64) for g in deps.prunable_groups()}
     return scores, ctx
+
 
 from . import magnitude  # noqa: E402,F401

@@ -36,6 +36,7 @@ class FilterPruning:
     ignore: tuple[str, ...] = ()
     seed: int = 0
     plan: dict | None = None
+    plan_source: str = "plan"  # names the plan in error messages (its file, usually)
 
     def __post_init__(self) -> None:
         if self.plan is None:
@@ -56,7 +57,7 @@ class FilterPruning:
     def choose(self, deps: DependencyGraph) -> tuple[Plan, dict]:
         """The plan this pass would apply to ``deps``, and notes for the report."""
         if self.plan is not None:
-            return plan_from_json(self.plan, deps), {"source": "plan"}
+            return plan_from_json(self.plan, deps, source=self.plan_source), {"source": self.plan_source}
         scores, ctx = score_groups(deps, self.criterion, seed=self.seed)
         plan = allocate(
             deps,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from . import RuleContext, SurgeryContext, couple_all_axes, rewriter, rule
+from . import RuleContext, SurgeryContext, rewriter, rule
 
 
 def _axis(axis: int, rank: int) -> int:
