@@ -379,11 +379,15 @@ def _numel(dims) -> int:
 # --------------------------------------------------------------------------- latency
 
 
+DYNAMIC_DIM = 16  # size given to a dynamic non-batch dim of a random input
+
+
 def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded random inputs for every graph input that is not an initializer.
 
-    Shapes are the declared ones, with dynamic (symbolic) or missing dims set to 1 (an input
-    without any declared shape gets shape ``(1,)``). Floats are standard normal, integers are
+    Shapes are the declared ones; a dynamic (symbolic) or missing dim is 1 on the first axis
+    (the batch) and 16 elsewhere, small but large enough for a few strided convolutions (an
+    input without any declared shape gets shape ``(1,)``). Floats are standard normal, integers are
     drawn from 0..3 (valid as small indices or sizes), booleans are random.
     """
     rng = np.random.default_rng(seed)
@@ -396,7 +400,10 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]
         if not vi.type.HasField("tensor_type"):
             raise ValueError(f"input {vi.name!r} is not a tensor; pass feeds explicitly")
         if tt.HasField("shape"):
-            dims = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim)
+            dims = tuple(
+                d.dim_value if d.HasField("dim_value") else (1 if ax == 0 else DYNAMIC_DIM)
+                for ax, d in enumerate(tt.shape.dim)
+            )
         else:
             dims = (1,)
         try:

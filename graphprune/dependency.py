@@ -86,6 +86,7 @@ class DependencyGraph:
     graph: nx.MultiGraph
     groups: list[Group]
     forbidden: dict[Dim, list[str]]
+    contractions: list[tuple[int, Dim]]  # (node index, data dim it sums over)
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -114,7 +115,13 @@ def analyze(model: onnx.ModelProto | ModelView) -> DependencyGraph:
         collector.run_rule(i, node)
     collector.check_boundaries()
     groups = _resolve(collector)
-    return DependencyGraph(view=mv, graph=collector.graph, groups=groups, forbidden=collector.forbidden)
+    return DependencyGraph(
+        view=mv,
+        graph=collector.graph,
+        groups=groups,
+        forbidden=collector.forbidden,
+        contractions=collector.contractions,
+    )
 
 
 class _Collector:
@@ -126,6 +133,7 @@ class _Collector:
         self.roles: dict[Dim, str] = {}
         self.forbidden: dict[Dim, list[str]] = defaultdict(list)
         self.declared: set[tuple[int, str, int]] = set()
+        self.contractions: list[tuple[int, Dim]] = []
         self._node_index = -1
         self._node: onnx.NodeProto | None = None
 
@@ -184,6 +192,10 @@ class _Collector:
 
     def block(self, coarse: Dim | None, fine: Dim | None, k: int) -> None:
         self._edge(coarse, fine, "identity" if k == 1 else "block", k)
+
+    def contract(self, d: Dim | None) -> None:
+        if d is not None:
+            self.contractions.append((self._node_index, d))
 
     def role(self, d: Dim | None, role: str) -> None:
         if d is not None:

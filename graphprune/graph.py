@@ -41,6 +41,7 @@ class ModelView:
     graph_inputs: list[str]
     graph_outputs: list[str]
     shapes: dict[str, Shape]
+    dtypes: dict[str, int]  # element types (TensorProto data types) where known
     opset: int
     _values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -112,6 +113,7 @@ def view(model: onnx.ModelProto) -> ModelView:
                 constant_nodes[node.output[0]] = i
     initializers = {t.name: t for t in g.initializer}
     init_names = set(initializers)
+    shapes, dtypes = infer_shapes_and_types(model)
     graph_inputs = [v.name for v in g.input if v.name not in init_names]
     return ModelView(
         model=model,
@@ -123,7 +125,8 @@ def view(model: onnx.ModelProto) -> ModelView:
         constant_nodes=constant_nodes,
         graph_inputs=graph_inputs,
         graph_outputs=[v.name for v in g.output],
-        shapes=infer_shapes(model),
+        shapes=shapes,
+        dtypes=dtypes,
         opset=opset_of(model),
     )
 
@@ -168,25 +171,35 @@ def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def infer_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
     """Shapes of every tensor that ONNX shape inference can tell (None for unknown dims)."""
+    return infer_shapes_and_types(model)[0]
+
+
+def infer_shapes_and_types(model: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, int]]:
+    """Shapes and element types (``TensorProto`` data types) from ONNX shape inference."""
     light = light_copy(model)
     try:
         inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # inference fails on exotic graphs: fall back to the declared shapes
         inferred = light
     shapes: dict[str, Shape] = {}
+    types: dict[str, int] = {}
     g = inferred.graph
     for vi in list(g.value_info) + list(g.input) + list(g.output):
         s = _shape_of_value_info(vi)
         if s is not None:
             shapes[vi.name] = s
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
     for t in model.graph.initializer:
         shapes[t.name] = tuple(int(d) for d in t.dims)
+        types[t.name] = t.data_type
     for node in model.graph.node:
         if node.op_type == "Constant":
             for attr in node.attribute:
                 if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                     shapes[node.output[0]] = tuple(int(d) for d in attr.t.dims)
-    return shapes
+                    types[node.output[0]] = attr.t.data_type
+    return shapes, types
 
 
 def _shape_of_value_info(vi: onnx.ValueInfoProto) -> Shape | None:

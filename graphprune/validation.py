@@ -21,8 +21,9 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from .cost import cost_of, latency_ms, random_feeds
-from .dependency import CONSTANT, INITIALIZER, DependencyGraph
+from .dependency import DependencyGraph
 from .plan import Plan
+from .surgery import removed_entries
 
 EXACT_RTOL = 1e-4
 
@@ -80,32 +81,47 @@ def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray
 
 
 def masked_reference(original: onnx.ModelProto, deps: DependencyGraph, plan: Plan) -> onnx.ModelProto:
-    """The original with every weight entry that reads a removed channel set to zero."""
-    zero: dict[str, list[tuple[int, np.ndarray]]] = {}
-    for group in deps.groups:
-        js = plan.removed(group)
-        if len(js) == 0:
-            continue
-        for m in group.members:
-            if m.role == "in" and m.kind in (INITIALIZER, CONSTANT):
-                zero.setdefault(m.tensor, []).append((m.axis, m.indices[js].ravel()))
+    """The original with every removed channel multiplied by zero where a node sums over it.
+
+    A ``Mul`` by a 0/1 mask is inserted on the data input of each contracting node (Conv
+    input channels, the K axis of Gemm/MatMul): for these linear ops that is the same as
+    zeroing the weight's columns, whatever produced the weight (an initializer, a Cast, a
+    DequantizeLinear). Nothing of the surgery is used: no slicing, no attribute rewriting.
+    """
+    removed = removed_entries(deps, plan)
     ref = onnx.ModelProto()
     ref.CopyFrom(original)
-    tensors = {t.name: t for t in ref.graph.initializer}
-    for node in ref.graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    tensors.setdefault(node.output[0], a.t)
-    for name, cuts in zero.items():
-        t = tensors[name]
-        arr = numpy_helper.to_array(t).copy()
-        for axis, idx in cuts:
-            np.moveaxis(arr, axis, 0)[idx] = 0
-        new = numpy_helper.from_array(arr, name)
-        new.data_type = t.data_type
-        t.CopyFrom(new)
+    g = ref.graph
+    taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+    inserts: list[tuple[int, onnx.NodeProto]] = []
+    for k, (node_index, (tensor, axis)) in enumerate(deps.contractions):
+        idx = removed.get((tensor, axis))
+        if idx is None or len(idx) == 0:
+            continue
+        shape = deps.view.shapes[tensor]
+        mask_shape = [1] * len(shape)
+        mask_shape[axis] = shape[axis]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(deps.view.dtypes.get(tensor, onnx.TensorProto.FLOAT))
+        mask = np.ones(shape[axis], dtype=dtype)
+        mask[idx] = 0
+        mask_name, out_name = _fresh(taken, f"graphprune_mask_{k}"), _fresh(taken, f"graphprune_masked_{k}")
+        g.initializer.append(numpy_helper.from_array(mask.reshape(mask_shape), mask_name))
+        node = g.node[node_index]
+        position = list(node.input).index(tensor)
+        node.input[position] = out_name
+        inserts.append((node_index, onnx.helper.make_node("Mul", [tensor, mask_name], [out_name])))
+    for node_index, mul in sorted(inserts, key=lambda t: -t[0]):
+        g.node.insert(node_index, mul)
     return ref
+
+
+def _fresh(taken: set[str], base: str) -> str:
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
 
 
 def rel_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:

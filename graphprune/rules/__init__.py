@@ -44,6 +44,11 @@ class RuleContext(Protocol):
     def block(self, coarse: Dim | None, fine: Dim | None, k: int) -> None:
         """``coarse[i]`` owns ``fine[i*k : (i+1)*k]`` (Flatten, heads, group units)."""
 
+    def contract(self, d: Dim | None) -> None:
+        """The current node sums over data input dim ``d`` (Conv input channels, the K of
+        a matrix product): a removed entry then contributes nothing. The masked reference
+        of validation zeroes the entry right there."""
+
     def role(self, d: Dim | None, role: str) -> None:
         """Mark a weight dim: "out" (makes the channel), "in" (reads it), "param"."""
 

@@ -34,6 +34,7 @@ def conv(node: onnx.NodeProto, ctx: RuleContext) -> None:
     if group == 1:
         ctx.identity(ctx.dim(w, 1), ctx.dim(x, 1))
         ctx.role(ctx.dim(w, 1), "in")
+        ctx.contract(ctx.dim(x, 1))
     else:
         _group_units(node, ctx, x, y, group)
 
@@ -52,6 +53,7 @@ def conv_transpose(node: onnx.NodeProto, ctx: RuleContext) -> None:
     if group == 1:
         ctx.identity(ctx.dim(w, 1), ctx.dim(y, 1))
         ctx.role(ctx.dim(w, 1), "out")
+        ctx.contract(ctx.dim(x, 1))
     else:
         _group_units(node, ctx, x, y, group)
         # Axis 1 of a grouped ConvTranspose weight is "channels per group": never cut.

@@ -33,6 +33,9 @@ def gemm(node: onnx.NodeProto, ctx: RuleContext) -> None:
         ctx.role(ctx.dim(b, b_cols), "out")
     if ctx.view.is_constant(a):
         ctx.role(ctx.dim(a, a_cols), "in")
+        ctx.contract(ctx.dim(b, b_rows))
+    else:
+        ctx.contract(ctx.dim(a, a_cols))
     if len(node.input) > 2 and node.input[2]:
         broadcast(ctx, [node.input[2]], y)
 
@@ -47,6 +50,7 @@ def matmul(node: onnx.NodeProto, ctx: RuleContext) -> None:
         return
     ctx.identity(ctx.dim(a, -1), ctx.dim(w, 0))
     ctx.role(ctx.dim(w, 0), "in")
+    ctx.contract(ctx.dim(a, -1))
     ctx.identity(ctx.dim(w, 1), ctx.dim(y, -1))
     ctx.role(ctx.dim(w, 1), "out")
     for ax in range(len(as_) - 1):

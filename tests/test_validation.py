@@ -1,0 +1,58 @@
+"""Validation catches wrong surgery: the masked reference is not fooled by a consistent mistake."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import numpy_helper
+
+import graphprune
+from graphprune.cost import random_feeds
+from graphprune.validation import check_pruned, masked_reference, run
+from models import builders
+
+
+def _swap_columns(model, name, a, b):
+    t = next(t for t in model.graph.initializer if t.name == name)
+    arr = numpy_helper.to_array(t).copy()
+    arr[:, [a, b]] = arr[:, [b, a]]
+    t.CopyFrom(numpy_helper.from_array(arr, name))
+
+
+def test_exactness_fails_when_the_consumer_keeps_the_wrong_columns():
+    model = builders.residual_net()
+    result = graphprune.prune(model, ratio=0.5, validate=False)
+    broken = result.model
+    _swap_columns(broken, "layer1.0.conv1.weight", 0, 1)
+    v = check_pruned(model, broken, result.deps, result.plan)
+    assert v.checker_ok and v.runtime_ok
+    assert v.exact.checked and not v.exact.passed
+    assert v.exact.max_rel_diff > 1e-3
+
+
+def test_validate_reads_the_plan_from_metadata_and_catches_the_same_mistake():
+    model = builders.dense_block()
+    result = graphprune.prune(model, ratio=0.5, validate=False)
+    assert graphprune.validate(model, result.model, latency=False).exact.passed
+    _swap_columns(result.model, "features.denseblock1.denselayer2.conv1.weight", 2, 5)
+    report = graphprune.validate(model, result.model, latency=False)
+    assert report.exact.checked and not report.exact.passed and not report.passed
+
+
+def test_masked_reference_differs_from_the_original_and_equals_the_pruned_model():
+    model = builders.flatten_gemm()
+    result = graphprune.prune(model, ratio=0.5, validate=False)
+    feeds = random_feeds(model)
+    ref = run(masked_reference(model, result.deps, result.plan), feeds)[0]
+    orig = run(model, feeds)[0]
+    pruned = run(result.model, feeds)[0]
+    assert not np.allclose(ref, orig)  # the reference really removed something
+    np.testing.assert_allclose(pruned, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+def test_report_has_the_contract_keys():
+    report = graphprune.prune(builders.conv_chain(), ratio=0.5).report.to_dict()
+    for key in ("params_before", "params_after", "flops_before", "flops_after", "groups_pruned", "groups_blocked"):
+        assert isinstance(report[key], int)
+    assert set(report["exact"]) >= {"checked", "passed", "max_rel_diff", "skipped_groups"}
+    assert set(report["fidelity"]) >= {"cosine", "rel_l2"}
+    assert report["latency_ms_before"] > 0 and report["latency_ms_after"] > 0
