@@ -43,7 +43,9 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
     proto = io.load(model)
     if check:
         try:
-            onnx.checker.check_model(proto)
+            # By path: the C++ checker reads the file itself, so the model is not
+            # serialized again here (and external data and >2 GB models work).
+            onnx.checker.check_model(os.fspath(model))
         except Exception as exc:  # onnx raises ValidationError (and others for odd files)
             raise InputError(f"{model}: fails the ONNX checker: {io.one_line(exc)}") from None
     return proto
@@ -68,12 +70,17 @@ def prune(
     validate: bool = True,
     latency: bool = True,
     feeds: dict[str, np.ndarray] | None = None,
+    inplace: bool = False,
 ) -> PruneResult:
     """Prune ``model`` and (by default) validate the result against the whole contract.
 
     ``plan`` is a plan's JSON object or a path to a plan file; it replaces ``ratio``
-    and ``criterion``. ``report.passed`` says whether validation held.
+    and ``criterion``. ``report.passed`` says whether validation held. ``inplace=True``
+    (only without validation, which needs the original) edits ``model`` itself instead
+    of a copy, to save memory on large models.
     """
+    if inplace and validate:
+        raise InputError("inplace pruning cannot be validated: the original is needed for the reference")
     original = load_model(model)
     plan_source = "plan"
     if plan is not None and not isinstance(plan, dict):
@@ -91,8 +98,10 @@ def prune(
         plan_source=plan_source,
     )
     deps = _analyze(original)
-    pruned, chosen, details = pass_.run(original, deps)
-    report = _report(original, pruned, details, deps, chosen, validate=validate, latency=latency, feeds=feeds)
+    before = cost_of(original, deps.view.shapes)
+    pruned, chosen, details = pass_.run(original, deps, inplace=inplace)
+    report = _report(original, pruned, details, deps, chosen, validate=validate, latency=latency, feeds=feeds,
+                     before=before)
     return PruneResult(model=pruned, report=report, plan=chosen, deps=deps)
 
 
@@ -124,15 +133,16 @@ def validate(
     return _report(orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds)
 
 
-def _report(original, pruned, details, deps, plan, *, validate, latency, feeds) -> Report:
-    before, after = cost_of(original), cost_of(pruned)
+def _report(original, pruned, details, deps, plan, *, validate, latency, feeds, before=None) -> Report:
+    # File sizes are filled in by whoever knows the files: measuring an in-memory model
+    # would serialize it (a copy of every weight) just for a number.
+    before = before or cost_of(original)
+    after = cost_of(pruned)
     report = Report(
         params_before=before.params,
         params_after=after.params,
         flops_before=before.flops,
         flops_after=after.flops,
-        file_bytes_before=original.ByteSize(),
-        file_bytes_after=pruned.ByteSize(),
         prune=details,
     )
     if validate:

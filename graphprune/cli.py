@@ -157,6 +157,7 @@ def _prune(args) -> int:
         seed=args.seed,
         validate=not args.no_validate,
         latency=not args.no_latency,
+        inplace=args.no_validate,  # nothing needs the original afterwards: save a copy
     )
     report = result.report
     report.file_bytes_before = src.stat().st_size

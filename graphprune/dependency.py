@@ -345,49 +345,48 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
     label = _union_find(n, u, v)
     dim_of = np.repeat(np.arange(len(dims)), sizes)
 
-    # Classes with the same dims, touched the same number of times, form one group.
+    # Classes with the same dims, touched the same number of times, form one group: a
+    # class's signature is a salted sum over its (dim, count) pairs.
     nd = len(dims)
     pair, counts = np.unique(label * nd + dim_of, return_counts=True)
     pair_label, pair_dim = pair // nd, pair % nd
-    rng = np.random.default_rng(12345)
-    salt = rng.integers(1, 2**62, size=nd, dtype=np.int64).astype(np.uint64)
+    salt = np.random.default_rng(12345).integers(1, 2**62, size=nd, dtype=np.int64).astype(np.uint64)
     sig = np.zeros(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
         np.add.at(sig, pair_label, salt[pair_dim] * counts.astype(np.uint64))
     roots = np.unique(label)
-    root_sig = sig[roots]
-    uniq_sig, group_of_root = np.unique(root_sig, return_inverse=True)
+    _, group_of_root = np.unique(sig[roots], return_inverse=True)
+    n_groups = int(group_of_root.max()) + 1
+    classes_per_group = np.bincount(group_of_root, minlength=n_groups)
 
-    # For each group, member dims and per-class counts come from its first class.
-    first_pair = np.searchsorted(pair_label, roots)
-    groups: list[Group] = []
-    root_pos = {int(r): i for i, r in enumerate(roots)}
-    order_of_group = []
-    for gi in range(len(uniq_sig)):
-        cls = roots[group_of_root == gi]
-        r0 = root_pos[int(cls[0])]
-        lo = first_pair[r0]
-        hi = first_pair[r0 + 1] if r0 + 1 < len(first_pair) else len(pair_label)
-        member_dims = pair_dim[lo:hi]
-        member_k = counts[lo:hi]
-        in_group = np.zeros(n, dtype=bool)
-        in_group[np.isin(label, cls)] = True
-        # Order the classes by their entries on the first single-entry member.
-        k1 = [d for d, k in zip(member_dims, member_k) if k == 1]
-        ref = int(k1[0]) if k1 else int(member_dims[0])
-        ref_entries = np.arange(offsets[ref], offsets[ref + 1])
-        ref_entries = ref_entries[in_group[ref_entries]]
-        _, first = np.unique(label[ref_entries], return_index=True)
-        class_order = label[ref_entries][np.sort(first)]
-        rank = np.empty(n, dtype=np.int64)
-        rank[class_order] = np.arange(len(class_order))
+    # Entries sorted by (group, entry index): each group's entries are one slice, and
+    # within it each member dim's entries are one run (dims own consecutive ranges).
+    group_of_label = np.full(n, -1, dtype=np.int64)
+    group_of_label[roots] = group_of_root
+    entry_group = group_of_label[label]
+    order = np.argsort(entry_group, kind="stable")
+    bounds = np.searchsorted(entry_group[order], np.arange(n_groups + 1))
+
+    groups: list[tuple[int, Group]] = []
+    for gi in range(n_groups):
+        entries = order[bounds[gi] : bounds[gi + 1]]
+        n_cls = int(classes_per_group[gi])
+        entry_dims = dim_of[entries]
+        cuts = np.flatnonzero(np.diff(entry_dims)) + 1
+        runs = np.split(entries, cuts)
+        # Order the classes by their entries on the first member with one entry per class.
+        ref = next((r for r in runs if len(r) == n_cls), runs[0])
+        ref_labels = label[ref]
+        if len(ref) != n_cls:
+            _, first = np.unique(ref_labels, return_index=True)
+            ref_labels = ref_labels[np.sort(first)]
+        sorter = np.argsort(ref_labels)
         members = []
         reasons: list[str] = []
-        for d, k in zip(member_dims, member_k):
-            d = int(d)
-            entries = np.arange(offsets[d], offsets[d + 1])
-            entries = entries[in_group[entries]]
-            entries = entries[np.lexsort((entries, rank[label[entries]]))]
+        for run in runs:
+            d = int(dim_of[run[0]])
+            rank = sorter[np.searchsorted(ref_labels, label[run], sorter=sorter)]
+            run = run[np.lexsort((run, rank))]
             dim = dims[d]
             members.append(
                 Member(
@@ -395,13 +394,14 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
                     axis=dim[1],
                     kind=g.nodes[dim]["kind"],
                     role=c.roles.get(dim),
-                    indices=(entries - offsets[d]).reshape(len(class_order), int(k)),
+                    indices=(run - offsets[d]).reshape(n_cls, len(run) // n_cls),
                 )
             )
             reasons.extend(c.forbidden.get(dim, []))
-        groups.append(Group(id=0, size=len(class_order), members=members, reasons=list(dict.fromkeys(reasons))))
-        order_of_group.append(int(min(member_dims)))
-    return [groups[i] for i in np.argsort(order_of_group, kind="stable")]
+        group = Group(id=0, size=n_cls, members=members, reasons=list(dict.fromkeys(reasons)))
+        groups.append((int(entry_dims[0]), group))
+    groups.sort(key=lambda t: t[0])
+    return [grp for _, grp in groups]
 
 
 def _union_find(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -38,10 +38,9 @@ def removed_entries(deps: DependencyGraph, plan: Plan) -> dict[tuple[str, int], 
 
 def apply_plan(model: onnx.ModelProto, deps: DependencyGraph, plan: Plan, *, inplace: bool = False) -> onnx.ModelProto:
     """Return ``model`` with the plan's entries removed (a copy unless ``inplace``)."""
-    out = model if inplace else _copy(model)
     removed = removed_entries(deps, plan)
     if not removed:
-        return out
+        return model if inplace else _copy(model)
     by_tensor: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     for (tensor, axis), idx in removed.items():
         by_tensor[tensor][axis] = idx
@@ -53,10 +52,14 @@ def apply_plan(model: onnx.ModelProto, deps: DependencyGraph, plan: Plan, *, inp
             shape[axis] -= len(idx)
         new_shapes[tensor] = tuple(shape)
 
+    if inplace:
+        out = model
+        for t in out.graph.initializer:
+            if t.name in by_tensor:
+                _slice_tensor(t, by_tensor[t.name])
+    else:
+        out = _copy_slicing_initializers(model, by_tensor)
     g = out.graph
-    for t in g.initializer:
-        if t.name in by_tensor:
-            _slice_tensor(t, by_tensor[t.name])
     for node in g.node:
         if node.op_type == "Constant" and node.output[0] in by_tensor:
             for a in node.attribute:
@@ -80,16 +83,55 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def _copy_slicing_initializers(model: onnx.ModelProto, by_tensor) -> onnx.ModelProto:
+    """A copy of ``model`` in which the initializers to slice are written once, already sliced
+    (copying them first and replacing them afterwards would hold every weight twice)."""
+    out = onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.name != "graph":
+            _set_field(out, field, value)
+    for field, value in model.graph.ListFields():
+        if field.name != "initializer":
+            _set_field(out.graph, field, value)
+    for t in model.graph.initializer:
+        if t.name in by_tensor:
+            new = out.graph.initializer.add()
+            _write_sliced(new, t, by_tensor[t.name])
+        else:
+            out.graph.initializer.append(t)
+    return out
+
+
+def _set_field(dst, field, value) -> None:
+    # protobuf >= 5 has is_repeated; older releases only the (now deprecated) label
+    repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+    if repeated:
+        getattr(dst, field.name).extend(value)
+    elif field.type == field.TYPE_MESSAGE:
+        getattr(dst, field.name).CopyFrom(value)
+    else:
+        setattr(dst, field.name, value)
+
+
+def _sliced(arr: np.ndarray, axes: dict[int, np.ndarray]) -> np.ndarray:
+    """``arr`` without the given entries on each axis, in one copy."""
+    keep = {a: np.setdiff1d(np.arange(arr.shape[a]), idx, assume_unique=True) for a, idx in axes.items()}
+    if len(keep) == 1:
+        (axis, k), = keep.items()
+        return np.take(arr, k, axis=axis)
+    return arr[np.ix_(*[keep.get(a, np.arange(n)) for a, n in enumerate(arr.shape)])]
+
+
+def _write_sliced(dst: onnx.TensorProto, src: onnx.TensorProto, axes: dict[int, np.ndarray]) -> None:
+    arr = _sliced(numpy_helper.to_array(src), axes)
+    new = numpy_helper.from_array(np.ascontiguousarray(arr), src.name)
+    new.data_type = src.data_type  # keeps bfloat16 and friends as they were
+    new.doc_string = src.doc_string
+    dst.CopyFrom(new)
+
+
 def _slice_tensor(t: onnx.TensorProto, axes: dict[int, np.ndarray]) -> None:
-    arr = numpy_helper.to_array(t)
-    for axis, idx in axes.items():
-        arr = np.delete(arr, idx, axis=axis)
-    new = numpy_helper.from_array(np.ascontiguousarray(arr), t.name)
-    new.data_type = t.data_type  # keeps bfloat16 and friends as they were
-    doc = t.doc_string
-    t.Clear()
-    t.CopyFrom(new)
-    t.doc_string = doc
+    _write_sliced(t, t, axes)
 
 
 def _set_shape(vi: onnx.ValueInfoProto, shape: tuple) -> None:

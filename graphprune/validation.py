@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
 
 from .cost import cost_of, latency_ms, random_feeds
@@ -71,6 +70,8 @@ def check(pruned: onnx.ModelProto) -> str:
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Outputs of ``model`` in onnxruntime (CPU, one thread, deterministic)."""
+    import onnxruntime as ort  # imported here: it is slow to import and not needed to prune
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1

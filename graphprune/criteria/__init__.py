@@ -45,8 +45,14 @@ def criterion(name: str) -> Callable[[Criterion], Criterion]:
 
 def entry_stats(arr: np.ndarray, m: Member, reduce: str) -> np.ndarray:
     """Per group index: the l1 or squared-l2 mass of the member's slices."""
-    moved = np.moveaxis(arr, m.axis, 0).reshape(arr.shape[m.axis], -1).astype(np.float32)
-    per_entry = np.abs(moved).sum(axis=1) if reduce == "l1" else np.square(moved).sum(axis=1)
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float32)  # float16/bfloat16: score in float32, the model keeps its dtype
+    others = tuple(a for a in range(arr.ndim) if a != m.axis)
+    if reduce == "l1":
+        per_entry = np.abs(arr).sum(axis=others)
+    else:  # einsum sums the squares without a temporary the size of the weight
+        letters = "abcdefghijklmnop"[: arr.ndim]
+        per_entry = np.einsum(f"{letters},{letters}->{letters[m.axis]}", arr, arr)
     return per_entry[m.indices].sum(axis=1)
 
 
