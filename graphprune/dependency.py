@@ -325,24 +325,7 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
     sizes = np.array([g.nodes[d]["size"] for d in dims], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     n = int(offsets[-1])
-    us, vs = [], []
-    for _a, _b, data in g.edges(dims, data=True):
-        ea, eb = data["a"], data["b"]
-        oa, ob = offsets[index[ea]], offsets[index[eb]]
-        sa = sizes[index[ea]]
-        kind, p = data["kind"], data["param"]
-        if kind == "identity":
-            us.append(oa + np.arange(sa))
-            vs.append(ob + np.arange(sa))
-        elif kind == "segment":
-            us.append(oa + np.arange(sa))
-            vs.append(ob + p + np.arange(sa))
-        else:  # block: coarse[i] owns fine[i*p:(i+1)*p]
-            us.append(oa + np.repeat(np.arange(sa), p))
-            vs.append(ob + np.arange(sa * p))
-    u = np.concatenate(us) if us else np.zeros(0, np.int64)
-    v = np.concatenate(vs) if vs else np.zeros(0, np.int64)
-    label = _union_find(n, u, v)
+    label = _union_find(n, *_entry_pairs(g, index, sizes, offsets))
     dim_of = np.repeat(np.arange(len(dims)), sizes)
 
     # Classes with the same dims, touched the same number of times, form one group: a
@@ -358,50 +341,67 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
     _, group_of_root = np.unique(sig[roots], return_inverse=True)
     n_groups = int(group_of_root.max()) + 1
     classes_per_group = np.bincount(group_of_root, minlength=n_groups)
-
-    # Entries sorted by (group, entry index): each group's entries are one slice, and
-    # within it each member dim's entries are one run (dims own consecutive ranges).
     group_of_label = np.full(n, -1, dtype=np.int64)
     group_of_label[roots] = group_of_root
     entry_group = group_of_label[label]
-    order = np.argsort(entry_group, kind="stable")
-    bounds = np.searchsorted(entry_group[order], np.arange(n_groups + 1))
 
-    groups: list[tuple[int, Group]] = []
-    for gi in range(n_groups):
-        entries = order[bounds[gi] : bounds[gi + 1]]
+    # A class's rank in its group: its first entry on the group's first dim. Sorting all
+    # entries by (group, dim, class rank, entry) lays out every member as [N, k] rows.
+    first_dim = np.full(n_groups, nd, dtype=np.int64)
+    np.minimum.at(first_dim, entry_group, dim_of)
+    on_first = dim_of == first_dim[entry_group]
+    key = np.full(n, n, dtype=np.int64)
+    np.minimum.at(key, label[on_first], np.flatnonzero(on_first))
+    order = np.lexsort((np.arange(n), key[label], dim_of, entry_group))
+    run_id = entry_group[order] * nd + dim_of[order]
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(run_id)) + 1, [n]])
+
+    members: dict[int, list[Member]] = {}
+    reasons: dict[int, list[str]] = {}
+    for lo, hi in zip(starts[:-1], starts[1:]):
+        run = order[lo:hi]
+        gi, d = int(entry_group[run[0]]), int(dim_of[run[0]])
         n_cls = int(classes_per_group[gi])
-        entry_dims = dim_of[entries]
-        cuts = np.flatnonzero(np.diff(entry_dims)) + 1
-        runs = np.split(entries, cuts)
-        # Order the classes by their entries on the first member with one entry per class.
-        ref = next((r for r in runs if len(r) == n_cls), runs[0])
-        ref_labels = label[ref]
-        if len(ref) != n_cls:
-            _, first = np.unique(ref_labels, return_index=True)
-            ref_labels = ref_labels[np.sort(first)]
-        sorter = np.argsort(ref_labels)
-        members = []
-        reasons: list[str] = []
-        for run in runs:
-            d = int(dim_of[run[0]])
-            rank = sorter[np.searchsorted(ref_labels, label[run], sorter=sorter)]
-            run = run[np.lexsort((run, rank))]
-            dim = dims[d]
-            members.append(
-                Member(
-                    tensor=dim[0],
-                    axis=dim[1],
-                    kind=g.nodes[dim]["kind"],
-                    role=c.roles.get(dim),
-                    indices=(run - offsets[d]).reshape(n_cls, len(run) // n_cls),
-                )
+        dim = dims[d]
+        members.setdefault(gi, []).append(
+            Member(
+                tensor=dim[0],
+                axis=dim[1],
+                kind=g.nodes[dim]["kind"],
+                role=c.roles.get(dim),
+                indices=(run - offsets[d]).reshape(n_cls, len(run) // n_cls),
             )
-            reasons.extend(c.forbidden.get(dim, []))
-        group = Group(id=0, size=n_cls, members=members, reasons=list(dict.fromkeys(reasons)))
-        groups.append((int(entry_dims[0]), group))
-    groups.sort(key=lambda t: t[0])
-    return [grp for _, grp in groups]
+        )
+        reasons.setdefault(gi, []).extend(c.forbidden.get(dim, []))
+    ordered = sorted(range(n_groups), key=lambda gi: int(first_dim[gi]))
+    return [
+        Group(id=0, size=int(classes_per_group[gi]), members=members[gi], reasons=list(dict.fromkeys(reasons[gi])))
+        for gi in ordered
+    ]
+
+
+def _entry_pairs(g: nx.MultiGraph, index: dict, sizes: np.ndarray, offsets: np.ndarray):
+    """Entry pairs ``(u, v)`` of every coupling, built for all edges at once.
+
+    Edge ``e`` pairs ``n_e`` entries, ``t = 0 .. n_e-1``: ``u = a + t // q`` and
+    ``v = b + shift + t``, with ``q = 1`` except for block maps (coarse ``a[i]`` owns fine
+    ``b[i*k:(i+1)*k]``: ``q = k``) and ``shift`` the offset of a segment.
+    """
+    rows = []
+    for _a, _b, data in g.edges(list(index), data=True):
+        ia, ib = index[data["a"]], index[data["b"]]
+        kind, p = data["kind"], data["param"]
+        q = p if kind == "block" else 1
+        shift = p if kind == "segment" else 0
+        rows.append((offsets[ia], offsets[ib], sizes[ia] * q, q, shift))
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    oa, ob, count, q, shift = (np.array(col, dtype=np.int64) for col in zip(*rows))
+    start = np.concatenate([[0], np.cumsum(count)[:-1]])
+    t = np.arange(int(count.sum()), dtype=np.int64) - np.repeat(start, count)
+    u = np.repeat(oa, count) + t // np.repeat(q, count)
+    v = np.repeat(ob + shift, count) + t
+    return u, v
 
 
 def _union_find(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:

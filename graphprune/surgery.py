@@ -115,11 +115,17 @@ def _set_field(dst, field, value) -> None:
 
 def _sliced(arr: np.ndarray, axes: dict[int, np.ndarray]) -> np.ndarray:
     """``arr`` without the given entries on each axis, in one copy."""
-    keep = {a: np.setdiff1d(np.arange(arr.shape[a]), idx, assume_unique=True) for a, idx in axes.items()}
+    keep = {a: _kept(arr.shape[a], idx) for a, idx in axes.items()}
     if len(keep) == 1:
         (axis, k), = keep.items()
         return np.take(arr, k, axis=axis)
     return arr[np.ix_(*[keep.get(a, np.arange(n)) for a, n in enumerate(arr.shape)])]
+
+
+def _kept(n: int, removed: np.ndarray) -> np.ndarray:
+    mask = np.ones(n, dtype=bool)
+    mask[removed] = False
+    return np.flatnonzero(mask)
 
 
 def _write_sliced(dst: onnx.TensorProto, src: onnx.TensorProto, axes: dict[int, np.ndarray]) -> None:

@@ -25,6 +25,20 @@ class ScoreContext:
 
     seed: int = 0
     fallbacks: dict[str, int] = field(default_factory=dict)
+    _entry_cache: dict[tuple[str, int, str], np.ndarray] = field(default_factory=dict, repr=False)
+
+    def entry_stats(self, deps: DependencyGraph, m: Member, reduce: str) -> np.ndarray:
+        """Per group index: the l1 or squared-l2 mass of the member's slices.
+
+        The per-entry sums of a weight axis are computed once and shared by every group that
+        owns part of that axis (a DenseNet conv reads segments of many groups).
+        """
+        key = (m.tensor, m.axis, reduce)
+        per_entry = self._entry_cache.get(key)
+        if per_entry is None:
+            per_entry = entry_masses(deps.view.value(m.tensor), m.axis, reduce)
+            self._entry_cache[key] = per_entry
+        return per_entry[m.indices].sum(axis=1)
 
     def fell_back(self, what: str) -> None:
         """Record that a group was scored differently from what was asked."""
@@ -43,17 +57,16 @@ def criterion(name: str) -> Callable[[Criterion], Criterion]:
     return register
 
 
-def entry_stats(arr: np.ndarray, m: Member, reduce: str) -> np.ndarray:
-    """Per group index: the l1 or squared-l2 mass of the member's slices."""
+def entry_masses(arr: np.ndarray, axis: int, reduce: str) -> np.ndarray:
+    """The l1 or squared-l2 mass of each entry of ``axis`` (summed over the other axes)."""
     if arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float32)  # float16/bfloat16: score in float32, the model keeps its dtype
-    others = tuple(a for a in range(arr.ndim) if a != m.axis)
+    others = tuple(a for a in range(arr.ndim) if a != axis)
     if reduce == "l1":
-        per_entry = np.abs(arr).sum(axis=others)
-    else:  # einsum sums the squares without a temporary the size of the weight
-        letters = "abcdefghijklmnop"[: arr.ndim]
-        per_entry = np.einsum(f"{letters},{letters}->{letters[m.axis]}", arr, arr)
-    return per_entry[m.indices].sum(axis=1)
+        return np.abs(arr).sum(axis=others)
+    # einsum sums the squares without a temporary the size of the weight
+    letters = "abcdefghijklmnop"[: arr.ndim]
+    return np.einsum(f"{letters},{letters}->{letters[axis]}", arr, arr)
 
 
 def normalised_mean(columns: list[np.ndarray], size: int) -> np.ndarray:

@@ -13,25 +13,25 @@ from __future__ import annotations
 import numpy as np
 
 from ..dependency import DependencyGraph, Group
-from . import ScoreContext, criterion, entry_stats, magnitude_members, normalised_mean
+from . import ScoreContext, criterion, magnitude_members, normalised_mean
 
 
-def _norm(group: Group, deps: DependencyGraph, p: str) -> np.ndarray:
+def _norm(group: Group, deps: DependencyGraph, p: str, ctx: ScoreContext) -> np.ndarray:
     cols = []
     for m in magnitude_members(group):
-        s = entry_stats(deps.view.value(m.tensor), m, p)
+        s = ctx.entry_stats(deps, m, p)
         cols.append(s if p == "l1" else np.sqrt(s))
     return normalised_mean(cols, group.size)
 
 
 @criterion("l1")
 def l1(group: Group, deps: DependencyGraph, ctx: ScoreContext) -> np.ndarray:
-    return _norm(group, deps, "l1")
+    return _norm(group, deps, "l1", ctx)
 
 
 @criterion("l2")
 def l2(group: Group, deps: DependencyGraph, ctx: ScoreContext) -> np.ndarray:
-    return _norm(group, deps, "l2")
+    return _norm(group, deps, "l2", ctx)
 
 
 @criterion("bn-scale")
@@ -44,7 +44,7 @@ def bn_scale(group: Group, deps: DependencyGraph, ctx: ScoreContext) -> np.ndarr
             cols.append(np.abs(mv.value(m.tensor).astype(np.float64))[m.indices].sum(axis=1))
     if not cols:
         ctx.fell_back("bn-scale -> l2 (no BatchNormalization in the group)")
-        return _norm(group, deps, "l2")
+        return _norm(group, deps, "l2", ctx)
     return normalised_mean(cols, group.size)
 
 
