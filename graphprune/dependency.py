@@ -62,10 +62,11 @@ class Group:
 
     @property
     def anchor(self) -> Member | None:
-        """The member that names this group in a plan: a weight with one entry per index."""
+        """The member that names this group in a plan: a weight, preferably with one entry
+        per index (a block member, e.g. a head, lists all of its entries in the plan)."""
         ranked = sorted(
-            (m for m in self.weights() if m.indices.shape[1] == 1),
-            key=lambda m: {"out": 0, "in": 1, "param": 2}.get(m.role or "", 3),
+            self.weights(),
+            key=lambda m: (m.indices.shape[1] != 1, {"out": 0, "in": 1, "param": 2}.get(m.role or "", 3)),
         )
         return ranked[0] if ranked else None
 

@@ -42,8 +42,8 @@ class Plan:
             if len(idx) == 0:
                 continue
             anchor = group.anchor
-            if anchor is None:  # every prunable group with a weight has one; defensive
-                continue
+            if anchor is None:  # groups are only formed around weights, so this is a bug
+                raise RuntimeError(f"group {group.label} has removals but no weight to name it in a plan")
             entries.append(
                 {
                     "anchor": anchor.tensor,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import graphprune
+from graphprune.cost import cost_of
 from graphprune.report import grid
 from models import zoo
 
@@ -41,6 +42,7 @@ class Row:
     max_rel_diff: float
     blocked_by: str
     seconds: float
+    unknown_nodes: int = 0  # nodes the MAC counter skipped for lack of inferred shapes
 
 
 def measure(name: str, exporter: str, ratio: float = 0.5) -> Row:
@@ -69,6 +71,7 @@ def measure(name: str, exporter: str, ratio: float = 0.5) -> Row:
         max_rel_diff=r.exact.max_rel_diff if r.exact.max_rel_diff is not None else float("nan"),
         blocked_by=blocked_by or "-",
         seconds=time.perf_counter() - t0,
+        unknown_nodes=cost_of(model).unknown_nodes,
     )
 
 
@@ -91,11 +94,15 @@ def markdown(rows: list[Row]) -> str:
     )
     lines = [
         f"| {r.model} | {r.exporter} | {r.groups} | {r.prunable} | {_m(r.params_before)} → {_m(r.params_after)}"
-        f" | {_m(r.flops_before)} → {_m(r.flops_after)} | {'yes' if r.exact else 'NO'}"
+        f" | {_m(r.flops_before)} → {_m(r.flops_after)}{_unknown(r)} | {'yes' if r.exact else 'NO'}"
         f" ({r.max_rel_diff:.1e}) | {r.blocked_by} |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
+
+
+def _unknown(r: Row) -> str:
+    return f" ({r.unknown_nodes} nodes without inferred shapes, not counted)" if r.unknown_nodes else ""
 
 
 def update_readme(text: str, readme: Path) -> None:

@@ -1,8 +1,9 @@
 """Passes: user-facing ``ModelProto -> ModelProto`` steps.
 
 Each pass is a frozen dataclass (its configuration) whose ``__call__(model)`` returns a
-:class:`PassResult`; ``pass_(model).model`` drops into any pipeline of model transforms.
-A :class:`Pipeline` runs passes in order.
+:class:`PassResult`; ``pass_.apply`` is the plain ``ModelProto -> ModelProto`` function for
+pipelines of model transforms (onnxslim/onnxsim style). A :class:`Pipeline` runs passes
+in order.
 """
 
 from __future__ import annotations
@@ -25,8 +26,15 @@ class Pass(Protocol):
     def __call__(self, model: onnx.ModelProto) -> PassResult: ...
 
 
+class TransformMixin:
+    """Gives a pass ``apply``: the same step as a plain ``ModelProto -> ModelProto`` function."""
+
+    def apply(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        return self(model).model  # type: ignore[operator]
+
+
 @dataclass(frozen=True)
-class Pipeline:
+class Pipeline(TransformMixin):
     """Run passes in order; the report holds each pass's report under its class name."""
 
     passes: tuple[Pass, ...]

@@ -14,13 +14,13 @@ from ..dependency import DependencyGraph, analyze
 from ..errors import InputError
 from ..plan import Plan, plan_from_json
 from ..surgery import apply_plan
-from . import PassResult
+from . import PassResult, TransformMixin
 
 PLAN_METADATA_KEY = "graphprune.plan"
 
 
 @dataclass(frozen=True)
-class FilterPruning:
+class FilterPruning(TransformMixin):
     """Remove the lowest-scoring ``ratio`` of every prunable group (or by one global threshold).
 
     ``plan`` (a plan's JSON object) replaces scoring and allocation: its removals are

@@ -1,0 +1,125 @@
+"""Op rules on small probes: each variant either prunes exactly or blocks with its reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import graphprune
+
+
+def _model(nodes, inits, out_shape, opset=17):
+    graph = helper.make_graph(
+        nodes,
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def _w(name, shape, seed=0):
+    return numpy_helper.from_array(np.random.default_rng(seed).standard_normal(shape).astype(np.float32), name)
+
+
+def _i64(name, values):
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+def _stem(c=8):
+    return [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"])], [
+        _w("w1", (c, 3, 3, 3))
+    ]
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize("trans_a", [0, 1])
+def test_gemm_prunes_exactly_with_any_transposition(trans_a, trans_b):
+    nodes, inits = _stem()
+    nodes += [
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),  # [1, 8]
+    ]
+    a = "f"
+    if trans_a:
+        nodes.append(helper.make_node("Transpose", ["f"], ["ft"], perm=[1, 0]))
+        a = "ft"
+    nodes += [
+        helper.make_node("Gemm", [a, "wg", "bg"], ["h"], transA=trans_a, transB=trans_b),
+        helper.make_node("Relu", ["h"], ["hr"]),
+        helper.make_node("Gemm", ["hr", "wo"], ["y"], transB=1),
+    ]
+    inits += [_w("wg", (6, 8) if trans_b else (8, 6), 1), _w("bg", (6,), 2), _w("wo", (5, 6), 3)]
+    result = graphprune.prune(_model(nodes, inits, [1, 5]), ratio=0.5, latency=False)
+    assert result.report.exact.passed
+    assert result.deps.group_of("wg", 0 if trans_b else 1).prunable  # the hidden units
+    assert result.report.groups_pruned == 2
+
+
+def test_resize_with_constant_sizes_is_rewritten():
+    nodes, inits = _stem()
+    nodes += [
+        helper.make_node("Resize", ["r", "", "", "sizes"], ["u"], mode="nearest"),
+        helper.make_node("Conv", ["u", "w2"], ["y"]),
+    ]
+    inits += [_i64("sizes", [1, 8, 16, 16]), _w("w2", (4, 8, 1, 1))]
+    result = graphprune.prune(_model(nodes, inits, [1, 4, 16, 16]), ratio=0.5, latency=False)
+    assert result.report.exact.passed
+    sizes = next(t for t in result.model.graph.initializer if t.name == "sizes")
+    assert numpy_helper.to_array(sizes).tolist() == [1, 4, 16, 16]
+
+
+def test_pad_on_the_channel_axis_blocks():
+    nodes, inits = _stem()
+    nodes += [helper.make_node("Pad", ["r", "pads"], ["u"]), helper.make_node("Conv", ["u", "w2"], ["y"])]
+    inits += [_i64("pads", [0, 1, 0, 0, 0, 1, 0, 0]), _w("w2", (4, 10, 1, 1))]
+    deps = graphprune.analyze(_model(nodes, inits, [1, 4, 8, 8]))
+    assert not deps.group_of("w1", 0).prunable
+    assert any("Pad" in r for r in deps.group_of("w1", 0).reasons)
+
+
+def test_spatial_pad_keeps_channels_prunable():
+    nodes, inits = _stem()
+    nodes += [helper.make_node("Pad", ["r", "pads"], ["u"]), helper.make_node("Conv", ["u", "w2"], ["y"])]
+    inits += [_i64("pads", [0, 0, 1, 1, 0, 0, 1, 1]), _w("w2", (4, 8, 1, 1))]
+    result = graphprune.prune(_model(nodes, inits, [1, 4, 10, 10]), ratio=0.5, latency=False)
+    assert result.report.exact.passed and result.report.groups_pruned == 1
+
+
+def test_reshape_split_into_heads_prunes_whole_heads_and_rewrites_the_shape():
+    # [1, 8, 8, 8] -> [1, 2, 4, 64]: 2 heads of 4 channels; the unit is a head.
+    nodes, inits = _stem()
+    nodes += [
+        helper.make_node("Reshape", ["r", "shape"], ["h"]),
+        helper.make_node("Reshape", ["h", "back"], ["u"]),
+        helper.make_node("Conv", ["u", "w2"], ["y"]),
+    ]
+    inits += [_i64("shape", [1, 2, 4, 64]), _i64("back", [1, 8, 8, 8]), _w("w2", (4, 8, 1, 1))]
+    model = _model(nodes, inits, [1, 4, 8, 8])
+    deps = graphprune.analyze(model)
+    # The inner Reshape's head axis (2) owns blocks of 4 channels; the outer one restores them.
+    group = deps.group_of("w1", 0)
+    assert group.prunable
+    assert group.size == 2 and group.anchor.indices.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    with pytest.raises(graphprune.InputError, match="must be removed together"):
+        graphprune.prune(model, plan={"groups": [{"anchor": "w1", "axis": 0, "remove": [1, 6]}]}, validate=False)
+    result = graphprune.prune(model, plan={"groups": [{"anchor": "w1", "axis": 0, "remove": [4, 5, 6, 7]}]})
+    assert result.report.exact.passed
+    inits = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    assert inits["shape"].tolist() == [1, 1, 4, 64] and inits["back"].tolist() == [1, 4, 8, 8]
+
+
+def test_transpose_to_channels_last_and_back_prunes_exactly():
+    nodes, inits = _stem()
+    nodes += [
+        helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 3, 1]),
+        helper.make_node("MatMul", ["t", "wm"], ["m"]),  # [1, 8, 8, 8] x [8, 6]
+        helper.make_node("Transpose", ["m"], ["u"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["u", "w2"], ["y"]),
+    ]
+    inits += [_w("wm", (8, 6), 5), _w("w2", (4, 6, 1, 1))]
+    result = graphprune.prune(_model(nodes, inits, [1, 4, 8, 8]), ratio=0.5, latency=False)
+    assert result.report.exact.passed
+    assert result.report.groups_pruned == 2
