@@ -68,15 +68,17 @@ def check(pruned: onnx.ModelProto) -> str:
     return ""
 
 
-def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs of ``model`` in onnxruntime (CPU, one thread, deterministic)."""
+def run(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs of ``model`` (a ModelProto or its bytes) in onnxruntime (CPU, one thread)."""
     import onnxruntime as ort  # imported here: it is slow to import and not needed to prune
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    del data
     names = {i.name for i in sess.get_inputs()}
     return sess.run(None, {k: v for k, v in feeds.items() if k in names})
 
@@ -89,11 +91,21 @@ def masked_reference(original: onnx.ModelProto, deps: DependencyGraph, plan: Pla
     zeroing the weight's columns, whatever produced the weight (an initializer, a Cast, a
     DequantizeLinear). Nothing of the surgery is used: no slicing, no attribute rewriting.
     """
+    return onnx.load_from_string(masked_reference_bytes(original, deps, plan))
+
+
+def masked_reference_bytes(original: onnx.ModelProto, deps: DependencyGraph, plan: Plan) -> bytes:
+    """The serialized :func:`masked_reference`, made without copying the weights.
+
+    The masks only add nodes and small initializers and rename inputs, so they are put
+    into ``original`` itself, serialized, and taken out again (in ``finally``): the
+    caller's model ends as it began, and memory never holds a second set of weights.
+    """
     removed = removed_entries(deps, plan)
-    ref = onnx.ModelProto()
-    ref.CopyFrom(original)
-    g = ref.graph
+    g = original.graph
     taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+    masks: list[onnx.TensorProto] = []
+    renamed: list[tuple[onnx.NodeProto, int, str]] = []
     inserts: list[tuple[int, onnx.NodeProto]] = []
     for k, (node_index, (tensor, axis)) in enumerate(deps.contractions):
         idx = removed.get((tensor, axis))
@@ -106,14 +118,26 @@ def masked_reference(original: onnx.ModelProto, deps: DependencyGraph, plan: Pla
         mask = np.ones(shape[axis], dtype=dtype)
         mask[idx] = 0
         mask_name, out_name = _fresh(taken, f"graphprune_mask_{k}"), _fresh(taken, f"graphprune_masked_{k}")
-        g.initializer.append(numpy_helper.from_array(mask.reshape(mask_shape), mask_name))
+        masks.append(numpy_helper.from_array(mask.reshape(mask_shape), mask_name))
         node = g.node[node_index]
         position = list(node.input).index(tensor)
-        node.input[position] = out_name
+        renamed.append((node, position, tensor))
         inserts.append((node_index, onnx.helper.make_node("Mul", [tensor, mask_name], [out_name])))
-    for node_index, mul in sorted(inserts, key=lambda t: -t[0]):
-        g.node.insert(node_index, mul)
-    return ref
+    n_init, n_nodes = len(g.initializer), len(g.node)
+    try:
+        for (node, position, _), (_, mul) in zip(renamed, inserts):
+            node.input[position] = mul.output[0]
+        g.initializer.extend(masks)
+        for node_index, mul in sorted(inserts, key=lambda t: -t[0]):
+            g.node.insert(node_index, mul)
+        return original.SerializeToString()
+    finally:
+        del g.initializer[n_init:]
+        for node_index, _ in sorted(inserts, key=lambda t: t[0]):
+            del g.node[node_index]  # ascending: each deletion restores the index of the next
+        assert len(g.node) == n_nodes
+        for node, position, tensor in renamed:
+            node.input[position] = tensor
 
 
 def _fresh(taken: set[str], base: str) -> str:
@@ -171,7 +195,7 @@ def check_pruned(
         original_out = run(original, feeds)
         fid = fidelity(pruned_out, original_out)
         if deps is not None and plan is not None:
-            ref_out = run(masked_reference(original, deps, plan), feeds)
+            ref_out = run(masked_reference_bytes(original, deps, plan), feeds)
             diff = rel_diff(pruned_out, ref_out)
             exact = Exactness(checked=True, passed=diff <= EXACT_RTOL, max_rel_diff=diff)
         else:

@@ -56,3 +56,14 @@ def test_report_has_the_contract_keys():
     assert set(report["exact"]) >= {"checked", "passed", "max_rel_diff", "skipped_groups"}
     assert set(report["fidelity"]) >= {"cosine", "rel_l2"}
     assert report["latency_ms_before"] > 0 and report["latency_ms_after"] > 0
+
+
+def test_building_the_reference_leaves_the_original_as_it_was():
+    from graphprune.validation import masked_reference_bytes
+
+    model = builders.dense_block()
+    before = model.SerializeToString()
+    result = graphprune.prune(model, ratio=0.5, validate=False)
+    reference = masked_reference_bytes(model, result.deps, result.plan)
+    assert model.SerializeToString() == before
+    assert len(reference) > len(before)  # it did carry the masks
