@@ -40,15 +40,17 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
     """A ModelProto from a path (with a clear error if it is not a usable ONNX file) or as given."""
     if isinstance(model, onnx.ModelProto):
         return model
-    proto = io.load(model)
     if check:
+        # The checker runs first, by path: the C++ checker reads the file itself, so its
+        # copy of the model is gone before Python loads its own (peak memory stays ~2x the
+        # file, as for a plain load), and external data and >2 GB models work.
+        io.check_readable(model)
         try:
-            # By path: the C++ checker reads the file itself, so the model is not
-            # serialized again here (and external data and >2 GB models work).
             onnx.checker.check_model(os.fspath(model))
         except Exception as exc:  # onnx raises ValidationError (and others for odd files)
+            io.load(model)  # a file that does not even parse gets that, more precise, error
             raise InputError(f"{model}: fails the ONNX checker: {io.one_line(exc)}") from None
-    return proto
+    return io.load(model)
 
 
 def analyze(model: ModelLike) -> DependencyGraph:

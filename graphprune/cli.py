@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="show the channel groups: size, members, prunable or why not")
     i.add_argument("model")
     i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.add_argument("--html", metavar="OUT.html", help="also write a page that draws the groups on the op graph")
 
     pr = sub.add_parser("prune", help="prune a model and validate the result")
     pr.add_argument("model")
@@ -110,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _inspect(args) -> int:
     deps = api.analyze(args.model)
+    if args.html:
+        from .html import render
+
+        io.write_text_atomic(args.html, render(deps, title=Path(args.model).name))
     if args.json:
         print(json.dumps({"model": str(args.model), **describe(deps)}, indent=1))
     else:

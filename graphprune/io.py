@@ -26,13 +26,7 @@ _EXTERNAL_THRESHOLD = 1024  # bytes; tensors smaller than this stay inside the .
 
 def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
     """Read an ONNX file, or raise ``InputError`` saying what is wrong with it."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file")
-    if p.is_dir():
-        raise InputError(f"{p}: is a directory, not an ONNX file")
-    if p.stat().st_size == 0:
-        raise InputError(f"{p}: empty file (0 bytes)")
+    p = check_readable(path)
     try:
         # format="protobuf": onnx would otherwise pick a text reader from a .json/.txtpb suffix
         model = onnx.load(str(p), format="protobuf", load_external_data=False)
@@ -54,6 +48,18 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.Mo
         except (OSError, ValueError) as exc:
             raise InputError(f"{p}: cannot read external data ({_first_line(exc)})") from None
     return model
+
+
+def check_readable(path: str | os.PathLike) -> Path:
+    """The path, if it names a non-empty regular file; else ``InputError`` saying why not."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, not an ONNX file")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p}: empty file (0 bytes)")
+    return p
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
