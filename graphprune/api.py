@@ -102,8 +102,9 @@ def prune(
     deps = _analyze(original)
     before = cost_of(original, deps.view.shapes)
     pruned, chosen, details = pass_.run(original, deps, inplace=inplace)
-    report = _report(original, pruned, details, deps, chosen, validate=validate, latency=latency, feeds=feeds,
-                     before=before)
+    report = _report(
+        original, pruned, details, deps, chosen, validate=validate, latency=latency, feeds=feeds, before=before
+    )
     return PruneResult(model=pruned, report=report, plan=chosen, deps=deps)
 
 

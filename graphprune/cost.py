@@ -89,6 +89,7 @@ import numpy as np
 import onnx
 
 from graphprune.graph import infer_shapes
+from graphprune.rules.reduce import REDUCE
 
 __all__ = [
     "Cost",
@@ -174,22 +175,7 @@ _MATMUL_OPS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3
 _RNN_OPS = frozenset({"RNN", "GRU", "LSTM"})
 _POOL_OPS = frozenset({"MaxPool", "AveragePool", "LpPool"})
 _GLOBAL_POOL_OPS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
-_REDUCE_OPS = frozenset(
-    {
-        "ReduceSum",
-        "ReduceMean",
-        "ReduceMax",
-        "ReduceMin",
-        "ReduceProd",
-        "ReduceL1",
-        "ReduceL2",
-        "ReduceLogSum",
-        "ReduceLogSumExp",
-        "ReduceSumSquare",
-        "ArgMax",
-        "ArgMin",
-    }
-)
+_REDUCE_OPS = frozenset(REDUCE) | {"ArgMax", "ArgMin"}
 _ELEMENTWISE_OPS = frozenset(
     {
         # arithmetic

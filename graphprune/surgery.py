@@ -117,7 +117,7 @@ def _sliced(arr: np.ndarray, axes: dict[int, np.ndarray]) -> np.ndarray:
     """``arr`` without the given entries on each axis, in one copy."""
     keep = {a: _kept(arr.shape[a], idx) for a, idx in axes.items()}
     if len(keep) == 1:
-        (axis, k), = keep.items()
+        ((axis, k),) = keep.items()
         return np.take(arr, k, axis=axis)
     return arr[np.ix_(*[keep.get(a, np.arange(n)) for a, n in enumerate(arr.shape)])]
 

@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from graphprune.cost import random_feeds
+
 __all__ = [
     "BUILDERS",
     "conv_chain",
@@ -816,22 +818,6 @@ BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
 
 
 def random_input(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """A feed for every graph input that is not an initializer.
-
-    Float inputs get standard-normal values (float32 for FLOAT); other element types get
-    zeros. Symbolic or unknown dimensions are taken as 1.
-    """
-    rng = np.random.default_rng(seed)
-    init_names = {t.name for t in model.graph.initializer}
-    feed: dict[str, np.ndarray] = {}
-    for vi in model.graph.input:
-        if vi.name in init_names:
-            continue
-        ttype = vi.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in ttype.shape.dim)
-        dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type)
-        if np.issubdtype(dtype, np.floating):
-            feed[vi.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feed[vi.name] = np.zeros(shape, dtype=dtype)
-    return feed
+    """A seeded feed for every graph input that is not an initializer (see
+    :func:`graphprune.cost.random_feeds`, which it is)."""
+    return random_feeds(model, seed=seed)
