@@ -130,18 +130,22 @@ class Cost:
 
 
 def count_params(model: onnx.ModelProto) -> int:
-    """Number of elements of the float constant tensors of ``model``'s main graph.
+    """Number of elements of the float constant tensors of ``model``'s main graph, and of
+    the integer weights that a ``DequantizeLinear`` reads (quantized models).
 
     Reads ``dims`` only, so it works on models loaded without their (external) data.
     """
     g = model.graph
     total = 0
     seen: set[str] = set()
+    # Quantized weights (QDQ models) are integer tensors read by DequantizeLinear: they are
+    # parameters too, one per element.
+    dequantized = {n.input[0] for n in g.node if n.op_type == "DequantizeLinear" and n.input}
     for t in g.initializer:
         if t.name in seen:
             continue
         seen.add(t.name)
-        if t.data_type in _FLOAT_TYPES:
+        if t.data_type in _FLOAT_TYPES or (t.name in dequantized and t.dims):
             total += _numel(t.dims)
     for st in g.sparse_initializer:
         name = st.values.name
