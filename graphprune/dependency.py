@@ -28,6 +28,28 @@ from .rules import Dim, rule_for
 INITIALIZER, CONSTANT, ACTIVATION, VIRTUAL = "initializer", "constant", "activation", "virtual"
 
 
+class Reason(str):
+    """Why a dim cannot lose entries: ``"<where> (<why>)"``, e.g.
+    ``"/layer4/Softmax (Softmax over axis 1, the pruned axis)"``.
+
+    A plain string for JSON and printing; ``where`` names the node or tensor, ``why`` the
+    rule, so that reports can count groups per rule.
+    """
+
+    where: str
+    why: str
+
+    def __new__(cls, where: str, why: str) -> Reason:
+        obj = super().__new__(cls, f"{where} ({why})")
+        obj.where, obj.why = where, why
+        return obj
+
+
+def reason_kind(reason: str) -> str:
+    """The rule part of a reason (what a report counts groups by)."""
+    return reason.why if isinstance(reason, Reason) else reason
+
+
 @dataclass
 class Member:
     """One dim of a group: group index ``j`` owns ``indices[j]`` on ``axis`` of ``tensor``."""
@@ -99,6 +121,14 @@ class DependencyGraph:
     def blocked_groups(self) -> list[Group]:
         return [g for g in self.groups if not g.prunable]
 
+    def blocked_counts(self) -> dict[str, int]:
+        """How many groups each rule blocks (a group counts once per rule), most first."""
+        counts: dict[str, int] = {}
+        for g in self.blocked_groups():
+            for kind in dict.fromkeys(reason_kind(r) for r in g.reasons):
+                counts[kind] = counts.get(kind, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
     def group_of(self, tensor: str, axis: int) -> Group | None:
         """The group one of whose members is ``tensor``'s ``axis`` (first match)."""
         for g in self.groups:
@@ -150,7 +180,7 @@ class _Collector:
             name = self.view.node_names[index]
             for t in list(node.input) + list(node.output):
                 for ax in range(len(self.view.shapes.get(t) or ())):
-                    self.forbid(self.dim(t, ax), f"rule for {node.op_type} ({name}) failed: {exc}")
+                    self.forbid(self.dim(t, ax), Reason(name, f"rule for {node.op_type} failed: {exc}"))
         finally:
             self._node = None
 
@@ -203,7 +233,14 @@ class _Collector:
             self.roles.setdefault(d, role)
 
     def forbid(self, d: Dim | None, reason: str) -> None:
-        if d is not None and reason not in self.forbidden[d]:
+        """Block ``d``; a rule's plain-text reason is attached to the node it reads."""
+        if d is None:
+            return
+        if not isinstance(reason, Reason) and self._node is not None:
+            op = self._node.op_type
+            why = reason if reason.startswith(op) else f"{op} {reason}"
+            reason = Reason(self.view.node_names[self._node_index], why)
+        if reason not in self.forbidden[d]:
             self.forbidden[d].append(reason)
 
     # --- helpers -----------------------------------------------------------------
@@ -212,8 +249,7 @@ class _Collector:
             # One side has no known shape: the other side must not lose entries alone.
             known = a if b is None else b
             if known is not None and self._node is not None:
-                name = self._node.name or self._node.op_type
-                self.forbid(known, f"{self._node.op_type} ({name}) couples it to a tensor of unknown shape")
+                self.forbid(known, f"{self._node.op_type} couples it to a tensor of unknown shape")
             return
         if a == b:
             return
@@ -235,16 +271,16 @@ class _Collector:
                 continue
             tensor, axis = d
             if data["size"] is None:
-                self.forbid(d, f"unknown size of axis {axis} of {tensor}")
+                self.forbid(d, Reason(tensor, f"unknown size of axis {axis}"))
             if tensor in inputs:
-                self.forbid(d, f"graph input {tensor}")
+                self.forbid(d, Reason(tensor, "graph input"))
             if tensor in outputs:
-                self.forbid(d, f"graph output {tensor}")
+                self.forbid(d, Reason(tensor, "graph output"))
             if data["kind"] == ACTIVATION and tensor in mv.producer:
                 self._check_node(mv.producer[tensor], d, "writes")
             for ci, pos in mv.consumers.get(tensor, ()):
                 if pos < 0:
-                    self.forbid(d, f"read inside a subgraph of {mv.nodes[ci].op_type} ({mv.node_names[ci]})")
+                    self.forbid(d, Reason(mv.node_names[ci], f"{mv.nodes[ci].op_type} reads it inside a subgraph"))
                 else:
                     self._check_node(ci, d, "reads")
 
@@ -255,9 +291,11 @@ class _Collector:
         name = self.view.node_names[index]
         if rule_for(node) is None:
             op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-            self.forbid(d, f"no rule for {op} ({name})")
+            self.forbid(d, Reason(name, f"no rule for {op}"))
         else:
-            self.forbid(d, f"{node.op_type} ({name}) {verb} axis {d[1]} of {d[0]} without a rule for it")
+            ports = node.input if verb == "reads" else node.output
+            side = f"{'input' if verb == 'reads' else 'output'} {list(ports).index(d[0])}"
+            self.forbid(d, Reason(name, f"{node.op_type} has no rule for axis {d[1]} of {side}"))
 
 
 def _resolve(c: _Collector) -> list[Group]:
@@ -303,7 +341,7 @@ def _dim_order(c: _Collector):
 def _inconsistent(g: nx.MultiGraph, comp: Iterable[Dim]) -> str | None:
     for d in comp:
         if g.nodes[d]["size"] is None:
-            return f"unknown size of {d[0]} axis {d[1]}"
+            return Reason(d[0], f"unknown size of axis {d[1]}")
     for _a, _b, data in g.edges(comp, data=True):
         ea, eb = data["a"], data["b"]
         sa, sb = g.nodes[ea]["size"], g.nodes[eb]["size"]
@@ -314,7 +352,7 @@ def _inconsistent(g: nx.MultiGraph, comp: Iterable[Dim]) -> str | None:
             or (kind == "block" and sa * p == sb)
         )
         if not ok:
-            return f"inconsistent sizes coupling {ea[0]} axis {ea[1]} ({sa}) and {eb[0]} axis {eb[1]} ({sb})"
+            return Reason(ea[0], f"inconsistent sizes: axis {ea[1]} ({sa}) coupled to {eb[0]} axis {eb[1]} ({sb})")
     return None
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from .dependency import DependencyGraph, Group
@@ -44,14 +43,13 @@ def describe(deps: DependencyGraph) -> dict[str, Any]:
                 ],
             }
         )
-    reasons = Counter(r for g in deps.blocked_groups() for r in g.reasons)
     return {
         "nodes": len(deps.view.nodes),
         "groups_total": len(deps.groups),
         "groups_prunable": len(deps.prunable_groups()),
         "groups_blocked": len(deps.blocked_groups()),
         "prunable_channels": int(sum(g.size for g in deps.prunable_groups())),
-        "blocked_reasons": dict(reasons.most_common()),
+        "blocked_reasons": deps.blocked_counts(),
         "groups": groups,
     }
 
@@ -72,4 +70,8 @@ def table(deps: DependencyGraph) -> str:
         f"{summary['groups_total']} groups: {summary['groups_prunable']} prunable"
         f" ({summary['prunable_channels']} channels), {summary['groups_blocked']} blocked"
     )
-    return grid(("group", "size", "members", "made by", "status"), rows) + "\n" + foot
+    table = grid(("group", "size", "members", "made by", "status"), rows)
+    if summary["blocked_reasons"]:
+        counts = ", ".join(f"{k} ({v})" for k, v in summary["blocked_reasons"].items())
+        table += f"\n\nblocked groups by rule: {counts}"
+    return table + "\n" + foot

@@ -51,12 +51,7 @@ def measure(name: str, exporter: str, ratio: float = 0.5) -> Row:
     model = zoo.load(name, exporter)
     result = graphprune.prune(model, ratio=ratio, latency=False)
     r = result.report
-    reasons = {}
-    for g in result.deps.blocked_groups():
-        for reason in g.reasons:
-            if not reason.startswith(("graph input", "graph output")):
-                key = _kind_of(reason)
-                reasons[key] = reasons.get(key, 0) + 1
+    reasons = {k: v for k, v in result.deps.blocked_counts().items() if k not in ("graph input", "graph output")}
     blocked_by = ", ".join(f"{k} ({v})" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
     return Row(
         model=name,
@@ -73,14 +68,6 @@ def measure(name: str, exporter: str, ratio: float = 0.5) -> Row:
         seconds=time.perf_counter() - t0,
         unknown_nodes=cost_of(model).unknown_nodes,
     )
-
-
-def _kind_of(reason: str) -> str:
-    """A reason without the node name, so that the table can count them."""
-    head = reason.split(" (")[0]
-    if " reads axis" in reason or " writes axis" in reason:
-        return reason.split(" ")[0] + " without a rule for that axis"
-    return head
 
 
 def _m(n: int) -> str:

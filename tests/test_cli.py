@@ -159,11 +159,12 @@ def test_inspect_prints_a_table_with_prunable_rows_and_a_summary_line(run_cli, t
     lines = out.strip().splitlines()
     assert lines[0].split() == ["group", "size", "members", "made", "by", "status"]
     assert any(line.rstrip().endswith("prunable") for line in lines[2:-1])
-    assert any("blocked: graph input" in line for line in lines)
+    assert any("blocked: input (graph input)" in line for line in lines)
+    assert "blocked groups by rule: graph input (1), graph output (1)" in lines
     summary = re.fullmatch(SUMMARY, lines[-1])
     assert summary, lines[-1]
     total, prunable, _, blocked = map(int, summary.groups())
-    assert total == prunable + blocked == len(lines) - 3  # header, rule, summary
+    assert total == prunable + blocked == len(lines) - 5  # header, rule, blank, by rule, summary
     assert prunable >= 1
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 
 import onnx
@@ -81,7 +80,6 @@ class FilterPruning(TransformMixin):
     def report(self, deps: DependencyGraph, plan: Plan, notes: dict) -> dict:
         skipped = protected(deps, self.ignore)
         blocked = deps.blocked_groups()
-        reasons = Counter(r for g in blocked for r in g.reasons)
         return {
             "criterion": None if self.plan is not None else self.criterion,
             "ratio": None if self.plan is not None else self.ratio,
@@ -94,7 +92,7 @@ class FilterPruning(TransformMixin):
             "groups_ignored": len(skipped),
             "channels_removed": plan.total_removed,
             "blocked": [{"group": g.label, "size": g.size, "reasons": g.reasons} for g in blocked],
-            "blocked_reasons": dict(reasons.most_common()),
+            "blocked_reasons": deps.blocked_counts(),
             **notes,
         }
 

@@ -53,7 +53,9 @@ class RuleContext(Protocol):
         """Mark a weight dim: "out" (makes the channel), "in" (reads it), "param"."""
 
     def forbid(self, d: Dim | None, reason: str) -> None:
-        """The dim cannot lose entries; ``reason`` says why, for the user."""
+        """The dim cannot lose entries; ``reason`` says why, for the user. It reads best
+        starting with the op type ("Softmax over axis 1, the pruned axis"); the node's name
+        is added in front."""
 
     def attr(self, name: str, default=None):
         """An attribute of the current node, as a Python value."""

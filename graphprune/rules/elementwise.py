@@ -70,7 +70,7 @@ def broadcast(ctx: RuleContext, inputs: list[str], output: str) -> None:
     if any(ctx.shape(name) is None or len(ctx.shape(name)) > len(ys) for name in inputs):
         # An operand of unknown shape might carry any axis: the output's axes cannot shrink.
         for ax in range(len(ys)):
-            ctx.forbid(ctx.dim(output, ax), "an operand of unknown shape")
+            ctx.forbid(ctx.dim(output, ax), "with an operand of unknown shape")
         return
     for name in inputs:
         xs = ctx.shape(name)

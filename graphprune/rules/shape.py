@@ -39,7 +39,7 @@ def concat(node: onnx.NodeProto, ctx: RuleContext) -> None:
     parts = [(x, ctx.shape(x)) for x in node.input]
     if any(xs is None or xs[axis] is None for _, xs in parts):
         # Without every segment's size the output's entries cannot all be traced.
-        ctx.forbid(ctx.dim(y, axis), f"Concat ({node.name}) with an input of unknown size")
+        ctx.forbid(ctx.dim(y, axis), "Concat with an input of unknown size")
         return
     offset = 0
     for x, xs in parts:
@@ -60,7 +60,7 @@ def split(node: onnx.NodeProto, ctx: RuleContext) -> None:
     axis = _axis(ctx.attr("axis", 0), len(xs))
     parts = [(y, ctx.shape(y)) for y in node.output]
     if any(ys is None or ys[axis] is None for _, ys in parts):
-        ctx.forbid(ctx.dim(x, axis), f"Split ({node.name}) with an output of unknown size")
+        ctx.forbid(ctx.dim(x, axis), "Split with an output of unknown size")
         return
     offset = 0
     for y, ys in parts:
