@@ -44,6 +44,9 @@ class Reason(str):
         obj.where, obj.why = where, why
         return obj
 
+    def __getnewargs__(self) -> tuple[str, str]:  # copy, deepcopy (dataclasses.asdict), pickle
+        return (self.where, self.why)
+
 
 def reason_kind(reason: str) -> str:
     """The rule part of a reason (what a report counts groups by)."""
