@@ -9,14 +9,53 @@ graph, with numerical proof that the surgery did what the plan says::
     graphprune.save(result.model, "small.onnx")
 """
 
-from .api import PruneResult, analyze, load_model, prune, save, validate
-from .dependency import DependencyGraph, Group, Member
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import GraphpruneError, InputError, ValidationFailed
-from .passes import FilterPruning, PassResult, Pipeline
-from .plan import Plan
-from .report import Report
 
 __version__ = "0.1.0"
+
+# The public API is imported on first use: ``import graphprune`` (and the CLI's start-up)
+# stays fast, and an interrupt during start-up reaches the CLI's handler.
+_LAZY = {
+    "PruneResult": "api",
+    "analyze": "api",
+    "load_model": "api",
+    "prune": "api",
+    "save": "api",
+    "validate": "api",
+    "DependencyGraph": "dependency",
+    "Group": "dependency",
+    "Member": "dependency",
+    "FilterPruning": "passes",
+    "PassResult": "passes",
+    "Pipeline": "passes",
+    "Plan": "plan",
+    "Report": "report",
+}
+
+if TYPE_CHECKING:
+    from .api import PruneResult, analyze, load_model, prune, save, validate
+    from .dependency import DependencyGraph, Group, Member
+    from .passes import FilterPruning, PassResult, Pipeline
+    from .plan import Plan
+    from .report import Report
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'graphprune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "DependencyGraph",

@@ -18,6 +18,7 @@ from .cost import cost_of, latency_ms
 from .dependency import DependencyGraph
 from .dependency import analyze as _analyze
 from .errors import InputError
+from .graph import find_cycle
 from .passes.filter import PLAN_METADATA_KEY, FilterPruning, get_metadata
 from .plan import Plan, plan_from_json, read_plan
 from .report import Report
@@ -48,9 +49,16 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
         try:
             onnx.checker.check_model(os.fspath(model))
         except Exception as exc:  # onnx raises ValidationError (and others for odd files)
-            io.load(model)  # a file that does not even parse gets that, more precise, error
+            proto = io.load(model)  # a file that does not even parse gets that, more precise, error
+            io.check_opset(proto, model)
+            cycle = find_cycle(proto)
+            if cycle:
+                shown = cycle if len(cycle) <= 6 else [*cycle[:3], "...", *cycle[-2:]]
+                raise InputError(f"{model}: the graph has a cycle: {' -> '.join(shown)}") from None
             raise InputError(f"{model}: fails the ONNX checker: {io.one_line(exc)}") from None
-    return io.load(model)
+    proto = io.load(model)
+    io.check_opset(proto, model)
+    return proto
 
 
 def analyze(model: ModelLike) -> DependencyGraph:

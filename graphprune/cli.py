@@ -13,11 +13,10 @@ import time
 import traceback
 from pathlib import Path
 
-from . import api, io
-from .criteria import CRITERIA
 from .errors import GraphpruneError, InputError, ValidationFailed
-from .inspect import describe, table
-from .passes.filter import FilterPruning
+
+# The rest of graphprune (numpy, onnx, networkx) is imported inside main(), so that an
+# interrupt while it loads is still answered with one line and exit 130.
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 
@@ -28,6 +27,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .criteria import CRITERIA
+
     p = _Parser(prog="graphprune", description="Structured pruning of ONNX models, with proof.")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _inspect(args) -> int:
+    from . import api, io
+    from .inspect import describe, table
+
     deps = api.analyze(args.model)
     if args.html:
         from .html import render
@@ -128,6 +132,9 @@ def _say(args, msg: str) -> None:
 
 
 def _prune(args) -> int:
+    from . import api, io
+    from .passes.filter import FilterPruning
+
     src, out = Path(args.model), Path(args.output)
     if out.exists() and src.exists() and os.path.samefile(src, out):
         raise InputError(f"{out}: output is the input file; choose another -o")
@@ -168,7 +175,7 @@ def _prune(args) -> int:
     report.file_bytes_before = src.stat().st_size
     failed = report.validated and not report.passed
     if not failed or args.keep_failed:
-        written = io.save(result.model, out)
+        written = io.save(result.model, out, external_data=True if io.had_external_data(src) else None)
         report.file_bytes_after = written.stat().st_size
     if args.save_plan:
         result.plan.save(args.save_plan, result.deps, model=str(src))
@@ -194,6 +201,8 @@ def _failure(report) -> str:
 
 
 def _validate(args) -> int:
+    from . import api
+
     report = api.validate(args.original, args.pruned, plan=args.plan, latency=not args.no_latency)
     report.file_bytes_before = Path(args.original).stat().st_size
     report.file_bytes_after = Path(args.pruned).stat().st_size

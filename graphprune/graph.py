@@ -131,6 +131,31 @@ def view(model: onnx.ModelProto) -> ModelView:
     )
 
 
+def find_cycle(model: onnx.ModelProto) -> list[str] | None:
+    """Node names around a cycle in the main graph (producer -> consumer), or None."""
+    import networkx as nx
+
+    g = nx.DiGraph()
+    producer = {}
+    for i, node in enumerate(model.graph.node):
+        g.add_node(i)
+        for out in node.output:
+            if out in producer:
+                return None  # a name written twice is another problem (not SSA), not a cycle
+            if out:
+                producer[out] = i
+    for i, node in enumerate(model.graph.node):
+        for inp in node.input:
+            if inp in producer:
+                g.add_edge(producer[inp], i)
+    try:
+        edges = nx.find_cycle(g)
+    except nx.NetworkXNoCycle:
+        return None
+    names = [model.graph.node[a].name or model.graph.node[a].op_type for a, _ in edges]
+    return names + names[:1]
+
+
 def opset_of(model: onnx.ModelProto) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):

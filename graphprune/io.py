@@ -24,6 +24,15 @@ _PROTOBUF_LIMIT = 2**31 - 1
 _EXTERNAL_THRESHOLD = 1024  # bytes; tensors smaller than this stay inside the .onnx file
 
 
+_EXTERNAL_SOURCES: dict[str, bool] = {}  # file -> it kept its weights in external data
+
+
+def had_external_data(path: str | os.PathLike) -> bool:
+    """Whether the file, as last loaded by :func:`load`, kept its weights in external data
+    (its pruned output then does too: a user who split the weights out wants them split)."""
+    return _EXTERNAL_SOURCES.get(str(Path(path).resolve()), False)
+
+
 def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
     """Read an ONNX file, or raise ``InputError`` saying what is wrong with it."""
     p = check_readable(path)
@@ -34,6 +43,7 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.Mo
         raise InputError(f"{p}: not a valid ONNX model (cannot parse protobuf: {_first_line(exc)})") from None
     if not model.HasField("graph") or (len(model.graph.node) == 0 and not model.opset_import):
         raise InputError(f"{p}: not an ONNX model (no graph in the protobuf message)")
+    _EXTERNAL_SOURCES[str(p.resolve())] = _uses_external_data(model)
     if load_external_data and _uses_external_data(model):
         base = p.resolve().parent
         for tensor in _external_tensors(model):
@@ -48,6 +58,17 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.Mo
         except (OSError, ValueError) as exc:
             raise InputError(f"{p}: cannot read external data ({_first_line(exc)})") from None
     return model
+
+
+def check_opset(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """``InputError`` if the model needs a newer ONNX opset than the installed onnx knows."""
+    newest = onnx.defs.onnx_opset_version()
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version > newest:
+            raise InputError(
+                f"{path}: uses ONNX opset {imp.version}, newer than the installed onnx {onnx.__version__}"
+                f" supports ({newest}); upgrade onnx or convert the model to an older opset"
+            )
 
 
 def check_readable(path: str | os.PathLike) -> Path:
