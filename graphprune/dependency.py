@@ -232,8 +232,14 @@ class _Collector:
             self.contractions.append((self._node_index, d))
 
     def role(self, d: Dim | None, role: str) -> None:
-        if d is not None:
-            self.roles.setdefault(d, role)
+        """Mark a weight dim; a weight computed by Cast/DequantizeLinear passes its role to the
+        stored constant's same axis, which is what criteria read."""
+        if d is None:
+            return
+        self.roles.setdefault(d, role)
+        source = self.view.weight_source(d[0])
+        if source is not None and source != d[0] and (source, d[1]) in self.graph:
+            self.roles.setdefault((source, d[1]), role)
 
     def forbid(self, d: Dim | None, reason: str) -> None:
         """Block ``d``; a rule's plain-text reason is attached to the node it reads."""
@@ -308,8 +314,8 @@ def _resolve(c: _Collector) -> list[Group]:
     broken: list[tuple[list[Dim], str]] = []
     for comp in nx.connected_components(g):
         comp = list(comp)
-        if not any(g.nodes[d]["kind"] in (INITIALIZER, CONSTANT) and c.view.is_float_constant(d[0]) for d in comp):
-            continue  # batch/spatial axes, shape arithmetic and the like: no weights, nothing to prune
+        if not any(d in c.roles for d in comp):
+            continue  # batch/spatial/kernel axes, shape arithmetic: no weight entry to remove
         reason = _inconsistent(g, comp)
         if reason:
             broken.append((comp, reason))

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+_WEIGHT_PASSTHROUGH = frozenset({"Cast", "Identity", "DequantizeLinear"})
 _CACHE_LIMIT = 4096  # elements; constants up to this size are cached by ModelView.value
 _LIGHT_THRESHOLD = 1024  # elements; larger float tensors lose their data in the light copy
 _FLOAT_TYPES = {
@@ -64,6 +65,25 @@ class ModelView:
         if arr.size <= _CACHE_LIMIT:
             self._values[name] = arr
         return arr
+
+    def weight_source(self, name: str) -> str | None:
+        """The constant a tensor is computed from by per-element ops that keep every axis
+        (Cast, Identity, DequantizeLinear: half-precision and quantized weights), or None.
+        A constant is its own source."""
+        seen = 0
+        while not self.is_constant(name):
+            i = self.producer.get(name)
+            if i is None or seen > 8:
+                return None
+            node = self.nodes[i]
+            if node.op_type not in _WEIGHT_PASSTHROUGH or node.domain not in ("", "ai.onnx") or not node.input:
+                return None
+            name, seen = node.input[0], seen + 1
+        return name
+
+    def is_weight(self, name: str) -> bool:
+        """A constant, or computed from one as :meth:`weight_source` says."""
+        return self.weight_source(name) is not None
 
     def is_float_constant(self, name: str) -> bool:
         """True for constants of a floating-point type: weights, not shapes or indices."""

@@ -65,7 +65,8 @@ def apply_plan(model: onnx.ModelProto, deps: DependencyGraph, plan: Plan, *, inp
             for a in node.attribute:
                 if a.name == "value":
                     _slice_tensor(a.t, by_tensor[node.output[0]])
-    for vi in g.value_info:
+    # Old exporters list initializers among the graph inputs too: their declared shapes follow.
+    for vi in list(g.value_info) + list(g.input):
         if vi.name in by_tensor:
             _set_shape(vi, new_shapes[vi.name])
 
@@ -186,6 +187,12 @@ class _Surgery:
         if name in self._inits and not shared:
             self._inits[name].CopyFrom(numpy_helper.from_array(value, name))
             return
+        if name in self.view.constant_nodes and not shared:  # rewrite the Constant node itself
+            constant = self.model.graph.node[self.view.constant_nodes[name]]
+            for a in constant.attribute:
+                if a.name == "value":
+                    a.t.CopyFrom(numpy_helper.from_array(value, name))
+                    return
         new_name = _unique_name(self.model, f"{node.name or node.output[0]}/input{position}")
         tensor = numpy_helper.from_array(value, new_name)
         self.model.graph.initializer.append(tensor)

@@ -76,6 +76,11 @@ def run(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray]) -> list[np
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    # Basic optimisations only, and no QDQ fusion: the reference's mask Muls would stop a
+    # DequantizeLinear->Conv->QuantizeLinear from becoming an integer QLinearConv that the
+    # pruned model gets, and the two would then differ by the quantization error.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.add_session_config_entry("session.disable_quant_qdq", "1")
     data = model if isinstance(model, bytes) else model.SerializeToString()
     sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
     del data

@@ -71,7 +71,7 @@ def entry_masses(arr: np.ndarray, axis: int, reduce: str) -> np.ndarray:
 
 def normalised_mean(columns: list[np.ndarray], size: int) -> np.ndarray:
     if not columns:
-        return np.ones(size, dtype=np.float64)
+        raise ValueError("no weights to score")  # callers check magnitude_members first
     out = np.zeros(size, dtype=np.float64)
     for c in columns:
         c = c.astype(np.float64)

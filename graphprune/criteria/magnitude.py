@@ -17,8 +17,12 @@ from . import ScoreContext, criterion, magnitude_members, normalised_mean
 
 
 def _norm(group: Group, deps: DependencyGraph, p: str, ctx: ScoreContext) -> np.ndarray:
+    members = magnitude_members(group)
+    if not members:  # weights computed at run time from other tensors: nothing stored to read
+        ctx.fell_back("no stored weights in the group: uniform scores")
+        return np.ones(group.size)
     cols = []
-    for m in magnitude_members(group):
+    for m in members:
         s = ctx.entry_stats(deps, m, p)
         cols.append(s if p == "l1" else np.sqrt(s))
     return normalised_mean(cols, group.size)
@@ -38,10 +42,12 @@ def l2(group: Group, deps: DependencyGraph, ctx: ScoreContext) -> np.ndarray:
 def bn_scale(group: Group, deps: DependencyGraph, ctx: ScoreContext) -> np.ndarray:
     mv = deps.view
     cols = []
-    for m in group.weights("param"):
+    for m in group.members:  # the scale may reach BatchNormalization through a Cast
         uses = mv.consumers.get(m.tensor, [])
-        if any(mv.nodes[i].op_type == "BatchNormalization" and pos == 1 for i, pos in uses):
-            cols.append(np.abs(mv.value(m.tensor).astype(np.float64))[m.indices].sum(axis=1))
+        source = mv.weight_source(m.tensor)
+        if source is not None and any(mv.nodes[i].op_type == "BatchNormalization" and pos == 1 for i, pos in uses):
+            gamma = np.abs(mv.value(source).astype(np.float64))
+            cols.append(gamma[m.indices].sum(axis=1))
     if not cols:
         ctx.fell_back("bn-scale -> l2 (no BatchNormalization in the group)")
         return _norm(group, deps, "l2", ctx)
@@ -50,8 +56,11 @@ def bn_scale(group: Group, deps: DependencyGraph, ctx: ScoreContext) -> np.ndarr
 
 @criterion("fpgm")
 def fpgm(group: Group, deps: DependencyGraph, ctx: ScoreContext) -> np.ndarray:
+    members = group.weights("out") or magnitude_members(group)
+    if not members:
+        return _norm(group, deps, "l2", ctx)
     rows = []
-    for m in group.weights("out") or magnitude_members(group):
+    for m in members:
         arr = deps.view.value(m.tensor).astype(np.float32)
         moved = np.moveaxis(arr, m.axis, 0).reshape(arr.shape[m.axis], -1)
         rows.append(moved[m.indices].reshape(group.size, -1))

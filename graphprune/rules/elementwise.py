@@ -82,5 +82,5 @@ def broadcast(ctx: RuleContext, inputs: list[str], output: str) -> None:
             if size is not None and out_size is not None and size != out_size:
                 continue
             ctx.identity(ctx.dim(name, ax), ctx.dim(output, ax + shift))
-            if ctx.view.is_constant(name):
+            if ctx.view.is_weight(name):
                 ctx.role(ctx.dim(name, ax), "param")
