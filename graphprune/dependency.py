@@ -168,6 +168,7 @@ class _Collector:
         self.forbidden: dict[Dim, list[str]] = defaultdict(list)
         self.declared: set[tuple[int, str, int]] = set()
         self.contractions: list[tuple[int, Dim]] = []
+        self.tags: dict[Dim, dict] = {}
         self._node_index = -1
         self._node: onnx.NodeProto | None = None
 
@@ -226,6 +227,16 @@ class _Collector:
 
     def block(self, coarse: Dim | None, fine: Dim | None, k: int) -> None:
         self._edge(coarse, fine, "identity" if k == 1 else "block", k)
+
+    def strided(self, coarse: Dim | None, fine: Dim | None, outer: int, inner: int) -> None:
+        if outer == 1:
+            self.block(coarse, fine, inner)
+        else:
+            self._edge(coarse, fine, "strided", (outer, inner))
+
+    def tag(self, d: Dim | None, key: str, value) -> None:
+        if d is not None:
+            self.tags.setdefault(d, {})[key] = value
 
     def contract(self, d: Dim | None) -> None:
         if d is not None:
@@ -359,6 +370,7 @@ def _inconsistent(g: nx.MultiGraph, comp: Iterable[Dim]) -> str | None:
             (kind == "identity" and sa == sb)
             or (kind == "segment" and p + sa <= sb)
             or (kind == "block" and sa * p == sb)
+            or (kind == "strided" and sa * p[0] * p[1] == sb)
         )
         if not ok:
             return Reason(ea[0], f"inconsistent sizes: axis {ea[1]} ({sa}) coupled to {eb[0]} axis {eb[1]} ({sb})")
@@ -436,20 +448,29 @@ def _entry_pairs(g: nx.MultiGraph, index: dict, sizes: np.ndarray, offsets: np.n
     ``b[i*k:(i+1)*k]``: ``q = k``) and ``shift`` the offset of a segment.
     """
     rows = []
+    us, vs = [], []
     for _a, _b, data in g.edges(list(index), data=True):
         ia, ib = index[data["a"]], index[data["b"]]
         kind, p = data["kind"], data["param"]
+        if kind == "strided":  # coarse[i] owns fine[o*n*inner + i*inner + r] for every o, r (rare)
+            outer, inner = p
+            n = sizes[ia]
+            o, i, r = np.meshgrid(np.arange(outer), np.arange(n), np.arange(inner), indexing="ij")
+            us.append(offsets[ia] + i.ravel())
+            vs.append(offsets[ib] + (o * n * inner + i * inner + r).ravel())
+            continue
         q = p if kind == "block" else 1
         shift = p if kind == "segment" else 0
         rows.append((offsets[ia], offsets[ib], sizes[ia] * q, q, shift))
-    if not rows:
+    if rows:
+        oa, ob, count, q, shift = (np.array(col, dtype=np.int64) for col in zip(*rows))
+        start = np.concatenate([[0], np.cumsum(count)[:-1]])
+        t = np.arange(int(count.sum()), dtype=np.int64) - np.repeat(start, count)
+        us.append(np.repeat(oa, count) + t // np.repeat(q, count))
+        vs.append(np.repeat(ob + shift, count) + t)
+    if not us:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    oa, ob, count, q, shift = (np.array(col, dtype=np.int64) for col in zip(*rows))
-    start = np.concatenate([[0], np.cumsum(count)[:-1]])
-    t = np.arange(int(count.sum()), dtype=np.int64) - np.repeat(start, count)
-    u = np.repeat(oa, count) + t // np.repeat(q, count)
-    v = np.repeat(ob + shift, count) + t
-    return u, v
+    return np.concatenate(us).astype(np.int64), np.concatenate(vs).astype(np.int64)
 
 
 def _union_find(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:

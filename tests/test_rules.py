@@ -89,26 +89,46 @@ def test_spatial_pad_keeps_channels_prunable():
 
 
 def test_reshape_split_into_heads_prunes_whole_heads_and_rewrites_the_shape():
-    # [1, 8, 8, 8] -> [1, 2, 4, 64]: 2 heads of 4 channels; the unit is a head.
+    # [1, 8, 8, 8] -> [1, 4, 2, 64]: 4 "heads" of 2 channels; the unit is a head.
     nodes, inits = _stem()
     nodes += [
         helper.make_node("Reshape", ["r", "shape"], ["h"]),
         helper.make_node("Reshape", ["h", "back"], ["u"]),
         helper.make_node("Conv", ["u", "w2"], ["y"]),
     ]
-    inits += [_i64("shape", [1, 2, 4, 64]), _i64("back", [1, 8, 8, 8]), _w("w2", (4, 8, 1, 1))]
+    inits += [_i64("shape", [1, 4, 2, 64]), _i64("back", [1, 8, 8, 8]), _w("w2", (4, 8, 1, 1))]
     model = _model(nodes, inits, [1, 4, 8, 8])
-    deps = graphprune.analyze(model)
-    # The inner Reshape's head axis (2) owns blocks of 4 channels; the outer one restores them.
-    group = deps.group_of("w1", 0)
+    group = graphprune.analyze(model).group_of("w1", 0)
     assert group.prunable
-    assert group.size == 2 and group.anchor.indices.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert group.size == 4 and group.anchor.indices.tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
     with pytest.raises(graphprune.InputError, match="must be removed together"):
         graphprune.prune(model, plan={"groups": [{"anchor": "w1", "axis": 0, "remove": [1, 6]}]}, validate=False)
-    result = graphprune.prune(model, plan={"groups": [{"anchor": "w1", "axis": 0, "remove": [4, 5, 6, 7]}]})
+    result = graphprune.prune(model, plan={"groups": [{"anchor": "w1", "axis": 0, "remove": [2, 3]}]})
     assert result.report.exact.passed
     inits = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
-    assert inits["shape"].tolist() == [1, 1, 4, 64] and inits["back"].tolist() == [1, 4, 8, 8]
+    assert inits["shape"].tolist() == [1, 3, 2, 64] and inits["back"].tolist() == [1, 6, 8, 8]
+
+
+def test_packed_projection_split_into_a_selector_keeps_the_hidden_axis_as_the_unit():
+    # [1, 24, 8, 8] -> [1, 3, 8, 64] (a q/k/v-like selector of 3), then back: the unit is one of
+    # the 8 channels of each third, owning channels {c, 8 + c, 16 + c}.
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["c", "shape"], ["h"]),
+        helper.make_node("Reshape", ["h", "back"], ["u"]),
+        helper.make_node("Conv", ["u", "w2"], ["y"]),
+    ]
+    inits = [
+        _w("w1", (24, 3, 3, 3)),
+        _i64("shape", [1, 3, 8, 64]),
+        _i64("back", [1, 24, 8, 8]),
+        _w("w2", (4, 24, 1, 1)),
+    ]
+    model = _model(nodes, inits, [1, 4, 8, 8])
+    group = graphprune.analyze(model).group_of("w1", 0)
+    assert group.size == 8 and group.anchor.indices[2].tolist() == [2, 10, 18]
+    result = graphprune.prune(model, ratio=0.5, latency=False)
+    assert result.report.exact.passed
 
 
 def test_transpose_to_channels_last_and_back_prunes_exactly():

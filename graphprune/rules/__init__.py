@@ -49,6 +49,13 @@ class RuleContext(Protocol):
         a matrix product): a removed entry then contributes nothing. The masked reference
         of validation zeroes the entry right there."""
 
+    def strided(self, coarse: Dim | None, fine: Dim | None, outer: int, inner: int) -> None:
+        """``fine`` is ``[outer, len(coarse), inner]`` flattened: ``coarse[i]`` owns
+        ``fine[o*len*inner + i*inner + r]`` for every ``o``, ``r`` (the heads of a packed QKV)."""
+
+    def tag(self, d: Dim | None, key: str, value) -> None:
+        """Attach a fact to a dim for reports (e.g. ``heads``: the head size)."""
+
     def role(self, d: Dim | None, role: str) -> None:
         """Mark a weight dim: "out" (makes the channel), "in" (reads it), "param"."""
 

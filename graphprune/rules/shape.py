@@ -207,16 +207,45 @@ def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
     if xs is None or ys is None or None in xs or None in ys:
         return
     for (i0, i1), (j0, j1) in _matched_segments(xs, ys):
-        if i1 - i0 == 1 and j1 - j0 == 1:
-            ctx.identity(ctx.dim(x, i0), ctx.dim(y, j0))
-        elif i1 - i0 == 1:  # one axis split into several: the output's major axis owns blocks
-            ctx.block(ctx.dim(y, j0), ctx.dim(x, i0), int(np.prod(ys[j0 + 1 : j1], dtype=np.int64)))
-        elif j1 - j0 == 1:  # several axes merged into one
-            ctx.block(ctx.dim(x, i0), ctx.dim(y, j0), int(np.prod(xs[i0 + 1 : i1], dtype=np.int64)))
+        ins = [i for i in range(i0, i1) if xs[i] != 1]
+        outs = [j for j in range(j0, j1) if ys[j] != 1]
+        if len(ins) == 1 and len(outs) == 1:
+            ctx.identity(ctx.dim(x, ins[0]), ctx.dim(y, outs[0]))
+        elif len(ins) == 1 and len(outs) > 1:  # one axis split into several
+            _unit(ctx, y, ys, outs, x, ins[0])
+        elif len(outs) == 1 and len(ins) > 1:  # several axes merged into one
+            _unit(ctx, x, xs, ins, y, outs[0])
+    for ax, size in enumerate(ys):  # size-1 axes (unsqueezed batch) carry nothing
+        if size == 1:
+            ctx.dim(y, ax)
+    for ax, size in enumerate(xs):
+        if size == 1:
+            ctx.dim(x, ax)
+
+
+def _unit(ctx: RuleContext, many: str, shape, axes: list[int], one: str, axis: int) -> None:
+    """Couple the single ``axis`` of ``one`` with the unit axis among ``axes`` of ``many``.
+
+    The unit is the first axis after leading *selector* axes of size <= 3 (the q/k/v axis of a
+    packed projection): ``[3E] -> [3, E]`` keeps ``E``, ``[3HD] -> [3, H, D]`` and
+    ``[HD] -> [H, D]`` keep the heads ``H``, ``[C, H, W] -> [CHW]`` keeps ``C``. Each unit
+    entry owns a strided set of the single axis; the other axes are left alone, so they
+    block if anything else needs them.
+    """
+    pick = 0
+    while pick < len(axes) - 1 and shape[axes[pick]] <= 3:
+        pick += 1
+    unit = axes[pick]
+    outer = int(np.prod([shape[a] for a in axes[:pick]], dtype=np.int64))
+    inner = int(np.prod([shape[a] for a in axes[pick + 1 :]], dtype=np.int64))
+    coarse = ctx.dim(many, unit)
+    ctx.strided(coarse, ctx.dim(one, axis), outer, inner)
+    if inner > 1 and unit == axes[-2] and len(ctx.shape(one) or ()) - 1 == axis:
+        ctx.tag(coarse, "heads", inner)  # [.., H*D] <-> [.., H, D] on the last axis: attention heads
 
 
 def _matched_segments(xs, ys):
-    """Pairs of axis ranges of equal size product, skipping size-1 axes at the edges."""
+    """Pairs of axis ranges with equal size products, in order."""
     i = j = 0
     out = []
     while i < len(xs) and j < len(ys):
@@ -355,6 +384,52 @@ def _forbid_all(ctx: RuleContext, node: onnx.NodeProto, reason: str) -> None:
     for t in (node.input[0], node.output[0]):
         for ax in range(len(ctx.shape(t) or ())):
             ctx.forbid(ctx.dim(t, ax), reason)
+
+
+@rule("Gather")
+def gather(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Axes other than the gathered one pass through (an embedding's hidden axis, the hidden
+    axis after selecting q, k or v); the gathered axis is indexed, so it blocks."""
+    data, idx, y = node.input[0], node.input[1], node.output[0]
+    ds, is_ = ctx.shape(data), ctx.shape(idx)
+    if ds is None or is_ is None:
+        return
+    axis = _axis(ctx.attr("axis", 0), len(ds))
+    for ax in range(len(ds)):
+        if ax == axis:
+            ctx.forbid(ctx.dim(data, ax), "Gather indexes this axis")
+        else:
+            ctx.identity(ctx.dim(data, ax), ctx.dim(y, ax if ax < axis else ax + len(is_) - 1))
+    if ctx.view.is_weight(data):
+        for ax in range(len(ds)):
+            if ax != axis:
+                ctx.role(ctx.dim(data, ax), "out")  # an embedding table makes the hidden channels
+
+
+@rule("Expand")
+def expand(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Axes that keep their size pass through (repeat_kv's kv-heads axis); broadcast ones do not."""
+    x, y = node.input[0], node.output[0]
+    xs, ys = ctx.shape(x), ctx.shape(y)
+    if xs is None or ys is None or ctx.value(node.input[1]) is None:
+        return
+    shift = len(ys) - len(xs)
+    for ax, size in enumerate(xs):
+        if size is not None and size == ys[ax + shift]:
+            ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax + shift))
+
+
+@rewriter("Expand")
+def rewrite_expand(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
+    old, new = ctx.old_shape(node.output[0]), ctx.new_shape(node.output[0])
+    if old == new:
+        return
+    target = [int(v) for v in ctx.view.value(node.input[1]).ravel()]
+    shift = len(old) - len(target)
+    for ax in range(len(target)):
+        if target[ax] != 1 and old[ax + shift] != new[ax + shift]:
+            target[ax] = new[ax + shift]
+    ctx.set_constant_input(node, 1, np.array(target, dtype=np.int64))
 
 
 @rule("Shape", "Size")
