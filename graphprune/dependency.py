@@ -433,7 +433,14 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
             )
         )
         reasons.setdefault(gi, []).extend(c.forbidden.get(dim, []))
-    ordered = sorted(range(n_groups), key=lambda gi: int(first_dim[gi]))
+    # A group of one entry on axes of length 1 (batch axes met by broadcasting) has
+    # nothing to remove: it is not a channel space at all.
+    trivial = {
+        gi
+        for gi in range(n_groups)
+        if classes_per_group[gi] == 1 and all(sizes[index[(m.tensor, m.axis)]] == 1 for m in members[gi])
+    }
+    ordered = sorted((gi for gi in range(n_groups) if gi not in trivial), key=lambda gi: int(first_dim[gi]))
     return [
         Group(id=0, size=int(classes_per_group[gi]), members=members[gi], reasons=list(dict.fromkeys(reasons[gi])))
         for gi in ordered

@@ -110,25 +110,43 @@ def test_reshape_split_into_heads_prunes_whole_heads_and_rewrites_the_shape():
 
 
 def test_packed_projection_split_into_a_selector_keeps_the_hidden_axis_as_the_unit():
-    # [1, 24, 8, 8] -> [1, 3, 8, 64] (a q/k/v-like selector of 3), then back: the unit is one of
-    # the 8 channels of each third, owning channels {c, 8 + c, 16 + c}.
+    # [1, 24, 8, 8] -> [1, 3, 8, 64], then Gather picks one third (like q of a packed qkv): the
+    # 3-axis is a selector, so the unit is one of the 8 channels of each third: {c, 8+c, 16+c}.
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["c", "shape"], ["h"]),
+        helper.make_node("Gather", ["h", "zero"], ["q"], axis=1),
+        helper.make_node("Reshape", ["q", "back"], ["u"]),
+        helper.make_node("Conv", ["u", "w2"], ["y"]),
+    ]
+    inits = [
+        _w("w1", (24, 3, 3, 3)),
+        _i64("shape", [1, 3, 8, 64]),
+        _i64("zero", 0),
+        _i64("back", [1, 8, 8, 8]),
+        _w("w2", (4, 8, 1, 1)),
+    ]
+    model = _model(nodes, inits, [1, 4, 8, 8])
+    group = graphprune.analyze(model).group_of("w1", 0)
+    w1 = next(m for m in group.members if m.tensor == "w1" and m.axis == 0)
+    assert group.size == 8 and w1.indices[2].tolist() == [2, 10, 18]
+    result = graphprune.prune(model, ratio=0.5, latency=False)
+    assert result.report.exact.passed
+
+
+def test_split_without_a_selector_keeps_the_major_axis_as_the_unit():
+    # The same reshape with nothing selecting on the 3-axis: two or three "heads" of 8.
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
         helper.make_node("Reshape", ["c", "shape"], ["h"]),
         helper.make_node("Reshape", ["h", "back"], ["u"]),
         helper.make_node("Conv", ["u", "w2"], ["y"]),
     ]
-    inits = [
-        _w("w1", (24, 3, 3, 3)),
-        _i64("shape", [1, 3, 8, 64]),
-        _i64("back", [1, 24, 8, 8]),
-        _w("w2", (4, 24, 1, 1)),
-    ]
-    model = _model(nodes, inits, [1, 4, 8, 8])
-    group = graphprune.analyze(model).group_of("w1", 0)
-    assert group.size == 8 and group.anchor.indices[2].tolist() == [2, 10, 18]
-    result = graphprune.prune(model, ratio=0.5, latency=False)
-    assert result.report.exact.passed
+    inits = [_w("w1", (24, 3, 3, 3)), _i64("shape", [1, 3, 8, 64]), _i64("back", [1, 24, 8, 8])]
+    inits.append(_w("w2", (4, 24, 1, 1)))
+    group = graphprune.analyze(_model(nodes, inits, [1, 4, 8, 8])).group_of("w1", 0)
+    w1 = next(m for m in group.members if m.tensor == "w1" and m.axis == 0)
+    assert group.size == 3 and w1.indices[1].tolist() == list(range(8, 16))
 
 
 def test_transpose_to_channels_last_and_back_prunes_exactly():

@@ -212,9 +212,9 @@ def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
         if len(ins) == 1 and len(outs) == 1:
             ctx.identity(ctx.dim(x, ins[0]), ctx.dim(y, outs[0]))
         elif len(ins) == 1 and len(outs) > 1:  # one axis split into several
-            _unit(ctx, y, ys, outs, x, ins[0])
+            _unit(ctx, y, ys, outs, x, ins[0], selectors=True)
         elif len(outs) == 1 and len(ins) > 1:  # several axes merged into one
-            _unit(ctx, x, xs, ins, y, outs[0])
+            _unit(ctx, x, xs, ins, y, outs[0], selectors=False)
     for ax, size in enumerate(ys):  # size-1 axes (unsqueezed batch) carry nothing
         if size == 1:
             ctx.dim(y, ax)
@@ -223,17 +223,20 @@ def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
             ctx.dim(x, ax)
 
 
-def _unit(ctx: RuleContext, many: str, shape, axes: list[int], one: str, axis: int) -> None:
+def _unit(ctx: RuleContext, many: str, shape, axes: list[int], one: str, axis: int, *, selectors: bool) -> None:
     """Couple the single ``axis`` of ``one`` with the unit axis among ``axes`` of ``many``.
 
-    The unit is the first axis after leading *selector* axes of size <= 3 (the q/k/v axis of a
-    packed projection): ``[3E] -> [3, E]`` keeps ``E``, ``[3HD] -> [3, H, D]`` and
-    ``[HD] -> [H, D]`` keep the heads ``H``, ``[C, H, W] -> [CHW]`` keeps ``C``. Each unit
-    entry owns a strided set of the single axis; the other axes are left alone, so they
-    block if anything else needs them.
+    The unit is the major axis: ``[HD] -> [H, D]`` keeps the heads ``H``, ``[C, H, W] -> [CHW]``
+    keeps ``C``, and repeat_kv's merge ``[KV, n_rep] -> [H]`` keeps the key/value heads, so a
+    query head goes with the key/value head it reads. In a split (``selectors``), leading axes
+    that a Gather or Split later indexes are the q/k/v selector of a packed projection and
+    are skipped: ``[3E] -> [3, E]`` keeps ``E``, ``[3HD] -> [3, H, D]`` keeps ``H`` (while
+    ``[2D] -> [2, D]`` of two key/value heads keeps the heads). Each unit entry owns a
+    strided set of the single axis; the other axes are left alone, so they block if anything
+    else needs them.
     """
     pick = 0
-    while pick < len(axes) - 1 and shape[axes[pick]] <= 3:
+    while selectors and pick < len(axes) - 1 and _selected_later(ctx, many, axes[pick]):
         pick += 1
     unit = axes[pick]
     outer = int(np.prod([shape[a] for a in axes[:pick]], dtype=np.int64))
@@ -242,6 +245,53 @@ def _unit(ctx: RuleContext, many: str, shape, axes: list[int], one: str, axis: i
     ctx.strided(coarse, ctx.dim(one, axis), outer, inner)
     if inner > 1 and unit == axes[-2] and len(ctx.shape(one) or ()) - 1 == axis:
         ctx.tag(coarse, "heads", inner)  # [.., H*D] <-> [.., H, D] on the last axis: attention heads
+
+
+_AXIS_MOVERS = ("Transpose", "Unsqueeze", "Squeeze", "Identity")
+
+
+def _selected_later(ctx: RuleContext, tensor: str, axis: int, depth: int = 0) -> bool:
+    """True if, following Transpose/Unsqueeze/Squeeze, a Gather or Split picks entries of
+    ``axis``: the q/k/v selector of a packed projection, not a unit to prune."""
+    mv = ctx.view
+    rank = len(mv.shapes.get(tensor) or ())
+    for i, pos in mv.consumers.get(tensor, []):
+        node = mv.nodes[i]
+        if pos != 0 or depth > 6:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type in ("Gather", "Split") and _axis(attrs.get("axis", 0), rank) == axis:
+            return True
+        if node.op_type not in _AXIS_MOVERS:
+            continue
+        moved = _moved_axis(node, attrs, mv, rank, axis)
+        if moved is not None and _selected_later(ctx, node.output[0], moved, depth + 1):
+            return True
+    return False
+
+
+def _moved_axis(node: onnx.NodeProto, attrs: dict, mv, rank: int, axis: int) -> int | None:
+    """Where ``axis`` of a Transpose/Unsqueeze/Squeeze input lands in its output."""
+    if node.op_type == "Identity":
+        return axis
+    if node.op_type == "Transpose":
+        perm = list(attrs.get("perm", list(reversed(range(rank)))))
+        return perm.index(axis) if axis in perm else None
+    axes = attrs.get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = mv.value(node.input[1])
+        axes = None if value is None else [int(a) for a in value.ravel()]
+    if axes is None:
+        return None
+    if node.op_type == "Unsqueeze":
+        out_rank = rank + len(axes)
+        inserted = sorted(_axis(a, out_rank) for a in axes)
+        kept = [a for a in range(out_rank) if a not in inserted]
+        return kept[axis]
+    gone = {_axis(a, rank) for a in axes}
+    if axis in gone:
+        return None
+    return axis - sum(1 for g in gone if g < axis)
 
 
 def _matched_segments(xs, ys):
