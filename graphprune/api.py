@@ -77,6 +77,7 @@ def prune(
     ignore: tuple[str, ...] | list[str] = (),
     plan: dict | str | os.PathLike | None = None,
     seed: int = 0,
+    units: tuple[str, ...] | list[str] = (),
     validate: bool = True,
     latency: bool = True,
     feeds: dict[str, np.ndarray] | None = None,
@@ -85,7 +86,9 @@ def prune(
     """Prune ``model`` and (by default) validate the result against the whole contract.
 
     ``plan`` is a plan's JSON object or a path to a plan file; it replaces ``ratio``
-    and ``criterion``. ``report.passed`` says whether validation held. ``inplace=True``
+    and ``criterion``. ``units`` limits pruning to some kinds of group: ``"heads"``
+    (attention heads), ``"mlp"`` (neurons of matrix products) and ``"channels"``
+    (convolution channels); all by default. ``report.passed`` says whether validation held. ``inplace=True``
     (only without validation, which needs the original) edits ``model`` itself instead
     of a copy, to save memory on large models.
     """
@@ -106,6 +109,7 @@ def prune(
         seed=seed,
         plan=plan,
         plan_source=plan_source,
+        units=tuple(units),
     )
     deps = _analyze(original)
     before = cost_of(original, deps.view.shapes)

@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="protect layers: node or tensor names (glob patterns allowed)",
     )
+    pr.add_argument(
+        "--unit",
+        nargs="+",
+        default=[],
+        choices=["heads", "mlp", "channels"],
+        help="prune only these units: attention heads, mlp neurons (matrix products), conv channels (default: all)",
+    )
     pr.add_argument("--plan", help="apply this plan (JSON) instead of --ratio/--criterion")
     pr.add_argument("--save-plan", help="write the plan that was applied (JSON)")
     pr.add_argument("--report", help="write the report (JSON)")
@@ -167,6 +174,7 @@ def _prune(args) -> int:
         ignore=tuple(args.ignore),
         plan=args.plan,
         seed=args.seed,
+        units=tuple(args.unit),
         validate=not args.no_validate,
         latency=not args.no_latency,
         inplace=args.no_validate,  # nothing needs the original afterwards: save a copy

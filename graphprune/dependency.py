@@ -76,10 +76,22 @@ class Group:
     size: int
     members: list[Member]
     reasons: list[str] = field(default_factory=list)
+    facts: dict = field(default_factory=dict)  # e.g. {"heads": 64}: the unit is a head of 64
+    unit: str = "channels"  # channels (made by convolutions), mlp (by matrix products), heads
 
     @property
     def prunable(self) -> bool:
         return not self.reasons
+
+    @property
+    def describe_size(self) -> str:
+        """The size in the group's own unit: ``"12 heads x 64"`` or ``"256"``."""
+        if "query_heads_per_unit" in self.facts:
+            per = self.facts["query_heads_per_unit"]
+            return f"{self.size} kv-heads ({per} query heads each) x {self.facts['heads']}"
+        if "heads" in self.facts:
+            return f"{self.size} heads x {self.facts['heads']}"
+        return str(self.size)
 
     def weights(self, role: str | None = None) -> list[Member]:
         """Initializer/constant members, optionally only those of one role."""
@@ -442,9 +454,31 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
     }
     ordered = sorted((gi for gi in range(n_groups) if gi not in trivial), key=lambda gi: int(first_dim[gi]))
     return [
-        Group(id=0, size=int(classes_per_group[gi]), members=members[gi], reasons=list(dict.fromkeys(reasons[gi])))
+        _with_unit(
+            c,
+            Group(id=0, size=int(classes_per_group[gi]), members=members[gi], reasons=list(dict.fromkeys(reasons[gi]))),
+        )
         for gi in ordered
     ]
+
+
+_MATRIX_OPS = frozenset({"MatMul", "Gemm", "Gather"})
+
+
+def _with_unit(c: _Collector, group: Group) -> Group:
+    """Fill ``facts`` from the members' tags and name the unit: heads, mlp or channels."""
+    for m in group.members:
+        tags = c.tags.get((m.tensor, m.axis), {})
+        group.facts.update(tags)
+        if "heads" in tags and m.indices.shape[1] > 1:  # grouped-query attention
+            group.facts["query_heads_per_unit"] = max(group.facts.get("query_heads_per_unit", 1), m.indices.shape[1])
+    if "heads" in group.facts:
+        group.unit = "heads"
+        return group
+    makers = {c.view.nodes[i].op_type for m in group.weights("out") for i, _ in c.view.consumers.get(m.tensor, [])}
+    if makers and makers <= _MATRIX_OPS | {"Cast", "DequantizeLinear", "Identity"}:
+        group.unit = "mlp"
+    return group
 
 
 def _entry_pairs(g: nx.MultiGraph, index: dict, sizes: np.ndarray, offsets: np.ndarray):

@@ -28,6 +28,8 @@ def describe(deps: DependencyGraph) -> dict[str, Any]:
                 "id": g.id,
                 "label": g.label,
                 "size": g.size,
+                "unit": g.unit,
+                **({"head_size": g.facts["heads"]} if "heads" in g.facts else {}),
                 "prunable": g.prunable,
                 "reasons": g.reasons,
                 "producers": producers(deps, g),
@@ -64,13 +66,13 @@ def table(deps: DependencyGraph) -> str:
             if g.prunable
             else "blocked: " + g.reasons[0] + (f" (+{len(g.reasons) - 1} more)" if len(g.reasons) > 1 else "")
         )
-        rows.append((g.id, g.size, len(g.members), shown or "-", status))
+        rows.append((g.id, g.describe_size, g.unit, len(g.members), shown or "-", status))
     summary = describe(deps)
     foot = (
         f"{summary['groups_total']} groups: {summary['groups_prunable']} prunable"
         f" ({summary['prunable_channels']} channels), {summary['groups_blocked']} blocked"
     )
-    table = grid(("group", "size", "members", "made by", "status"), rows)
+    table = grid(("group", "size", "unit", "members", "made by", "status"), rows)
     if summary["blocked_reasons"]:
         counts = ", ".join(f"{k} ({v})" for k, v in summary["blocked_reasons"].items())
         table += f"\n\nblocked groups by rule: {counts}"

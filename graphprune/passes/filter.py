@@ -16,6 +16,7 @@ from ..surgery import apply_plan
 from . import PassResult, TransformMixin
 
 PLAN_METADATA_KEY = "graphprune.plan"
+UNITS = ("heads", "mlp", "channels")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class FilterPruning(TransformMixin):
     seed: int = 0
     plan: dict | None = None
     plan_source: str = "plan"  # names the plan in error messages (its file, usually)
+    units: tuple[str, ...] = ()  # prune only groups of these units (heads, mlp, channels); () = all
 
     def __post_init__(self) -> None:
         if self.plan is None:
@@ -43,6 +45,9 @@ class FilterPruning(TransformMixin):
                 raise InputError(f"ratio must be between 0 and 1 (exclusive), got {self.ratio}")
             if self.criterion not in CRITERIA:
                 raise InputError(f"unknown criterion {self.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
+        unknown = set(self.units) - set(UNITS)
+        if unknown:
+            raise InputError(f"unknown unit {sorted(unknown)[0]!r}; choose from {', '.join(UNITS)}")
         if self.round_to < 1:
             raise InputError(f"round-to must be a positive integer, got {self.round_to}")
         if self.min_keep < 1:
@@ -58,6 +63,8 @@ class FilterPruning(TransformMixin):
         if self.plan is not None:
             return plan_from_json(self.plan, deps, source=self.plan_source), {"source": self.plan_source}
         scores, ctx = score_groups(deps, self.criterion, seed=self.seed)
+        if self.units:
+            scores = {gid: s for gid, s in scores.items() if deps.groups[gid].unit in self.units}
         plan = allocate(
             deps,
             scores,
@@ -85,6 +92,7 @@ class FilterPruning(TransformMixin):
             "ratio": None if self.plan is not None else self.ratio,
             "global": self.global_threshold,
             "round_to": self.round_to,
+            "units": list(self.units) or list(UNITS),
             "groups_total": len(deps.groups),
             "groups_prunable": len(deps.prunable_groups()),
             "groups_pruned": len(plan.removals),
