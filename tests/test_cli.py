@@ -157,7 +157,7 @@ def test_inspect_prints_a_table_with_prunable_rows_and_a_summary_line(run_cli, t
     code, out, err = run_cli("inspect", tiny_model_path)
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert lines[0].split() == ["group", "size", "members", "made", "by", "status"]
+    assert lines[0].split() == ["group", "size", "unit", "members", "made", "by", "status"]
     assert any(line.rstrip().endswith("prunable") for line in lines[2:-1])
     assert any("blocked: input (graph input)" in line for line in lines)
     assert "blocked groups by rule: graph input (1), graph output (1)" in lines
