@@ -43,6 +43,7 @@ class ModelView:
     graph_outputs: list[str]
     shapes: dict[str, Shape]
     dtypes: dict[str, int]  # element types (TensorProto data types) where known
+    folded: dict[str, np.ndarray]  # shape arithmetic that static shapes decide (see shapefold)
     opset: int
     _values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -51,13 +52,14 @@ class ModelView:
         return (name in self.initializers and name not in self._input_set) or name in self.constant_nodes
 
     def value(self, name: str) -> np.ndarray | None:
-        """The value of a constant tensor, or None if it is not a constant.
+        """The value of a constant tensor (or of shape arithmetic that static shapes decide,
+        see :mod:`graphprune.shapefold`), or None.
 
         Small tensors (shapes, axes, scalars) are cached; weights are read afresh each time
         so that analysis never holds a second copy of them.
         """
         if not self.is_constant(name):
-            return None
+            return self.folded.get(name)
         if name in self._values:
             return self._values[name]
         tensor = self.constant_tensor(name)
@@ -133,7 +135,7 @@ def view(model: onnx.ModelProto) -> ModelView:
                 constant_nodes[node.output[0]] = i
     initializers = {t.name: t for t in g.initializer}
     init_names = set(initializers)
-    shapes, dtypes = infer_shapes_and_types(model)
+    shapes, dtypes, folded = infer_with_folding(model)
     graph_inputs = [v.name for v in g.input if v.name not in init_names]
     return ModelView(
         model=model,
@@ -147,6 +149,7 @@ def view(model: onnx.ModelProto) -> ModelView:
         graph_outputs=[v.name for v in g.output],
         shapes=shapes,
         dtypes=dtypes,
+        folded=folded,
         opset=opset_of(model),
     )
 
@@ -221,7 +224,61 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
 
 def infer_shapes_and_types(model: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, int]]:
     """Shapes and element types (``TensorProto`` data types) from ONNX shape inference."""
+    shapes, types, _ = infer_with_folding(model)
+    return shapes, types
+
+
+def infer_with_folding(model: onnx.ModelProto, rounds: int = 64):
+    """Shapes, element types and folded shape values (see :mod:`graphprune.shapefold`).
+
+    Shape inference runs on a light copy; where tensors are left without a shape, the shape
+    arithmetic that static shapes decide is folded into constants of the light copy and
+    inference runs again, up to ``rounds`` times.
+    """
+    from .shapefold import fold
+
     light = light_copy(model)
+    small = _small_constants(model)
+    folded: dict[str, np.ndarray] = {}
+    shapes, types = _infer(light, model)
+    for _ in range(rounds):
+        if not any(o not in shapes or None in shapes[o] for n in model.graph.node for o in n.output if o):
+            break
+        new = fold(model, shapes, lambda name: folded.get(name, small.get(name)))
+        fresh = {k: v for k, v in new.items() if k not in folded}
+        if not fresh:
+            break
+        folded.update(fresh)
+        _substitute(light, fresh)
+        shapes, types = _infer(light, model)
+    return shapes, types, folded
+
+
+def _small_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    out = {}
+    for t in model.graph.initializer:
+        if int(np.prod(t.dims, dtype=np.int64)) <= 64 and t.data_location != onnx.TensorProto.EXTERNAL:
+            out[t.name] = numpy_helper.to_array(t)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR and int(np.prod(a.t.dims)) <= 64:
+                    out[node.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
+def _substitute(light: onnx.ModelProto, values: dict[str, np.ndarray]) -> None:
+    """Make folded tensors constants of the light copy: their producers become Constant nodes."""
+    g = light.graph
+    for i, node in enumerate(g.node):
+        if len(node.output) == 1 and node.output[0] in values:
+            const = onnx.helper.make_node(
+                "Constant", [], [node.output[0]], value=numpy_helper.from_array(values[node.output[0]])
+            )
+            g.node[i].CopyFrom(const)
+
+
+def _infer(light: onnx.ModelProto, model: onnx.ModelProto):
     try:
         inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # inference fails on exotic graphs: fall back to the declared shapes
