@@ -161,3 +161,17 @@ def test_transpose_to_channels_last_and_back_prunes_exactly():
     result = graphprune.prune(_model(nodes, inits, [1, 4, 8, 8]), ratio=0.5, latency=False)
     assert result.report.exact.passed
     assert result.report.groups_pruned == 2
+
+
+def test_resize_with_axes_and_sizes_for_spatial_axes_only_prunes_channels():
+    # opset 18: sizes lists only the axes named by the attribute; the channel axis is not there.
+    nodes, inits = _stem()
+    nodes += [
+        helper.make_node("Resize", ["r", "", "", "sizes"], ["u"], mode="nearest", axes=[2, 3]),
+        helper.make_node("Conv", ["u", "w2"], ["y"]),
+    ]
+    inits += [_i64("sizes", [16, 16]), _w("w2", (4, 8, 1, 1))]
+    result = graphprune.prune(_model(nodes, inits, [1, 4, 16, 16], opset=18), ratio=0.5, latency=False)
+    assert result.report.exact.passed and result.report.groups_pruned == 1
+    sizes = next(t for t in result.model.graph.initializer if t.name == "sizes")
+    assert numpy_helper.to_array(sizes).tolist() == [16, 16]

@@ -424,9 +424,16 @@ def rewrite_resize(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
     if old == new:
         return
     sizes = ctx.view.value(node.input[3]).astype(np.int64).copy()
-    for ax, n in enumerate(new):
-        sizes[ax] = n
-    ctx.set_constant_input(node, 3, sizes)
+    # sizes lists every axis, or (opset 18) only those named by the axes attribute
+    listed = next((list(a.ints) for a in node.attribute if a.name == "axes"), list(range(len(old))))
+    listed = [a + len(old) if a < 0 else a for a in listed]
+    changed = False
+    for pos, ax in enumerate(listed):
+        if old[ax] != new[ax]:
+            sizes[pos] = new[ax]
+            changed = True
+    if changed:
+        ctx.set_constant_input(node, 3, sizes)
 
 
 def _forbid_all(ctx: RuleContext, node: onnx.NodeProto, reason: str) -> None:
