@@ -238,6 +238,13 @@ def _unit(ctx: RuleContext, many: str, shape, axes: list[int], one: str, axis: i
     pick = 0
     while selectors and pick < len(axes) - 1 and _selected_later(ctx, many, axes[pick]):
         pick += 1
+    if selectors:
+        # A channel shuffle ([C] -> [g, C/g] -> transpose -> [C/g, g] -> [C]) merges back with
+        # another axis as the major one: taking that axis as the unit keeps both reshapes on
+        # the same partition (unit c owns channels {c, C/g + c} before and {g*c ...} after).
+        merged = [i for i, a in enumerate(axes) if _merged_as_major_later(ctx, many, a)]
+        if merged:
+            pick = merged[0]
     unit = axes[pick]
     outer = int(np.prod([shape[a] for a in axes[:pick]], dtype=np.int64))
     inner = int(np.prod([shape[a] for a in axes[pick + 1 :]], dtype=np.int64))
@@ -266,6 +273,34 @@ def _selected_later(ctx: RuleContext, tensor: str, axis: int, depth: int = 0) ->
             continue
         moved = _moved_axis(node, attrs, mv, rank, axis)
         if moved is not None and _selected_later(ctx, node.output[0], moved, depth + 1):
+            return True
+    return False
+
+
+def _merged_as_major_later(ctx: RuleContext, tensor: str, axis: int, depth: int = 0) -> bool:
+    """True if, following Transpose/Unsqueeze/Squeeze, a Reshape merges ``axis`` with the
+    axes after it into one, as the major axis of the merge."""
+    mv = ctx.view
+    shape = mv.shapes.get(tensor) or ()
+    for i, pos in mv.consumers.get(tensor, []):
+        node = mv.nodes[i]
+        if pos != 0 or depth > 6:
+            continue
+        if node.op_type == "Reshape" and depth > 0:
+            ys = mv.shapes.get(node.output[0])
+            if ys is None or None in ys or None in shape:
+                continue
+            for (i0, i1), (j0, j1) in _matched_segments(shape, ys):
+                ins = [a for a in range(i0, i1) if shape[a] != 1]
+                outs = [b for b in range(j0, j1) if ys[b] != 1]
+                if len(ins) > 1 and len(outs) == 1 and ins[0] == axis:
+                    return True
+            continue
+        if node.op_type not in _AXIS_MOVERS:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        moved = _moved_axis(node, attrs, mv, len(shape), axis)
+        if moved is not None and _merged_as_major_later(ctx, node.output[0], moved, depth + 1):
             return True
     return False
 
