@@ -175,3 +175,23 @@ def test_resize_with_axes_and_sizes_for_spatial_axes_only_prunes_channels():
     assert result.report.exact.passed and result.report.groups_pruned == 1
     sizes = next(t for t in result.model.graph.initializer if t.name == "sizes")
     assert numpy_helper.to_array(sizes).tolist() == [16, 16]
+
+
+def test_channel_shuffle_prunes_channel_pairs_exactly():
+    # [1, 8, 8, 8] -> [1, 2, 4, 8, 8] -> transpose(0, 2, 1, 3, 4) -> [1, 8, 8, 8]: channel c of the
+    # first half and c of the second land side by side, so they are one unit.
+    nodes, inits = _stem()
+    nodes += [
+        helper.make_node("Reshape", ["r", "split"], ["s"]),
+        helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 1, 3, 4]),
+        helper.make_node("Reshape", ["t", "merge"], ["u"]),
+        helper.make_node("Conv", ["u", "w2"], ["y"]),
+    ]
+    inits += [_i64("split", [1, 2, 4, 8, 8]), _i64("merge", [1, 8, 8, 8]), _w("w2", (4, 8, 1, 1))]
+    model = _model(nodes, inits, [1, 4, 8, 8])
+    group = graphprune.analyze(model).group_of("w1", 0)
+    w1 = next(m for m in group.members if m.tensor == "w1")
+    w2 = next(m for m in group.members if m.tensor == "w2")
+    assert group.size == 4 and w1.indices[1].tolist() == [1, 5] and w2.indices[1].tolist() == [2, 3]
+    result = graphprune.prune(model, ratio=0.5, latency=False)
+    assert result.report.exact.passed
