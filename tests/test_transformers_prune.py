@@ -131,3 +131,36 @@ def test_pruned_attention_still_matches_numpy_softmax_attention_shapes():
     shapes = graphprune.analyze(result.model).view.shapes
     assert any(s is not None and len(s) == 4 and s[1] == 2 for s in shapes.values())  # [1, 2 heads, S, D]
     assert np.isfinite(result.report.fidelity.cosine)
+
+
+def test_fused_onnxruntime_ops_block_what_they_touch_with_their_name():
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+
+    def w(name, shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.2, name)
+
+    # onnx cannot infer shapes past an onnxruntime-only op, so it goes last here
+    nodes = [
+        helper.make_node("MatMul", ["input", "fc1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "fc2"], ["m"], name="fc2"),
+        helper.make_node("FastGelu", ["m", "b2"], ["g"], name="fast_gelu", domain="com.microsoft"),
+        helper.make_node("MatMul", ["g", "fc3"], ["output"], name="fc3"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fused",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 8])],
+        [w("fc1", (8, 16)), w("fc2", (16, 12)), w("b2", (12,)), w("fc3", (12, 8))],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=8)
+    deps = graphprune.analyze(model)
+    assert "fast_gelu (no rule for com.microsoft.FastGelu)" in deps.group_of("fc2", 1).reasons
+    result = graphprune.prune(model, ratio=0.5, latency=False)
+    assert result.report.exact.passed and result.report.groups_pruned == 1  # fc1 -> fc2 only
+    w = _weights(result.model)
+    assert w["fc1"].shape == (8, 8) and w["fc2"].shape == (8, 12) and w["b2"].shape == (12,)
