@@ -445,13 +445,10 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
             )
         )
         reasons.setdefault(gi, []).extend(c.forbidden.get(dim, []))
-    # A group of one entry on axes of length 1 (batch axes met by broadcasting) has
-    # nothing to remove: it is not a channel space at all.
-    trivial = {
-        gi
-        for gi in range(n_groups)
-        if classes_per_group[gi] == 1 and all(sizes[index[(m.tensor, m.axis)]] == 1 for m in members[gi])
-    }
+    # A group of one entry can lose nothing (one entry always stays): batch axes met by
+    # broadcasting, one entry of a shape vector that scales a weight. Entries that no weight
+    # touches make no group either: there is nothing to remove them from.
+    trivial = {gi for gi in range(n_groups) if classes_per_group[gi] == 1 or not any(m.role for m in members[gi])}
     ordered = sorted((gi for gi in range(n_groups) if gi not in trivial), key=lambda gi: int(first_dim[gi]))
     return [
         _with_unit(
