@@ -88,8 +88,10 @@ def prune(
     ``plan`` is a plan's JSON object or a path to a plan file; it replaces ``ratio``
     and ``criterion``. ``units`` limits pruning to some kinds of group: ``"heads"``
     (attention heads), ``"mlp"`` (neurons of matrix products) and ``"channels"``
-    (convolution channels); all by default. ``report.passed`` says whether validation held. ``inplace=True``
-    (only without validation, which needs the original) edits ``model`` itself instead
+    (convolution channels), all three by default; ``"hidden"`` (a transformer's residual
+    width, through its LayerNorms) is inexact and only pruned when asked for.
+    ``report.passed`` says whether validation held. ``inplace=True`` (only without
+    validation, which needs the original) edits ``model`` itself instead
     of a copy, to save memory on large models.
     """
     if inplace and validate:
@@ -111,7 +113,7 @@ def prune(
         plan_source=plan_source,
         units=tuple(units),
     )
-    deps = _analyze(original)
+    deps = _analyze(original, inexact=pass_.inexact)
     before = cost_of(original, deps.view.shapes)
     pruned, chosen, details = pass_.run(original, deps, inplace=inplace)
     report = _report(
@@ -143,7 +145,7 @@ def validate(
         text = get_metadata(new, PLAN_METADATA_KEY)
         plan = json.loads(text) if text else None
         source = f"{pruned} (plan stored in its metadata)" if not isinstance(pruned, onnx.ModelProto) else "stored plan"
-    deps = _analyze(orig) if plan is not None else None
+    deps = _analyze(orig, inexact=True) if plan is not None else None
     chosen = plan_from_json(plan, deps, source=source) if plan is not None else None
     return _report(orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds)
 

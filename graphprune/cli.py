@@ -62,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--unit",
         nargs="+",
         default=[],
-        choices=["heads", "mlp", "channels"],
-        help="prune only these units: attention heads, mlp neurons (matrix products), conv channels (default: all)",
+        choices=["heads", "mlp", "channels", "hidden"],
+        help="prune only these units: attention heads, mlp neurons (matrix products), conv channels (default:"
+        " these three); 'hidden' also prunes a transformer's residual width through its LayerNorms, which"
+        " is not function-preserving: it is reported as inexact and measured by fidelity",
     )
     pr.add_argument("--plan", help="apply this plan (JSON) instead of --ratio/--criterion")
     pr.add_argument("--save-plan", help="write the plan that was applied (JSON)")

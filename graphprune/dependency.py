@@ -153,10 +153,15 @@ class DependencyGraph:
         return None
 
 
-def analyze(model: onnx.ModelProto | ModelView) -> DependencyGraph:
-    """Trace the channel dependencies of ``model`` and return its groups."""
+def analyze(model: onnx.ModelProto | ModelView, *, inexact: bool = False) -> DependencyGraph:
+    """Trace the channel dependencies of ``model`` and return its groups.
+
+    ``inexact=True`` also lets normalisations over the pruned axis through (LayerNorm over a
+    transformer's hidden width, its decomposed forms): removal then changes the statistics,
+    so such groups are marked ``facts["inexact"]`` and validated by fidelity, not exactness.
+    """
     mv = model if isinstance(model, ModelView) else view(model)
-    collector = _Collector(mv)
+    collector = _Collector(mv, inexact=inexact)
     for i, node in enumerate(mv.nodes):
         collector.run_rule(i, node)
     collector.check_boundaries()
@@ -173,8 +178,9 @@ def analyze(model: onnx.ModelProto | ModelView) -> DependencyGraph:
 class _Collector:
     """Implements the rules' :class:`~graphprune.rules.RuleContext` and gathers their output."""
 
-    def __init__(self, mv: ModelView):
+    def __init__(self, mv: ModelView, *, inexact: bool = False):
         self.view = mv
+        self.inexact = inexact
         self.graph = nx.MultiGraph()
         self.roles: dict[Dim, str] = {}
         self.forbidden: dict[Dim, list[str]] = defaultdict(list)
@@ -249,6 +255,18 @@ class _Collector:
     def tag(self, d: Dim | None, key: str, value) -> None:
         if d is not None:
             self.tags.setdefault(d, {})[key] = value
+
+    def inexact_ok(self, d: Dim | None, reason: str) -> bool:
+        """A rule that cannot preserve the function on ``d``: with ``inexact`` analysis the dim
+        is allowed and its group marked inexact (True); otherwise it is forbidden (False)."""
+        if d is None:
+            return False
+        if self.inexact:
+            name = self.view.node_names[self._node_index]
+            self.tag(d, "inexact", f"{name} ({reason})")
+            return True
+        self.forbid(d, reason)
+        return False
 
     def contract(self, d: Dim | None) -> None:
         if d is not None:
@@ -469,6 +487,9 @@ def _with_unit(c: _Collector, group: Group) -> Group:
         group.facts.update(tags)
         if "heads" in tags and m.indices.shape[1] > 1:  # grouped-query attention
             group.facts["query_heads_per_unit"] = max(group.facts.get("query_heads_per_unit", 1), m.indices.shape[1])
+    if "inexact" in group.facts:
+        group.unit = "hidden"
+        return group
     if "heads" in group.facts:
         group.unit = "heads"
         return group

@@ -164,3 +164,28 @@ def test_fused_onnxruntime_ops_block_what_they_touch_with_their_name():
     assert result.report.exact.passed and result.report.groups_pruned == 1  # fc1 -> fc2 only
     w = _weights(result.model)
     assert w["fc1"].shape == (8, 8) and w["fc2"].shape == (8, 12) and w["b2"].shape == (12,)
+
+
+def test_hidden_width_prunes_only_when_asked_and_is_reported_inexact():
+    model = T.tiny_vit()
+    default = graphprune.prune(model, ratio=0.5, latency=False)
+    assert not any(g.unit == "hidden" and len(default.plan.removed(g)) for g in default.deps.groups)
+    hidden = graphprune.prune(model, ratio=0.5, units=["hidden"], latency=False)
+    r = hidden.report
+    assert r.checker["passed"] and r.runtime["passed"] and r.passed
+    assert not r.exact.checked and r.exact.skipped_groups == ["patch_embed.proj.weight[0]"]
+    assert r.params_after < r.params_before and r.fidelity.cosine is not None
+    w = _weights(hidden.model)
+    assert w["patch_embed.proj.weight"].shape[0] == 16 and w["norm.weight"].shape == (16,)
+    # validating later reads the plan from the model and says the same
+    later = graphprune.validate(model, hidden.model, latency=False)
+    assert later.exact.skipped_groups == ["patch_embed.proj.weight[0]"]
+
+
+def test_decomposed_layernorm_lets_hidden_width_through_only_when_inexact_is_allowed():
+    from graphprune.dependency import analyze
+
+    model = T.encoder_block(layernorm="decomposed", norm="post")
+    assert not any(g.unit == "hidden" for g in analyze(model).groups)
+    inexact = analyze(model, inexact=True)
+    assert any(g.unit == "hidden" for g in inexact.groups)

@@ -16,7 +16,8 @@ from ..surgery import apply_plan
 from . import PassResult, TransformMixin
 
 PLAN_METADATA_KEY = "graphprune.plan"
-UNITS = ("heads", "mlp", "channels")
+UNITS = ("heads", "mlp", "channels", "hidden")
+DEFAULT_UNITS = ("heads", "mlp", "channels")  # hidden width is inexact: only when asked for
 
 
 @dataclass(frozen=True)
@@ -54,17 +55,23 @@ class FilterPruning(TransformMixin):
             raise InputError(f"min-keep must be a positive integer, got {self.min_keep}")
 
     def __call__(self, model: onnx.ModelProto) -> PassResult:
-        deps = analyze(model)
+        deps = analyze(model, inexact=self.inexact)
         pruned, plan, report = self.run(model, deps)
         return PassResult(pruned, report)
+
+    @property
+    def inexact(self) -> bool:
+        """Whether this pass needs an inexact analysis: hidden width asked for, or a plan
+        (which may name such groups)."""
+        return "hidden" in self.units or self.plan is not None
 
     def choose(self, deps: DependencyGraph) -> tuple[Plan, dict]:
         """The plan this pass would apply to ``deps``, and notes for the report."""
         if self.plan is not None:
             return plan_from_json(self.plan, deps, source=self.plan_source), {"source": self.plan_source}
         scores, ctx = score_groups(deps, self.criterion, seed=self.seed)
-        if self.units:
-            scores = {gid: s for gid, s in scores.items() if deps.groups[gid].unit in self.units}
+        units = self.units or DEFAULT_UNITS
+        scores = {gid: s for gid, s in scores.items() if deps.groups[gid].unit in units}
         plan = allocate(
             deps,
             scores,
@@ -92,7 +99,7 @@ class FilterPruning(TransformMixin):
             "ratio": None if self.plan is not None else self.ratio,
             "global": self.global_threshold,
             "round_to": self.round_to,
-            "units": list(self.units) or list(UNITS),
+            "units": list(self.units or DEFAULT_UNITS),
             "groups_total": len(deps.groups),
             "groups_prunable": len(deps.prunable_groups()),
             "groups_pruned": len(plan.removals),

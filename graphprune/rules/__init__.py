@@ -56,6 +56,11 @@ class RuleContext(Protocol):
     def tag(self, d: Dim | None, key: str, value) -> None:
         """Attach a fact to a dim for reports (e.g. ``heads``: the head size)."""
 
+    def inexact_ok(self, d: Dim | None, reason: str) -> bool:
+        """The node cannot preserve the function if ``d`` loses entries (a normalisation over
+        it). True if the analysis allows that (the group is then marked inexact), else the
+        dim is forbidden with ``reason`` and False is returned."""
+
     def role(self, d: Dim | None, role: str) -> None:
         """Mark a weight dim: "out" (makes the channel), "in" (reads it), "param"."""
 

@@ -6,7 +6,9 @@ Rules:
    same entries; the other axes pass through.
 2. BatchNormalization in training mode (extra outputs) is not handled: its channels block.
 3. LayerNormalization normalises over the axes from ``axis`` on: removing entries there
-   changes every output, so those axes block; the leading axes pass through.
+   changes every output, so those axes block; the leading axes pass through. With an
+   inexact analysis (pruning a transformer's hidden width on request) a normalisation over
+   the last axis alone lets it through, with its scale and bias, and marks it inexact.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ def layer_norm(node: onnx.NodeProto, ctx: RuleContext) -> None:
     axis = axis + rank if axis < 0 else axis
     for ax in range(axis):
         ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax))
+    reason = f"LayerNormalization over axis {axis}"
+    if axis == rank - 1 and ctx.inexact_ok(ctx.dim(x, axis), reason):
+        ctx.identity(ctx.dim(x, axis), ctx.dim(y, axis))
+        for param in node.input[1:]:
+            if param:
+                ctx.identity(ctx.dim(param, 0), ctx.dim(y, axis))
+                ctx.role(ctx.dim(param, 0), "param")
+        return
     for ax in range(axis, rank):
         reason = f"LayerNormalization over axis {ax}"
         ctx.forbid(ctx.dim(x, ax), reason)
