@@ -114,7 +114,7 @@ class _Builder:
         **attrs,
     ) -> list[str]:
         """Append a node named like PyTorch's exporter does and register output shapes."""
-        base = "/" + name.replace(".", "/") + "/" + op if name else "/" + op
+        base = self.node_base(name, op)
         node_name, i = base, 0
         while node_name in self._node_names:
             i += 1
@@ -125,6 +125,10 @@ class _Builder:
         for out, shape in zip(outputs, out_shapes, strict=True):
             self.shapes[out] = tuple(int(d) for d in shape)
         return outputs
+
+    def node_base(self, name: str, op: str) -> str:
+        """The node name for module ``name`` (``layer1.0.conv1`` -> ``/layer1/0/conv1/Conv``)."""
+        return "/" + name.replace(".", "/") + "/" + op if name else "/" + op
 
     def unary(self, op: str, x: str, name: str, **attrs) -> str:
         return self.node(op, [x], name, [self.shapes[x]], **attrs)[0]

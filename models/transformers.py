@@ -82,18 +82,8 @@ class _TransformerBuilder(_Builder):
         super().__init__(seed, opset=opset, input_shape=input_shape)
 
     # ------------------------------------------------------------------ plumbing
-    def node(self, op: str, inputs: Sequence[str], name: str, out_shapes: Sequence[Shape], **attrs) -> list[str]:
-        base = f"{_node_path(name)}/{op}"
-        node_name, i = base, 0
-        while node_name in self._node_names:
-            i += 1
-            node_name = f"{base}_{i}"
-        self._node_names.add(node_name)
-        outputs = [f"{node_name}_output_{j}" for j in range(len(out_shapes))]
-        self.nodes.append(onnx.helper.make_node(op, list(inputs), outputs, name=node_name, **attrs))
-        for out, shape in zip(outputs, out_shapes, strict=True):
-            self.shapes[out] = tuple(int(d) for d in shape)
-        return outputs
+    def node_base(self, name: str, op: str) -> str:
+        return f"{_node_path(name)}/{op}"  # keeps "layers.0" together, as PyTorch names it
 
     def const(self, name: str, value, dtype=np.float32) -> str:
         """A constant initializer called ``name`` (``name_1``, ``name_2``... if taken)."""
