@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -87,8 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    as_command = argv is None
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    try:
+        return _main(argv, debug)
+    finally:
+        if as_command:
+            # The work is done (or abandoned cleanly): a Ctrl-C while the interpreter shuts
+            # down must not turn a finished run into a death by SIGINT.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _main(argv: list[str], debug: bool) -> int:
     try:
         args = build_parser().parse_args(argv)
         return {"inspect": _inspect, "prune": _prune, "validate": _validate}[args.command](args)
