@@ -4,8 +4,9 @@ Rules:
 1. Uniform: every prunable group loses ``floor(N * ratio)`` of its lowest-scoring indices.
 2. Global: one threshold over all groups' (normalised) scores removes the ``ratio``
    fraction of all indices, so groups lose more or less by their scores.
-3. Then, per group: at least ``min_keep`` indices stay; with ``round_to = R`` the number
-   kept is rounded to a multiple of R (groups of R or fewer are left alone).
+3. Then, per group: at least ``min_keep`` indices stay; with ``round_to = R`` the number of
+   channels kept is a multiple of R (groups of R units or fewer are left alone); a unit of
+   several channels (a head, a conv group) counts with its width.
 4. Groups with a member the user protects (``ignore``: node or tensor names, glob
    patterns allowed) are not pruned.
 """
@@ -13,6 +14,7 @@ Rules:
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -42,6 +44,15 @@ def protected(deps: DependencyGraph, patterns: Iterable[str]) -> set[int]:
                 out.add(g.id)
                 break
     return out
+
+
+def unit_step(group: Group, round_to: int) -> int:
+    """``round_to`` in the group's own units: a head of 64 channels, or a conv group of 4,
+    already keeps channel counts at multiples of its width, so fewer units per step are needed."""
+    if round_to <= 1:
+        return 1
+    widths = [m.indices.shape[1] for m in group.weights("out")] or [1]
+    return max(1, round_to // math.gcd(round_to, min(widths)))
 
 
 def keep_count(n: int, n_remove: int, round_to: int, min_keep: int) -> int:
@@ -74,7 +85,7 @@ def allocate(
     for g in groups:
         s = scores[g.id]
         n_remove = int(np.sum(s < threshold)) if threshold is not None else int(np.floor(g.size * ratio))
-        keep = keep_count(g.size, n_remove, round_to, min_keep)
+        keep = keep_count(g.size, n_remove, unit_step(g, round_to), min_keep)
         if keep >= g.size:
             continue
         order = np.argsort(s, kind="stable")  # lowest scores first

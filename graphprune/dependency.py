@@ -490,11 +490,14 @@ def _with_unit(c: _Collector, group: Group) -> Group:
     if "inexact" in group.facts:
         group.unit = "hidden"
         return group
-    if "heads" in group.facts:
+    makers = {c.view.nodes[i].op_type for m in group.weights("out") for i, _ in c.view.consumers.get(m.tensor, [])}
+    by_matrices = bool(makers) and makers <= _MATRIX_OPS | {"Cast", "DequantizeLinear", "Identity"}
+    if "heads" in group.facts and by_matrices:  # projections make heads; a patch grid is not one
         group.unit = "heads"
         return group
-    makers = {c.view.nodes[i].op_type for m in group.weights("out") for i, _ in c.view.consumers.get(m.tensor, [])}
-    if makers and makers <= _MATRIX_OPS | {"Cast", "DequantizeLinear", "Identity"}:
+    group.facts.pop("heads", None)
+    group.facts.pop("query_heads_per_unit", None)
+    if by_matrices:
         group.unit = "mlp"
     return group
 

@@ -189,3 +189,16 @@ def test_decomposed_layernorm_lets_hidden_width_through_only_when_inexact_is_all
     assert not any(g.unit == "hidden" for g in analyze(model).groups)
     inexact = analyze(model, inexact=True)
     assert any(g.unit == "hidden" for g in inexact.groups)
+
+
+def test_round_to_counts_channels_so_heads_still_prune():
+    # 4 heads of 8: keeping 2 heads keeps 16 channels, a multiple of 8.
+    result = graphprune.prune(T.encoder_block(embed=32, heads=4), ratio=0.5, units=["heads"], round_to=8)
+    heads = next(g for g in result.deps.groups if g.unit == "heads")
+    assert len(result.plan.removed(heads)) == 2 and result.report.exact.passed
+
+
+def test_a_patch_grid_is_not_mistaken_for_heads():
+    deps = graphprune.analyze(T.tiny_vit())
+    assert all(g.unit != "heads" or g.weights("out") for g in deps.groups)
+    assert sum(g.unit == "heads" for g in deps.groups) == 2  # one per layer
