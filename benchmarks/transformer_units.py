@@ -1,6 +1,6 @@
 """Per zoo transformer and unit: what pruning at ratio 0.5 removes, and whether it is exact.
 
-    python -m benchmarks.transformer_units [--models vit_b_16 swin_t convnext_tiny]
+python -m benchmarks.transformer_units [--models vit_b_16 swin_t convnext_tiny]
 """
 
 from __future__ import annotations
