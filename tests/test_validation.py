@@ -67,3 +67,22 @@ def test_building_the_reference_leaves_the_original_as_it_was():
     reference = masked_reference_bytes(model, result.deps, result.plan)
     assert model.SerializeToString() == before
     assert len(reference) > len(before)  # it did carry the masks
+
+
+def test_rounding_of_a_cancelled_output_is_measured_at_the_original_scale():
+    from graphprune.validation import rel_diff
+
+    reference, original = [np.array([1e-4])], [np.array([0.1])]
+    rounding = [np.array([1e-4 + 3e-8])]  # float32 rounding of terms of size ~0.1
+    assert rel_diff(rounding, reference) > 1e-4  # against the tiny output alone: a false alarm
+    assert rel_diff(rounding, reference, scale_of=original) < 1e-6
+    wrong = [np.array([2e-4])]  # a real mismatch is still one
+    assert rel_diff(wrong, reference, scale_of=original) > 1e-4
+
+
+def test_random_graph_whose_pruning_cancels_the_output_still_validates():
+    from models.random_graphs import random_model
+
+    # soak seed 50419: pruning leaves an output 250x smaller than the original's
+    result = graphprune.prune(random_model(50419), ratio=0.395, criterion="fpgm", round_to=4, latency=False)
+    assert result.report.exact.passed
