@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 validation failed, 2 bad input or usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -97,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         if as_command:
             # The work is done (or abandoned cleanly): a Ctrl-C while the interpreter shuts
             # down must not turn a finished run into a death by SIGINT.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _main(argv: list[str], debug: bool) -> int:
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return {"inspect": _inspect, "prune": _prune, "validate": _validate}[args.command](args)
@@ -117,7 +120,14 @@ def _main(argv: list[str], debug: bool) -> int:
         sys.stderr.close()
         return EXIT_OK
     except KeyboardInterrupt:
-        print("graphprune: interrupted; nothing was written", file=sys.stderr)
+        io = sys.modules.get("graphprune.io")
+        since = getattr(args, "committed_before", None)
+        written = io.committed()[since:] if io is not None and since is not None else []
+        if written:  # the interrupt came after the output was renamed into place
+            names = ", ".join(str(p) for p in written)
+            print(f"graphprune: interrupted; already written completely: {names}", file=sys.stderr)
+        else:
+            print("graphprune: interrupted; nothing was written", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: say so in one line, with the traceback only on request
         if debug:
@@ -156,6 +166,7 @@ def _prune(args) -> int:
     from . import api, io
     from .passes.filter import FilterPruning
 
+    args.committed_before = len(io.committed())  # what an interrupt finds written is this run's
     src, out = Path(args.model), Path(args.output)
     if out.exists() and src.exists() and os.path.samefile(src, out):
         raise InputError(f"{out}: output is the input file; choose another -o")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import onnx
@@ -111,12 +113,15 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool
             )
             # The location recorded in the model must be the final name, not the temp one.
             _rename_location(tmp, tmp_data.name, data_name)
-            os.replace(tmp_data, folder / data_name)
-            tmp_data = None
         else:
             with open(tmp, "wb") as f:
                 f.write(model.SerializeToString())
-        _publish(tmp, p)
+        with _interrupts_held():  # both renames happen, or neither
+            if tmp_data is not None:
+                _publish(tmp_data, folder / data_name)
+                tmp_data = None
+            _publish(tmp, p)
+            _COMMITTED.append(p.resolve())
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -125,6 +130,27 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool
                 os.unlink(tmp_data)
         raise
     return p
+
+
+_COMMITTED: list[Path] = []  # outputs this process has renamed into place, oldest first
+
+
+def committed() -> list[Path]:
+    """Files this process has written completely (renamed into place), oldest first."""
+    return list(_COMMITTED)
+
+
+@contextlib.contextmanager
+def _interrupts_held():
+    """Hold Ctrl-C (SIGINT) back for a few system calls: an interrupt then arrives after
+    them, never between two renames that must both happen."""
+    held = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if held else None
+    try:
+        yield
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _publish(tmp: str | os.PathLike, final: Path) -> None:
@@ -177,7 +203,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        _publish(tmp, p)
+        with _interrupts_held():
+            _publish(tmp, p)
+            _COMMITTED.append(p.resolve())
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

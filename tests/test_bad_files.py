@@ -149,9 +149,10 @@ def test_interrupt_at_any_moment_leaves_the_whole_output_or_nothing(tmp_path):
         seen_codes.add(proc.returncode)
         assert proc.returncode in (0, 130), err
         assert [p.name for p in outs.iterdir() if p.name.startswith(f".small{k}")] == []
-        if proc.returncode == 0:
-            assert len(onnx.load(out).graph.initializer) == 8
+        last = err.strip().splitlines()[-1]
+        if proc.returncode == 0 or "already written completely" in last:
+            assert len(onnx.load(out).graph.initializer) == 8  # the whole output
         else:
             assert not out.exists()
-            assert err.strip().splitlines()[-1] == "graphprune: interrupted; nothing was written"
+            assert last == "graphprune: interrupted; nothing was written"
     assert 130 in seen_codes
