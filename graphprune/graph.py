@@ -242,13 +242,13 @@ def infer_with_folding(model: onnx.ModelProto, rounds: int = 64):
     folded: dict[str, np.ndarray] = {}
     shapes, types = _infer(light, model)
     for _ in range(rounds):
-        if not any(o not in shapes or None in shapes[o] for n in model.graph.node for o in n.output if o):
-            break
+        # Always fold once (rules read folded Resize sizes or Slice bounds even when every
+        # shape is known); infer again only while tensors are left without shapes.
         new = fold(model, shapes, lambda name: folded.get(name, small.get(name)))
         fresh = {k: v for k, v in new.items() if k not in folded}
-        if not fresh:
-            break
         folded.update(fresh)
+        if not fresh or not any(o not in shapes or None in shapes[o] for n in model.graph.node for o in n.output if o):
+            break
         _substitute(light, fresh)
         shapes, types = _infer(light, model)
     return shapes, types, folded
