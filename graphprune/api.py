@@ -147,7 +147,8 @@ def validate(
         source = f"{pruned} (plan stored in its metadata)" if not isinstance(pruned, onnx.ModelProto) else "stored plan"
     deps = _analyze(orig, inexact=True) if plan is not None else None
     chosen = plan_from_json(plan, deps, source=source) if plan is not None else None
-    return _report(orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds)
+    before = cost_of(orig, deps.view.shapes) if deps is not None else None  # shapes already inferred
+    return _report(orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds, before=before)
 
 
 def _report(original, pruned, details, deps, plan, *, validate, latency, feeds, before=None) -> Report:

@@ -87,10 +87,6 @@ class ModelView:
         """A constant, or computed from one as :meth:`weight_source` says."""
         return self.weight_source(name) is not None
 
-    def is_float_constant(self, name: str) -> bool:
-        """True for constants of a floating-point type: weights, not shapes or indices."""
-        return self.is_constant(name) and self.constant_tensor(name).data_type in _FLOAT_TYPES
-
     def constant_tensor(self, name: str) -> onnx.TensorProto:
         if name in self.initializers:
             return self.initializers[name]
@@ -219,13 +215,17 @@ def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def infer_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
     """Shapes of every tensor that ONNX shape inference can tell (None for unknown dims)."""
-    return infer_shapes_and_types(model)[0]
+    return infer_with_folding(model)[0]
 
 
-def infer_shapes_and_types(model: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, int]]:
-    """Shapes and element types (``TensorProto`` data types) from ONNX shape inference."""
-    shapes, types, _ = infer_with_folding(model)
-    return shapes, types
+def fresh_name(taken: set[str], base: str) -> str:
+    """``base``, or ``base_2``, ``base_3``... whichever is not in ``taken``; it is added to it."""
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
 
 
 def infer_with_folding(model: onnx.ModelProto, rounds: int = 64):

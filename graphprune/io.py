@@ -42,7 +42,7 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.Mo
         # format="protobuf": onnx would otherwise pick a text reader from a .json/.txtpb suffix
         model = onnx.load(str(p), format="protobuf", load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{p}: not a valid ONNX model (cannot parse protobuf: {_first_line(exc)})") from None
+        raise InputError(f"{p}: not a valid ONNX model (cannot parse protobuf: {one_line(exc)})") from None
     if not model.HasField("graph") or (len(model.graph.node) == 0 and not model.opset_import):
         raise InputError(f"{p}: not an ONNX model (no graph in the protobuf message)")
     _EXTERNAL_SOURCES[str(p.resolve())] = _uses_external_data(model)
@@ -58,7 +58,7 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.Mo
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(base))
         except (OSError, ValueError) as exc:
-            raise InputError(f"{p}: cannot read external data ({_first_line(exc)})") from None
+            raise InputError(f"{p}: cannot read external data ({one_line(exc)})") from None
     return model
 
 
@@ -183,10 +183,6 @@ def _external_tensors(model: onnx.ModelProto):
 
 def _uses_external_data(model: onnx.ModelProto) -> bool:
     return any(True for _ in _external_tensors(model))
-
-
-def _first_line(exc: BaseException) -> str:
-    return one_line(exc)
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from .dependency import VIRTUAL, DependencyGraph
+from .graph import fresh_name
 from .plan import Plan
 from .rules import rewriter_for
 
@@ -158,6 +159,7 @@ class _Surgery:
         self._old = old_shapes
         self._new = new_shapes
         self._inits = {t.name: t for t in model.graph.initializer}
+        self._taken = set(self._inits) | {o for n in model.graph.node for o in n.output}
         self._uses: dict[str, int] = defaultdict(int)
         for node in model.graph.node:
             for i in node.input:
@@ -193,7 +195,7 @@ class _Surgery:
                 if a.name == "value":
                     a.t.CopyFrom(numpy_helper.from_array(value, name))
                     return
-        new_name = _unique_name(self.model, f"{node.name or node.output[0]}/input{position}")
+        new_name = fresh_name(self._taken, f"{node.name or node.output[0]}/input{position}")
         tensor = numpy_helper.from_array(value, new_name)
         self.model.graph.initializer.append(tensor)
         self._inits[new_name] = self.model.graph.initializer[-1]
@@ -201,14 +203,3 @@ class _Surgery:
             self._uses[name] -= 1
         node.input[position] = new_name
         self._uses[new_name] += 1
-
-
-def _unique_name(model: onnx.ModelProto, base: str) -> str:
-    taken = {t.name for t in model.graph.initializer}
-    for node in model.graph.node:
-        taken.update(node.output)
-    name, k = base, 1
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    return name

@@ -21,6 +21,7 @@ from onnx import numpy_helper
 
 from .cost import cost_of, latency_ms, random_feeds
 from .dependency import DependencyGraph
+from .graph import fresh_name
 from .plan import Plan
 from .surgery import removed_entries
 
@@ -122,7 +123,7 @@ def masked_reference_bytes(original: onnx.ModelProto, deps: DependencyGraph, pla
         dtype = onnx.helper.tensor_dtype_to_np_dtype(deps.view.dtypes.get(tensor, onnx.TensorProto.FLOAT))
         mask = np.ones(shape[axis], dtype=dtype)
         mask[idx] = 0
-        mask_name, out_name = _fresh(taken, f"graphprune_mask_{k}"), _fresh(taken, f"graphprune_masked_{k}")
+        mask_name, out_name = fresh_name(taken, f"graphprune_mask_{k}"), fresh_name(taken, f"graphprune_masked_{k}")
         masks.append(numpy_helper.from_array(mask.reshape(mask_shape), mask_name))
         node = g.node[node_index]
         position = list(node.input).index(tensor)
@@ -143,15 +144,6 @@ def masked_reference_bytes(original: onnx.ModelProto, deps: DependencyGraph, pla
         assert len(g.node) == n_nodes
         for node, position, tensor in renamed:
             node.input[position] = tensor
-
-
-def _fresh(taken: set[str], base: str) -> str:
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
 
 
 def rel_diff(a: list[np.ndarray], b: list[np.ndarray], scale_of: list[np.ndarray] | None = None) -> float:

@@ -529,9 +529,3 @@ def shape_read(node: onnx.NodeProto, ctx: RuleContext) -> None:
     xs = ctx.shape(node.input[0])
     for ax in range(len(xs or ())):
         ctx.dim(node.input[0], ax)  # declared: Shape reads the sizes at run time
-
-
-@rule("DepthToSpace", "SpaceToDepth")
-def depth_to_space(node: onnx.NodeProto, ctx: RuleContext) -> None:
-    couple_batch = ctx.dim(node.input[0], 0), ctx.dim(node.output[0], 0)
-    ctx.identity(*couple_batch)
