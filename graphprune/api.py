@@ -23,6 +23,7 @@ from .passes.filter import PLAN_METADATA_KEY, FilterPruning, get_metadata
 from .plan import Plan, plan_from_json, read_plan
 from .report import Report
 from .validation import check_pruned
+from .weights import runnable
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 
@@ -49,14 +50,15 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
         try:
             onnx.checker.check_model(os.fspath(model))
         except Exception as exc:  # onnx raises ValidationError (and others for odd files)
-            proto = io.load(model)  # a file that does not even parse gets that, more precise, error
+            proto = io.load(model, lazy=True)  # a file that does not even parse gets that, more precise, error
             io.check_opset(proto, model)
             cycle = find_cycle(proto)
             if cycle:
                 shown = cycle if len(cycle) <= 6 else [*cycle[:3], "...", *cycle[-2:]]
                 raise InputError(f"{model}: the graph has a cycle: {' -> '.join(shown)}") from None
             raise InputError(f"{model}: fails the ONNX checker: {io.one_line(exc)}") from None
-    proto = io.load(model)
+    # External data stays on disk: weights are memory-mapped when needed (graphprune.weights)
+    proto = io.load(model, lazy=True)
     io.check_opset(proto, model)
     return proto
 
@@ -171,8 +173,10 @@ def _report(original, pruned, details, deps, plan, *, validate, latency, feeds, 
         report.exact = v.exact
         report.fidelity = v.fidelity
         if latency and v.runtime_ok:
-            report.latency_ms_before = latency_ms(original, feeds=feeds)
-            report.latency_ms_after = latency_ms(pruned, feeds=feeds)
+            with runnable(original) as source:
+                report.latency_ms_before = latency_ms(source, feeds=feeds)
+            with runnable(pruned) as source:
+                report.latency_ms_after = latency_ms(source, feeds=feeds)
     return report
 
 

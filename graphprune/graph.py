@@ -2,7 +2,8 @@
 
 Shapes come from ONNX shape inference run on a *light* copy of the model, in which large
 float initializers keep their dims and type but no data: inference needs only the small
-integer tensors (shapes, axes, pads), so the weights are never copied.
+integer tensors (shapes, axes, pads), so the weights are never copied. Weights of a model
+opened lazily are memory-mapped from their files when asked for (:mod:`graphprune.weights`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from functools import cached_property
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from . import weights
 
 _WEIGHT_PASSTHROUGH = frozenset({"Cast", "Identity", "DequantizeLinear"})
 _CACHE_LIMIT = 4096  # elements; constants up to this size are cached by ModelView.value
@@ -56,14 +59,14 @@ class ModelView:
         see :mod:`graphprune.shapefold`), or None.
 
         Small tensors (shapes, axes, scalars) are cached; weights are read afresh each time
-        so that analysis never holds a second copy of them.
+        so that analysis never holds a second copy of them (a lazy weight is a read-only
+        memory map of its file).
         """
         if not self.is_constant(name):
             return self.folded.get(name)
         if name in self._values:
             return self._values[name]
-        tensor = self.constant_tensor(name)
-        arr = numpy_helper.to_array(tensor)
+        arr = _to_array(self.constant_tensor(name))
         if arr.size <= _CACHE_LIMIT:
             self._values[name] = arr
         return arr
@@ -209,7 +212,13 @@ def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
         else:
             lg.node.append(node)
     for t in g.initializer:
-        lg.initializer.append(_stub(t) if _is_large(t) else t)
+        if _is_large(t):
+            lg.initializer.append(_stub(t))
+        elif weights.is_lazy(t):  # inference may need the value of a small one (a shape, axes)
+            small = int(np.prod(t.dims, dtype=np.int64)) <= _CACHE_LIMIT
+            lg.initializer.append(numpy_helper.from_array(np.array(_to_array(t)), t.name) if small else _stub(t))
+        else:
+            lg.initializer.append(t)
     return light
 
 
@@ -257,8 +266,10 @@ def infer_with_folding(model: onnx.ModelProto, rounds: int = 64):
 def _small_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     out = {}
     for t in model.graph.initializer:
-        if int(np.prod(t.dims, dtype=np.int64)) <= 64 and t.data_location != onnx.TensorProto.EXTERNAL:
-            out[t.name] = numpy_helper.to_array(t)
+        if int(np.prod(t.dims, dtype=np.int64)) <= 64 and (
+            t.data_location != onnx.TensorProto.EXTERNAL or weights.is_lazy(t)
+        ):
+            out[t.name] = _to_array(t)
     for node in model.graph.node:
         if node.op_type == "Constant":
             for a in node.attribute:
@@ -302,6 +313,11 @@ def _infer(light: onnx.ModelProto, model: onnx.ModelProto):
                     shapes[node.output[0]] = tuple(int(d) for d in attr.t.dims)
                     types[node.output[0]] = attr.t.data_type
     return shapes, types
+
+
+def _to_array(t: onnx.TensorProto) -> np.ndarray:
+    """A tensor's value: a memory map for a lazy tensor, else read from the proto."""
+    return weights.array(t) if weights.is_lazy(t) else numpy_helper.to_array(t)
 
 
 def _shape_of_value_info(vi: onnx.ValueInfoProto) -> Shape | None:

@@ -6,6 +6,8 @@ Rules:
    renamed over the target, so a crash or an interrupt never leaves a half-written file.
 3. Models whose serialized size would pass protobuf's 2 GB limit, and models that came
    with external data, are saved with external data beside the output, named after it.
+4. ``load(path, lazy=True)`` leaves external data on disk (see :mod:`graphprune.weights`);
+   saving such a model streams its tensors into the output's data file one by one.
 """
 
 from __future__ import annotations
@@ -35,8 +37,12 @@ def had_external_data(path: str | os.PathLike) -> bool:
     return _EXTERNAL_SOURCES.get(str(Path(path).resolve()), False)
 
 
-def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
-    """Read an ONNX file, or raise ``InputError`` saying what is wrong with it."""
+def load(path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool = False) -> onnx.ModelProto:
+    """Read an ONNX file, or raise ``InputError`` saying what is wrong with it.
+
+    ``lazy=True``: external data stays in its files (checked, not read); weights are
+    memory-mapped when a criterion or the surgery asks for them (:mod:`graphprune.weights`).
+    """
     p = check_readable(path)
     try:
         # format="protobuf": onnx would otherwise pick a text reader from a .json/.txtpb suffix
@@ -46,20 +52,39 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.Mo
     if not model.HasField("graph") or (len(model.graph.node) == 0 and not model.opset_import):
         raise InputError(f"{p}: not an ONNX model (no graph in the protobuf message)")
     _EXTERNAL_SOURCES[str(p.resolve())] = _uses_external_data(model)
-    if load_external_data and _uses_external_data(model):
+    if (load_external_data or lazy) and _uses_external_data(model):
         base = p.resolve().parent
+        sizes: dict[Path, int] = {}
         for tensor in _external_tensors(model):
-            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            info = {e.key: e.value for e in tensor.external_data}
+            location = info.get("location", "")
             target = (base / location).resolve()
             if base not in target.parents:
                 raise InputError(f"{p}: external data location {location!r} escapes the model's folder")
             if not target.exists():
                 raise InputError(f"{p}: missing external data file {location!r}")
+            if lazy:  # what a full load would find out by reading, a lazy one checks now
+                size = sizes.setdefault(target, target.stat().st_size)
+                end = _int(info.get("offset", "0"), p, tensor) + _int(info.get("length", "0"), p, tensor)
+                if end > size:
+                    raise InputError(f"{p}: tensor {tensor.name!r} runs past the end of {location!r}")
+        if lazy:
+            from .weights import mark_lazy
+
+            mark_lazy(model, base)
+            return model
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(base))
         except (OSError, ValueError) as exc:
             raise InputError(f"{p}: cannot read external data ({one_line(exc)})") from None
     return model
+
+
+def _int(text: str, path: Path, tensor: onnx.TensorProto) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"{path}: tensor {tensor.name!r} has a bad external data offset or length {text!r}") from None
 
 
 def check_opset(model: onnx.ModelProto, path: str | os.PathLike) -> None:
@@ -101,7 +126,16 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool
     data_name = p.name + ".data"
     tmp_data = None
     try:
-        if external_data:
+        from .weights import has_lazy, lazy_sources, materialize, write_model
+
+        if has_lazy(model) and not external_data:
+            model = materialize(model)  # asked for one file: the weights must be read in
+        if external_data and has_lazy(model):
+            if (folder / data_name).resolve() in lazy_sources(model):
+                raise InputError(f"{p}: its data file {data_name} holds the input's weights; choose another -o")
+            tmp_data = folder / f".{data_name}.tmp"
+            write_model(model, Path(tmp), tmp_data, data_name)
+        elif external_data:
             tmp_data = folder / f".{data_name}.tmp"
             onnx.save_model(
                 model,

@@ -8,6 +8,8 @@ Rules:
 3. Names stay stable: a tensor keeps its name; a rewritten constant shared with another
    node is given a new name so that the other node keeps its value.
 4. Surgery never reads criteria and never runs a model.
+5. Weights of a model opened lazily are not read: the slice is recorded on the tensor and
+   applied while it is written (:mod:`graphprune.weights`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from . import weights
 from .dependency import VIRTUAL, DependencyGraph
 from .graph import fresh_name
 from .plan import Plan
@@ -131,6 +134,11 @@ def _kept(n: int, removed: np.ndarray) -> np.ndarray:
 
 
 def _write_sliced(dst: onnx.TensorProto, src: onnx.TensorProto, axes: dict[int, np.ndarray]) -> None:
+    if weights.is_lazy(src):
+        if dst is not src:
+            dst.CopyFrom(src)
+        weights.slice_lazy(dst, axes)
+        return
     arr = _sliced(numpy_helper.to_array(src), axes)
     new = numpy_helper.from_array(np.ascontiguousarray(arr), src.name)
     new.data_type = src.data_type  # keeps bfloat16 and friends as they were

@@ -9,10 +9,17 @@ The contract (DESIGN.md):
    path it takes ends in such a weight or the group would have been blocked);
 4. fidelity against the original: cosine similarity, relative L2 error, top-1 agreement;
 5. cost before and after: parameters, FLOPs, file size, latency.
+
+Models opened lazily (external data left on disk) are given to onnxruntime and the checker
+as files that point at their data (:func:`graphprune.weights.runnable`): onnxruntime reads
+the weights itself, and the masked reference is the original's graph with the masks, written
+without weights beside the original's data.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +31,7 @@ from .dependency import DependencyGraph
 from .graph import fresh_name
 from .plan import Plan
 from .surgery import removed_entries
+from .weights import has_lazy, runnable
 
 EXACT_RTOL = 1e-4
 
@@ -60,8 +68,9 @@ class Validation:
         return self.checker_ok and self.runtime_ok and (not self.exact.checked or self.exact.passed)
 
 
-def check(pruned: onnx.ModelProto) -> str:
-    """Empty string if the model passes the full checker, else the first line of the error."""
+def check(pruned: onnx.ModelProto | str) -> str:
+    """Empty string if the model (a ModelProto or a path) passes the full checker, else the
+    first line of the error."""
     try:
         onnx.checker.check_model(pruned, full_check=True)
     except Exception as exc:  # checker raises ValidationError, shape inference InferenceError
@@ -69,8 +78,8 @@ def check(pruned: onnx.ModelProto) -> str:
     return ""
 
 
-def run(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs of ``model`` (a ModelProto or its bytes) in onnxruntime (CPU, one thread)."""
+def run(model: onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs of ``model`` (a ModelProto, its bytes or a path) in onnxruntime (CPU, one thread)."""
     import onnxruntime as ort  # imported here: it is slow to import and not needed to prune
 
     so = ort.SessionOptions()
@@ -82,7 +91,7 @@ def run(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray]) -> list[np
     # pruned model gets, and the two would then differ by the quantization error.
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.add_session_config_entry("session.disable_quant_qdq", "1")
-    data = model if isinstance(model, bytes) else model.SerializeToString()
+    data = model if isinstance(model, (bytes, str)) else model.SerializeToString()
     sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
     del data
     names = {i.name for i in sess.get_inputs()}
@@ -104,9 +113,17 @@ def masked_reference_bytes(original: onnx.ModelProto, deps: DependencyGraph, pla
     """The serialized :func:`masked_reference`, made without copying the weights.
 
     The masks only add nodes and small initializers and rename inputs, so they are put
-    into ``original`` itself, serialized, and taken out again (in ``finally``): the
-    caller's model ends as it began, and memory never holds a second set of weights.
+    into ``original`` itself, serialized, and taken out again (see :func:`masks_inserted`):
+    the caller's model ends as it began, and memory never holds a second set of weights.
     """
+    with masks_inserted(original, deps, plan):
+        return original.SerializeToString()
+
+
+@contextlib.contextmanager
+def masks_inserted(original: onnx.ModelProto, deps: DependencyGraph, plan: Plan) -> Iterator[onnx.ModelProto]:
+    """``original`` turned into the :func:`masked_reference` for the duration of the block,
+    and restored on exit, however the block ends."""
     removed = removed_entries(deps, plan)
     g = original.graph
     taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
@@ -136,7 +153,7 @@ def masked_reference_bytes(original: onnx.ModelProto, deps: DependencyGraph, pla
         g.initializer.extend(masks)
         for node_index, mul in sorted(inserts, key=lambda t: -t[0]):
             g.node.insert(node_index, mul)
-        return original.SerializeToString()
+        yield original
     finally:
         del g.initializer[n_init:]
         for node_index, _ in sorted(inserts, key=lambda t: t[0]):
@@ -188,18 +205,20 @@ def check_pruned(
     feeds: dict[str, np.ndarray] | None = None,
 ) -> Validation:
     """Steps 1-4 of the validation contract."""
-    checker_error = check(pruned)
     feeds = feeds if feeds is not None else random_feeds(original)
     exact = Exactness()
     fid = Fidelity()
-    try:
-        pruned_out = run(pruned, feeds)
-        runtime_error = ""
-    except Exception as exc:
-        pruned_out = None
-        runtime_error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    with runnable(pruned) as source:  # a lazy model: a file whose data onnxruntime reads itself
+        checker_error = check(source)
+        try:
+            pruned_out = run(source, feeds)
+            runtime_error = ""
+        except Exception as exc:
+            pruned_out = None
+            runtime_error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     if pruned_out is not None:
-        original_out = run(original, feeds)
+        with runnable(original) as source:
+            original_out = run(source, feeds)
         fid = fidelity(pruned_out, original_out)
         inexact = [g.label for g in deps.groups if "inexact" in g.facts and len(plan.removed(g))] if plan else []
         if inexact:
@@ -210,7 +229,11 @@ def check_pruned(
                 " fidelity measures what they cost",
             )
         elif deps is not None and plan is not None:
-            ref_out = run(masked_reference_bytes(original, deps, plan), feeds)
+            if has_lazy(original):
+                with masks_inserted(original, deps, plan), runnable(original) as source:
+                    ref_out = run(source, feeds)
+            else:
+                ref_out = run(masked_reference_bytes(original, deps, plan), feeds)
             diff = rel_diff(pruned_out, ref_out, scale_of=original_out)
             exact = Exactness(checked=True, passed=diff <= EXACT_RTOL, max_rel_diff=diff)
         else:

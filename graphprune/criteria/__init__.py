@@ -57,8 +57,20 @@ def criterion(name: str) -> Callable[[Criterion], Criterion]:
     return register
 
 
-def entry_masses(arr: np.ndarray, axis: int, reduce: str) -> np.ndarray:
-    """The l1 or squared-l2 mass of each entry of ``axis`` (summed over the other axes)."""
+def entry_masses(arr: np.ndarray, axis: int, reduce: str, block: int = 1 << 22) -> np.ndarray:
+    """The l1 or squared-l2 mass of each entry of ``axis`` (summed over the other axes).
+
+    Large weights (a memory-mapped float16 matrix) are reduced in blocks of the leading axis
+    of about ``block`` elements, so no temporary the size of the weight is made.
+    """
+    if arr.ndim == 0 or arr.size <= block:
+        return _masses(arr, axis, reduce)
+    step = max(1, block // max(1, arr.size // arr.shape[0]))
+    parts = [_masses(arr[i : i + step], axis, reduce) for i in range(0, arr.shape[0], step)]
+    return np.concatenate(parts) if axis == 0 else np.sum(parts, axis=0)
+
+
+def _masses(arr: np.ndarray, axis: int, reduce: str) -> np.ndarray:
     if arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float32)  # float16/bfloat16: score in float32, the model keeps its dtype
     others = tuple(a for a in range(arr.ndim) if a != axis)

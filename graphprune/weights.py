@@ -1,0 +1,304 @@
+"""Lazy weights: the tensors of an external-data model stay on disk until something needs them.
+
+Rules:
+1. A model opened lazily (``io.load(path, lazy=True)``) keeps its external tensors external;
+   each one records the absolute folder its location is relative to (external_data key
+   ``graphprune.dir``), so it can be read whatever the working directory.
+2. :func:`array` gives a read-only ``np.memmap`` of a tensor's bytes (dtype from
+   ``data_type``: float16 and bfloat16 included): nothing is read until the caller computes.
+3. Slicing a lazy tensor (the surgery) only records the source entries each axis keeps
+   (``graphprune.keep``) and the source dims (``graphprune.shape``), and sets the new dims.
+4. Writing streams each tensor from its source file into the output's data file in blocks
+   of its leading axis, sliced as recorded: memory holds one block, never the weights.
+5. ``graphprune.*`` keys never reach a file: files get plain location/offset/length entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import external_data_helper, helper
+
+DIR_KEY = "graphprune.dir"
+KEEP_KEY = "graphprune.keep"
+SHAPE_KEY = "graphprune.shape"
+BLOCK_BYTES = 16 << 20  # bytes read at a time when streaming a tensor
+ALIGN = 64 << 10  # large tensors start at multiples of this in written data files (mappable by onnxruntime)
+ALIGN_THRESHOLD = 1 << 20
+INLINE_LIMIT = 1024  # bytes; smaller in-memory tensors stay inside the .onnx file
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a lazy tensor's bytes are, and which of its entries survive slicing."""
+
+    path: Path
+    offset: int
+    dtype: np.dtype
+    shape: tuple[int, ...]  # dims in the file
+    keep: dict[int, np.ndarray]  # axis -> kept entries (sorted), for sliced axes only
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def storage_dtype(data_type: int) -> np.dtype | None:
+    """The numpy dtype whose items are this ONNX type's elements byte for byte, or None
+    (sub-byte types such as int4 pack two elements per byte and cannot be memory-mapped)."""
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(data_type))
+    except Exception:  # unknown or string type
+        return None
+    width = {onnx.TensorProto.BFLOAT16: 2}.get(data_type)
+    if width is not None and dtype.itemsize != width:  # an onnx without ml_dtypes: raw storage
+        return np.dtype(np.uint16)
+    if dtype.kind in "OSU" or data_type in _PACKED:
+        return None
+    return dtype
+
+
+_PACKED = {
+    getattr(onnx.TensorProto, name)
+    for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+    if hasattr(onnx.TensorProto, name)
+}
+
+
+def external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the model (initializers and attributes, subgraphs too) whose data is external."""
+    for tensor in external_data_helper._get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield tensor
+
+
+def mark_lazy(model: onnx.ModelProto, base: Path) -> None:
+    """Make the external tensors of ``model`` (loaded without data from a file in ``base``) lazy.
+
+    Tensors that cannot be memory-mapped element by element (sub-byte types) are loaded now.
+    """
+    base = base.resolve()
+    for tensor in external_tensors(model):
+        if storage_dtype(tensor.data_type) is None:
+            external_data_helper.load_external_data_for_tensor(tensor, str(base))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+            continue
+        _set(tensor, DIR_KEY, str(base))
+
+
+def is_lazy(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL and any(e.key == DIR_KEY for e in tensor.external_data)
+
+
+def has_lazy(model: onnx.ModelProto) -> bool:
+    return any(is_lazy(t) for t in external_tensors(model))
+
+
+def lazy_sources(model: onnx.ModelProto) -> set[Path]:
+    """The (resolved) files the model's lazy tensors are read from."""
+    return {source(t).path.resolve() for t in external_tensors(model) if is_lazy(t)}
+
+
+def is_sliced(tensor: onnx.TensorProto) -> bool:
+    return any(e.key == KEEP_KEY for e in tensor.external_data)
+
+
+def source(tensor: onnx.TensorProto) -> Source:
+    """Where a lazy tensor's bytes are (see :class:`Source`)."""
+    info = {e.key: e.value for e in tensor.external_data}
+    shape = tuple(json.loads(info[SHAPE_KEY])) if SHAPE_KEY in info else tuple(int(d) for d in tensor.dims)
+    keep = {int(a): np.asarray(k, dtype=np.int64) for a, k in json.loads(info.get(KEEP_KEY, "{}")).items()}
+    dtype = storage_dtype(tensor.data_type)
+    assert dtype is not None, "mark_lazy loads what cannot be mapped"
+    return Source(Path(info[DIR_KEY]) / info["location"], int(info.get("offset", 0)), dtype, shape, keep)
+
+
+def array(tensor: onnx.TensorProto) -> np.ndarray:
+    """The value of a lazy tensor: a read-only memory map of its file (a copy if it was sliced)."""
+    src = source(tensor)
+    if src.nbytes == 0:
+        return np.zeros(src.shape, dtype=src.dtype)
+    mapped = np.memmap(src.path, dtype=src.dtype, mode="r", offset=src.offset, shape=src.shape)
+    if not src.keep:
+        return mapped
+    return np.concatenate(list(_blocks(src)), axis=0)
+
+
+def slice_lazy(tensor: onnx.TensorProto, removed: dict[int, np.ndarray]) -> None:
+    """Remove entries (indices into the tensor's current dims) from a lazy tensor, reading nothing."""
+    src = source(tensor)
+    keep = dict(src.keep)
+    for axis, idx in removed.items():
+        current = keep.get(axis, np.arange(src.shape[axis]))
+        keep[axis] = np.delete(current, np.asarray(idx, dtype=np.int64))
+    _set(tensor, SHAPE_KEY, json.dumps(list(src.shape)))
+    _set(tensor, KEEP_KEY, json.dumps({str(a): k.tolist() for a, k in sorted(keep.items())}, separators=(",", ":")))
+    del tensor.dims[:]
+    tensor.dims.extend(len(keep[a]) if a in keep else n for a, n in enumerate(src.shape))
+
+
+def _blocks(src: Source, block_bytes: int = BLOCK_BYTES) -> Iterator[np.ndarray]:
+    """The sliced tensor as consecutive blocks of its leading axis, each read on its own
+    (plain reads into a buffer of at most ``block_bytes``: nothing stays mapped)."""
+    if not src.shape:
+        with open(src.path, "rb") as f:
+            f.seek(src.offset)
+            yield np.fromfile(f, dtype=src.dtype, count=1).reshape(())
+        return
+    rows = src.shape[0]
+    row_items = int(np.prod(src.shape[1:], dtype=np.int64))
+    step = max(1, block_bytes // max(1, row_items * src.dtype.itemsize))
+    kept_rows = src.keep.get(0)
+    others = [(a, k) for a, k in sorted(src.keep.items()) if a != 0]
+    with open(src.path, "rb") as f:
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            if kept_rows is not None:
+                local = kept_rows[(kept_rows >= start) & (kept_rows < stop)] - start
+                if len(local) == 0:
+                    continue
+                start, stop, local = start + int(local[0]), start + int(local[-1]) + 1, local - local[0]
+            f.seek(src.offset + start * row_items * src.dtype.itemsize)
+            block = np.fromfile(f, dtype=src.dtype, count=(stop - start) * row_items)
+            block = block.reshape((stop - start, *src.shape[1:]))
+            if kept_rows is not None and len(local) != stop - start:
+                block = block[local]
+            for axis, k in others:
+                block = np.take(block, k, axis=axis)
+            yield block
+
+
+def write_data(tensor: onnx.TensorProto, out) -> int:
+    """Append a lazy tensor's (sliced) bytes to the open binary file ``out``; returns the byte count."""
+    src = source(tensor)
+    written = 0
+    if not src.keep:  # a plain copy, block by block
+        with open(src.path, "rb") as f:
+            f.seek(src.offset)
+            left = src.nbytes
+            while left:
+                chunk = f.read(min(left, BLOCK_BYTES))
+                if not chunk:
+                    raise OSError(f"{src.path}: ends inside tensor {tensor.name!r}")
+                out.write(chunk)
+                left -= len(chunk)
+                written += len(chunk)
+        return written
+    for block in _blocks(src):
+        data = np.ascontiguousarray(block)
+        out.write(memoryview(data).cast("B"))
+        written += data.nbytes
+    return written
+
+
+def write_model(model: onnx.ModelProto, model_path: Path, data_path: Path, location: str) -> None:
+    """Write ``model`` to ``model_path`` with its large tensors in ``data_path`` (recorded as
+    ``location``): lazy tensors are streamed from their files, sliced as recorded. ``model``
+    itself is not changed."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)  # lazy tensors carry no data: this copies the graph, not the weights
+    with open(data_path, "wb") as f:
+        for tensor in external_data_helper._get_all_tensors(out):
+            lazy = is_lazy(tensor)
+            if not lazy and not (tensor.HasField("raw_data") and len(tensor.raw_data) >= INLINE_LIMIT):
+                continue
+            size = source(tensor).nbytes if lazy else len(tensor.raw_data)
+            if size >= ALIGN_THRESHOLD and f.tell() % ALIGN:
+                f.write(b"\0" * (ALIGN - f.tell() % ALIGN))
+            offset = f.tell()
+            if lazy:
+                length = write_data(tensor, f)
+            else:
+                f.write(tensor.raw_data)
+                length = len(tensor.raw_data)
+                tensor.ClearField("raw_data")
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+                _set(tensor, key, value)
+    with open(model_path, "wb") as f:
+        f.write(out.SerializeToString())
+
+
+def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with every lazy tensor read into memory (sliced as recorded)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for tensor in external_tensors(out):
+        if is_lazy(tensor):
+            value = np.ascontiguousarray(array(tensor))
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = value.tobytes()
+    return out
+
+
+@contextlib.contextmanager
+def runnable(model: onnx.ModelProto) -> Iterator[onnx.ModelProto | str]:
+    """``model`` in a form onnxruntime and the checker can open: the model itself when it holds
+    its weights, else the path of a model file whose external data onnxruntime reads itself.
+
+    onnxruntime only reads external data inside the model file's folder, so an unsliced lazy
+    model is written (without weights) under a hidden temporary name into the folder of its
+    data; a sliced one (a pruned model not saved yet) is written whole to a temporary folder.
+    Either file is removed on exit, however the block ends.
+    """
+    lazy = [t for t in external_tensors(model) if is_lazy(t)]
+    if not lazy:
+        yield model
+        return
+    folders = {source(t).path.parent for t in lazy}
+    sliced = any(is_sliced(t) for t in lazy)
+    if not sliced and len(folders) == 1:
+        folder = folders.pop()
+        try:
+            fd, name = tempfile.mkstemp(prefix=".graphprune-", suffix=".onnx", dir=folder)
+        except OSError:  # a read-only folder: fall back to a copy in a temporary folder
+            fd = None
+        if fd is not None:
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(_beside_data(model, folder).SerializeToString())
+                yield name
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+            return
+    with tempfile.TemporaryDirectory(prefix="graphprune-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        write_model(model, path, Path(tmp) / "model.onnx.data", "model.onnx.data")
+        yield str(path)
+
+
+def _beside_data(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
+    """A copy whose lazy tensors have plain entries with locations relative to ``folder``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for tensor in external_tensors(out):
+        if is_lazy(tensor):
+            src = source(tensor)
+            length = next((e.value for e in tensor.external_data if e.key == "length"), None)
+            del tensor.external_data[:]
+            _set(tensor, "location", os.path.relpath(src.path, folder))
+            _set(tensor, "offset", str(src.offset))
+            if length is not None:
+                _set(tensor, "length", length)
+    return out
+
+
+def _set(tensor: onnx.TensorProto, key: str, value: str) -> None:
+    for entry in tensor.external_data:
+        if entry.key == key:
+            entry.value = value
+            return
+    entry = tensor.external_data.add()
+    entry.key, entry.value = key, value
