@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import tempfile
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from onnx import external_data_helper, helper
 DIR_KEY = "graphprune.dir"
 KEEP_KEY = "graphprune.keep"
 SHAPE_KEY = "graphprune.shape"
-BLOCK_BYTES = 16 << 20  # bytes read at a time when streaming a tensor
+BLOCK_BYTES = 4 << 20  # bytes read at a time when streaming a tensor
 ALIGN = 64 << 10  # large tensors start at multiples of this in written data files (mappable by onnxruntime)
 ALIGN_THRESHOLD = 1 << 20
 INLINE_LIMIT = 1024  # bytes; smaller in-memory tensors stay inside the .onnx file
@@ -133,6 +134,15 @@ def array(tensor: onnx.TensorProto) -> np.ndarray:
     return np.concatenate(list(_blocks(src)), axis=0)
 
 
+def drop_pages(arr: np.ndarray) -> None:
+    """Let go of the pages of a memory map that have been read (they stay in the page cache):
+    a map read block by block then costs one block of memory, not the whole tensor."""
+    mapped = getattr(arr, "_mmap", None)  # np.memmap and its views keep the mmap object here
+    if mapped is not None and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):
+            mapped.madvise(mmap.MADV_DONTNEED)
+
+
 def slice_lazy(tensor: onnx.TensorProto, removed: dict[int, np.ndarray]) -> None:
     """Remove entries (indices into the tensor's current dims) from a lazy tensor, reading nothing."""
     src = source(tensor)
@@ -194,8 +204,8 @@ def write_data(tensor: onnx.TensorProto, out) -> int:
                 written += len(chunk)
         return written
     for block in _blocks(src):
-        data = np.ascontiguousarray(block)
-        out.write(memoryview(data).cast("B"))
+        data = np.ascontiguousarray(block).reshape(-1).view(np.uint8)  # bytes of any dtype (bfloat16 too)
+        out.write(data.data)
         written += data.nbytes
     return written
 

@@ -38,7 +38,7 @@ def write_mlp_stack(
 
     Input ``input`` and output ``output`` are ``[1, tokens, hidden]``; weights are
     ``layers.{i}.mlp.up.weight`` ``[hidden, ffn]`` and ``layers.{i}.mlp.down.weight``
-    ``[ffn, hidden]``, seeded normal values scaled so that activations stay in float16 range.
+    ``[ffn, hidden]``, seeded uniform values scaled so that activations stay in float16 range.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,8 +90,9 @@ def _write_weight(data, rng, name, rows, cols, std, dtype, elem, location) -> Te
     offset = data.tell()
     step = max(1, BLOCK_ROWS_BYTES // (cols * np.dtype(dtype).itemsize))
     for r in range(0, rows, step):
-        block = rng.standard_normal((min(step, rows - r), cols), dtype=np.float32)
-        block *= std
+        block = rng.random((min(step, rows - r), cols), dtype=np.float32)  # uniform: cheap to draw
+        block -= 0.5
+        block *= std * 12**0.5  # standard deviation std
         data.write(block.astype(dtype).tobytes())
     t = TensorProto()
     t.name, t.data_type = name, elem

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..dependency import DependencyGraph, Group, Member
+from ..weights import drop_pages
 
 
 @dataclass
@@ -57,16 +58,20 @@ def criterion(name: str) -> Callable[[Criterion], Criterion]:
     return register
 
 
-def entry_masses(arr: np.ndarray, axis: int, reduce: str, block: int = 1 << 22) -> np.ndarray:
+def entry_masses(arr: np.ndarray, axis: int, reduce: str, block: int = 1 << 20) -> np.ndarray:
     """The l1 or squared-l2 mass of each entry of ``axis`` (summed over the other axes).
 
     Large weights (a memory-mapped float16 matrix) are reduced in blocks of the leading axis
-    of about ``block`` elements, so no temporary the size of the weight is made.
+    of about ``block`` elements, and a memory map lets go of each block once it is read:
+    no temporary and no resident copy the size of the weight is made.
     """
     if arr.ndim == 0 or arr.size <= block:
         return _masses(arr, axis, reduce)
     step = max(1, block // max(1, arr.size // arr.shape[0]))
-    parts = [_masses(arr[i : i + step], axis, reduce) for i in range(0, arr.shape[0], step)]
+    parts = []
+    for i in range(0, arr.shape[0], step):
+        parts.append(_masses(arr[i : i + step], axis, reduce))
+        drop_pages(arr)
     return np.concatenate(parts) if axis == 0 else np.sum(parts, axis=0)
 
 
