@@ -216,7 +216,7 @@ def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
             lg.initializer.append(_stub(t))
         elif weights.is_lazy(t):  # inference may need the value of a small one (a shape, axes)
             small = int(np.prod(t.dims, dtype=np.int64)) <= _CACHE_LIMIT
-            lg.initializer.append(numpy_helper.from_array(np.array(_to_array(t)), t.name) if small else _stub(t))
+            lg.initializer.append(numpy_helper.from_array(_to_array(t), t.name) if small else _stub(t))
         else:
             lg.initializer.append(t)
     return light
@@ -316,8 +316,12 @@ def _infer(light: onnx.ModelProto, model: onnx.ModelProto):
 
 
 def _to_array(t: onnx.TensorProto) -> np.ndarray:
-    """A tensor's value: a memory map for a lazy tensor, else read from the proto."""
-    return weights.array(t) if weights.is_lazy(t) else numpy_helper.to_array(t)
+    """A tensor's value: a read-only memory map for a large lazy tensor (a plain array for a
+    small one: shapes and axes are computed with), else read from the proto."""
+    if not weights.is_lazy(t):
+        return numpy_helper.to_array(t)
+    arr = weights.array(t)
+    return np.array(arr) if arr.size <= _CACHE_LIMIT else arr
 
 
 def _shape_of_value_info(vi: onnx.ValueInfoProto) -> Shape | None:

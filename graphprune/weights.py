@@ -219,6 +219,9 @@ def write_model(model: onnx.ModelProto, model_path: Path, data_path: Path, locat
     with open(data_path, "wb") as f:
         for tensor in external_data_helper._get_all_tensors(out):
             lazy = is_lazy(tensor)
+            if lazy and _small(tensor):
+                _read_in(tensor)
+                continue
             if not lazy and not (tensor.HasField("raw_data") and len(tensor.raw_data) >= INLINE_LIMIT):
                 continue
             size = source(tensor).nbytes if lazy else len(tensor.raw_data)
@@ -245,11 +248,23 @@ def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     for tensor in external_tensors(out):
         if is_lazy(tensor):
-            value = np.ascontiguousarray(array(tensor))
-            del tensor.external_data[:]
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            tensor.raw_data = value.tobytes()
+            _read_in(tensor)
     return out
+
+
+def _read_in(tensor: onnx.TensorProto) -> None:
+    """Turn a lazy tensor into one that holds its (sliced) bytes."""
+    value = np.ascontiguousarray(array(tensor))
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.DEFAULT
+    tensor.raw_data = value.reshape(-1).view(np.uint8).tobytes()
+
+
+def _small(tensor: onnx.TensorProto) -> bool:
+    """Small enough to live inside the .onnx file (onnxruntime's shape inference cannot read a
+    Reshape shape or a Split size from external data)."""
+    dtype = storage_dtype(tensor.data_type)
+    return dtype is not None and int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize < INLINE_LIMIT
 
 
 @contextlib.contextmanager
@@ -294,7 +309,9 @@ def _beside_data(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for tensor in external_tensors(out):
-        if is_lazy(tensor):
+        if is_lazy(tensor) and _small(tensor):
+            _read_in(tensor)
+        elif is_lazy(tensor):
             src = source(tensor)
             length = next((e.value for e in tensor.external_data if e.key == "length"), None)
             del tensor.external_data[:]
