@@ -230,7 +230,7 @@ def _failure(report) -> str:
         return f"checker: {report.checker['error']}"
     if not report.runtime["passed"]:
         return f"onnxruntime: {report.runtime['error']}"
-    return f"exactness: max relative difference {report.exact.max_rel_diff:.2e} over 1e-4"
+    return f"exactness: max relative difference {report.exact.max_rel_diff:.2e} over {report.exact.tolerance:.0e}"
 
 
 def _validate(args) -> int:

@@ -193,3 +193,15 @@ def test_a_model_with_every_tensor_external_prunes_heads_and_mlp_as_in_memory(tm
     out = graphprune.save(lazy.model, tmp_path / "out" / "m.onnx")
     feeds = {"input": np.random.default_rng(0).standard_normal((1, 8, 32)).astype(np.float32)}
     np.testing.assert_allclose(run(str(out), feeds)[0], run(in_memory.model, feeds)[0], rtol=0, atol=1e-6)
+
+
+def test_a_float16_model_is_exact_to_a_few_float16_ulps_and_a_wrong_plan_still_fails(tmp_path):
+    src = write_mlp_stack(tmp_path / "src", layers=4, hidden=64, ffn=256, tokens=4, seed=5)
+    result = graphprune.prune(src, ratio=0.5, latency=False)
+    assert result.report.exact.passed and result.report.exact.tolerance == 4 * 2.0**-10
+    out = graphprune.save(result.model, tmp_path / "out" / "m.onnx")
+    plan = result.plan.to_json(result.deps)
+    for entry in plan["groups"]:  # the same number of entries, mostly other ones
+        entry["remove"] = sorted(set(range(256)) - set(entry["remove"]))[: len(entry["remove"])]
+    wrong = graphprune.validate(src, out, plan=plan, latency=False)
+    assert wrong.exact.checked and not wrong.exact.passed and wrong.exact.max_rel_diff > 10 * wrong.exact.tolerance
