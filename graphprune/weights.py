@@ -281,7 +281,7 @@ def runnable(model: onnx.ModelProto) -> Iterator[onnx.ModelProto | str]:
     if not lazy:
         yield model
         return
-    folders = {source(t).path.parent for t in lazy}
+    folders = {_base(t) for t in lazy}
     sliced = any(is_sliced(t) for t in lazy)
     if not sliced and len(folders) == 1:
         folder = folders.pop()
@@ -320,6 +320,11 @@ def _beside_data(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
             if length is not None:
                 _set(tensor, "length", length)
     return out
+
+
+def _base(tensor: onnx.TensorProto) -> Path:
+    """The folder a lazy tensor's location is relative to (its model's folder)."""
+    return Path(next(e.value for e in tensor.external_data if e.key == DIR_KEY))
 
 
 def _set(tensor: onnx.TensorProto, key: str, value: str) -> None:

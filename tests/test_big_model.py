@@ -205,3 +205,16 @@ def test_a_float16_model_is_exact_to_a_few_float16_ulps_and_a_wrong_plan_still_f
         entry["remove"] = sorted(set(range(256)) - set(entry["remove"]))[: len(entry["remove"])]
     wrong = graphprune.validate(src, out, plan=plan, latency=False)
     assert wrong.exact.checked and not wrong.exact.passed and wrong.exact.max_rel_diff > 10 * wrong.exact.tolerance
+
+
+def test_fpgm_scores_do_not_depend_on_the_blocks_it_reads(monkeypatch):
+    from graphprune.criteria import ScoreContext, magnitude
+    from graphprune.dependency import analyze
+    from models.transformers import encoder_block
+
+    deps = analyze(encoder_block())
+    whole = [magnitude.fpgm(g, deps, ScoreContext()) for g in deps.prunable_groups()]
+    monkeypatch.setattr(magnitude, "_BLOCK", 50)  # filters and Gram rows a few at a time
+    blocked = [magnitude.fpgm(g, deps, ScoreContext()) for g in deps.prunable_groups()]
+    for a, b in zip(whole, blocked):
+        np.testing.assert_allclose(a, b, rtol=1e-12)

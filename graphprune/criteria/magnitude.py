@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dependency import DependencyGraph, Group
+from ..weights import drop_pages
 from . import ScoreContext, criterion, magnitude_members, normalised_mean
 
 
@@ -59,15 +60,45 @@ def fpgm(group: Group, deps: DependencyGraph, ctx: ScoreContext) -> np.ndarray:
     members = group.weights("out") or magnitude_members(group)
     if not members:
         return _norm(group, deps, "l2", ctx)
-    rows = []
+    # Distances from the Gram matrix of the filters, summed over blocks of their coordinates:
+    # memory holds the N x N Gram (float64) and one block, never all filters at once.
+    n = group.size
+    gram = np.zeros((n, n))
+    rows = max(1, _BLOCK // n)  # rows of the Gram matrix updated at a time
     for m in members:
-        arr = deps.view.value(m.tensor).astype(np.float32)
-        moved = np.moveaxis(arr, m.axis, 0).reshape(arr.shape[m.axis], -1)
-        rows.append(moved[m.indices].reshape(group.size, -1))
-    f = np.concatenate(rows, axis=1).astype(np.float64)
-    sq = np.square(f).sum(axis=1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (f @ f.T), 0.0)
-    return normalised_mean([np.sqrt(d2).sum(axis=1)], group.size)
+        for f in _filter_blocks(deps.view.value(m.tensor), m.axis, m.indices):
+            for i in range(0, n, rows):  # the upper triangle only: the Gram matrix is symmetric
+                gram[i : i + rows, i:] += f[i : i + rows] @ f[i:].T
+    for i in range(0, n, rows):  # mirror it, block by block
+        block = gram[i : i + rows, i : i + rows]
+        block[...] = np.triu(block) + np.triu(block, 1).T
+        gram[i + rows :, i : i + rows] = gram[i : i + rows, i + rows :].T
+    sq = np.diag(gram).copy()
+    total = np.empty(group.size)
+    step = max(1, _BLOCK // group.size)  # rows of distances at a time
+    for i in range(0, group.size, step):
+        d2 = sq[i : i + step, None] + sq[None, :] - 2.0 * gram[i : i + step]
+        total[i : i + step] = np.sqrt(np.maximum(d2, 0.0, out=d2), out=d2).sum(axis=1)
+    return normalised_mean([total], group.size)
+
+
+_BLOCK = 1 << 23  # elements (float64) of a block of filters or of Gram rows
+
+
+def _filter_blocks(arr: np.ndarray, axis: int, indices: np.ndarray, block: int = _BLOCK):
+    """The group's filters (one row per group index) as float64 blocks of their coordinates:
+    ``arr`` is cut along another axis than ``axis`` into pieces of about ``block`` elements."""
+    n = indices.shape[0]
+    if arr.ndim < 2 or arr.size <= block:
+        moved = np.moveaxis(np.asarray(arr, dtype=np.float64), axis, 0).reshape(arr.shape[axis], -1)
+        yield moved[indices].reshape(n, -1)
+        return
+    cut = 1 if axis == 0 else 0
+    step = max(1, block // max(1, arr.size // arr.shape[cut]))
+    for i in range(0, arr.shape[cut], step):
+        piece = np.take(arr, np.arange(i, min(i + step, arr.shape[cut])), axis=cut).astype(np.float64)
+        drop_pages(arr)
+        yield np.moveaxis(piece, axis, 0).reshape(arr.shape[axis], -1)[indices].reshape(n, -1)
 
 
 @criterion("random")
