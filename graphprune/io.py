@@ -22,6 +22,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
+from . import weights
 from .errors import InputError
 
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -65,13 +66,11 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool
                 raise InputError(f"{p}: missing external data file {location!r}")
             if lazy:  # what a full load would find out by reading, a lazy one checks now
                 size = sizes.setdefault(target, target.stat().st_size)
-                end = _int(info.get("offset", "0"), p, tensor) + _int(info.get("length", "0"), p, tensor)
-                if end > size:
+                length = max(_int(info.get("length", "0"), p, tensor), weights.nbytes(tensor) or 0)
+                if _int(info.get("offset", "0"), p, tensor) + length > size:
                     raise InputError(f"{p}: tensor {tensor.name!r} runs past the end of {location!r}")
         if lazy:
-            from .weights import mark_lazy
-
-            mark_lazy(model, base)
+            weights.mark_lazy(model, base)
             return model
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(base))
@@ -126,15 +125,13 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool
     data_name = p.name + ".data"
     tmp_data = None
     try:
-        from .weights import has_lazy, lazy_sources, materialize, write_model
-
-        if has_lazy(model) and not external_data:
-            model = materialize(model)  # asked for one file: the weights must be read in
-        if external_data and has_lazy(model):
-            if (folder / data_name).resolve() in lazy_sources(model):
+        if weights.has_lazy(model) and not external_data:
+            model = weights.materialize(model)  # asked for one file: the weights must be read in
+        if external_data and weights.has_lazy(model):
+            if (folder / data_name).resolve() in weights.lazy_sources(model):
                 raise InputError(f"{p}: its data file {data_name} holds the input's weights; choose another -o")
             tmp_data = folder / f".{data_name}.tmp"
-            write_model(model, Path(tmp), tmp_data, data_name)
+            weights.write_model(model, Path(tmp), tmp_data, data_name)
         elif external_data:
             tmp_data = folder / f".{data_name}.tmp"
             onnx.save_model(

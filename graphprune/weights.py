@@ -52,6 +52,12 @@ class Source:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
+def nbytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes of a tensor's data as its dims and type say (None for types that cannot be mapped)."""
+    dtype = storage_dtype(tensor.data_type)
+    return None if dtype is None else int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize
+
+
 def storage_dtype(data_type: int) -> np.dtype | None:
     """The numpy dtype whose items are this ONNX type's elements byte for byte, or None
     (sub-byte types such as int4 pack two elements per byte and cannot be memory-mapped)."""
@@ -263,8 +269,8 @@ def _read_in(tensor: onnx.TensorProto) -> None:
 def _small(tensor: onnx.TensorProto) -> bool:
     """Small enough to live inside the .onnx file (onnxruntime's shape inference cannot read a
     Reshape shape or a Split size from external data)."""
-    dtype = storage_dtype(tensor.data_type)
-    return dtype is not None and int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize < INLINE_LIMIT
+    size = nbytes(tensor)
+    return size is not None and size < INLINE_LIMIT
 
 
 @contextlib.contextmanager
@@ -273,9 +279,10 @@ def runnable(model: onnx.ModelProto) -> Iterator[onnx.ModelProto | str]:
     its weights, else the path of a model file whose external data onnxruntime reads itself.
 
     onnxruntime only reads external data inside the model file's folder, so an unsliced lazy
-    model is written (without weights) under a hidden temporary name into the folder of its
-    data; a sliced one (a pruned model not saved yet) is written whole to a temporary folder.
-    Either file is removed on exit, however the block ends.
+    model is written (without weights) under a hidden temporary name into the folder of the
+    file it was loaded from, next to the original; a sliced one (a pruned model not saved yet),
+    or one whose folder is read-only, is written whole to a temporary folder (``TMPDIR``).
+    Either is removed on exit, however the block ends.
     """
     lazy = [t for t in external_tensors(model) if is_lazy(t)]
     if not lazy:

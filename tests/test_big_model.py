@@ -218,3 +218,23 @@ def test_fpgm_scores_do_not_depend_on_the_blocks_it_reads(monkeypatch):
     blocked = [magnitude.fpgm(g, deps, ScoreContext()) for g in deps.prunable_groups()]
     for a, b in zip(whole, blocked):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_external_data_in_a_subfolder_validates_from_the_model_folder(tmp_path):
+    model = onnx.load(str(_small_external(tmp_path / "gen")))
+    src = tmp_path / "src" / "m.onnx"
+    (src.parent / "weights").mkdir(parents=True)
+    onnx.save_model(model, src, save_as_external_data=True, location="weights/w.bin", size_threshold=0)
+    result = graphprune.prune(src, ratio=0.5, latency=False)
+    assert result.report.exact.checked and result.report.exact.passed
+    assert sorted(p.name for p in src.parent.iterdir()) == ["m.onnx", "weights"]
+
+
+def test_an_output_whose_data_file_is_the_inputs_weights_is_refused(tmp_path, run_cli):
+    model = onnx.load(str(_small_external(tmp_path / "gen")))
+    src = tmp_path / "m.onnx"
+    onnx.save_model(model, src, save_as_external_data=True, location="out.onnx.data", size_threshold=0)
+    before = (tmp_path / "out.onnx.data").read_bytes()
+    code, _, err = run_cli("prune", src, "-o", tmp_path / "out.onnx", "--no-validate", "-q")
+    assert code == 2 and "out.onnx.data holds the input's weights" in err
+    assert (tmp_path / "out.onnx.data").read_bytes() == before and not (tmp_path / "out.onnx").exists()
