@@ -165,8 +165,10 @@ def _report(original, pruned, details, deps, plan, *, validate, latency, feeds, 
         flops_after=after.flops,
         prune=details,
     )
-    if validate:
-        v = check_pruned(original, pruned, deps, plan, feeds=feeds)
+    if not validate:
+        return report
+    with runnable(pruned) as pruned_source:  # a lazy pruned model is written once, for every check
+        v = check_pruned(original, pruned, deps, plan, feeds=feeds, pruned_source=pruned_source)
         report.validated = True
         report.checker = {"passed": v.checker_ok, "error": v.checker_error}
         report.runtime = {"passed": v.runtime_ok, "error": v.runtime_error}
@@ -175,8 +177,7 @@ def _report(original, pruned, details, deps, plan, *, validate, latency, feeds, 
         if latency and v.runtime_ok:
             with runnable(original) as source:
                 report.latency_ms_before = latency_ms(source, feeds=feeds)
-            with runnable(pruned) as source:
-                report.latency_ms_after = latency_ms(source, feeds=feeds)
+            report.latency_ms_after = latency_ms(pruned_source, feeds=feeds)
     return report
 
 

@@ -218,12 +218,18 @@ def check_pruned(
     plan: Plan | None = None,
     *,
     feeds: dict[str, np.ndarray] | None = None,
+    pruned_source: onnx.ModelProto | str | None = None,
 ) -> Validation:
-    """Steps 1-4 of the validation contract."""
+    """Steps 1-4 of the validation contract.
+
+    ``pruned_source``: what :func:`~graphprune.weights.runnable` gave for ``pruned``, if the
+    caller has it already (a lazy pruned model is then written once for every check).
+    """
     feeds = feeds if feeds is not None else random_feeds(original)
     exact = Exactness()
     fid = Fidelity()
-    with runnable(pruned) as source:  # a lazy model: a file whose data onnxruntime reads itself
+    opened = runnable(pruned) if pruned_source is None else contextlib.nullcontext(pruned_source)
+    with opened as source:  # a lazy model: a file whose data onnxruntime reads itself
         checker_error = check(source)
         try:
             pruned_out = run(source, feeds)
