@@ -73,3 +73,20 @@ def test_initializers_listed_as_inputs_are_not_model_inputs():
     m.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [1]))
     assert [s.name for s in input_specs(m)] == ["x"]
     assert isinstance(m, onnx.ModelProto)
+
+
+def test_stream_activations_exposes_intermediates_and_leaves_the_model_alone(tmp_path):
+    from graphprune.activations import stream_activations
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    nodes = [helper.make_node("Neg", ["x"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y]))
+    before = m.SerializeToString()
+    data = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=data, labels=np.arange(10))
+    out = list(stream_activations(m, open_dataset(tmp_path / "d.npz"), ["h"], batch_size=4, extra=("labels",)))
+    assert m.SerializeToString() == before
+    np.testing.assert_array_equal(np.concatenate([o["h"] for o in out]), -data)
+    np.testing.assert_array_equal(np.concatenate([o["y"] for o in out]), np.maximum(-data, 0))
+    np.testing.assert_array_equal(np.concatenate([o["labels"] for o in out]), np.arange(10))
