@@ -3,8 +3,9 @@
 Files (regenerate with ``python -m models.examples.digits.train``, which needs the ``train``
 extra: torch and scikit-learn; nothing here needs them to be used):
 
-- ``digits_cnn.onnx``: the trained network, input ``input`` float32 ``[N, 1, 8, 8]`` (pixels
-  divided by 16, so in [0, 1]), output ``logits`` ``[N, 10]``; BatchNormalization kept as nodes.
+- ``digits_cnn.onnx``: the trained network, input ``input`` float32 ``[1, 1, 8, 8]`` (pixels
+  divided by 16, so in [0, 1]; a fixed batch of 1 so that MACs are counted per sample), output
+  ``logits`` ``[1, 10]``; BatchNormalization kept as nodes.
 - ``digits_test.npz``, ``digits_calib.npz``, ``digits_train.npz``: a fixed, stratified split of
   the 1797 digits (497 / 200 / 1100), keys ``input`` (as the model takes it) and ``labels`` int64.
 - ``digits_cnn.pt``: the trained torch ``state_dict`` of :func:`models.examples.digits.net.digits_cnn`
