@@ -85,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--plan", help="the plan used (default: the one graphprune stored in the pruned model)")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--no-latency", action="store_true", help="do not time onnxruntime")
+    v.add_argument(
+        "--data",
+        metavar="DATA",
+        help="measure fidelity on this .npz file (or folder of them, keyed by input names), not random inputs",
+    )
+    v.add_argument(
+        "--labels",
+        nargs="?",
+        const="labels",
+        metavar="KEY",
+        help="also report both models' top-1 accuracy, with the class labels of --data under KEY (default 'labels')",
+    )
+    v.add_argument("--batch-size", type=int, default=32, help="samples per run on --data (default 32)")
     return p
 
 
@@ -236,7 +249,17 @@ def _failure(report) -> str:
 def _validate(args) -> int:
     from . import api
 
-    report = api.validate(args.original, args.pruned, plan=args.plan, latency=not args.no_latency)
+    if args.labels is not None and args.data is None:
+        raise InputError("--labels needs --data: the labelled samples to measure accuracy on")
+    report = api.validate(
+        args.original,
+        args.pruned,
+        plan=args.plan,
+        latency=not args.no_latency,
+        data=args.data,
+        labels=args.labels,
+        batch_size=args.batch_size,
+    )
     report.file_bytes_before = Path(args.original).stat().st_size
     report.file_bytes_after = Path(args.pruned).stat().st_size
     if args.json:

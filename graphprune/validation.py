@@ -42,6 +42,8 @@ class Fidelity:
     cosine: float | None = None
     rel_l2: float | None = None
     top1_agreement: float | None = None
+    data: str | None = None  # the dataset it was measured on; None: seeded random inputs
+    samples: int | None = None  # samples of ``data`` evaluated
 
 
 @dataclass
