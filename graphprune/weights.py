@@ -311,6 +311,18 @@ def runnable(model: onnx.ModelProto) -> Iterator[onnx.ModelProto | str]:
         yield str(path)
 
 
+def session(data: bytes, lazy: bool, options):
+    """An onnxruntime CPU session of a serialized model; ``lazy``: it was serialized from a lazy
+    model (its weights are in files), so onnxruntime is given a file beside them (:func:`runnable`),
+    which it no longer needs once the session exists."""
+    import onnxruntime as ort
+
+    if not lazy:
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    with runnable(onnx.load_from_string(data)) as path:
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
 def _beside_data(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
     """A copy whose lazy tensors have plain entries with locations relative to ``folder``."""
     out = onnx.ModelProto()

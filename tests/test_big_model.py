@@ -238,3 +238,20 @@ def test_an_output_whose_data_file_is_the_inputs_weights_is_refused(tmp_path, ru
     code, _, err = run_cli("prune", src, "-o", tmp_path / "out.onnx", "--no-validate", "-q")
     assert code == 2 and "out.onnx.data holds the input's weights" in err
     assert (tmp_path / "out.onnx.data").read_bytes() == before and not (tmp_path / "out.onnx").exists()
+
+
+def test_validate_on_data_and_sensitivity_run_on_an_external_data_model(tmp_path, run_cli):
+    src = _small_external(tmp_path / "src")
+    data = tmp_path / "d.npz"
+    np.savez(data, input=np.random.default_rng(0).standard_normal((6, 2, 32)).astype(np.float32))
+    out = tmp_path / "out" / "m.onnx"
+    code, _, err = run_cli("prune", src, "-o", out, "--ratio", "0.5", "--no-latency", "-q")
+    assert code == 0, err
+    code, text, err = run_cli("validate", src, out, "--data", data, "--json", "--no-latency")
+    assert code == 0, err
+    report = json.loads(text)
+    assert report["exact"]["passed"] and report["fidelity"]["samples"] == 6
+    code, _, err = run_cli("sensitivity", src, "--calib", data, "-o", tmp_path / "s.json", "-q")
+    assert code == 0, err
+    assert len(json.loads((tmp_path / "s.json").read_text())["groups"]) == 3
+    assert sorted(p.name for p in src.parent.iterdir()) == ["mlp_stack.onnx", "mlp_stack.onnx.data"]
