@@ -3,7 +3,8 @@
 The contract (DESIGN.md):
 1. ``onnx.checker.check_model(full_check=True)``, which includes strict shape inference;
 2. an onnxruntime session runs on inputs of the declared shapes;
-3. exactness: the pruned model equals, within relative 1e-4, a *masked reference* built
+3. exactness: the pruned model equals, within relative 1e-4 (four units in the last place
+   for float16/bfloat16 outputs: :func:`exact_tolerance`), a *masked reference* built
    independently of the surgery: the original model with the weights that read the
    removed channels set to zero (a removed channel then contributes nothing, and every
    path it takes ends in such a weight or the group would have been blocked);
