@@ -31,6 +31,7 @@ _LAZY = {
     "Group": "dependency",
     "Member": "dependency",
     "FilterPruning": "passes",
+    "LayerPruning": "passes",
     "PassResult": "passes",
     "Pipeline": "passes",
     "Plan": "plan",
@@ -40,7 +41,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .api import PruneResult, analyze, load_model, prune, save, validate
     from .dependency import DependencyGraph, Group, Member
-    from .passes import FilterPruning, PassResult, Pipeline
+    from .passes import FilterPruning, LayerPruning, PassResult, Pipeline
     from .plan import Plan
     from .report import Report
 
@@ -63,6 +64,7 @@ __all__ = [
     "GraphpruneError",
     "Group",
     "InputError",
+    "LayerPruning",
     "Member",
     "PassResult",
     "Pipeline",
