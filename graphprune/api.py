@@ -131,6 +131,7 @@ class PipelineResult:
     model: onnx.ModelProto
     report: Report
     steps: list[dict]
+    plans: list[dict]  # per step: {"pass": name, "plan": the plan's JSON, addressing that step's input}
 
 
 def prune_layers(
@@ -204,7 +205,7 @@ def run_passes(
     )
     if validate:
         _end_to_end(report, original, current, exacts, feeds, latency)
-    return PipelineResult(model=current, report=report, steps=steps)
+    return PipelineResult(model=current, report=report, steps=steps, plans=plans)
 
 
 def _exactness(before: onnx.ModelProto, after: onnx.ModelProto, reference, skipped: list[str], feeds):
