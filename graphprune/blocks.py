@@ -123,8 +123,8 @@ def find_blocks(model: onnx.ModelProto, mv: ModelView | None = None) -> list[Blo
                 f_nodes = _removable(mv, i, x, fx, f_nodes, static, outputs, dynamic, vertex)
             if f_nodes is None:
                 continue
-            params = _exclusive_params(mv, f_nodes)
-            if params == 0:
+            params, largest = _exclusive_params(mv, f_nodes)
+            if largest <= 1:
                 continue  # no weight: an Add(x, relu(x)) is not a layer
             macs = sum(_node_macs(mv.nodes[k], mv.shapes) or 0 for k in (*f_nodes, i))
             dtype = mv.dtypes.get(x, onnx.TensorProto.FLOAT)
@@ -237,10 +237,11 @@ def _removable(
     return tuple(sorted(inside))
 
 
-def _exclusive_params(mv: ModelView, f_nodes: Sequence[int]) -> int:
-    """Elements of the float constants (of more than one element) that only f reads."""
+def _exclusive_params(mv: ModelView, f_nodes: Sequence[int]) -> tuple[int, int]:
+    """Elements of the float constants that only f reads (what removal drops, counted as
+    :func:`graphprune.cost.count_params` does), and the size of the largest of them."""
     inside = set(f_nodes)
-    total = 0
+    total = largest = 0
     seen: set[str] = set()
     for k in f_nodes:
         for t in mv.nodes[k].input:
@@ -253,9 +254,9 @@ def _exclusive_params(mv: ModelView, f_nodes: Sequence[int]) -> int:
             if any(i not in inside for i, _ in mv.consumers.get(t, [])):
                 continue
             n = int(np.prod(mv.shapes.get(src, (0,)), dtype=np.int64))
-            if n > 1:
-                total += n
-    return total
+            total += n
+            largest = max(largest, n)
+    return total, largest
 
 
 # --------------------------------------------------------------------------- removal
