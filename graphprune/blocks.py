@@ -14,9 +14,10 @@ Rules:
    numbered on the dominator tree, so each dominance test is O(1); ``f``'s nodes are found by a
    backward walk from ``f(x)`` that stops at ``x``: discovery is linear in the graph for
    blocks that do not nest.
-4. Removal: consumers of ``y`` read ``x``; a graph output ``y`` keeps its name through an
-   ``Identity(x)`` that takes the ``Add``'s place; ``f``'s nodes, the ``Add``, and the nodes and
-   initializers that only they used are dropped. Every other name stays.
+4. Removal: consumers of ``y`` read ``x``; a graph output ``y`` (or one a subgraph reads)
+   keeps its name through an ``Identity(x)`` that takes the ``Add``'s place; ``f``'s nodes,
+   the ``Add``, and the nodes and initializers that only they used are dropped. Every other
+   name stays.
 5. The exactness reference of a removal is the original with ``f(x)`` multiplied by zero at
    the ``Add`` (an inserted ``Mul``), built without copying weights.
 """
@@ -278,11 +279,12 @@ def remove_blocks(model: onnx.ModelProto, blocks: Iterable[Block]) -> onnx.Model
     blocks = effective(blocks)
     g = model.graph
     outputs = {o.name for o in g.output}
+    read_by_subgraphs = {t for n in g.node for t in _outer_reads(n)}
     dropped = {k for b in blocks for k in b.nodes} | {b.add_index for b in blocks}
     rename: dict[str, str] = {}
     identities: dict[int, onnx.NodeProto] = {}
     for b in sorted(blocks, key=lambda b: b.add_index):
-        if b.y in outputs:
+        if b.y in outputs or b.y in read_by_subgraphs:  # the name must stay: an Identity keeps it
             identities[b.add_index] = onnx.helper.make_node("Identity", [b.x], [b.y], name=b.add)
         else:
             rename[b.y] = b.x

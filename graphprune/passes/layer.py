@@ -118,7 +118,8 @@ def lowest(blocks: Sequence[Block], scores: np.ndarray, k: int) -> list[Block]:
     """
     if k > len(blocks):
         raise InputError(
-            f"cannot remove {k} blocks: the model has {len(blocks)} removable residual blocks"
+            f"cannot remove {k} block{'s' * (k != 1)}: the model has {len(blocks)} removable residual"
+            f" block{'s' * (len(blocks) != 1)}"
             " (`graphprune inspect` lists them)"
         )
     chosen: list[Block] = []
