@@ -25,6 +25,9 @@ _LAZY = {
     "analyze": "api",
     "load_model": "api",
     "prune": "api",
+    "prune_layers": "api",
+    "run_passes": "api",
+    "PipelineResult": "api",
     "save": "api",
     "validate": "api",
     "DependencyGraph": "dependency",
@@ -39,7 +42,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .api import PruneResult, analyze, load_model, prune, save, validate
+    from .api import PipelineResult, PruneResult, analyze, load_model, prune, prune_layers, run_passes, save, validate
     from .dependency import DependencyGraph, Group, Member
     from .passes import FilterPruning, LayerPruning, PassResult, Pipeline
     from .plan import Plan
@@ -68,6 +71,7 @@ __all__ = [
     "Member",
     "PassResult",
     "Pipeline",
+    "PipelineResult",
     "Plan",
     "PruneResult",
     "Report",
@@ -75,6 +79,8 @@ __all__ = [
     "analyze",
     "load_model",
     "prune",
+    "prune_layers",
+    "run_passes",
     "save",
     "validate",
 ]
