@@ -1,11 +1,12 @@
 """Removing 1, 2, ... residual blocks by each criterion: MACs kept, fidelity, and accuracy where labels exist.
 
-python -m benchmarks.layer_blocks [--models resnet50 vit_b_16] [--onnx MODEL --calib DATA --test DATA]
+python -m benchmarks.layer_blocks [--models resnet50 vit_b_16] [--digits] [--onnx MODEL --calib DATA --test DATA]
                                   [--max-blocks K] [--samples N]
 
 Zoo models have random-ish weights, so they are measured by fidelity against the original on
-seeded random inputs (calibration for the influence criterion on other seeds); a model given
-with ``--onnx`` and ``--test`` data that has ``labels`` is also measured by top-1 accuracy.
+seeded random inputs (calibration for the influence criterion on other seeds); the bundled
+trained digits CNN (``--digits``: its calib and test splits) and a model given with ``--onnx``
+and ``--test`` data that has ``labels`` are also measured by top-1 accuracy.
 The baseline is the original model, run in the same process; ``random`` is a seeded random
 block order, for comparison with the two criteria. Each row's removal is checked against the
 zeroed-f(x) reference on one input (``exact``).
@@ -102,6 +103,7 @@ def _pct(acc: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=["resnet50", "vit_b_16"], help="zoo models")
+    ap.add_argument("--digits", action="store_true", help="also measure the bundled digits CNN on its test split")
     ap.add_argument("--onnx", help="also measure this model (with --calib and --test)")
     ap.add_argument("--calib", help="calibration data for --onnx")
     ap.add_argument("--test", help="evaluation data for --onnx (accuracy when it has 'labels')")
@@ -117,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             calib = _random_npz(model, Path(tmp) / f"{name}_calib.npz", range(100, 100 + args.samples))
             test = _random_npz(model, Path(tmp) / f"{name}_test.npz", range(args.samples))
             rows += measure(name, model, calib, test, args.max_blocks)
+        if args.digits:
+            from models.examples import digits
+
+            rows += measure("digits_cnn", onnx.load(digits.MODEL), digits.CALIB, digits.TEST, args.max_blocks)
         if args.onnx:
             if not (args.calib and args.test):
                 ap.error("--onnx needs --calib and --test")

@@ -15,9 +15,11 @@ import onnx
 
 from . import io
 from .cost import cost_of, latency_ms
+from .data import DEFAULT_BATCH, Dataset, open_dataset
 from .dependency import DependencyGraph
 from .dependency import analyze as _analyze
 from .errors import InputError
+from .evaluate import check_labels, evaluate
 from .graph import find_cycle
 from .passes.filter import PLAN_METADATA_KEY, FilterPruning, get_metadata
 from .plan import Plan, plan_from_json, read_plan
@@ -307,11 +309,17 @@ def validate(
     plan: dict | str | os.PathLike | None = None,
     latency: bool = True,
     feeds: dict[str, np.ndarray] | None = None,
+    data: str | os.PathLike | Dataset | None = None,
+    labels: str | bool | None = None,
+    batch_size: int = DEFAULT_BATCH,
 ) -> Report:
     """Validate ``pruned`` against ``original``.
 
     Exactness needs the plan: given here, or read from the pruned model's metadata
-    (graphprune writes it there).
+    (graphprune writes it there). With ``data`` (an ``.npz`` file or folder keyed by input
+    names, see :mod:`graphprune.data`), fidelity is measured over all of it instead of on
+    random inputs (which still drive exactness and latency); ``labels`` (a key, or True for
+    ``"labels"``) adds both models' top-1 accuracy.
     """
     orig = load_model(original)
     new = load_model(pruned, check=False)
@@ -328,7 +336,17 @@ def validate(
     deps = _analyze(orig, inexact=True) if plan is not None else None
     chosen = plan_from_json(plan, deps, source=source) if plan is not None else None
     before = cost_of(orig, deps.view.shapes) if deps is not None else None  # shapes already inferred
-    return _report(orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds, before=before)
+    key = "labels" if labels is True else (labels or None)
+    if data is None and key is not None:
+        raise InputError("labels need data: pass data= (the CLI's --data) with the labelled samples")
+    dataset = None if data is None else data if isinstance(data, Dataset) else open_dataset(data)
+    if dataset is not None and key is not None:
+        check_labels(dataset, key)  # before the checks and timings, not after them
+    report = _report(orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds, before=before)
+    if dataset is not None and report.runtime["passed"]:
+        ev = evaluate(orig, new, dataset, labels=key, batch_size=batch_size)
+        report.fidelity, report.accuracy = ev.fidelity, ev.accuracy
+    return report
 
 
 def _layer_plan(model: onnx.ModelProto) -> dict | None:

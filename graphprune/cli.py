@@ -94,12 +94,45 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--keep-failed", action="store_true", help="write the output even if validation fails")
     pr.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
+    se = sub.add_parser("sensitivity", help="measure what pruning each group alone costs, on calibration data")
+    se.add_argument("model")
+    se.add_argument("--calib", required=True, metavar="DATA", help=".npz (keys: input names) or a folder of them")
+    se.add_argument("-o", "--output", required=True, metavar="OUT.json", help="where to write the result (JSON)")
+    se.add_argument("--plot", metavar="OUT.png", help="also draw it (PNG; needs matplotlib)")
+    se.add_argument(
+        "--labels",
+        nargs="?",
+        const="labels",
+        metavar="KEY",
+        help="measure top-1 accuracy against this key of the data (default key: labels) instead of cosine",
+    )
+    se.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="fractions to remove")
+    se.add_argument("--criterion", default="l2", help="which indices each ratio removes (default l2)")
+    se.add_argument("--samples", type=int, default=128, help="calibration samples to run (default 128)")
+    se.add_argument("--batch-size", type=int, default=32, help="samples per run (default 32)")
+    se.add_argument("--unit", nargs="+", default=[], choices=["heads", "mlp", "channels", "hidden"])
+    se.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    se.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+
     v = sub.add_parser("validate", help="validate a pruned model against its original")
     v.add_argument("original")
     v.add_argument("pruned")
     v.add_argument("--plan", help="the plan used (default: the one graphprune stored in the pruned model)")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--no-latency", action="store_true", help="do not time onnxruntime")
+    v.add_argument(
+        "--data",
+        metavar="DATA",
+        help="measure fidelity on this .npz file (or folder of them, keyed by input names), not random inputs",
+    )
+    v.add_argument(
+        "--labels",
+        nargs="?",
+        const="labels",
+        metavar="KEY",
+        help="also report both models' top-1 accuracy, with the class labels of --data under KEY (default 'labels')",
+    )
+    v.add_argument("--batch-size", type=int, default=32, help="samples per run on --data (default 32)")
     return p
 
 
@@ -121,7 +154,8 @@ def _main(argv: list[str], debug: bool) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
-        return {"inspect": _inspect, "prune": _prune, "validate": _validate}[args.command](args)
+        commands = {"inspect": _inspect, "prune": _prune, "validate": _validate, "sensitivity": _sensitivity}
+        return commands[args.command](args)
     except InputError as exc:
         print(f"graphprune: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -317,7 +351,17 @@ def _failure(report) -> str:
 def _validate(args) -> int:
     from . import api
 
-    report = api.validate(args.original, args.pruned, plan=args.plan, latency=not args.no_latency)
+    if args.labels is not None and args.data is None:
+        raise InputError("--labels needs --data: the labelled samples to measure accuracy on")
+    report = api.validate(
+        args.original,
+        args.pruned,
+        plan=args.plan,
+        latency=not args.no_latency,
+        data=args.data,
+        labels=args.labels,
+        batch_size=args.batch_size,
+    )
     report.file_bytes_before = Path(args.original).stat().st_size
     report.file_bytes_after = Path(args.pruned).stat().st_size
     if args.json:
@@ -327,6 +371,56 @@ def _validate(args) -> int:
     if not report.passed:
         raise ValidationFailed(_failure(report))
     return EXIT_OK
+
+
+def _sensitivity(args) -> int:
+    from . import api, progress
+    from .criteria import CRITERIA
+    from .data import open_dataset
+    from .dependency import analyze
+    from .sensitivity import measure, plot
+
+    for path in [args.output] + ([args.plot] if args.plot else []):
+        if Path(path).exists() and not args.force:
+            raise InputError(f"{path}: output exists; use --force to overwrite")
+    if args.criterion not in CRITERIA:
+        raise InputError(f"unknown criterion {args.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
+    if args.samples < 1:
+        raise InputError(f"samples must be a positive integer, got {args.samples}")
+    if args.quiet:
+        progress.ENABLED = False
+    dataset = open_dataset(args.calib)
+    model = api.load_model(args.model)
+    deps = analyze(model, inexact="hidden" in args.unit)
+    _say(args, f"measuring {len(deps.prunable_groups())} groups x {len(args.ratios)} ratios on {args.calib} ...")
+    sens = measure(
+        model,
+        deps,
+        dataset,
+        ratios=tuple(args.ratios),
+        criterion=args.criterion,
+        samples=args.samples,
+        labels=args.labels,
+        batch_size=args.batch_size,
+        units=tuple(args.unit),
+        name=Path(args.model).name,
+    )
+    sens.save(args.output)
+    if args.plot:
+        plot(sens, args.plot)
+    if not args.quiet:
+        print(sensitivity_table(sens))
+        print(f"wrote {args.output}" + (f" and {args.plot}" if args.plot else ""))
+    return EXIT_OK
+
+
+def sensitivity_table(sens) -> str:
+    head = "accuracy drop" if sens.metric == "accuracy" else "1 - cosine"
+    base = f"baseline accuracy {sens.baseline:.4f}, " if sens.metric == "accuracy" else ""
+    rows = [f"{'group':<48} {'unit':<8} {'size':>5}  " + "  ".join(f"{r:>7.2f}" for r in sens.ratios)]
+    for g in sorted(sens.groups, key=lambda g: -g.drop[len(g.drop) // 2]):
+        rows.append(f"{g.group[:48]:<48} {g.unit:<8} {g.size:>5}  " + "  ".join(f"{d:>7.4f}" for d in g.drop))
+    return f"{head} when each group alone loses a fraction ({base}{sens.samples} samples):\n" + "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .evaluate import Accuracy
 from .validation import Exactness, Fidelity
 
 
@@ -25,6 +26,7 @@ class Report:
     runtime: dict[str, Any] = field(default_factory=lambda: {"passed": None, "error": ""})
     exact: Exactness = field(default_factory=Exactness)
     fidelity: Fidelity = field(default_factory=Fidelity)
+    accuracy: Accuracy | None = None  # top-1 of both models on labelled data (validate --data --labels)
     prune: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -117,7 +119,15 @@ class Report:
         f = self.fidelity
         if f.cosine is not None:
             top1 = f", top-1 agreement {f.top1_agreement:.3f}" if f.top1_agreement is not None else ""
-            lines.append(f"fidelity vs original: cosine {f.cosine:.4f}, relative L2 {f.rel_l2:.4f}{top1}")
+            where = f" on {f.data} ({f.samples} samples)" if f.data is not None else ""
+            lines.append(f"fidelity vs original{where}: cosine {f.cosine:.4f}, relative L2 {f.rel_l2:.4f}{top1}")
+        a = self.accuracy
+        if a is not None:
+            change = 100 * (a.pruned - a.original)
+            lines.append(
+                f"top-1 accuracy ({a.samples} samples, labels {a.labels!r}): original {a.original:.4f},"
+                f" pruned {a.pruned:.4f} ({change:+.2f} points)"
+            )
         return "\n".join(lines)
 
 
