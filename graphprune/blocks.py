@@ -29,11 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .cost import _node_macs
 from .errors import InputError
-from .graph import ModelView, fresh_name, view
+from .graph import ModelView, view
+from .masking import MaskPoint, insert_masks
 
 _SRC = "graphprune:source"
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
@@ -380,33 +380,18 @@ def zeroed_reference_bytes(original: onnx.ModelProto, blocks: Iterable[Block]) -
     began. Independent of :func:`remove_blocks`: no node is dropped, no input rewired but
     the Add's own.
     """
-    g = original.graph
-    taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output} | {i.name for i in g.input}
-    blocks = list(blocks)
-    zeros, inserts, renamed = [], [], []
+    data, _ = insert_masks(original, block_points(original, blocks, zero=True), prefix="graphprune_zero")
+    return data
+
+
+def block_points(model: onnx.ModelProto, blocks: Iterable[Block], *, zero: bool) -> list[MaskPoint]:
+    """A scalar mask on each block's ``f(x)`` where its Add reads it: a constant 0 (``zero``),
+    or a graph input (1 keeps the block, 0 removes it) for sensitivity analysis."""
+    points = []
     for b in blocks:
-        node = g.node[b.add_index]
+        node = model.graph.node[b.add_index]
         if node.output[0] != b.y or b.fx not in node.input:
             raise InputError(f"block {b.add}: the model does not have this block (plan from another model?)")
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(b.dtype)
-        zero = fresh_name(taken, f"graphprune_zero_{b.id}")
-        out = fresh_name(taken, f"graphprune_zeroed_{b.id}")
-        zeros.append(numpy_helper.from_array(np.zeros((), dtype=dtype), zero))
         pos = list(node.input).index(b.fx)
-        renamed.append((node, pos, b.fx))
-        inserts.append((b.add_index, onnx.helper.make_node("Mul", [b.fx, zero], [out])))
-    n_init, n_nodes = len(g.initializer), len(g.node)
-    try:
-        for (node, pos, _), (_, mul) in zip(renamed, inserts):
-            node.input[pos] = mul.output[0]
-        g.initializer.extend(zeros)
-        for index, mul in sorted(inserts, key=lambda t: -t[0]):
-            g.node.insert(index, mul)
-        return original.SerializeToString()
-    finally:
-        del g.initializer[n_init:]
-        for index, _ in sorted(inserts, key=lambda t: t[0]):
-            del g.node[index]
-        assert len(g.node) == n_nodes
-        for node, pos, t in renamed:
-            node.input[pos] = t
+        points.append(MaskPoint(b.fx, [(b.add_index, pos)], [], b.dtype, np.zeros(()) if zero else None))
+    return points

@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--samples", type=int, default=128, help="calibration samples to run (default 128)")
     se.add_argument("--batch-size", type=int, default=32, help="samples per run (default 32)")
     se.add_argument("--unit", nargs="+", default=[], choices=["heads", "mlp", "channels", "hidden"])
+    se.add_argument("--no-blocks", action="store_true", help="skip the residual blocks (layer pass)")
     se.add_argument("--force", action="store_true", help="overwrite existing outputs")
     se.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
@@ -403,6 +404,7 @@ def _sensitivity(args) -> int:
         labels=args.labels,
         batch_size=args.batch_size,
         units=tuple(args.unit),
+        blocks=not args.no_blocks,
         name=Path(args.model).name,
     )
     sens.save(args.output)
@@ -420,7 +422,13 @@ def sensitivity_table(sens) -> str:
     rows = [f"{'group':<48} {'unit':<8} {'size':>5}  " + "  ".join(f"{r:>7.2f}" for r in sens.ratios)]
     for g in sorted(sens.groups, key=lambda g: -g.drop[len(g.drop) // 2]):
         rows.append(f"{g.group[:48]:<48} {g.unit:<8} {g.size:>5}  " + "  ".join(f"{d:>7.4f}" for d in g.drop))
-    return f"{head} when each group alone loses a fraction ({base}{sens.samples} samples):\n" + "\n".join(rows)
+    text = f"{head} when each group alone loses a fraction ({base}{sens.samples} samples):\n" + "\n".join(rows)
+    if sens.blocks:
+        rows = [f"{'residual block (Add)':<48} {'x':<24} {'MACs':>10}  {'drop':>7}"]
+        for b in sorted(sens.blocks, key=lambda b: -b.drop):
+            rows.append(f"{b.block[:48]:<48} {b.x[:24]:<24} {b.macs:>10}  {b.drop:>7.4f}")
+        text += f"\n\n{head} when each residual block alone is removed:\n" + "\n".join(rows)
+    return text
 
 
 if __name__ == "__main__":
