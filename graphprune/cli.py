@@ -69,6 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
         " these three); 'hidden' also prunes a transformer's residual width through its LayerNorms, which"
         " is not function-preserving: it is reported as inexact and measured by fidelity",
     )
+    pr.add_argument(
+        "--pass",
+        dest="passes",
+        nargs="+",
+        default=["filter"],
+        choices=["filter", "layer"],
+        help="passes to run, in order (default: filter); layer removes whole residual blocks y = x + f(x)",
+    )
+    pr.add_argument("--remove-blocks", type=int, metavar="N", help="layer pass: how many residual blocks to remove")
+    pr.add_argument(
+        "--block-criterion",
+        choices=["influence", "weight-norm"],
+        help="layer pass: how blocks are ranked (default: influence with --calib, weight-norm without)",
+    )
+    pr.add_argument("--calib", metavar="DATA", help="calibration data: an .npz file or a folder of them")
     pr.add_argument("--plan", help="apply this plan (JSON) instead of --ratio/--criterion")
     pr.add_argument("--save-plan", help="write the plan that was applied (JSON)")
     pr.add_argument("--report", help="write the report (JSON)")
@@ -96,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--samples", type=int, default=128, help="calibration samples to run (default 128)")
     se.add_argument("--batch-size", type=int, default=32, help="samples per run (default 32)")
     se.add_argument("--unit", nargs="+", default=[], choices=["heads", "mlp", "channels", "hidden"])
+    se.add_argument("--no-blocks", action="store_true", help="skip the residual blocks (layer pass)")
     se.add_argument("--force", action="store_true", help="overwrite existing outputs")
     se.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
@@ -208,6 +224,8 @@ def _prune(args) -> int:
         raise InputError(f"{out}: output exists; use --force to overwrite")
     if out.is_dir():
         raise InputError(f"{out}: output is a directory")
+    if args.passes != ["filter"] or args.remove_blocks is not None:
+        return _prune_passes(args, src, out)
     # Check the flags before the (possibly long) load.
     FilterPruning(
         ratio=args.ratio,
@@ -246,6 +264,70 @@ def _prune(args) -> int:
         report.file_bytes_after = written.stat().st_size
     if args.save_plan:
         result.plan.save(args.save_plan, result.deps, model=str(src))
+    if args.report:
+        io.write_text_atomic(args.report, json.dumps(report.to_dict(), indent=1) + "\n")
+    if not args.quiet:
+        print(report.table())
+        print(
+            f"{'wrote ' + str(out) if not failed or args.keep_failed else 'nothing written'}"
+            f" in {time.perf_counter() - t0:.1f}s"
+        )
+    if failed:
+        raise ValidationFailed(_failure(report) + ("" if args.keep_failed else "; output not written"))
+    return EXIT_OK
+
+
+def _prune_passes(args, src: Path, out: Path) -> int:
+    """``prune --pass ...``: several passes in order, or the layer pass."""
+    from . import api, io
+    from .passes.filter import FilterPruning
+    from .passes.layer import LayerPruning
+
+    if "layer" in args.passes and args.remove_blocks is None:
+        raise InputError("--pass layer needs --remove-blocks N")
+    if "layer" not in args.passes:
+        raise InputError("--remove-blocks needs --pass layer")
+    if args.plan and "layer" in args.passes:
+        raise InputError("--plan applies to the filter pass alone; it cannot be combined with --pass layer")
+    if args.block_criterion is None:
+        args.block_criterion = "influence" if args.calib else "weight-norm"
+    passes = []
+    for name in args.passes:  # flags are checked before the (possibly long) load
+        if name == "layer":
+            passes.append(
+                LayerPruning(remove_blocks=args.remove_blocks, criterion=args.block_criterion, calib=args.calib)
+            )
+        else:
+            passes.append(
+                FilterPruning(
+                    ratio=args.ratio,
+                    criterion=args.criterion,
+                    global_threshold=args.global_threshold,
+                    round_to=args.round_to,
+                    min_keep=args.min_keep,
+                    ignore=tuple(args.ignore),
+                    seed=args.seed,
+                    units=tuple(args.unit),
+                )
+            )
+    if args.calib:
+        from .data import open_dataset
+
+        open_dataset(args.calib)
+    t0 = time.perf_counter()
+    _say(args, f"loading {src} ...")
+    model = api.load_model(src)
+    _say(args, f"running {' then '.join(args.passes)} ({len(model.graph.node)} nodes) ...")
+    result = api.run_passes(model, passes, validate=not args.no_validate, latency=not args.no_latency)
+    report = result.report
+    report.file_bytes_before = src.stat().st_size
+    failed = report.validated and not report.passed
+    if not failed or args.keep_failed:
+        written = io.save(result.model, out, external_data=True if io.had_external_data(src) else None)
+        report.file_bytes_after = written.stat().st_size
+    if args.save_plan:
+        plan = result.plans[0]["plan"] if len(result.plans) == 1 else {"steps": result.plans}
+        io.write_text_atomic(args.save_plan, json.dumps({**plan, "model": str(src)}, indent=1) + "\n")
     if args.report:
         io.write_text_atomic(args.report, json.dumps(report.to_dict(), indent=1) + "\n")
     if not args.quiet:
@@ -322,6 +404,7 @@ def _sensitivity(args) -> int:
         labels=args.labels,
         batch_size=args.batch_size,
         units=tuple(args.unit),
+        blocks=not args.no_blocks,
         name=Path(args.model).name,
     )
     sens.save(args.output)
@@ -339,7 +422,13 @@ def sensitivity_table(sens) -> str:
     rows = [f"{'group':<48} {'unit':<8} {'size':>5}  " + "  ".join(f"{r:>7.2f}" for r in sens.ratios)]
     for g in sorted(sens.groups, key=lambda g: -g.drop[len(g.drop) // 2]):
         rows.append(f"{g.group[:48]:<48} {g.unit:<8} {g.size:>5}  " + "  ".join(f"{d:>7.4f}" for d in g.drop))
-    return f"{head} when each group alone loses a fraction ({base}{sens.samples} samples):\n" + "\n".join(rows)
+    text = f"{head} when each group alone loses a fraction ({base}{sens.samples} samples):\n" + "\n".join(rows)
+    if sens.blocks:
+        rows = [f"{'residual block (Add)':<48} {'x':<24} {'MACs':>10}  {'drop':>7}"]
+        for b in sorted(sens.blocks, key=lambda b: -b.drop):
+            rows.append(f"{b.block[:48]:<48} {b.x[:24]:<24} {b.macs:>10}  {b.drop:>7.4f}")
+        text += f"\n\n{head} when each residual block alone is removed:\n" + "\n".join(rows)
+    return text
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -38,54 +39,72 @@ def mask_dtype(deps: DependencyGraph, dim: Dim) -> int:
     return deps.view.dtypes.get(dim[0], onnx.TensorProto.FLOAT)
 
 
+@dataclass
+class MaskPoint:
+    """A ``Mul`` on ``tensor`` read by the given (node index, input position) pairs only.
+
+    ``value`` (broadcast against the tensor, 1 keeps, 0 removes) makes a constant mask;
+    ``None`` makes it a graph input of ``shape``, fed at run time.
+    """
+
+    tensor: str
+    readers: list[tuple[int, int]]
+    shape: list[int]
+    dtype: int
+    value: np.ndarray | None = None
+
+
+def channel_points(deps: DependencyGraph, masks: dict[Dim, np.ndarray | None]) -> dict[Dim, MaskPoint]:
+    """A mask point on each contracted dim of ``masks``, read by all of its contracting consumers."""
+    readers: dict[Dim, list[tuple[int, int]]] = defaultdict(list)
+    for node_index, dim in deps.contractions:
+        if dim in masks:
+            node = deps.view.model.graph.node[node_index]
+            readers[dim] += [(node_index, pos) for pos, name in enumerate(node.input) if name == dim[0]]
+    return {
+        dim: MaskPoint(dim[0], sorted(set(rs)), mask_shape(deps, dim), mask_dtype(deps, dim), masks[dim])
+        for dim, rs in readers.items()
+    }
+
+
 def masked_bytes(
     model: onnx.ModelProto, deps: DependencyGraph, masks: dict[Dim, np.ndarray | None]
 ) -> tuple[bytes, dict[Dim, str]]:
-    """``model`` serialized with a ``Mul`` mask on each contracted dim in ``masks``.
+    """``model`` serialized with a ``Mul`` mask on each contracted dim in ``masks`` (an array:
+    a constant; ``None``: a graph input). Returns the bytes and each mask's name."""
+    points = channel_points(deps, masks)
+    data, names = insert_masks(model, list(points.values()))
+    return data, dict(zip(points, names))
 
-    A mask given as an array (length of the axis, 1 keeps, 0 removes) becomes a constant;
-    ``None`` makes it a graph input of the mask's shape, fed at run time. Returns the bytes
-    and the name of each mask (the input names to feed).
-    """
+
+def insert_masks(
+    model: onnx.ModelProto, points: list[MaskPoint], prefix: str = "graphprune_mask"
+) -> tuple[bytes, list[str]]:
+    """``model`` serialized with the mask ``points`` in place, and the masks' names."""
     g = model.graph
-    readers: dict[Dim, list[int]] = defaultdict(list)
-    for node_index, dim in deps.contractions:
-        if dim in masks:
-            readers[dim].append(node_index)
     taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output} | {i.name for i in g.input}
-    names: dict[Dim, str] = {}
+    names: list[str] = []
     inits: list[onnx.TensorProto] = []
     inputs: list[onnx.ValueInfoProto] = []
     renamed: list[tuple[onnx.NodeProto, int, str]] = []
     inserts: list[tuple[int, onnx.NodeProto]] = []
-    for k, (dim, nodes) in enumerate(readers.items()):
-        tensor, _ = dim
-        shape = mask_shape(deps, dim)
-        mask_name = fresh_name(taken, f"graphprune_mask_{k}")
-        out_name = fresh_name(taken, f"graphprune_masked_{k}")
-        names[dim] = mask_name
-        value = masks[dim]
-        if value is None:
-            inputs.append(helper.make_tensor_value_info(mask_name, mask_dtype(deps, dim), shape))
+    for k, p in enumerate(points):
+        mask_name = fresh_name(taken, f"{prefix}_{k}")
+        out_name = fresh_name(taken, f"{prefix}ed_{k}")
+        names.append(mask_name)
+        if p.value is None:
+            inputs.append(helper.make_tensor_value_info(mask_name, p.dtype, p.shape))
         else:
-            dtype = helper.tensor_dtype_to_np_dtype(mask_dtype(deps, dim))
-            inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype).reshape(shape), mask_name))
-        for node_index in nodes:
-            node = g.node[node_index]
-            for position, name in enumerate(node.input):
-                if name == tensor:
-                    renamed.append((node, position, tensor))
-        inserts.append((min(nodes), helper.make_node("Mul", [tensor, mask_name], [out_name])))
+            dtype = helper.tensor_dtype_to_np_dtype(p.dtype)
+            inits.append(numpy_helper.from_array(np.asarray(p.value, dtype=dtype).reshape(p.shape), mask_name))
+        for node_index, position in p.readers:
+            renamed.append((g.node[node_index], position, out_name))
+        inserts.append((min(i for i, _ in p.readers), helper.make_node("Mul", [p.tensor, mask_name], [out_name])))
     n_init, n_inputs, n_nodes = len(g.initializer), len(g.input), len(g.node)
-    outputs = {id(mul): mul.output[0] for _, mul in inserts}
-    by_dim = dict(zip(readers, inserts))
+    originals = [(node, position, node.input[position]) for node, position, _ in renamed]
     try:
-        for dim, (_, mul) in by_dim.items():
-            for node_index in readers[dim]:
-                node = g.node[node_index]
-                for position, name in enumerate(node.input):
-                    if name == dim[0]:
-                        node.input[position] = outputs[id(mul)]
+        for node, position, masked in renamed:
+            node.input[position] = masked
         g.initializer.extend(inits)
         g.input.extend(inputs)
         # Descending positions: each insertion leaves the positions still to come valid.
@@ -95,12 +114,12 @@ def masked_bytes(
     finally:
         del g.initializer[n_init:]
         del g.input[n_inputs:]
-        added = set(outputs.values())
+        added = {mul.output[0] for _, mul in inserts}
         for i in range(len(g.node) - 1, -1, -1):
             if len(g.node) == n_nodes:
                 break
             if g.node[i].op_type == "Mul" and g.node[i].output[0] in added:
                 del g.node[i]
         assert len(g.node) == n_nodes
-        for node, position, tensor in renamed:
+        for node, position, tensor in originals:
             node.input[position] = tensor

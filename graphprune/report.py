@@ -92,10 +92,16 @@ class Report:
             )
         lines = _grid(("", "before", "after", "ratio"), rows)
         p = self.prune
-        if p:
+        if p and ("blocks_found" not in p or "groups_prunable" in p):
             lines.append(
                 f"groups: {p.get('groups_pruned', 0)} pruned of {p.get('groups_prunable', 0)} prunable,"
                 f" {p.get('groups_blocked', 0)} blocked, {p.get('channels_removed', 0)} channels removed"
+            )
+        if "blocks_found" in p:
+            removed = p.get("blocks_removed", [])
+            names = ", ".join(b["add"] for b in removed[:4]) + (f" +{len(removed) - 4}" if len(removed) > 4 else "")
+            lines.append(
+                f"residual blocks: {len(removed)} removed of {p['blocks_found']}" + (f" ({names})" if names else "")
             )
         if not self.validated:
             lines.append("validation: skipped (--no-validate)")
@@ -104,7 +110,10 @@ class Report:
         lines.append(f"onnxruntime: {'ran' if self.runtime['passed'] else 'FAILED: ' + self.runtime['error']}")
         if self.exact.checked:
             verdict = "passed" if self.exact.passed else "FAILED"
-            lines.append(f"exactness vs masked reference: {verdict} (max rel diff {self.exact.max_rel_diff:.2e})")
+            per_step = f", {self.exact.note}" if self.exact.note else ""
+            lines.append(
+                f"exactness vs masked reference: {verdict} (max rel diff {self.exact.max_rel_diff:.2e}{per_step})"
+            )
         else:
             lines.append(f"exactness: not checked ({self.exact.note or 'no plan'})")
         f = self.fidelity

@@ -18,11 +18,12 @@ import numpy as np
 import onnx
 
 from . import weights
+from .blocks import Block, block_points, find_blocks
 from .criteria import score_groups
 from .data import DEFAULT_BATCH, Dataset, input_specs
 from .dependency import DependencyGraph, Dim
 from .errors import InputError
-from .masking import mask_dtype, mask_shape, masked_bytes
+from .masking import channel_points, insert_masks, mask_dtype, mask_shape
 from .plan import Plan
 from .progress import progress
 from .surgery import removed_entries
@@ -47,6 +48,20 @@ class GroupSensitivity:
 
 
 @dataclass
+class BlockSensitivity:
+    """One residual block's drop when it alone is removed (``y = x + f(x)`` becomes ``y = x``)."""
+
+    block: str  # the Add node
+    x: str
+    y: str
+    params: int
+    macs: int
+    drop: float
+    cosine: float
+    accuracy: float | None = None
+
+
+@dataclass
 class Sensitivity:
     """The result of :func:`measure`; ``to_json`` is the file ``graphprune sensitivity`` writes."""
 
@@ -57,6 +72,7 @@ class Sensitivity:
     criterion: str
     ratios: list[float]
     groups: list[GroupSensitivity] = field(default_factory=list)
+    blocks: list[BlockSensitivity] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"format": FORMAT, **asdict(self)}
@@ -77,6 +93,7 @@ def read_sensitivity(path: str | os.PathLike) -> Sensitivity:
     try:
         data = json.loads(open(path).read())
         groups = [GroupSensitivity(**g) for g in data["groups"]]
+        blocks = [BlockSensitivity(**b) for b in data.get("blocks", [])]
         return Sensitivity(
             model=data["model"],
             metric=data["metric"],
@@ -85,6 +102,7 @@ def read_sensitivity(path: str | os.PathLike) -> Sensitivity:
             criterion=data["criterion"],
             ratios=list(data["ratios"]),
             groups=groups,
+            blocks=blocks,
         )
     except FileNotFoundError:
         raise InputError(f"{path}: no such sensitivity file") from None
@@ -93,12 +111,15 @@ def read_sensitivity(path: str | os.PathLike) -> Sensitivity:
 
 
 class MaskedRunner:
-    """Runs ``model`` with chosen channels masked, one session for every choice."""
+    """Runs ``model`` with chosen channels (and residual blocks) masked, one session for every choice."""
 
-    def __init__(self, model: onnx.ModelProto, deps: DependencyGraph, dims: list[Dim]):
+    def __init__(self, model: onnx.ModelProto, deps: DependencyGraph, dims: list[Dim], blocks: list[Block] = ()):
         import onnxruntime as ort
 
-        data, self.names = masked_bytes(model, deps, {d: None for d in dims})
+        points = channel_points(deps, {d: None for d in dims})
+        data, names = insert_masks(model, [*points.values(), *block_points(model, blocks, zero=False)])
+        self.names = dict(zip(points, names))
+        self.block_names = dict(zip((b.id for b in blocks), names[len(points) :]))
         so = ort.SessionOptions()
         so.log_severity_level = 3
         so.intra_op_num_threads = 1
@@ -109,9 +130,13 @@ class MaskedRunner:
             d: np.ones(mask_shape(deps, d), dtype=onnx.helper.tensor_dtype_to_np_dtype(mask_dtype(deps, d)))
             for d in self.names
         }
+        self.block_one = {b.id: np.ones((), onnx.helper.tensor_dtype_to_np_dtype(b.dtype)) for b in blocks}
 
-    def run(self, feeds: dict[str, np.ndarray], removed: dict[Dim, np.ndarray]) -> np.ndarray:
-        """The first output with the ``removed`` entries of each contracted dim masked."""
+    def run(
+        self, feeds: dict[str, np.ndarray], removed: dict[Dim, np.ndarray], blocks: tuple[int, ...] = ()
+    ) -> np.ndarray:
+        """The first output with the ``removed`` entries of each contracted dim masked and
+        the given blocks' ``f(x)`` zeroed."""
         masks = {}
         for d, name in self.names.items():
             idx = removed.get(d)
@@ -121,6 +146,8 @@ class MaskedRunner:
                 m = self.ones[d].copy()
                 np.put_along_axis(m, _along(idx, m.ndim, d[1]), 0, axis=d[1])
                 masks[name] = m
+        for bid, name in self.block_names.items():
+            masks[name] = np.array(0 if bid in blocks else 1, dtype=self.block_one[bid].dtype)
         return self.session.run(None, {**feeds, **masks})[0]
 
 
@@ -141,9 +168,11 @@ def measure(
     labels: str | None = None,
     batch_size: int = DEFAULT_BATCH,
     units: tuple[str, ...] = (),
+    blocks: bool = True,
     name: str = "model",
 ) -> Sensitivity:
-    """Each prunable group's drop when pruned alone to each of ``ratios`` by ``criterion``."""
+    """Each prunable group's drop when pruned alone to each of ``ratios`` by ``criterion``,
+    and (``blocks``) each removable residual block's drop when it alone is removed."""
     if not ratios or not all(0 < r < 1 for r in ratios):
         raise InputError(f"ratios must be between 0 and 1 (exclusive), got {list(ratios)}")
     ratios = tuple(sorted(ratios))
@@ -159,7 +188,8 @@ def measure(
             n = min(int(np.floor(g.size * r)), g.size - 1)
             removed = removed_entries(deps, Plan({g.id: np.sort(order[:n])})) if n else {}
             variants.append((g.id, k, {d: idx for d, idx in removed.items() if d in contracted}))
-    runner = MaskedRunner(model, deps, sorted({d for _, _, rem in variants for d in rem}))
+    found = find_blocks(model, deps.view) if blocks else []
+    runner = MaskedRunner(model, deps, sorted({d for _, _, rem in variants for d in rem}), found)
 
     specs = input_specs(model)
     extra = (labels,) if labels else ()
@@ -195,6 +225,13 @@ def measure(
             res.drop.append(float(base_acc - acc))  # type: ignore[operator]
         else:
             res.drop.append(1.0 - cos)
+    block_results = []
+    for b in progress(found, "blocks"):
+        outs = [runner.run(f, {}, (b.id,)) for f in feeds]
+        cos = _mean_cosine(outs, original)
+        acc = _accuracy(outs, truth) if truth is not None else None
+        drop = float(base_acc - acc) if acc is not None else 1.0 - cos  # type: ignore[operator]
+        block_results.append(BlockSensitivity(b.add, b.x, b.y, b.params, b.macs, drop, cos, acc))
     return Sensitivity(
         model=name,
         metric="accuracy" if truth is not None else "cosine",
@@ -203,6 +240,7 @@ def measure(
         criterion=criterion,
         ratios=list(ratios),
         groups=[results[g.id] for g in groups],
+        blocks=block_results,
     )
 
 

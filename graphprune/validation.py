@@ -30,7 +30,7 @@ from .dependency import DependencyGraph
 from .masking import masked_bytes
 from .plan import Plan
 from .surgery import removed_entries
-from .weights import has_lazy, runnable
+from .weights import DIR_KEY, has_lazy, runnable
 
 EXACT_RTOL = 1e-4
 
@@ -83,16 +83,26 @@ class Validation:
 
 def check(pruned: onnx.ModelProto | str) -> str:
     """Empty string if the model (a ModelProto or a path) passes the full checker, else the
-    first line of the error."""
+    first line of the error. A lazy model is checked as a file beside its data."""
     try:
-        onnx.checker.check_model(pruned, full_check=True)
+        with runnable(pruned) if isinstance(pruned, onnx.ModelProto) else contextlib.nullcontext(pruned) as source:
+            onnx.checker.check_model(source, full_check=True)
     except Exception as exc:  # checker raises ValidationError, shape inference InferenceError
         return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     return ""
 
 
 def run(model: onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs of ``model`` (a ModelProto, its bytes or a path) in onnxruntime (CPU, one thread)."""
+    """Outputs of ``model`` (a ModelProto, its bytes or a path) in onnxruntime (CPU, one thread).
+
+    A lazy model (or the bytes of one: a reference built from it) runs from a file beside its
+    data (:func:`graphprune.weights.runnable`).
+    """
+    if isinstance(model, bytes) and DIR_KEY.encode() in model:
+        model = onnx.load_from_string(model)  # no weights in it: small
+    if isinstance(model, onnx.ModelProto) and has_lazy(model):
+        with runnable(model) as source:
+            return run(source, feeds)
     import onnxruntime as ort  # imported here: it is slow to import and not needed to prune
 
     so = ort.SessionOptions()
@@ -195,7 +205,7 @@ def check_pruned(
     exact = Exactness()
     fid = Fidelity()
     opened = runnable(pruned) if pruned_source is None else contextlib.nullcontext(pruned_source)
-    with opened as source:  # a lazy model: a file whose data onnxruntime reads itself
+    with opened as source:  # a lazy model: one file whose data onnxruntime reads itself, for both
         checker_error = check(source)
         try:
             pruned_out = run(source, feeds)
@@ -204,8 +214,7 @@ def check_pruned(
             pruned_out = None
             runtime_error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     if pruned_out is not None:
-        with runnable(original) as source:
-            original_out = run(source, feeds)
+        original_out = run(original, feeds)
         fid = fidelity(pruned_out, original_out)
         inexact = [g.label for g in deps.groups if "inexact" in g.facts and len(plan.removed(g))] if plan else []
         if inexact:
@@ -216,12 +225,7 @@ def check_pruned(
                 " fidelity measures what they cost",
             )
         elif deps is not None and plan is not None:
-            reference = masked_reference_bytes(original, deps, plan)
-            if has_lazy(original):  # the bytes hold no weights: a file beside the original's data
-                with runnable(onnx.load_from_string(reference)) as source:
-                    ref_out = run(source, feeds)
-            else:
-                ref_out = run(reference, feeds)
+            ref_out = run(masked_reference_bytes(original, deps, plan), feeds)  # lazy: beside the data
             diff = rel_diff(pruned_out, ref_out, scale_of=original_out)
             tol = exact_tolerance(pruned_out)
             exact = Exactness(checked=True, passed=diff <= tol, max_rel_diff=diff, tolerance=tol)

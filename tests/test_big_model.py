@@ -256,3 +256,16 @@ def test_validate_on_data_and_sensitivity_run_on_an_external_data_model(tmp_path
     assert code == 0, err
     assert len(json.loads((tmp_path / "s.json").read_text())["groups"]) == 3
     assert sorted(p.name for p in src.parent.iterdir()) == ["mlp_stack.onnx", "mlp_stack.onnx.data"]
+
+
+def test_layer_and_filter_passes_run_on_an_external_data_model(tmp_path, run_cli):
+    src = _small_external(tmp_path / "src", dtype=np.float16)
+    out = tmp_path / "out" / "m.onnx"
+    argv = ["prune", src, "-o", out, "--pass", "layer", "filter", "--remove-blocks", "1", "--no-latency", "--report"]
+    code, _, err = run_cli(*argv, tmp_path / "r.json", "-q")
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] and report["exact"]["passed"] and len(report["blocks_removed"]) == 1
+    pruned = onnx.load(str(out), load_external_data=False)
+    assert len(pruned.graph.initializer) == 4  # two of the three MLP layers remain
+    assert sorted(p.name for p in src.parent.iterdir()) == ["mlp_stack.onnx", "mlp_stack.onnx.data"]

@@ -89,3 +89,21 @@ def test_cli_writes_json_plot_and_accuracy_with_labels(tmp_path, model, data, ca
     args = ["sensitivity", str(path), "--calib", str(tmp_path / "nolabels.npz"), "-o", str(tmp_path / "x.json")]
     assert main([*args, "--labels"]) == 2
     assert "no array 'labels'" in capsys.readouterr().err
+
+
+def test_block_sensitivity_is_the_cost_of_removing_that_block(model, data):
+    from graphprune.blocks import find_blocks, remove_blocks
+    from graphprune.validation import fidelity
+
+    deps = analyze(model)
+    sens = measure(model, deps, open_dataset(data), ratios=(0.5,), samples=8)
+    found = find_blocks(model)
+    assert [b.block for b in sens.blocks] == [b.add for b in found] and len(found) >= 2
+    x = np.load(data)["input"][:8]
+    original = [run(model, {"input": x[i : i + 1]})[0] for i in range(8)]
+    for b, row in zip(found, sens.blocks):
+        pruned = remove_blocks(model, [b])
+        outs = [run(pruned, {"input": x[i : i + 1]})[0] for i in range(8)]
+        cos = np.mean([fidelity([o], [r]).cosine for o, r in zip(outs, original)])
+        assert row.drop == pytest.approx(1 - cos, abs=1e-5)
+        assert row.macs == b.macs > 0
