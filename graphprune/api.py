@@ -15,14 +15,16 @@ import onnx
 
 from . import io
 from .cost import cost_of, latency_ms
+from .data import Dataset, input_specs, open_dataset
 from .dependency import DependencyGraph
 from .dependency import analyze as _analyze
 from .errors import InputError
 from .graph import find_cycle
-from .passes.filter import PLAN_METADATA_KEY, FilterPruning, get_metadata
+from .passes.filter import PLAN_METADATA_KEY, get_metadata
+from .passes.finish import COMPENSATE_METADATA_KEY
 from .plan import Plan, plan_from_json, read_plan
 from .report import Report
-from .validation import check_pruned
+from .validation import Exactness, check_pruned
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 
@@ -82,6 +84,12 @@ def prune(
     latency: bool = True,
     feeds: dict[str, np.ndarray] | None = None,
     inplace: bool = False,
+    pass_: str = "filter",
+    calib=None,
+    calib_samples: int | None = None,
+    batch_size: int | None = None,
+    compensate: str | None = None,
+    selection: str | None = None,
 ) -> PruneResult:
     """Prune ``model`` and (by default) validate the result against the whole contract.
 
@@ -93,6 +101,14 @@ def prune(
     ``report.passed`` says whether validation held. ``inplace=True`` (only without
     validation, which needs the original) edits ``model`` itself instead
     of a copy, to save memory on large models.
+
+    Data-driven pruning: ``calib`` (a path to an ``.npz`` file or a folder of them, keys =
+    the model's input names, or a :class:`~graphprune.data.Dataset`) feeds the data criteria
+    (``activation``, ``apoz``, ``fluctuation``, ``wanda``), ``compensate`` (``"bias"`` or
+    ``"lstsq"``) and ``pass_="channel"`` (consumer-side selection with least-squares refit;
+    ``selection="greedy"`` or ``"lasso"``). ``calib_samples`` limits the samples used,
+    ``batch_size`` the samples per onnxruntime run. Fidelity is then measured on the first
+    batch of ``calib`` (unless ``feeds`` are given).
     """
     if inplace and validate:
         raise InputError("inplace pruning cannot be validated: the original is needed for the reference")
@@ -101,7 +117,7 @@ def prune(
     if plan is not None and not isinstance(plan, dict):
         plan_source = str(plan)
         plan = read_plan(plan)
-    pass_ = FilterPruning(
+    options = dict(
         ratio=ratio,
         criterion=criterion,
         global_threshold=global_threshold,
@@ -110,16 +126,59 @@ def prune(
         ignore=tuple(ignore),
         seed=seed,
         plan=plan,
-        plan_source=plan_source,
+        plan_source=plan_source if plan is not None else None,
         units=tuple(units),
+        calib=calib,
+        calib_samples=calib_samples,
+        batch_size=batch_size,
+        compensate=compensate,
+        selection=selection,
     )
+    pass_ = make_pass(pass_, **options)
+    if pass_.calib is not None and not isinstance(pass_.calib, Dataset):
+        from dataclasses import replace
+
+        pass_ = replace(pass_, calib=open_dataset(pass_.calib))  # indexed once, read by every step
     deps = _analyze(original, inexact=pass_.inexact)
     before = cost_of(original, deps.view.shapes)
-    pruned, chosen, details = pass_.run(original, deps, inplace=inplace)
+    outcome = pass_.prune(original, deps, inplace=inplace)
+    if validate and feeds is None and pass_.calib is not None:
+        feeds = first_batch(original, pass_.calib, pass_.batch_size)
     report = _report(
-        original, pruned, details, deps, chosen, validate=validate, latency=latency, feeds=feeds, before=before
+        original,
+        outcome.pruned,
+        outcome.report,
+        outcome.deps,
+        outcome.plan,
+        validate=validate,
+        latency=latency,
+        feeds=feeds,
+        before=before,
+        reference=outcome.reference,
     )
-    return PruneResult(model=pruned, report=report, plan=chosen, deps=deps)
+    return PruneResult(model=outcome.pruned, report=report, plan=outcome.plan, deps=outcome.deps)
+
+
+def make_pass(name: str, **options):
+    """The pass registered as ``name`` (``filter``, ``channel``...), given the options its
+    dataclass has fields for; options left as None keep the pass's defaults."""
+    from dataclasses import fields
+
+    from .passes import PASSES
+
+    if name not in PASSES:
+        raise InputError(f"unknown pass {name!r}; choose from {', '.join(PASSES)}")
+    cls = PASSES[name]
+    names = {f.name for f in fields(cls)}
+    unsupported = [k for k, v in options.items() if k not in names and v not in (None, False, ())]
+    if unsupported:
+        raise InputError(f"the {name} pass does not take {unsupported[0].replace('_', '-')}")
+    return cls(**{k: v for k, v in options.items() if k in names and v is not None})
+
+
+def first_batch(model: onnx.ModelProto, dataset: Dataset, batch_size: int) -> dict[str, np.ndarray] | None:
+    """The first batch of ``dataset`` as feeds for ``model`` (None if it is empty)."""
+    return next(iter(dataset.batches(input_specs(model), batch_size=batch_size, limit=batch_size)), None)
 
 
 def validate(
@@ -145,13 +204,22 @@ def validate(
         text = get_metadata(new, PLAN_METADATA_KEY)
         plan = json.loads(text) if text else None
         source = f"{pruned} (plan stored in its metadata)" if not isinstance(pruned, onnx.ModelProto) else "stored plan"
+    compensated = get_metadata(new, COMPENSATE_METADATA_KEY)
+    if compensated:
+        plan = None  # the exact reference is the original with compensated weights: not at hand here
     deps = _analyze(orig, inexact=True) if plan is not None else None
     chosen = plan_from_json(plan, deps, source=source) if plan is not None else None
     before = cost_of(orig, deps.view.shapes) if deps is not None else None  # shapes already inferred
-    return _report(orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds, before=before)
+    report = _report(orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds, before=before)
+    if compensated:
+        report.exact = Exactness(
+            note=f"weights were compensated ({compensated}) from calibration data: the exact reference is the"
+            " compensated original, which only the pruning run has; fidelity measures the pruned model"
+        )
+    return report
 
 
-def _report(original, pruned, details, deps, plan, *, validate, latency, feeds, before=None) -> Report:
+def _report(original, pruned, details, deps, plan, *, validate, latency, feeds, before=None, reference=None) -> Report:
     # File sizes are filled in by whoever knows the files: measuring an in-memory model
     # would serialize it (a copy of every weight) just for a number.
     before = before or cost_of(original)
@@ -164,7 +232,7 @@ def _report(original, pruned, details, deps, plan, *, validate, latency, feeds, 
         prune=details,
     )
     if validate:
-        v = check_pruned(original, pruned, deps, plan, feeds=feeds)
+        v = check_pruned(original, pruned, deps, plan, feeds=feeds, reference=reference)
         report.validated = True
         report.checker = {"passed": v.checker_ok, "error": v.checker_error}
         report.runtime = {"passed": v.runtime_ok, "error": v.runtime_error}
