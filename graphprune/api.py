@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -170,7 +171,8 @@ def make_pass(name: str, **options):
         raise InputError(f"unknown pass {name!r}; choose from {', '.join(PASSES)}")
     cls = PASSES[name]
     names = {f.name for f in fields(cls)}
-    unsupported = [k for k, v in options.items() if k not in names and v not in (None, False, ())]
+    defaults = {k: p.default for k, p in inspect.signature(prune).parameters.items()}
+    unsupported = [k for k, v in options.items() if k not in names and v not in (None, False, (), defaults.get(k))]
     if unsupported:
         raise InputError(f"the {name} pass does not take {unsupported[0].replace('_', '-')}")
     return cls(**{k: v for k, v in options.items() if k in names and v is not None})

@@ -5,7 +5,9 @@ Rules:
    the inputs of the consumers (:mod:`graphprune.consumers`) that read a prunable group:
    what criteria score and what compensation refits.
 2. Per consumer input and channel: running float64 sums of the values, their squares and
-   their zeros, over every position of every sample (``want`` "channels").
+   their zeros, over every position of every sample (``want`` "channels"); for a Conv
+   consumer also the mean of each (channel, kernel tap) of its zero-padded input over its
+   output positions, which is what the mean output depends on at the borders too.
 3. Per consumer (``want`` "gram"): the Gram matrix ``XᵀX`` and the sum of its input rows ``X``
    (float64), over at most ``max_rows`` random rows per sample (spatial positions of a Conv
    as im2col patches, tokens of a matrix product). That is all least squares needs, in
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .activations import stream_activations
-from .consumers import Consumer, consumers_of, rows
+from .consumers import Consumer, consumers_of, rows, tap_sums
 from .data import DEFAULT_BATCH, Dataset, input_specs, open_dataset
 from .dependency import DependencyGraph
 
@@ -60,11 +62,32 @@ class ChannelStats:
 
 @dataclass
 class GramStats:
-    """``XᵀX`` and ``Σx`` of a consumer's input rows (features ``c * taps + t``)."""
+    """``XᵀX`` and ``Σx`` of a consumer's input rows (features ``c * taps + t``).
+
+    Rows are added in blocks of a few thousand (at most ``FLUSH_BYTES`` waiting): one large
+    product is much faster than many small ones, and memory stays bounded.
+    """
 
     rows: int
     gram: np.ndarray
     total: np.ndarray
+    pending: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    FLUSH_BYTES = 16 << 20
+
+    def add(self, x: np.ndarray) -> None:
+        self.pending.append(x)
+        if sum(p.nbytes for p in self.pending) >= self.FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        x = np.concatenate(self.pending)
+        self.pending.clear()
+        self.gram += x.T @ x
+        self.total += x.sum(axis=0)
+        self.rows += len(x)
 
     @property
     def mean(self) -> np.ndarray:
@@ -86,6 +109,7 @@ class Statistics:
     samples: int = 0
     batches: int = 0
     channels: dict[tuple[str, int], ChannelStats] = field(default_factory=dict)
+    taps: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict)  # Conv node -> (sum per feature, count)
     grams: dict[int, GramStats] = field(default_factory=dict)
     consumers: dict[int, Consumer] = field(default_factory=dict)
     skipped: dict[int, str] = field(default_factory=dict)  # consumer node -> why it has no Gram
@@ -94,7 +118,17 @@ class Statistics:
     def nbytes(self) -> int:
         """Memory held by the statistics (what must not grow with the number of samples)."""
         n = sum(s.sum.nbytes + s.sum_sq.nbytes + s.zeros.nbytes for s in self.channels.values())
+        n += sum(t.nbytes for t, _ in self.taps.values())
         return n + sum(g.gram.nbytes + g.total.nbytes for g in self.grams.values())
+
+    def feature_mean(self, node: int) -> np.ndarray | None:
+        """Mean input of each weight column of consumer ``node`` (features ``c * taps + t``)."""
+        c = self.consumers[node]
+        if node in self.taps:
+            total, count = self.taps[node]
+            return total / max(count, 1)
+        s = self.channels.get((c.data, c.axis))
+        return None if s is None else np.repeat(s.mean, c.taps)
 
     def summary(self) -> dict:
         return {"samples": self.samples, "batches": self.batches}
@@ -105,6 +139,7 @@ class Statistics:
             samples=max(self.samples, other.samples),
             batches=max(self.batches, other.batches),
             channels={**self.channels, **other.channels},
+            taps={**self.taps, **other.taps},
             grams={**self.grams, **other.grams},
             consumers={**self.consumers, **other.consumers},
             skipped={**self.skipped, **other.skipped},
@@ -167,21 +202,26 @@ def calibrate(
         batch_size = max(1, min(batch_size, batch_bytes // max(per_sample, 1)))
     rng = np.random.default_rng(seed)
     channel_dims = sorted({(c.data, c.axis) for c in consumers.values()}) if "channels" in want else []
+    tap_nodes = [i for i, c in consumers.items() if c.layout == "conv" and c.taps > 1] if "channels" in want else []
     for batch in stream_activations(model, dataset, tensors, dtypes=mv.dtypes, batch_size=batch_size, limit=limit):
         first = batch[tensors[0]]
         stats.batches += 1
         stats.samples += int(first.shape[0]) if first.ndim else 1
         for tensor, axis in channel_dims:
             _add_channels(stats.channels, tensor, axis, batch[tensor])
+        for i in tap_nodes:
+            total, count = tap_sums(consumers[i], batch[consumers[i].data])
+            before = stats.taps.get(i)
+            stats.taps[i] = (total, count) if before is None else (before[0] + total, before[1] + count)
         for i, c in gram_nodes.items():
             x = rows(c, batch[c.data], max_rows, rng)
             g = stats.grams.get(i)
             if g is None:
                 f = c.features
                 g = stats.grams[i] = GramStats(0, np.zeros((f, f)), np.zeros(f))
-            g.gram += x.T @ x
-            g.total += x.sum(axis=0)
-            g.rows += len(x)
+            g.add(x)
+    for g in stats.grams.values():
+        g.flush()
     return stats
 
 

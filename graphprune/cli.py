@@ -30,6 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .criteria import CRITERIA
+    from .passes import PASSES
 
     p = _Parser(prog="graphprune", description="Structured pruning of ONNX models, with proof.")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
@@ -68,6 +69,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="prune only these units: attention heads, mlp neurons (matrix products), conv channels (default:"
         " these three); 'hidden' also prunes a transformer's residual width through its LayerNorms, which"
         " is not function-preserving: it is reported as inexact and measured by fidelity",
+    )
+    pr.add_argument(
+        "--pass",
+        dest="pass_",
+        default="filter",
+        choices=list(PASSES),
+        help="filter: remove output filters ranked by --criterion (default); channel: choose consumers' input"
+        " channels by reconstruction error on --calib data and refit their weights (implies --compensate lstsq)",
+    )
+    pr.add_argument(
+        "--calib",
+        metavar="DATA",
+        help="calibration data: an .npz file (keys = the model's input names, samples on axis 0) or a folder of"
+        " them; needed by the data criteria, --compensate and --pass channel; fidelity is measured on it",
+    )
+    pr.add_argument("--calib-samples", type=int, metavar="N", help="use at most N samples of --calib")
+    pr.add_argument("--batch-size", type=int, metavar="N", help="samples per onnxruntime run on --calib (default 32)")
+    pr.add_argument(
+        "--compensate",
+        choices=["none", "bias", "lstsq"],
+        help="fold the removed channels' contribution into their consumers: bias (their mean), lstsq (least-squares"
+        " refit of the kept weights); needs --calib (default none; lstsq for --pass channel)",
+    )
+    pr.add_argument(
+        "--selection",
+        choices=["greedy", "lasso"],
+        help="--pass channel: ThiNet greedy selection (default) or He et al. LASSO",
     )
     pr.add_argument("--plan", help="apply this plan (JSON) instead of --ratio/--criterion")
     pr.add_argument("--save-plan", help="write the plan that was applied (JSON)")
@@ -164,7 +192,6 @@ def _say(args, msg: str) -> None:
 
 def _prune(args) -> int:
     from . import api, io
-    from .passes.filter import FilterPruning
 
     args.committed_before = len(io.committed())  # what an interrupt finds written is this run's
     src, out = Path(args.model), Path(args.output)
@@ -175,13 +202,7 @@ def _prune(args) -> int:
     if out.is_dir():
         raise InputError(f"{out}: output is a directory")
     # Check the flags before the (possibly long) load.
-    FilterPruning(
-        ratio=args.ratio,
-        criterion=args.criterion,
-        round_to=args.round_to,
-        min_keep=args.min_keep,
-        plan={} if args.plan else None,
-    )
+    api.make_pass(args.pass_, **_pass_options(args, plan={} if args.plan else None))
     t0 = time.perf_counter()
     _say(args, f"loading {src} ...")
     model = api.load_model(src)
@@ -191,15 +212,8 @@ def _prune(args) -> int:
     _say(args, f"{steps} ({len(model.graph.node)} nodes) ...")
     result = api.prune(
         model,
-        ratio=args.ratio,
-        criterion=args.criterion,
-        global_threshold=args.global_threshold,
-        round_to=args.round_to,
-        min_keep=args.min_keep,
-        ignore=tuple(args.ignore),
-        plan=args.plan,
-        seed=args.seed,
-        units=tuple(args.unit),
+        **_pass_options(args, plan=args.plan),
+        pass_=args.pass_,
         validate=not args.no_validate,
         latency=not args.no_latency,
         inplace=args.no_validate,  # nothing needs the original afterwards: save a copy
@@ -223,6 +237,26 @@ def _prune(args) -> int:
     if failed:
         raise ValidationFailed(_failure(report) + ("" if args.keep_failed else "; output not written"))
     return EXIT_OK
+
+
+def _pass_options(args, plan) -> dict:
+    """The pass options the prune flags give (None: the pass's default)."""
+    return dict(
+        ratio=args.ratio,
+        criterion=args.criterion,
+        global_threshold=args.global_threshold,
+        round_to=args.round_to,
+        min_keep=args.min_keep,
+        ignore=tuple(args.ignore),
+        plan=plan,
+        seed=args.seed,
+        units=tuple(args.unit),
+        calib=args.calib,
+        calib_samples=args.calib_samples,
+        batch_size=args.batch_size,
+        compensate=args.compensate,
+        selection=args.selection,
+    )
 
 
 def _failure(report) -> str:

@@ -8,10 +8,10 @@ and the exact reference of validation is built from it too.
 
 Rules:
 1. ``bias``: the removed channels' mean input times their weight columns is added to the
-   bias: ``b += M[:, removed] · mean[removed]``. A Conv uses the channel's mean over all
-   positions; with zero padding the removed contribution at the borders was smaller, so
-   there the fold overshoots by the padded taps' share (exact for 1x1 convs and matrix
-   products, and everywhere away from the borders).
+   bias: ``b += M[:, removed] · mean[removed]``. For a Conv the mean of each weight entry's
+   input is taken over the output positions of the zero-padded input, so the consumer's
+   mean output (over positions and samples) is exactly kept, borders included; a single
+   position still differs by its deviation from the mean.
 2. ``lstsq``: the kept weight columns and the bias are refit by ridge least squares on the
    consumer's calibration Gram (float64), so that the consumer's output on the kept channels
    best matches the original output: ``M'ₖ = M Σ₍:,k₎ (Σₖₖ + λI)⁻¹``, ``b' = b + M μ − M'ₖ μₖ``
@@ -94,7 +94,8 @@ def compensate(
         if how == "lstsq" and i not in stats.grams:
             how = "bias"
             result.fallbacks[c.name] = "bias (" + stats.skipped.get(i, "no Gram matrix") + ")"
-        if how == "bias" and (c.data, c.axis) not in stats.channels:
+        mean = stats.feature_mean(i) if how == "bias" else None
+        if how == "bias" and mean is None:
             result.skipped[c.name] = "no calibration statistics for its input"
             continue
         if how == "bias" and not c.bias_slot:
@@ -105,9 +106,8 @@ def compensate(
         m = weight_matrix(c, w)
         b = _bias_vector(c, inits, m.shape[0])
         if how == "bias":
-            mean = stats.channels[(c.data, c.axis)].mean
             f = features_of(c, gone)
-            b_new = b + m[:, f] @ np.repeat(mean[gone], c.taps)
+            b_new = b + m[:, f] @ mean[f]
             m_new = m
         else:
             m_new, b_new = _refit(c, m, b, stats.grams[i].second_moment, stats.grams[i].mean, gone, ridge)

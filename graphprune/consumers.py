@@ -219,6 +219,26 @@ def _conv_rows(c: Consumer, x: np.ndarray, per_sample: int, rng: np.random.Gener
     return np.concatenate(out).astype(np.float64)
 
 
+def tap_sums(c: Consumer, x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Sum over every output position of a Conv consumer of each feature (channel, tap) of
+    its zero-padded input, and the number of positions: the exact mean input of each
+    weight entry, borders included."""
+    g = c.conv
+    if x.ndim == 3:
+        x = x[:, :, None, :]
+    (kh, kw), (sh, sw), (dh, dw) = g["kernel"], g["strides"], g["dilations"]
+    pt, pl, pb, pr = g["pads"]
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((x.shape[1], kh, kw))
+    for i in range(kh):
+        for j in range(kw):
+            part = xp[:, :, i * dh : i * dh + sh * (ho - 1) + 1 : sh, j * dw : j * dw + sw * (wo - 1) + 1 : sw]
+            out[:, i, j] = part.sum(axis=(0, 2, 3), dtype=np.float64)
+    return out.reshape(-1), x.shape[0] * ho * wo
+
+
 # --- weights ------------------------------------------------------------------------------
 
 

@@ -95,6 +95,15 @@ class Report:
                 f"groups: {p.get('groups_pruned', 0)} pruned of {p.get('groups_prunable', 0)} prunable,"
                 f" {p.get('groups_blocked', 0)} blocked, {p.get('channels_removed', 0)} channels removed"
             )
+        if p.get("calibration"):
+            lines.append(f"calibration: {p['calibration']['samples']} samples in {p['calibration']['batches']} batches")
+        comp = p.get("compensate") or {}
+        if comp.get("method", "none") != "none":
+            left = len(comp.get("skipped", {}))
+            lines.append(
+                f"compensation: {comp['method']} on {comp.get('consumers', 0)} consumers"
+                + (f", {left} left as they were (see the report)" if left else "")
+            )
         if not self.validated:
             lines.append("validation: skipped (--no-validate)")
             return "\n".join(lines)
