@@ -11,7 +11,7 @@ import json
 
 import onnx
 
-from ..calibrate import Statistics, as_dataset, calibrate
+from ..calibrate import DEFAULT_MAX_ROWS, Statistics, as_dataset, calibrate
 from ..compensate import DEFAULT_RIDGE, METHODS, compensated_plan
 from ..dependency import DependencyGraph
 from ..errors import InputError
@@ -47,6 +47,7 @@ def measure(pass_, model: onnx.ModelProto, deps: DependencyGraph, want, nodes=No
         batch_size=pass_.batch_size,
         limit=pass_.calib_samples,
         seed=pass_.seed,
+        max_rows=getattr(pass_, "max_rows", DEFAULT_MAX_ROWS),
     )
 
 
