@@ -30,6 +30,7 @@ _LAZY = {
     "DependencyGraph": "dependency",
     "Group": "dependency",
     "Member": "dependency",
+    "ChannelPruning": "passes",
     "FilterPruning": "passes",
     "PassResult": "passes",
     "Pipeline": "passes",
@@ -40,7 +41,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .api import PruneResult, analyze, load_model, prune, save, validate
     from .dependency import DependencyGraph, Group, Member
-    from .passes import FilterPruning, PassResult, Pipeline
+    from .passes import ChannelPruning, FilterPruning, PassResult, Pipeline
     from .plan import Plan
     from .report import Report
 
@@ -58,6 +59,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ChannelPruning",
     "DependencyGraph",
     "FilterPruning",
     "GraphpruneError",

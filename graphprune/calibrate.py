@@ -64,8 +64,8 @@ class ChannelStats:
 class GramStats:
     """``XᵀX`` and ``Σx`` of a consumer's input rows (features ``c * taps + t``).
 
-    Rows are added in blocks of a few thousand (at most ``FLUSH_BYTES`` waiting): one large
-    product is much faster than many small ones, and memory stays bounded.
+    Rows are added in blocks (at most half the Gram's size waiting, between 1 and 16 MB): one
+    large product is much faster than many small ones, and memory stays bounded.
     """
 
     rows: int
@@ -73,11 +73,9 @@ class GramStats:
     total: np.ndarray
     pending: list[np.ndarray] = field(default_factory=list, repr=False)
 
-    FLUSH_BYTES = 16 << 20
-
     def add(self, x: np.ndarray) -> None:
         self.pending.append(x)
-        if sum(p.nbytes for p in self.pending) >= self.FLUSH_BYTES:
+        if sum(p.nbytes for p in self.pending) >= min(16 << 20, max(1 << 20, self.gram.nbytes // 2)):
             self.flush()
 
     def flush(self) -> None:
