@@ -113,7 +113,8 @@ def compensate(
             m_new, b_new = _refit(c, m, b, stats.grams[i].second_moment, stats.grams[i].mean, gone, ridge)
         w_t.CopyFrom(_tensor_like(from_matrix(c, m_new, w), w_t))
         if b_new is not None:
-            result.added_bias |= _write_bias(out, c, inits, taken, b_new, w.dtype)
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(deps.view.dtypes.get(c.data, onnx.TensorProto.FLOAT))
+            result.added_bias |= _write_bias(out, c, inits, taken, b_new, dtype)
         result.changed.append(c.name)
     return result
 

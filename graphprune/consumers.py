@@ -9,10 +9,12 @@ Rules:
 1. Feature ``c * taps + t`` is tap ``t`` of input channel ``c`` (a Conv weight
    ``[O, C, kh, kw]`` reshaped to ``[O, C*kh*kw]``; ``taps == 1`` for Gemm/MatMul).
 2. A consumer is *refittable* when its weight is a float initializer (float32/float16/
-   float64) read by this node alone: weights computed at run time (Cast,
-   DequantizeLinear of a QDQ model) or tied between nodes are left alone, with a note.
+   float64), directly or through one ``Cast`` (weights stored in half precision), read by
+   this node alone: weights computed otherwise (DequantizeLinear of a QDQ model) or tied
+   between nodes are left alone, with a note.
 3. Its bias slot: Conv input 2 and Gemm C (which compensation may add, zero-initialised),
-   or the constant of the one Add that follows a MatMul; otherwise there is none.
+   or the constant of the one Add that follows a MatMul (either stored like the weight);
+   otherwise there is none.
 4. Conv rows are supported for 1-D and 2-D convolutions with ``group == 1``; other ops that
    contract (ConvTranspose, Gemm with alpha/beta != 1) are not consumers.
 """
@@ -129,15 +131,33 @@ def _conv_geometry(attrs: dict, wshape: tuple, xshape: tuple) -> dict | None:
     return {"kernel": kernel, "strides": strides, "dilations": dilations, "pads": pads}
 
 
+def stored(deps: DependencyGraph, name: str) -> str | None:
+    """The float initializer that ``name`` is, or that one ``Cast`` turns into ``name``, if
+    nothing else reads it on the way; else None."""
+    mv = deps.view
+    if name in mv.initializers and name not in mv.graph_inputs:
+        source = name
+    elif name in mv.producer and mv.nodes[mv.producer[name]].op_type == "Cast":
+        source = mv.nodes[mv.producer[name]].input[0]
+        if source not in mv.initializers or source in mv.graph_inputs or len(mv.consumers.get(source, [])) != 1:
+            return None
+    else:
+        return None
+    if mv.initializers[source].data_type not in _FLOAT_WEIGHTS or len(mv.consumers.get(name, [])) != 1:
+        return None
+    return source
+
+
 def _own_weight(deps: DependencyGraph, i: int, name: str) -> tuple[str | None, str]:
     mv = deps.view
-    if name not in mv.initializers or name in mv.graph_inputs:
-        return None, "weight is computed at run time (Cast, DequantizeLinear...): left as it is"
-    if mv.initializers[name].data_type not in _FLOAT_WEIGHTS:
-        return None, f"weight of type {onnx.TensorProto.DataType.Name(mv.initializers[name].data_type)}: left as it is"
+    source = stored(deps, name)
+    if source is not None:
+        return source, ""
     if len(mv.consumers.get(name, [])) != 1:
         return None, "weight shared with other nodes: left as it is"
-    return name, ""
+    if name in mv.initializers:
+        return None, f"weight of type {onnx.TensorProto.DataType.Name(mv.initializers[name].data_type)}: left as it is"
+    return None, "weight is computed at run time (DequantizeLinear, bfloat16 Cast...): left as it is"
 
 
 def _input_bias(deps: DependencyGraph, i: int, node: onnx.NodeProto, position: int) -> tuple[str | None, str]:
@@ -147,15 +167,9 @@ def _input_bias(deps: DependencyGraph, i: int, node: onnx.NodeProto, position: i
     name = node.input[position]
     shape = mv.shapes.get(name) or ()
     out = (mv.shapes.get(node.output[0]) or (None, None))[1]
-    ok = (
-        name in mv.initializers
-        and mv.initializers[name].data_type in _FLOAT_WEIGHTS
-        and len(mv.consumers.get(name, [])) == 1
-        and bool(shape)
-        and shape[-1] == out
-        and int(np.prod(shape)) == out
-    )
-    return (name, "input") if ok else (None, "")
+    source = stored(deps, name)
+    ok = source is not None and bool(shape) and shape[-1] == out and int(np.prod(shape)) == out
+    return (source, "input") if ok else (None, "")
 
 
 def _add_bias(deps: DependencyGraph, output: str) -> tuple[str | None, str]:
@@ -170,16 +184,9 @@ def _add_bias(deps: DependencyGraph, output: str) -> tuple[str | None, str]:
     other = add.input[1 - uses[0][1]]
     shape = mv.shapes.get(other) or ()
     out_shape = mv.shapes.get(output) or ()
-    ok = (
-        other in mv.initializers
-        and mv.initializers[other].data_type in _FLOAT_WEIGHTS
-        and len(mv.consumers.get(other, [])) == 1
-        and shape
-        and out_shape
-        and shape[-1] == out_shape[-1]
-        and all(d == 1 for d in shape[:-1])
-    )
-    return (other, "add") if ok else (None, "")
+    source = stored(deps, other)
+    ok = source is not None and shape and out_shape and shape[-1] == out_shape[-1] and all(d == 1 for d in shape[:-1])
+    return (source, "add") if ok else (None, "")
 
 
 # --- rows ---------------------------------------------------------------------------------
@@ -240,6 +247,11 @@ def tap_sums(c: Consumer, x: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 # --- weights ------------------------------------------------------------------------------
+
+
+def weight_value(deps: DependencyGraph, c: Consumer) -> np.ndarray | None:
+    """The consumer's weight as stored (its initializer, before any Cast), or None."""
+    return deps.view.value(c.weight or deps.view.nodes[c.node].input[1])
 
 
 def weight_matrix(c: Consumer, w: np.ndarray) -> np.ndarray:

@@ -117,13 +117,40 @@ def test_exactness_is_checked_against_the_compensated_original(tmp_path):
     assert wrong.exact.checked and not wrong.exact.passed and wrong.exact.max_rel_diff > 1e-2
 
 
-def test_weights_computed_at_run_time_are_left_alone_with_a_note(tmp_path):
-    model = mlp("matmul_add")
-    w2 = next(t for t in model.graph.initializer if t.name == "w2")
-    half = numpy_helper.from_array(numpy_helper.to_array(w2).astype(np.float16), "w2_half")
-    model.graph.initializer.remove(w2)
-    model.graph.initializer.append(half)
-    model.graph.node.insert(0, helper.make_node("Cast", ["w2_half"], ["w2"], name="cast_w2", to=TensorProto.FLOAT))
+def _weight_through(model: onnx.ModelProto, name: str, op: str) -> onnx.ModelProto:
+    """``name`` stored as float16 and read through a Cast, or as int8 through DequantizeLinear."""
+    w = next(t for t in model.graph.initializer if t.name == name)
+    arr = numpy_helper.to_array(w)
+    model.graph.initializer.remove(w)
+    if op == "Cast":
+        model.graph.initializer.append(numpy_helper.from_array(arr.astype(np.float16), name + "_half"))
+        node = helper.make_node("Cast", [name + "_half"], [name], name="cast_" + name, to=TensorProto.FLOAT)
+    else:
+        scale = np.float32(np.abs(arr).max() / 127)
+        q = np.clip(np.round(arr / scale), -127, 127).astype(np.int8)
+        model.graph.initializer.extend(
+            [numpy_helper.from_array(q, name + "_q"), numpy_helper.from_array(np.array(scale), name + "_scale")]
+        )
+        node = helper.make_node("DequantizeLinear", [name + "_q", name + "_scale"], [name], name="dq_" + name)
+    model.graph.node.insert(0, node)
+    return model
+
+
+def test_weights_stored_in_float16_behind_a_cast_are_refit_in_float16(tmp_path):
+    model = _weight_through(_weight_through(mlp("matmul_add"), "w2", "Cast"), "b2", "Cast")
+    calib = save(tmp_path, "c.npz", 50, (16,))
+    r = graphprune.prune(model, ratio=0.5, calib=calib, compensate="lstsq", latency=False)
+    assert r.report.passed and r.report.exact.checked
+    assert r.report.prune["compensate"]["consumers"] == 1
+    stored = {t.name: t.data_type for t in r.model.graph.initializer}
+    assert stored["w2_half"] == stored["b2_half"] == TensorProto.FLOAT16
+    before = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "b2_half"))
+    after = numpy_helper.to_array(next(t for t in r.model.graph.initializer if t.name == "b2_half"))
+    assert not np.array_equal(before, after)  # the bias took the refit
+
+
+def test_quantized_weights_are_left_alone_with_a_note(tmp_path):
+    model = _weight_through(mlp("matmul_add"), "w2", "DequantizeLinear")
     calib = save(tmp_path, "c.npz", 50, (16,))
     r = graphprune.prune(model, ratio=0.5, calib=calib, compensate="lstsq", latency=False)
     assert r.report.passed and r.report.exact.checked

@@ -47,9 +47,9 @@ def _weight_columns(deps: DependencyGraph, c, p: str) -> np.ndarray | None:
     """Per input channel of consumer ``c``: the l1 or squared-l2 mass of its weight column."""
     if c.layout == "":
         return None
-    from ..consumers import weight_matrix
+    from ..consumers import weight_matrix, weight_value
 
-    w = deps.view.value(deps.view.nodes[c.node].input[1])
+    w = weight_value(deps, c)
     if w is None:
         return None
     m = weight_matrix(c, w).reshape(-1, c.channels, c.taps)

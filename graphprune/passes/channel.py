@@ -29,7 +29,7 @@ import onnx
 from ..allocate import keep_count, protected, unit_step
 from ..calibrate import DEFAULT_MAX_ROWS, Statistics
 from ..compensate import DEFAULT_RIDGE
-from ..consumers import weight_matrix
+from ..consumers import weight_matrix, weight_value
 from ..criteria import CRITERIA, ScoreContext
 from ..data import DEFAULT_BATCH
 from ..dependency import DependencyGraph, Group, analyze
@@ -159,7 +159,7 @@ def group_error_gram(group: Group, deps: DependencyGraph, stats: Statistics, *, 
         for i, c in stats.consumers.items():
             if (c.data, c.axis) != (m.tensor, m.axis) or i not in stats.grams:
                 continue
-            w = deps.view.value(deps.view.nodes[i].input[1])
+            w = weight_value(deps, c)
             if w is None:
                 continue
             moment = stats.grams[i].second_moment(centered and bool(c.bias_slot))
