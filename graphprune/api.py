@@ -21,6 +21,7 @@ from .dependency import DependencyGraph
 from .dependency import analyze as _analyze
 from .errors import InputError
 from .graph import find_cycle
+from .passes import PruneOutcome
 from .passes.filter import PLAN_METADATA_KEY, get_metadata
 from .passes.finish import COMPENSATE_METADATA_KEY
 from .plan import Plan, plan_from_json, read_plan
@@ -136,15 +137,21 @@ def prune(
         selection=selection,
     )
     pass_ = make_pass(pass_, **options)
-    if pass_.calib is not None and not isinstance(pass_.calib, Dataset):
+    data = getattr(pass_, "calib", None)
+    if data is not None and not isinstance(data, Dataset):
         from dataclasses import replace
 
-        pass_ = replace(pass_, calib=open_dataset(pass_.calib))  # indexed once, read by every step
-    deps = _analyze(original, inexact=pass_.inexact)
+        data = open_dataset(data)
+        pass_ = replace(pass_, calib=data)  # indexed once, read by every step
+    deps = _analyze(original, inexact=getattr(pass_, "inexact", False))
     before = cost_of(original, deps.view.shapes)
-    outcome = pass_.prune(original, deps, inplace=inplace)
-    if validate and feeds is None and pass_.calib is not None:
-        feeds = first_batch(original, pass_.calib, pass_.batch_size)
+    if hasattr(pass_, "prune"):
+        outcome = pass_.prune(original, deps, inplace=inplace)
+    else:  # a pass with only run(): no compensation, the original is the reference
+        pruned, chosen, details = pass_.run(original, deps, inplace=inplace)
+        outcome = PruneOutcome(pruned, chosen, deps, original, details)
+    if validate and feeds is None and data is not None:
+        feeds = first_batch(original, data, pass_.batch_size)
     report = _report(
         original,
         outcome.pruned,

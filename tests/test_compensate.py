@@ -269,3 +269,10 @@ def test_cli_channel_pass_and_usage_errors(tmp_path):
     assert data["passed"] and data["compensate"]["method"] == "lstsq"
     assert data["calibration"] == {"samples": 8, "batches": 8}
     assert "compensation: lstsq" in ok.stdout
+    later = subprocess.run(
+        [sys.executable, "-m", "graphprune.cli", "validate", str(model), str(tmp_path / "p.onnx"), "--no-latency"],
+        capture_output=True,
+        text=True,
+    )
+    assert later.returncode == 0, later.stderr
+    assert "exactness: not checked (weights were compensated (lstsq)" in later.stdout
