@@ -33,6 +33,7 @@ _LAZY = {
     "DependencyGraph": "dependency",
     "Group": "dependency",
     "Member": "dependency",
+    "ChannelPruning": "passes",
     "FilterPruning": "passes",
     "LayerPruning": "passes",
     "PassResult": "passes",
@@ -44,7 +45,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .api import PipelineResult, PruneResult, analyze, load_model, prune, prune_layers, run_passes, save, validate
     from .dependency import DependencyGraph, Group, Member
-    from .passes import FilterPruning, LayerPruning, PassResult, Pipeline
+    from .passes import ChannelPruning, FilterPruning, LayerPruning, PassResult, Pipeline
     from .plan import Plan
     from .report import Report
 
@@ -62,6 +63,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ChannelPruning",
     "DependencyGraph",
     "FilterPruning",
     "GraphpruneError",

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -15,16 +16,18 @@ import onnx
 
 from . import io
 from .cost import cost_of, latency_ms
-from .data import DEFAULT_BATCH, Dataset, open_dataset
+from .data import DEFAULT_BATCH, Dataset, input_specs, open_dataset
 from .dependency import DependencyGraph
 from .dependency import analyze as _analyze
 from .errors import InputError
 from .evaluate import check_labels, evaluate
 from .graph import find_cycle
-from .passes.filter import PLAN_METADATA_KEY, FilterPruning, get_metadata
+from .passes import PruneOutcome
+from .passes.filter import PLAN_METADATA_KEY, get_metadata
+from .passes.finish import COMPENSATE_METADATA_KEY
 from .plan import Plan, plan_from_json, read_plan
 from .report import Report
-from .validation import check_pruned
+from .validation import Exactness, check_pruned
 from .weights import runnable
 
 ModelLike = str | os.PathLike | onnx.ModelProto
@@ -87,6 +90,12 @@ def prune(
     latency: bool = True,
     feeds: dict[str, np.ndarray] | None = None,
     inplace: bool = False,
+    pass_: str = "filter",
+    calib=None,
+    calib_samples: int | None = None,
+    batch_size: int | None = None,
+    compensate: str | None = None,
+    selection: str | None = None,
 ) -> PruneResult:
     """Prune ``model`` and (by default) validate the result against the whole contract.
 
@@ -98,6 +107,14 @@ def prune(
     ``report.passed`` says whether validation held. ``inplace=True`` (only without
     validation, which needs the original) edits ``model`` itself instead
     of a copy, to save memory on large models.
+
+    Data-driven pruning: ``calib`` (a path to an ``.npz`` file or a folder of them, keys =
+    the model's input names, or a :class:`~graphprune.data.Dataset`) feeds the data criteria
+    (``activation``, ``apoz``, ``fluctuation``, ``wanda``), ``compensate`` (``"bias"`` or
+    ``"lstsq"``) and ``pass_="channel"`` (consumer-side selection with least-squares refit;
+    ``selection="greedy"`` or ``"lasso"``). ``calib_samples`` limits the samples used,
+    ``batch_size`` the samples per onnxruntime run. Fidelity is then measured on the first
+    batch of ``calib`` (unless ``feeds`` are given).
     """
     if inplace and validate:
         raise InputError("inplace pruning cannot be validated: the original is needed for the reference")
@@ -106,7 +123,7 @@ def prune(
     if plan is not None and not isinstance(plan, dict):
         plan_source = str(plan)
         plan = read_plan(plan)
-    pass_ = FilterPruning(
+    options = dict(
         ratio=ratio,
         criterion=criterion,
         global_threshold=global_threshold,
@@ -115,16 +132,66 @@ def prune(
         ignore=tuple(ignore),
         seed=seed,
         plan=plan,
-        plan_source=plan_source,
+        plan_source=plan_source if plan is not None else None,
         units=tuple(units),
+        calib=calib,
+        calib_samples=calib_samples,
+        batch_size=batch_size,
+        compensate=compensate,
+        selection=selection,
     )
-    deps = _analyze(original, inexact=pass_.inexact)
+    pass_ = make_pass(pass_, **options)
+    data = getattr(pass_, "calib", None)
+    if data is not None and not isinstance(data, Dataset):
+        from dataclasses import replace
+
+        data = open_dataset(data)
+        pass_ = replace(pass_, calib=data)  # indexed once, read by every step
+    deps = _analyze(original, inexact=getattr(pass_, "inexact", False))
     before = cost_of(original, deps.view.shapes)
-    pruned, chosen, details = pass_.run(original, deps, inplace=inplace)
+    if hasattr(pass_, "prune"):
+        outcome = pass_.prune(original, deps, inplace=inplace)
+    else:  # a pass with only run(): no compensation, the original is the reference
+        pruned, chosen, details = pass_.run(original, deps, inplace=inplace)
+        outcome = PruneOutcome(pruned, chosen, deps, original, details)
+    if validate and feeds is None and data is not None:
+        feeds = first_batch(original, data, pass_.batch_size)
     report = _report(
-        original, pruned, details, deps, chosen, validate=validate, latency=latency, feeds=feeds, before=before
+        original,
+        outcome.pruned,
+        outcome.report,
+        outcome.deps,
+        outcome.plan,
+        validate=validate,
+        latency=latency,
+        feeds=feeds,
+        before=before,
+        reference=outcome.reference,
     )
-    return PruneResult(model=pruned, report=report, plan=chosen, deps=deps)
+    return PruneResult(model=outcome.pruned, report=report, plan=outcome.plan, deps=outcome.deps)
+
+
+def make_pass(name: str, **options):
+    """The pass registered as ``name`` (``filter``, ``channel``...), given the options its
+    dataclass has fields for; options left as None keep the pass's defaults."""
+    from dataclasses import fields
+
+    from .passes import PASSES
+
+    if name not in PASSES:
+        raise InputError(f"unknown pass {name!r}; choose from {', '.join(PASSES)}")
+    cls = PASSES[name]
+    names = {f.name for f in fields(cls)}
+    defaults = {k: p.default for k, p in inspect.signature(prune).parameters.items()}
+    unsupported = [k for k, v in options.items() if k not in names and v not in (None, False, (), defaults.get(k))]
+    if unsupported:
+        raise InputError(f"the {name} pass does not take {unsupported[0].replace('_', '-')}")
+    return cls(**{k: v for k, v in options.items() if k in names and v is not None})
+
+
+def first_batch(model: onnx.ModelProto, dataset: Dataset, batch_size: int) -> dict[str, np.ndarray] | None:
+    """The first batch of ``dataset`` as feeds for ``model`` (None if it is empty)."""
+    return next(iter(dataset.batches(input_specs(model), batch_size=batch_size, limit=batch_size)), None)
 
 
 @dataclass
@@ -176,7 +243,6 @@ def run_passes(
     runtime and fidelity are end to end, against the original.
     """
     from .cost import random_feeds
-    from .validation import Exactness
 
     original = load_model(model)
     before = cost_of(original)
@@ -262,15 +328,16 @@ def _step(p, model: onnx.ModelProto):
     from .passes.layer import LayerPruning
     from .validation import masked_reference_bytes
 
-    if isinstance(p, FilterPruning):
-        deps = _analyze(model, inexact=p.inexact)
-        pruned, plan, details = p.run(model, deps)
-        inexact = [g.label for g in deps.groups if "inexact" in g.facts and len(plan.removed(g))]
-        reference = None if inexact else (lambda: masked_reference_bytes(model, deps, plan))
-        return pruned, details, reference, inexact
     if isinstance(p, LayerPruning):
         pruned, chosen, details = p.run(model)
         return pruned, details, (lambda: zeroed_reference_bytes(model, chosen)), []
+    if hasattr(p, "prune"):  # filter and channel passes: a plan over groups, maybe compensated weights
+        deps = _analyze(model, inexact=getattr(p, "inexact", False))
+        outcome = p.prune(model, deps)
+        plan = outcome.plan
+        inexact = [g.label for g in outcome.deps.groups if "inexact" in g.facts and len(plan.removed(g))]
+        reference = None if inexact else (lambda: masked_reference_bytes(outcome.reference, outcome.deps, plan))
+        return outcome.pruned, outcome.report, reference, inexact
     result = p(model)
     return result.model, result.report, None, []
 
@@ -338,6 +405,9 @@ def validate(
         text = get_metadata(new, PLAN_METADATA_KEY)
         plan = json.loads(text) if text else None
         source = f"{pruned} (plan stored in its metadata)" if not isinstance(pruned, onnx.ModelProto) else "stored plan"
+    compensated = get_metadata(new, COMPENSATE_METADATA_KEY)
+    if compensated:
+        plan = None  # the exact reference is the original with compensated weights: not at hand here
     deps = _analyze(orig, inexact=True) if plan is not None else None
     chosen = plan_from_json(plan, deps, source=source) if plan is not None else None
     before = cost_of(orig, deps.view.shapes) if deps is not None else None  # shapes already inferred
@@ -348,6 +418,11 @@ def validate(
     if dataset is not None and key is not None:
         check_labels(dataset, key)  # before the checks and timings, not after them
     report = _report(orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds, before=before)
+    if compensated:
+        report.exact = Exactness(
+            note=f"weights were compensated ({compensated}) from calibration data: the exact reference is the"
+            " compensated original, which only the pruning run has; fidelity measures the pruned model"
+        )
     if dataset is not None and report.runtime["passed"]:
         ev = evaluate(orig, new, dataset, labels=key, batch_size=batch_size)
         report.fidelity, report.accuracy = ev.fidelity, ev.accuracy
@@ -379,7 +454,7 @@ def _validate_layers(orig, new, plan: dict, pruned: ModelLike, *, latency: bool,
     return report
 
 
-def _report(original, pruned, details, deps, plan, *, validate, latency, feeds, before=None) -> Report:
+def _report(original, pruned, details, deps, plan, *, validate, latency, feeds, before=None, reference=None) -> Report:
     # File sizes are filled in by whoever knows the files: measuring an in-memory model
     # would serialize it (a copy of every weight) just for a number.
     before = before or cost_of(original)
@@ -394,7 +469,7 @@ def _report(original, pruned, details, deps, plan, *, validate, latency, feeds, 
     if not validate:
         return report
     with runnable(pruned) as pruned_source:  # a lazy pruned model is written once, for every check
-        v = check_pruned(original, pruned, deps, plan, feeds=feeds, pruned_source=pruned_source)
+        v = check_pruned(original, pruned, deps, plan, feeds=feeds, pruned_source=pruned_source, reference=reference)
         report.validated = True
         report.checker = {"passed": v.checker_ok, "error": v.checker_error}
         report.runtime = {"passed": v.runtime_ok, "error": v.runtime_error}

@@ -30,6 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .criteria import CRITERIA
+    from .passes import PASSES
 
     p = _Parser(prog="graphprune", description="Structured pruning of ONNX models, with proof.")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
@@ -74,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="passes",
         nargs="+",
         default=["filter"],
-        choices=["filter", "layer"],
-        help="passes to run, in order (default: filter); layer removes whole residual blocks y = x + f(x)",
+        choices=list(PASSES),
+        help="passes to run, in order (default: filter). filter: remove output filters ranked by --criterion;"
+        " channel: choose consumers' input channels by reconstruction error on --calib data and refit their"
+        " weights (implies --compensate lstsq); layer: remove whole residual blocks y = x + f(x)",
     )
     pr.add_argument("--remove-blocks", type=int, metavar="N", help="layer pass: how many residual blocks to remove")
     pr.add_argument(
@@ -83,7 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["influence", "weight-norm"],
         help="layer pass: how blocks are ranked (default: influence with --calib, weight-norm without)",
     )
-    pr.add_argument("--calib", metavar="DATA", help="calibration data: an .npz file or a folder of them")
+    pr.add_argument(
+        "--calib",
+        metavar="DATA",
+        help="calibration data: an .npz file (keys = the model's input names, samples on axis 0) or a folder of"
+        " them; needed by the data criteria, --compensate, --pass channel and the influence block criterion;"
+        " fidelity is measured on it",
+    )
+    pr.add_argument("--calib-samples", type=int, metavar="N", help="use at most N samples of --calib")
+    pr.add_argument("--batch-size", type=int, metavar="N", help="samples per onnxruntime run on --calib (default 32)")
+    pr.add_argument(
+        "--compensate",
+        choices=["none", "bias", "lstsq"],
+        help="fold the removed channels' contribution into their consumers: bias (their mean), lstsq (least-squares"
+        " refit of the kept weights); needs --calib (default none; lstsq for --pass channel)",
+    )
+    pr.add_argument(
+        "--selection",
+        choices=["greedy", "lasso"],
+        help="--pass channel: ThiNet greedy selection (default) or He et al. LASSO",
+    )
     pr.add_argument("--plan", help="apply this plan (JSON) instead of --ratio/--criterion")
     pr.add_argument("--save-plan", help="write the plan that was applied (JSON)")
     pr.add_argument("--report", help="write the report (JSON)")
@@ -214,7 +236,6 @@ def _say(args, msg: str) -> None:
 
 def _prune(args) -> int:
     from . import api, io
-    from .passes.filter import FilterPruning
 
     args.committed_before = len(io.committed())  # what an interrupt finds written is this run's
     src, out = Path(args.model), Path(args.output)
@@ -224,16 +245,11 @@ def _prune(args) -> int:
         raise InputError(f"{out}: output exists; use --force to overwrite")
     if out.is_dir():
         raise InputError(f"{out}: output is a directory")
-    if args.passes != ["filter"] or args.remove_blocks is not None:
+    if len(args.passes) > 1 or "layer" in args.passes or args.remove_blocks is not None:
         return _prune_passes(args, src, out)
+    (pass_name,) = args.passes
     # Check the flags before the (possibly long) load.
-    FilterPruning(
-        ratio=args.ratio,
-        criterion=args.criterion,
-        round_to=args.round_to,
-        min_keep=args.min_keep,
-        plan={} if args.plan else None,
-    )
+    api.make_pass(pass_name, **_pass_options(args, plan={} if args.plan else None))
     t0 = time.perf_counter()
     _say(args, f"loading {src} ...")
     model = api.load_model(src)
@@ -243,15 +259,8 @@ def _prune(args) -> int:
     _say(args, f"{steps} ({len(model.graph.node)} nodes) ...")
     result = api.prune(
         model,
-        ratio=args.ratio,
-        criterion=args.criterion,
-        global_threshold=args.global_threshold,
-        round_to=args.round_to,
-        min_keep=args.min_keep,
-        ignore=tuple(args.ignore),
-        plan=args.plan,
-        seed=args.seed,
-        units=tuple(args.unit),
+        **_pass_options(args, plan=args.plan),
+        pass_=pass_name,
         validate=not args.no_validate,
         latency=not args.no_latency,
         inplace=args.no_validate,  # nothing needs the original afterwards: save a copy
@@ -280,7 +289,6 @@ def _prune(args) -> int:
 def _prune_passes(args, src: Path, out: Path) -> int:
     """``prune --pass ...``: several passes in order, or the layer pass."""
     from . import api, io
-    from .passes.filter import FilterPruning
     from .passes.layer import LayerPruning
 
     if "layer" in args.passes and args.remove_blocks is None:
@@ -298,18 +306,7 @@ def _prune_passes(args, src: Path, out: Path) -> int:
                 LayerPruning(remove_blocks=args.remove_blocks, criterion=args.block_criterion, calib=args.calib)
             )
         else:
-            passes.append(
-                FilterPruning(
-                    ratio=args.ratio,
-                    criterion=args.criterion,
-                    global_threshold=args.global_threshold,
-                    round_to=args.round_to,
-                    min_keep=args.min_keep,
-                    ignore=tuple(args.ignore),
-                    seed=args.seed,
-                    units=tuple(args.unit),
-                )
-            )
+            passes.append(api.make_pass(name, **_pass_options(args, plan=None)))
     if args.calib:
         from .data import open_dataset
 
@@ -339,6 +336,26 @@ def _prune_passes(args, src: Path, out: Path) -> int:
     if failed:
         raise ValidationFailed(_failure(report) + ("" if args.keep_failed else "; output not written"))
     return EXIT_OK
+
+
+def _pass_options(args, plan) -> dict:
+    """The pass options the prune flags give (None: the pass's default)."""
+    return dict(
+        ratio=args.ratio,
+        criterion=args.criterion,
+        global_threshold=args.global_threshold,
+        round_to=args.round_to,
+        min_keep=args.min_keep,
+        ignore=tuple(args.ignore),
+        plan=plan,
+        seed=args.seed,
+        units=tuple(args.unit),
+        calib=args.calib,
+        calib_samples=args.calib_samples,
+        batch_size=args.batch_size,
+        compensate=args.compensate,
+        selection=args.selection,
+    )
 
 
 def _failure(report) -> str:

@@ -103,6 +103,15 @@ class Report:
             lines.append(
                 f"residual blocks: {len(removed)} removed of {p['blocks_found']}" + (f" ({names})" if names else "")
             )
+        if p.get("calibration"):
+            lines.append(f"calibration: {p['calibration']['samples']} samples in {p['calibration']['batches']} batches")
+        comp = p.get("compensate") or {}
+        if comp.get("method", "none") != "none":
+            left = len(comp.get("skipped", {}))
+            lines.append(
+                f"compensation: {comp['method']} on {comp.get('consumers', 0)} consumers"
+                + (f", {left} left as they were (see the report)" if left else "")
+            )
         if not self.validated:
             lines.append("validation: skipped (--no-validate)")
             return "\n".join(lines)

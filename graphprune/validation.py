@@ -7,7 +7,10 @@ The contract (DESIGN.md):
    for float16/bfloat16 outputs: :func:`exact_tolerance`), a *masked reference* built
    independently of the surgery: the original model with the weights that read the
    removed channels set to zero (a removed channel then contributes nothing, and every
-   path it takes ends in such a weight or the group would have been blocked);
+   path it takes ends in such a weight or the group would have been blocked). When
+   compensation changed weights, the reference is built from the compensated original
+   (same removed channels, same new weights), so exactness still means "the surgery did
+   what the plan says";
 4. fidelity against the original: cosine similarity, relative L2 error, top-1 agreement;
 5. cost before and after: parameters, FLOPs, file size, latency.
 
@@ -195,11 +198,15 @@ def check_pruned(
     *,
     feeds: dict[str, np.ndarray] | None = None,
     pruned_source: onnx.ModelProto | str | None = None,
+    reference: onnx.ModelProto | None = None,
 ) -> Validation:
     """Steps 1-4 of the validation contract.
 
     ``pruned_source``: what :func:`~graphprune.weights.runnable` gave for ``pruned``, if the
     caller has it already (a lazy pruned model is then written once for every check).
+    ``reference`` (default ``original``) is the model the exact reference is built from, the
+    one ``deps`` analyses and ``plan`` applies to: the original with compensated weights;
+    fidelity is always measured against ``original``.
     """
     feeds = feeds if feeds is not None else random_feeds(original)
     exact = Exactness()
@@ -225,7 +232,8 @@ def check_pruned(
                 " fidelity measures what they cost",
             )
         elif deps is not None and plan is not None:
-            ref_out = run(masked_reference_bytes(original, deps, plan), feeds)  # lazy: beside the data
+            base = original if reference is None else reference
+            ref_out = run(masked_reference_bytes(base, deps, plan), feeds)  # lazy: beside the data
             diff = rel_diff(pruned_out, ref_out, scale_of=original_out)
             tol = exact_tolerance(pruned_out)
             exact = Exactness(checked=True, passed=diff <= tol, max_rel_diff=diff, tolerance=tol)

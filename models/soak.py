@@ -38,6 +38,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ import onnx
 
 import graphprune
 from graphprune.criteria import CRITERIA
+from graphprune.criteria.data import DATA_CRITERIA
 from models.random_graphs import BLOCKS, MYSTERY_DOMAIN, MYSTERY_OP, random_model
 
 MYSTERY_REASON = f"no rule for {MYSTERY_DOMAIN}.{MYSTERY_OP}"
@@ -112,6 +114,15 @@ def draw_settings(seed: int) -> Settings:
     )
 
 
+def calibration_file(model: onnx.ModelProto, path: Path, samples: int = 4) -> Path:
+    """Seeded random samples for ``model``'s inputs, saved as an ``.npz`` (keys = input names)."""
+    from graphprune.cost import random_feeds
+
+    feeds = [random_feeds(model, seed=k) for k in range(samples)]
+    np.savez(path, **{name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]})
+    return path
+
+
 def mystery_tensors(model: onnx.ModelProto) -> set[str]:
     """Every tensor read or written by a ``custom.test.Mystery`` node."""
     out: set[str] = set()
@@ -163,7 +174,11 @@ def _check(model: onnx.ModelProto, settings: Settings, out: Outcome) -> None:
             if not any(MYSTERY_REASON in r for r in g.reasons):
                 raise _Violation(f"group {g.label} touches a {MYSTERY_OP} node, blocked for: {'; '.join(g.reasons)}")
 
-    result = graphprune.prune(model, latency=False, **settings.kwargs())
+    with tempfile.TemporaryDirectory() as tmp:
+        kwargs = settings.kwargs()
+        if settings.criterion in DATA_CRITERIA:  # data criteria calibrate on a few random samples
+            kwargs["calib"] = calibration_file(model, Path(tmp) / "calib.npz")
+        result = graphprune.prune(model, latency=False, **kwargs)
     report, pruned = result.report, result.model
     out.pruned_groups = report.groups_pruned
     out.max_rel_diff = report.exact.max_rel_diff

@@ -7,24 +7,32 @@ Rules:
    threshold (each group's scores average 1).
 3. Magnitude criteria use the weights that make ("out") and read ("in") the channel;
    a group with neither falls back to its per-channel parameters.
+4. Data criteria (``criteria/data.py``) read calibration statistics from the context; a
+   group without them falls back visibly (``ScoreContext.fell_back``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..dependency import DependencyGraph, Group, Member
 from ..weights import drop_pages
 
+if TYPE_CHECKING:
+    from ..calibrate import Statistics
+
 
 @dataclass
 class ScoreContext:
-    """What a criterion may need besides the group: a seed, and a place for notes."""
+    """What a criterion may need besides the group: a seed, calibration statistics (data
+    criteria), and a place for notes."""
 
     seed: int = 0
+    stats: Statistics | None = None
     fallbacks: dict[str, int] = field(default_factory=dict)
     _entry_cache: dict[tuple[str, int, str], np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -102,12 +110,15 @@ def magnitude_members(group: Group) -> list[Member]:
     return ms or group.weights("param")
 
 
-def score_groups(deps: DependencyGraph, name: str, *, seed: int = 0) -> tuple[dict[int, np.ndarray], ScoreContext]:
-    """Scores of every prunable group under criterion ``name``."""
+def score_groups(
+    deps: DependencyGraph, name: str, *, seed: int = 0, stats: Statistics | None = None
+) -> tuple[dict[int, np.ndarray], ScoreContext]:
+    """Scores of every prunable group under criterion ``name`` (``stats``: calibration, for
+    the data criteria)."""
     fn = CRITERIA[name]
-    ctx = ScoreContext(seed=seed)
+    ctx = ScoreContext(seed=seed, stats=stats)
     scores = {g.id: np.asarray(fn(g, deps, ctx), dtype=np.float64) for g in deps.prunable_groups()}
     return scores, ctx
 
 
-from . import magnitude  # noqa: E402,F401
+from . import data, magnitude  # noqa: E402,F401

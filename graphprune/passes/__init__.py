@@ -22,6 +22,19 @@ class PassResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class PruneOutcome:
+    """A pruning pass's full result, for validation: ``plan`` applies to ``deps``, the
+    analysis of ``reference`` (the original, or the original with compensated weights),
+    from which the exact reference is built."""
+
+    pruned: onnx.ModelProto
+    plan: Any  # Plan
+    deps: Any  # DependencyGraph
+    reference: onnx.ModelProto
+    report: dict[str, Any] = field(default_factory=dict)
+
+
 class Pass(Protocol):
     def __call__(self, model: onnx.ModelProto) -> PassResult: ...
 
@@ -48,7 +61,25 @@ class Pipeline(TransformMixin):
         return PassResult(model, {"passes": reports})
 
 
+from .channel import ChannelPruning  # noqa: E402
 from .filter import FilterPruning  # noqa: E402
 from .layer import LayerPruning  # noqa: E402
 
-__all__ = ["FilterPruning", "LayerPruning", "Pass", "PassResult", "Pipeline"]
+# ``--pass NAME``: one line per pass. The CLI and ``graphprune.prune`` give each pass the
+# options its dataclass has fields for.
+PASSES: dict[str, type] = {
+    "filter": FilterPruning,
+    "channel": ChannelPruning,
+    "layer": LayerPruning,
+}
+
+__all__ = [
+    "PASSES",
+    "ChannelPruning",
+    "FilterPruning",
+    "LayerPruning",
+    "Pass",
+    "PassResult",
+    "Pipeline",
+    "PruneOutcome",
+]

@@ -1,21 +1,29 @@
-"""Filter pruning: remove output filters ranked by a criterion; everything coupled follows."""
+"""Filter pruning: remove output filters ranked by a criterion; everything coupled follows.
+
+With calibration data (``calib``) the data criteria (``activation``, ``apoz``,
+``fluctuation``, ``wanda``) can rank, and ``compensate`` (``bias`` or ``lstsq``) folds what
+the removed channels contributed back into their consumers' weights.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 
 from ..allocate import allocate, protected
+from ..calibrate import Statistics
 from ..criteria import CRITERIA, score_groups
+from ..criteria.data import DATA_CRITERIA
+from ..data import DEFAULT_BATCH
 from ..dependency import DependencyGraph, analyze
 from ..errors import InputError
 from ..plan import Plan, plan_from_json
-from ..surgery import apply_plan
-from . import PassResult, TransformMixin
+from . import PassResult, PruneOutcome, TransformMixin
+from .finish import PLAN_METADATA_KEY, check_data_options, finish, get_metadata, measure, set_metadata
 
-PLAN_METADATA_KEY = "graphprune.plan"
+__all__ = ["FilterPruning", "PLAN_METADATA_KEY", "get_metadata", "set_metadata"]
 UNITS = ("heads", "mlp", "channels", "hidden")
 DEFAULT_UNITS = ("heads", "mlp", "channels")  # hidden width is inexact: only when asked for
 
@@ -39,6 +47,10 @@ class FilterPruning(TransformMixin):
     plan: dict | None = None
     plan_source: str = "plan"  # names the plan in error messages (its file, usually)
     units: tuple[str, ...] = ()  # prune only groups of these units (heads, mlp, channels); () = all
+    compensate: str = "none"  # none | bias | lstsq (needs calib)
+    calib: Any = None  # calibration data: a Dataset, or a path to an .npz file or a folder of them
+    calib_samples: int | None = None  # use at most this many samples of calib
+    batch_size: int = DEFAULT_BATCH
 
     def __post_init__(self) -> None:
         if self.plan is None:
@@ -46,6 +58,9 @@ class FilterPruning(TransformMixin):
                 raise InputError(f"ratio must be between 0 and 1 (exclusive), got {self.ratio}")
             if self.criterion not in CRITERIA:
                 raise InputError(f"unknown criterion {self.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
+        needs_data = self.plan is None and self.criterion in DATA_CRITERIA
+        what = f"criterion {self.criterion!r}"
+        check_data_options(what, self.compensate, self.calib, needs_data, self.batch_size, self.calib_samples)
         unknown = set(self.units) - set(UNITS)
         if unknown:
             raise InputError(f"unknown unit {sorted(unknown)[0]!r}; choose from {', '.join(UNITS)}")
@@ -56,8 +71,8 @@ class FilterPruning(TransformMixin):
 
     def __call__(self, model: onnx.ModelProto) -> PassResult:
         deps = analyze(model, inexact=self.inexact)
-        pruned, plan, report = self.run(model, deps)
-        return PassResult(pruned, report)
+        outcome = self.prune(model, deps)
+        return PassResult(outcome.pruned, outcome.report)
 
     @property
     def inexact(self) -> bool:
@@ -65,11 +80,12 @@ class FilterPruning(TransformMixin):
         (which may name such groups)."""
         return "hidden" in self.units or self.plan is not None
 
-    def choose(self, deps: DependencyGraph) -> tuple[Plan, dict]:
-        """The plan this pass would apply to ``deps``, and notes for the report."""
+    def choose(self, deps: DependencyGraph, stats: Statistics | None = None) -> tuple[Plan, dict]:
+        """The plan this pass would apply to ``deps``, and notes for the report (``stats``:
+        calibration statistics for a data criterion)."""
         if self.plan is not None:
             return plan_from_json(self.plan, deps, source=self.plan_source), {"source": self.plan_source}
-        scores, ctx = score_groups(deps, self.criterion, seed=self.seed)
+        scores, ctx = score_groups(deps, self.criterion, seed=self.seed, stats=stats)
         units = self.units or DEFAULT_UNITS
         scores = {gid: s for gid, s in scores.items() if deps.groups[gid].unit in units}
         plan = allocate(
@@ -85,11 +101,18 @@ class FilterPruning(TransformMixin):
 
     def run(self, model: onnx.ModelProto, deps: DependencyGraph, *, inplace: bool = False):
         """Plan and surgery on an analysed model: ``(pruned, plan, report)``."""
-        plan, notes = self.choose(deps)
-        plan_json = plan.to_json(deps)
-        pruned = apply_plan(model, deps, plan, inplace=inplace)
-        set_metadata(pruned, PLAN_METADATA_KEY, json.dumps(plan_json, separators=(",", ":")))
-        return pruned, plan, self.report(deps, plan, notes)
+        outcome = self.prune(model, deps, inplace=inplace)
+        return outcome.pruned, outcome.plan, outcome.report
+
+    def prune(self, model: onnx.ModelProto, deps: DependencyGraph, *, inplace: bool = False) -> PruneOutcome:
+        """Calibrate (if the criterion needs data), plan, compensate (if asked) and cut."""
+        stats = None
+        if self.plan is None and self.criterion in DATA_CRITERIA:
+            stats = measure(self, model, deps, {"channels"})
+        plan, notes = self.choose(deps, stats)
+        outcome, data_notes = finish(self, model, deps, plan, stats, inplace=inplace, inexact=self.inexact)
+        outcome.report = {**self.report(deps, plan, notes), **data_notes}
+        return outcome
 
     def report(self, deps: DependencyGraph, plan: Plan, notes: dict) -> dict:
         skipped = protected(deps, self.ignore)
@@ -110,16 +133,3 @@ class FilterPruning(TransformMixin):
             "blocked_reasons": deps.blocked_counts(),
             **notes,
         }
-
-
-def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
-    for prop in model.metadata_props:
-        if prop.key == key:
-            prop.value = value
-            return
-    entry = model.metadata_props.add()
-    entry.key, entry.value = key, value
-
-
-def get_metadata(model: onnx.ModelProto, key: str) -> str | None:
-    return next((p.value for p in model.metadata_props if p.key == key), None)

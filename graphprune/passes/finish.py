@@ -1,0 +1,108 @@
+"""The last steps every pruning pass shares: compensation (optional), surgery, metadata.
+
+The pruned model carries its plan (``graphprune.plan``) and, when weights were compensated,
+the method (``graphprune.compensate``): a later ``graphprune validate`` against the plain
+original then knows that exactness cannot be checked without the calibration data.
+"""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+
+from ..calibrate import DEFAULT_MAX_ROWS, Statistics, as_dataset, calibrate
+from ..compensate import DEFAULT_RIDGE, METHODS, compensated_plan
+from ..dependency import DependencyGraph
+from ..errors import InputError
+from ..plan import Plan
+from ..surgery import apply_plan, removed_entries
+from . import PruneOutcome
+
+PLAN_METADATA_KEY = "graphprune.plan"
+COMPENSATE_METADATA_KEY = "graphprune.compensate"
+
+
+def check_data_options(name: str, compensate: str, calib, needs_data: bool, batch_size: int, calib_samples) -> None:
+    """Usage errors of the data options, before any work is done."""
+    if compensate not in METHODS:
+        raise InputError(f"unknown compensation {compensate!r}; choose from {', '.join(METHODS)}")
+    if calib is None and (needs_data or compensate != "none"):
+        what = f"compensation {compensate!r}" if compensate != "none" and not needs_data else name
+        raise InputError(f"{what} needs calibration data: give --calib DATA (an .npz file or a folder of them)")
+    if batch_size < 1:
+        raise InputError(f"batch size must be a positive integer, got {batch_size}")
+    if calib_samples is not None and calib_samples < 1:
+        raise InputError(f"calib-samples must be a positive integer, got {calib_samples}")
+
+
+def measure(pass_, model: onnx.ModelProto, deps: DependencyGraph, want, nodes=None) -> Statistics:
+    """Calibrate ``model`` on the pass's data (``calib``, ``calib_samples``, ``batch_size``)."""
+    return calibrate(
+        model,
+        deps,
+        as_dataset(pass_.calib),
+        want=want,
+        nodes=nodes,
+        batch_size=pass_.batch_size,
+        limit=pass_.calib_samples,
+        seed=pass_.seed,
+        max_rows=getattr(pass_, "max_rows", DEFAULT_MAX_ROWS),
+    )
+
+
+def consumers_losing(deps: DependencyGraph, plan: Plan) -> set[int]:
+    """Node indices of the consumers whose input loses entries under ``plan``."""
+    removed = removed_entries(deps, plan)
+    return {i for i, dim in deps.contractions if len(removed.get(dim, ())) > 0}
+
+
+def finish(
+    pass_,
+    model: onnx.ModelProto,
+    deps: DependencyGraph,
+    plan: Plan,
+    stats: Statistics | None,
+    *,
+    inplace: bool = False,
+    inexact: bool = False,
+) -> tuple[PruneOutcome, dict]:
+    """Compensate (as ``pass_.compensate`` says, measuring what is still missing), apply the
+    plan and record it; returns the outcome and the report's data notes."""
+    method = getattr(pass_, "compensate", "none")
+    ridge = getattr(pass_, "ridge", DEFAULT_RIDGE)
+    notes: dict = {"compensate": {"method": method}, "calibration": None}
+    reference, ref_deps, ref_plan = model, deps, plan
+    if method != "none" and plan.removals:
+        nodes = consumers_losing(deps, plan)
+        want = {"channels"} | ({"gram"} if method == "lstsq" else set())
+        have_grams = stats is not None and all(i in stats.grams or i in stats.skipped for i in nodes)
+        have_channels = stats is not None and all(
+            (c.data, c.axis) in stats.channels for i, c in stats.consumers.items() if i in nodes
+        )
+        if stats is None or not have_channels or ("gram" in want and not have_grams):
+            more = measure(pass_, model, deps, want, nodes=nodes)
+            stats = more if stats is None else stats.merged(more)
+        comp, ref_deps, ref_plan = compensated_plan(model, deps, plan, stats, method, ridge=ridge, inexact=inexact)
+        reference = comp.model
+        notes["compensate"] = comp.summary()
+    if stats is not None:
+        notes["calibration"] = stats.summary()
+    pruned = apply_plan(reference, ref_deps, ref_plan, inplace=inplace)
+    set_metadata(pruned, PLAN_METADATA_KEY, json.dumps(ref_plan.to_json(ref_deps), separators=(",", ":")))
+    if reference is not model:
+        set_metadata(pruned, COMPENSATE_METADATA_KEY, method)
+    return PruneOutcome(pruned, ref_plan, ref_deps, reference), notes
+
+
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, value
+
+
+def get_metadata(model: onnx.ModelProto, key: str) -> str | None:
+    return next((p.value for p in model.metadata_props if p.key == key), None)
