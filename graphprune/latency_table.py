@@ -1,0 +1,434 @@
+"""Per-layer latency tables, measured with onnxruntime on this machine, and the latency
+model they give a plan.
+
+Rules:
+1. A *layer* is a Conv, a Gemm or a MatMul with a constant weight whose input or output
+   channel axis belongs to a prunable group. Each is measured alone: a one-node model with
+   the same op, attributes, spatial sizes and weight shape, with the channel counts on a grid
+   (multiples of 8 up to the full width, at most ``max_points`` of them, plus the full width):
+   one curve over input channels (output full), one over output channels (input full); a
+   depthwise Conv has one curve over both. Latency is the median of ``repeats`` runs with
+   ``threads`` intra-op threads, less the cost of running an empty model.
+2. Layers with the same configuration (resnet repeats its blocks) are measured once.
+3. The latency of a layer at ``(c_in, c_out)`` is ``T_in(c_in) * T_out(c_out) / T_full``
+   (curves interpolated between grid points); the model's latency is the measured latency of
+   the whole model, less the layers at full width, plus the layers at their pruned widths.
+4. A table is cached as JSON (written atomically), keyed by a hash of the graph's structure
+   (ops, attributes, tensor names and shapes, not weight values), the machine, the
+   onnxruntime version, the threads and the grid; a table whose key differs is measured again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .costmodel import CostModel
+from .dependency import DependencyGraph
+
+FORMAT = "graphprune-latency-v1"
+Progress = Callable[[str], None]
+
+
+def grid(width: int, max_points: int = 12) -> list[int]:
+    """Channel counts a curve is measured at: multiples of a step (8 or a multiple of 8, so at
+    most ``max_points`` counts; 1 for widths under 16) below ``width``, and ``width``."""
+    if width < 16:
+        step = max(1, math.ceil(width / max_points))
+    else:
+        step = 8 * math.ceil(width / (8 * max_points))
+    return [*range(step, width, step), width]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GRAPHPRUNE_CACHE_DIR") or Path.home() / ".cache" / "graphprune")
+
+
+def machine() -> dict:
+    """What a measurement depends on besides the model."""
+    import onnxruntime as ort
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"machine": platform.machine(), "cpu": cpu, "cpus": os.cpu_count(), "onnxruntime": ort.__version__}
+
+
+def structure_hash(model: onnx.ModelProto) -> str:
+    """A hash of what latency depends on: ops, attributes, names and shapes (not weight values)."""
+    h = hashlib.sha256()
+    g = model.graph
+    for n in g.node:
+        h.update(f"{n.domain}:{n.op_type}|{','.join(n.input)}|{','.join(n.output)}".encode())
+        for a in n.attribute:
+            h.update(a.SerializeToString())
+    for t in g.initializer:
+        h.update(f"{t.name}:{t.data_type}:{list(t.dims)}".encode())
+    for vi in list(g.input) + list(g.output):
+        h.update(vi.SerializeToString())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- layers
+
+
+@dataclass
+class Layer:
+    """One measured node: where its channel axes are, and its curves (counts -> ms)."""
+
+    node: str
+    config: str  # JSON of what the measurement depends on; equal configs are measured once
+    dim_in: tuple[str, int] | None  # the tensor axis of its input channels, if prunable
+    dim_out: tuple[str, int] | None
+    full_in: int
+    full_out: int
+    depthwise: bool = False
+    curves: dict[str, dict[str, list]] = field(default_factory=dict)  # "in"/"out"/"both" -> counts, ms
+    full_ms: float = 0.0
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: _jsonable(helper.get_attribute_value(a)) for a in node.attribute}
+
+
+def _jsonable(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, int | float | str):
+        return v
+    return str(v)
+
+
+def find_layers(deps: DependencyGraph, cm: CostModel) -> list[Layer]:
+    """The layers of rule 1, with their configurations."""
+    mv = deps.view
+    out = []
+    for i, node in enumerate(mv.nodes):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        if len(node.input) < 2 or node.input[1] not in mv.initializers:
+            continue
+        x, w, y = node.input[0], node.input[1], node.output[0]
+        xs, ws, ys = mv.shapes.get(x), mv.shapes.get(w), mv.shapes.get(y)
+        if not xs or not ws or not ys or any(d is None for d in (*xs, *ws, *ys)):
+            continue
+        attrs = _attrs(node)
+        if node.op_type == "Conv":
+            ax_in, ax_out = (x, 1), (y, 1)
+        elif node.op_type == "Gemm":
+            if attrs.get("transA", 0) or len(xs) != 2:
+                continue
+            ax_in, ax_out = (x, 1), (y, 1)
+        else:
+            if len(ws) != 2:
+                continue
+            ax_in, ax_out = (x, len(xs) - 1), (y, len(ys) - 1)
+        rin, rout = cm.dim_row(*ax_in), cm.dim_row(*ax_out)
+        if rin is None and rout is None:
+            continue
+        group = attrs.get("group", 1)
+        depthwise = node.op_type == "Conv" and group > 1 and group == xs[1] == ys[1] and ws[1] == 1
+        if node.op_type == "Conv" and group > 1 and not depthwise:
+            continue  # grouped convs keep their group count: not modelled (they count at full width)
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        config = json.dumps(
+            [node.op_type, attrs, list(xs), list(ws), has_bias, rin is not None, rout is not None], sort_keys=True
+        )
+        out.append(
+            Layer(
+                node=mv.node_names[i],
+                config=config,
+                dim_in=ax_in if rin is not None else None,
+                dim_out=ax_out if rout is not None else None,
+                full_in=int(xs[ax_in[1]]),
+                full_out=int(ys[ax_out[1]]),
+                depthwise=depthwise,
+            )
+        )
+    return out
+
+
+def layer_model(layer_config: str, c_in: int, c_out: int) -> onnx.ModelProto:
+    """A one-node model of a layer configuration with ``c_in`` input and ``c_out`` output channels."""
+    op, attrs, xs, ws, has_bias, _, _ = json.loads(layer_config)
+    attrs = dict(attrs)
+    xs, ws = list(xs), list(ws)
+    rng = np.random.default_rng(0)
+    if op == "Conv":
+        xs[1] = c_in
+        if attrs.get("group", 1) > 1:  # depthwise: one channel per group
+            attrs["group"] = c_in
+            ws[0] = c_in
+        else:
+            ws[0], ws[1] = c_out, c_in
+        bias = [ws[0]]
+    elif op == "Gemm":
+        xs[1] = c_in
+        ws = [c_out, c_in] if attrs.get("transB", 0) else [c_in, c_out]
+        bias = [c_out]
+    else:
+        xs[-1] = c_in
+        ws = [c_in, c_out]
+        bias = []
+    inits = [helper.make_tensor("W", TensorProto.FLOAT, ws, rng.standard_normal(ws).astype(np.float32).ravel())]
+    inputs = ["X", "W"]
+    if has_bias and bias:
+        inits.append(helper.make_tensor("B", TensorProto.FLOAT, bias, np.zeros(bias, np.float32).ravel()))
+        inputs.append("B")
+    node = helper.make_node(op, inputs, ["Y"], **attrs)
+    graph = helper.make_graph(
+        [node],
+        "layer",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, xs)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _run_ms(model: onnx.ModelProto, threads: int, repeats: int) -> float:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.random.default_rng(0).standard_normal(_dims(i)).astype(np.float32) for i in sess.get_inputs()}
+    sess.run(None, feeds)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000.0
+
+
+def _dims(arg) -> list[int]:
+    return [d if isinstance(d, int) else 1 for d in arg.shape]
+
+
+def _empty_model() -> onnx.ModelProto:
+    node = helper.make_node("Identity", ["X"], ["Y"])
+    graph = helper.make_graph(
+        [node],
+        "empty",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+# ---------------------------------------------------------------------------- the table
+
+
+@dataclass
+class LatencyTable:
+    """Measured curves of every layer, the whole model's latency, and what they depend on."""
+
+    key: dict
+    model_ms: float
+    layers: list[Layer]
+    measured: int = 0  # single-layer measurements made to build it (0 when read from the cache)
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "key": self.key,
+            "model_ms": self.model_ms,
+            "layers": [
+                {"node": ly.node, "config": ly.config, "full_ms": ly.full_ms, "curves": ly.curves} for ly in self.layers
+            ],
+        }
+
+
+def table_key(model: onnx.ModelProto, threads: int, repeats: int, max_points: int) -> dict:
+    return {
+        "graph": structure_hash(model),
+        **machine(),
+        "threads": threads,
+        "repeats": repeats,
+        "max_points": max_points,
+    }
+
+
+def default_path(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / f"latency-{key['graph'][:12]}-{digest}.json"
+
+
+def latency_table(
+    deps: DependencyGraph,
+    cm: CostModel,
+    *,
+    threads: int = 1,
+    repeats: int = 7,
+    max_points: int = 12,
+    path: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> LatencyTable:
+    """The latency table of ``deps.model``: read from ``path`` (default: the cache directory)
+    when its key matches, else measured and written there."""
+    from .cost import latency_ms
+    from .io import write_text_atomic
+
+    model = deps.model
+    key = table_key(model, threads, repeats, max_points)
+    file = Path(path) if path is not None else default_path(key)
+    layers = find_layers(deps, cm)
+    cached = _read(file)
+    if cached is not None and cached.get("key") == key:
+        by_node = {e["node"]: e for e in cached.get("layers", [])}
+        if all(ly.node in by_node for ly in layers):
+            for ly in layers:
+                ly.curves, ly.full_ms = by_node[ly.node]["curves"], by_node[ly.node]["full_ms"]
+            return LatencyTable(key, float(cached["model_ms"]), layers)
+    say = progress or (lambda _msg: None)
+    configs: dict[str, Layer] = {}
+    for ly in layers:
+        configs.setdefault(ly.config, ly)
+    overhead = _run_ms(_empty_model(), threads, max(repeats, 15))
+    measured: dict[str, tuple[dict, float]] = {}
+    count = 0
+    started = time.perf_counter()
+    for n, (config, ly) in enumerate(configs.items(), 1):
+
+        def ms(c_in: int, c_out: int, config: str = config) -> float:
+            return max(_run_ms(layer_model(config, c_in, c_out), threads, repeats) - overhead, 1e-4)
+
+        curves = {}
+        full = ms(ly.full_in, ly.full_out)
+        if ly.depthwise:
+            counts = grid(ly.full_in, max_points)
+            curves["both"] = {"counts": counts, "ms": [full if c == ly.full_in else ms(c, c) for c in counts]}
+        else:
+            if ly.dim_in is not None:
+                counts = grid(ly.full_in, max_points)
+                curves["in"] = {
+                    "counts": counts,
+                    "ms": [full if c == ly.full_in else ms(c, ly.full_out) for c in counts],
+                }
+            if ly.dim_out is not None:
+                counts = grid(ly.full_out, max_points)
+                curves["out"] = {
+                    "counts": counts,
+                    "ms": [full if c == ly.full_out else ms(ly.full_in, c) for c in counts],
+                }
+        count += 1 + sum(len(c["counts"]) - 1 for c in curves.values())
+        measured[config] = (curves, full)
+        say(f"latency table: {n}/{len(configs)} layer configs measured ({time.perf_counter() - started:.0f}s)")
+    for ly in layers:
+        ly.curves, ly.full_ms = measured[ly.config]
+    model_ms = latency_ms(model, threads=threads, repeats=max(repeats, 10))
+    table = LatencyTable(key, model_ms, layers, measured=count)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(file, json.dumps(table.to_json()) + "\n")
+    return table
+
+
+def _read(file: Path) -> dict | None:
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == FORMAT else None
+
+
+# ---------------------------------------------------------------------------- the model
+
+
+class LatencyModel:
+    """Estimated latency (ms) of a plan, from a table and the cost model's dim sizes (rule 3)."""
+
+    def __init__(self, table: LatencyTable, cm: CostModel):
+        self.cm = cm
+        self.table = table
+        self.layers = []
+        for ly in table.layers:
+            rin = cm.dim_row(*ly.dim_in) if ly.dim_in else None
+            rout = cm.dim_row(*ly.dim_out) if ly.dim_out else None
+            self.layers.append((ly, rin, rout))
+        layers_full = sum(ly.full_ms for ly in table.layers)
+        self.rest_ms = max(table.model_ms - layers_full, 0.0)
+        self.full_ms = float(self.estimate(np.zeros((1, len(cm.group_ids))))[0])
+
+    def estimate(self, removed: np.ndarray) -> np.ndarray:
+        """Estimated latency in ms for each row of ``removed``."""
+        sizes = self.cm.sizes(removed)
+        total = np.full(sizes.shape[0], self.rest_ms)
+        for ly, rin, rout in self.layers:
+            c_in = sizes[:, rin] if rin is not None else np.full(sizes.shape[0], float(ly.full_in))
+            c_out = sizes[:, rout] if rout is not None else np.full(sizes.shape[0], float(ly.full_out))
+            if "both" in ly.curves:
+                total += _curve(ly.curves["both"], c_in)
+                continue
+            t = np.full(sizes.shape[0], ly.full_ms)
+            if "in" in ly.curves:
+                t = t * _curve(ly.curves["in"], c_in) / ly.full_ms
+            if "out" in ly.curves:
+                t = t * _curve(ly.curves["out"], c_out) / ly.full_ms
+            total += t
+        return total
+
+    def fraction(self, removed: np.ndarray) -> np.ndarray:
+        """Estimated latency as a fraction of the unpruned model's."""
+        return self.estimate(removed) / self.full_ms
+
+    def grids(self, deps: DependencyGraph) -> dict[int, np.ndarray]:
+        """Per group, the unit counts on the measurement grid (where the curves' steps are known)."""
+        out = {}
+        for gid in self.cm.group_ids:
+            g = deps.groups[gid]
+            w = max((m.indices.shape[1] for m in g.weights("out")), default=1)
+            counts = np.array(grid(g.size * w))
+            out[gid] = counts[counts % w == 0] // w
+        return out
+
+
+def _curve(curve: dict, c: np.ndarray) -> np.ndarray:
+    return np.interp(c, curve["counts"], curve["ms"])
+
+
+def compare_latency(
+    a: onnx.ModelProto, b: onnx.ModelProto, *, threads: int = 1, repeats: int = 20, warmup: int = 3
+) -> tuple[float, float]:
+    """Median latency (ms) of two models measured in alternation, so that a shared machine's
+    load drifts over both alike and their ratio stays meaningful."""
+    import onnxruntime as ort
+
+    from .cost import random_feeds
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    runs = []
+    for m in (a, b):
+        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        feeds = random_feeds(m)
+        for _ in range(warmup):
+            sess.run(None, feeds)
+        runs.append((sess, feeds, []))
+    for _ in range(repeats):
+        for sess, feeds, times in runs:
+            t = time.perf_counter()
+            sess.run(None, feeds)
+            times.append(time.perf_counter() - t)
+    return statistics.median(runs[0][2]) * 1000.0, statistics.median(runs[1][2]) * 1000.0
