@@ -78,6 +78,13 @@ def prune(
     plan: dict | str | os.PathLike | None = None,
     seed: int = 0,
     units: tuple[str, ...] | list[str] = (),
+    target_flops: float | None = None,
+    target_params: float | None = None,
+    target_latency: float | None = None,
+    objective: str | None = None,
+    latency_table: str | os.PathLike | None = None,
+    threads: int = 1,
+    progress=None,
     validate: bool = True,
     latency: bool = True,
     feeds: dict[str, np.ndarray] | None = None,
@@ -112,6 +119,13 @@ def prune(
         plan=plan,
         plan_source=plan_source,
         units=tuple(units),
+        target_flops=target_flops,
+        target_params=target_params,
+        target_latency=target_latency,
+        objective=objective,
+        latency_table=None if latency_table is None else os.fspath(latency_table),
+        threads=threads,
+        progress=progress,
     )
     deps = _analyze(original, inexact=pass_.inexact)
     before = cost_of(original, deps.view.shapes)

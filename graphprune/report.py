@@ -95,6 +95,13 @@ class Report:
                 f"groups: {p.get('groups_pruned', 0)} pruned of {p.get('groups_prunable', 0)} prunable,"
                 f" {p.get('groups_blocked', 0)} blocked, {p.get('channels_removed', 0)} channels removed"
             )
+        if p.get("target"):
+            t = p["target"]
+            how = " (measured)" if "latency_measured" in p else ""
+            lines.append(
+                f"target: keep {t['fraction']:.3f} of {t['metric']}, reached {p['reached']:.3f}{how}"
+                f" (objective: {p.get('objective')})"
+            )
         if not self.validated:
             lines.append("validation: skipped (--no-validate)")
             return "\n".join(lines)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import onnx
 
-from ..allocate import allocate, protected
+from ..allocate import TargetResult, allocate, allocate_to_target, protected
 from ..criteria import CRITERIA, score_groups
 from ..dependency import DependencyGraph, analyze
 from ..errors import InputError
@@ -18,6 +19,8 @@ from . import PassResult, TransformMixin
 PLAN_METADATA_KEY = "graphprune.plan"
 UNITS = ("heads", "mlp", "channels", "hidden")
 DEFAULT_UNITS = ("heads", "mlp", "channels")  # hidden width is inexact: only when asked for
+OBJECTIVES = ("flops", "params", "latency")
+LATENCY_TOLERANCE = 0.05  # a latency target is met when the measured ratio is within 5% of it
 
 
 @dataclass(frozen=True)
@@ -25,8 +28,13 @@ class FilterPruning(TransformMixin):
     """Remove the lowest-scoring ``ratio`` of every prunable group (or by one global threshold).
 
     ``plan`` (a plan's JSON object) replaces scoring and allocation: its removals are
-    applied as they are. The pruned model carries its plan in ``metadata_props`` under
-    ``graphprune.plan``, so it can be validated later against the original.
+    applied as they are. A target (``target_flops``, ``target_params`` or ``target_latency``:
+    the fraction of the original to keep) replaces ``ratio``: allocation prices each group's
+    units by the ``objective`` they save (default: the target's own metric); latency comes
+    from a per-layer table measured on this machine (cached, ``latency_table`` names the file),
+    and a latency target is checked, and corrected, by timing the pruned model.
+    The pruned model carries its plan in ``metadata_props`` under ``graphprune.plan``,
+    so it can be validated later against the original.
     """
 
     ratio: float = 0.5
@@ -39,10 +47,32 @@ class FilterPruning(TransformMixin):
     plan: dict | None = None
     plan_source: str = "plan"  # names the plan in error messages (its file, usually)
     units: tuple[str, ...] = ()  # prune only groups of these units (heads, mlp, channels); () = all
+    target_flops: float | None = None
+    target_params: float | None = None
+    target_latency: float | None = None
+    objective: str | None = None  # flops | params | latency: what a unit's removal saves
+    latency_table: str | None = None  # the table's file (default: the cache directory)
+    threads: int = 1  # onnxruntime intra-op threads for latency tables and timing
+    progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        targets = {k: v for k, v in self.targets.items() if v is not None}
+        if len(targets) > 1:
+            raise InputError(f"choose one target, not {' and '.join('--target-' + k for k in targets)}")
+        for k, v in targets.items():
+            if not 0.0 < v < 1.0:
+                raise InputError(f"target-{k} must be between 0 and 1 (exclusive), got {v}")
+        if targets and self.plan is not None:
+            raise InputError("a plan replaces allocation: it cannot be combined with a target")
+        if self.objective is not None:
+            if self.objective not in OBJECTIVES:
+                raise InputError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
+            if not targets:
+                raise InputError("objective needs a target (target-flops, target-params or target-latency)")
+        if self.threads < 1:
+            raise InputError(f"threads must be a positive integer, got {self.threads}")
         if self.plan is None:
-            if not 0.0 < self.ratio < 1.0:
+            if not targets and not 0.0 < self.ratio < 1.0:
                 raise InputError(f"ratio must be between 0 and 1 (exclusive), got {self.ratio}")
             if self.criterion not in CRITERIA:
                 raise InputError(f"unknown criterion {self.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
@@ -53,6 +83,15 @@ class FilterPruning(TransformMixin):
             raise InputError(f"round-to must be a positive integer, got {self.round_to}")
         if self.min_keep < 1:
             raise InputError(f"min-keep must be a positive integer, got {self.min_keep}")
+
+    @property
+    def targets(self) -> dict[str, float | None]:
+        return {"flops": self.target_flops, "params": self.target_params, "latency": self.target_latency}
+
+    @property
+    def target(self) -> tuple[str, float] | None:
+        """The target's metric and fraction, if there is one."""
+        return next(((k, v) for k, v in self.targets.items() if v is not None), None)
 
     def __call__(self, model: onnx.ModelProto) -> PassResult:
         deps = analyze(model, inexact=self.inexact)
@@ -65,13 +104,17 @@ class FilterPruning(TransformMixin):
         (which may name such groups)."""
         return "hidden" in self.units or self.plan is not None
 
-    def choose(self, deps: DependencyGraph) -> tuple[Plan, dict]:
-        """The plan this pass would apply to ``deps``, and notes for the report."""
+    def choose(self, deps: DependencyGraph, *, goal: float | None = None) -> tuple[Plan, dict]:
+        """The plan this pass would apply to ``deps``, and notes for the report. ``goal``
+        overrides the fraction a target asks of its cost model (to correct a latency estimate)."""
         if self.plan is not None:
             return plan_from_json(self.plan, deps, source=self.plan_source), {"source": self.plan_source}
         scores, ctx = score_groups(deps, self.criterion, seed=self.seed)
         units = self.units or DEFAULT_UNITS
         scores = {gid: s for gid, s in scores.items() if deps.groups[gid].unit in units}
+        if self.target is not None:
+            result, notes = self._to_target(deps, scores, goal)
+            return result.plan, {"criterion_fallbacks": dict(ctx.fallbacks), **notes}
         plan = allocate(
             deps,
             scores,
@@ -83,12 +126,81 @@ class FilterPruning(TransformMixin):
         )
         return plan, {"criterion_fallbacks": dict(ctx.fallbacks)}
 
+    def _to_target(self, deps: DependencyGraph, scores: dict, goal: float | None) -> tuple[TargetResult, dict]:
+        from ..costmodel import CostModel
+
+        metric, fraction = self.target  # type: ignore[misc]
+        objective = self.objective or metric
+        cm = CostModel(deps)
+        costs = {
+            "flops": lambda r: cm.flops(r) / max(cm.flops_before, 1),
+            "params": lambda r: cm.params(r) / max(cm.params_before, 1),
+        }
+        notes: dict = {"target": {"metric": metric, "fraction": fraction}, "objective": objective}
+        grids = None
+        if "latency" in (metric, objective):
+            from ..latency_table import LatencyModel, latency_table
+
+            table = latency_table(deps, cm, threads=self.threads, path=self.latency_table, progress=self.progress)
+            lm = LatencyModel(table, cm)
+            costs["latency"] = lm.fraction
+            notes["latency_table"] = {
+                "layers": len(table.layers),
+                "configs": len({ly.config for ly in table.layers}),
+                "measured_now": table.measured,
+                "model_ms": round(table.model_ms, 3),
+                "threads": self.threads,
+            }
+            if objective == "latency":
+                grids = lm.grids(deps)
+        result = allocate_to_target(
+            deps,
+            scores,
+            fraction if goal is None else goal,
+            costs[metric],
+            cm.group_ids,
+            objective=costs[objective],
+            grids=grids,
+            round_to=self.round_to,
+            min_keep=self.min_keep,
+            ignore=self.ignore,
+        )
+        notes["reached"] = round(result.reached, 5)
+        if metric == "latency":
+            notes["reached_estimate"] = notes["reached"]
+        return result, notes
+
     def run(self, model: onnx.ModelProto, deps: DependencyGraph, *, inplace: bool = False):
         """Plan and surgery on an analysed model: ``(pruned, plan, report)``."""
         plan, notes = self.choose(deps)
+        if self.target_latency is not None:
+            return self._run_latency(model, deps, plan, notes, inplace=inplace)
         plan_json = plan.to_json(deps)
         pruned = apply_plan(model, deps, plan, inplace=inplace)
         set_metadata(pruned, PLAN_METADATA_KEY, json.dumps(plan_json, separators=(",", ":")))
+        return pruned, plan, self.report(deps, plan, notes)
+
+    def _run_latency(self, model, deps, plan, notes, *, inplace: bool):
+        """Surgery for a latency target: time the pruned model against the original and, while
+        the measured ratio misses the target by more than 5%, scale the estimate's goal by the
+        miss and allocate again (twice at most)."""
+        from ..latency_table import compare_latency
+
+        target = float(self.target_latency)  # type: ignore[arg-type]
+        goal = target
+        tries = []
+        for attempt in range(3):
+            pruned = apply_plan(model, deps, plan)
+            before, after = compare_latency(model, pruned, threads=self.threads)
+            ratio = after / before
+            tries.append({"goal": round(goal, 5), "estimate": notes["reached_estimate"], "measured": round(ratio, 5)})
+            if abs(ratio / target - 1) <= LATENCY_TOLERANCE or attempt == 2:
+                break
+            goal = min(max(goal * target / ratio, 0.01), 0.99)
+            plan, notes = self.choose(deps, goal=goal)
+        notes["reached"] = round(ratio, 5)
+        notes["latency_measured"] = {"before_ms": round(before, 3), "after_ms": round(after, 3), "tries": tries}
+        set_metadata(pruned, PLAN_METADATA_KEY, json.dumps(plan.to_json(deps), separators=(",", ":")))
         return pruned, plan, self.report(deps, plan, notes)
 
     def report(self, deps: DependencyGraph, plan: Plan, notes: dict) -> dict:
@@ -96,7 +208,7 @@ class FilterPruning(TransformMixin):
         blocked = deps.blocked_groups()
         return {
             "criterion": None if self.plan is not None else self.criterion,
-            "ratio": None if self.plan is not None else self.ratio,
+            "ratio": None if self.plan is not None or self.target is not None else self.ratio,
             "global": self.global_threshold,
             "round_to": self.round_to,
             "units": list(self.units or DEFAULT_UNITS),
