@@ -193,9 +193,53 @@ def allocate_to_target(
         candidates += [above, below]
         current = below
     best = min(candidates, key=lambda x: abs(reached(x) - target))
+    best = _settle(best, options, target, cost, objective)
     removals = {}
     for c, _, _, order in options:
         n = int(best[c])
         if n:
             removals[columns[c]] = np.sort(order[:n]).astype(np.int64)
     return TargetResult(Plan(removals), reached(best), best)
+
+
+def _settle(
+    x: np.ndarray, options: list, target: float, cost: CostFn, objective: CostFn, steps: int = 400
+) -> np.ndarray:
+    """Move one group at a time to its next allowed count, toward the target: down, the move
+    that loses the least importance per objective saved; up, the one that restores the most
+    importance per objective spent. Stops at the count nearest the target as it is crossed.
+    The price bisection lands between two plans that can differ by a large step (several groups
+    jump a flat latency step at once): this closes the gap one group step at a time."""
+    for _ in range(steps):
+        now = float(cost(x[None, :])[0])
+        down = now > target
+        rows, lost_delta = [], []
+        for c, r, lost, _ in options:
+            i = int(np.searchsorted(r, x[c]))
+            j = i + 1 if down else i - 1
+            if 0 <= j < len(r):
+                row = x.copy()
+                row[c] = r[j]
+                rows.append(row)
+                lost_delta.append(lost[j] - lost[i])
+        if not rows:
+            return x
+        rows_arr = np.array(rows)
+        saved = float(objective(x[None, :])[0]) - objective(rows_arr)
+        lost_arr = np.array(lost_delta)
+        # down: saved > 0 and lost >= 0, least lost per saved; up: both negative, most restored per spent
+        with np.errstate(divide="ignore", invalid="ignore"):
+            price = (
+                np.where(saved > 0, lost_arr / saved, np.inf)
+                if down
+                else np.where(saved < 0, lost_arr / saved, -np.inf)
+            )
+        k = int(np.argmin(price)) if down else int(np.argmax(price))
+        if not np.isfinite(price[k]):
+            k = int(np.argmin(lost_arr)) if down else int(np.argmax(-lost_arr))
+        nxt = rows_arr[k]
+        after = float(cost(nxt[None, :])[0])
+        if (after > target) != down:  # crossed the target: keep the nearer side
+            return nxt if abs(after - target) < abs(now - target) else x
+        x = nxt
+    return x

@@ -88,4 +88,4 @@ def test_latency_target_reports_what_was_measured(tmp_path):
     m = p["latency_measured"]
     assert m["before_ms"] > 0 and m["after_ms"] > 0
     assert p["reached"] == pytest.approx(m["after_ms"] / m["before_ms"], rel=1e-2)
-    assert 1 <= len(m["tries"]) <= 3
+    assert 1 <= len(m["tries"]) <= 4
