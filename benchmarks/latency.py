@@ -7,8 +7,9 @@ For each zoo model (torchscript export), ratio and round_to:
 - ``uniform``: every group loses ``ratio`` of its units (the plain ``--ratio`` pruning);
 - ``latency-aware``: ``--target-flops`` at the MACs the uniform plan kept, with
   ``--objective latency`` (per-layer latency table measured here first, cached).
-Speed-up is latency before / after (medians of ``--repeats`` runs, original and pruned timed
-in alternation in this process, fixed threads); MACs reduction is MACs before / after;
+Speed-up is latency before / after (medians of at least ``--repeats`` runs and about
+``--seconds`` per model, original and pruned timed in alternation in this process, fixed
+threads); MACs reduction is MACs before / after;
 *realized* = speed-up / MACs reduction (1.0: latency falls as much as MACs). Then each
 ``--latency-targets`` fraction is asked of ``--target-latency`` and the measured fraction
 shown. The machine may be shared: run it more than once and compare.
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="*", default=["resnet50", "mobilenet_v2", "vit_b_16"])
     ap.add_argument("--ratios", nargs="*", type=float, default=[0.25, 0.5, 0.75])
     ap.add_argument("--round-to", nargs="*", type=int, default=[1, 8, 16])
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=20, help="at least this many runs per model and measurement")
+    ap.add_argument("--seconds", type=float, default=3.0, help="and about this long per model and measurement")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--latency-targets", nargs="*", type=float, default=[0.5])
     ap.add_argument("--no-aware", action="store_true", help="skip the latency-aware rows")
@@ -56,19 +58,22 @@ def main(argv: list[str] | None = None) -> int:
         model = zoo.load(name, "torchscript")
         deps = analyze(model)
         flops_before = cost_of(model, deps.view.shapes).flops
+        model_ms = compare_latency(model, model, threads=args.threads, repeats=5)[0]
+        repeats = max(args.repeats, int(args.seconds * 1000 / model_ms))
+        say(f"{name}: {model_ms:.1f} ms, {repeats} runs per measurement")
         for ratio in args.ratios:
             for round_to in args.round_to:
                 t0 = time.perf_counter()
                 uniform = FilterPruning(ratio=ratio, round_to=round_to)
                 pruned, _, _ = uniform.run(model, deps)
-                kept, speedup, realized = measure(model, pruned, flops_before, args.threads, args.repeats)
+                kept, speedup, realized = measure(model, pruned, flops_before, args.threads, repeats)
                 row = [name, ratio, round_to, f"{kept:.3f}", f"{speedup:.2f}", f"{realized:.2f}"]
                 if not args.no_aware:
                     aware = FilterPruning(
                         target_flops=kept, objective="latency", round_to=round_to, threads=args.threads, progress=say
                     )
                     pruned, _, _ = aware.run(model, deps)
-                    kept2, speedup2, realized2 = measure(model, pruned, flops_before, args.threads, args.repeats)
+                    kept2, speedup2, realized2 = measure(model, pruned, flops_before, args.threads, repeats)
                     row += [f"{kept2:.3f}", f"{speedup2:.2f}", f"{realized2:.2f}"]
                 rows.append(tuple(row))
                 say(f"{name} ratio {ratio} round_to {round_to}: {row[3:]} ({time.perf_counter() - t0:.0f}s)")
@@ -82,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     header = ["model", "ratio", "round_to", "MACs kept", "speed-up", "realized"]
     if not args.no_aware:
         header += ["aware MACs kept", "aware speed-up", "aware realized"]
-    print(f"onnxruntime {threads_note(args.threads)}, median of {args.repeats} runs, torchscript exports")
+    runs = f"medians of >= {args.repeats} runs (~{args.seconds:g} s)"
+    print(f"onnxruntime {threads_note(args.threads)}, {runs}, torchscript exports")
     print(grid(tuple(header), rows))
     if target_rows:
         print()
