@@ -89,3 +89,13 @@ def test_latency_target_reports_what_was_measured(tmp_path):
     assert m["before_ms"] > 0 and m["after_ms"] > 0
     assert p["reached"] == pytest.approx(m["after_ms"] / m["before_ms"], rel=1e-2)
     assert 1 <= len(m["tries"]) <= 4
+
+
+def test_a_missed_latency_target_moves_the_goal_by_the_secant_of_the_tries():
+    from graphprune.passes.filter import _next_goal
+
+    # one try: scale the goal by the miss
+    assert _next_goal([{"goal": 0.5, "measured": 0.625}], 0.5) == pytest.approx(0.4)
+    # two tries: the line through them crosses the target at goal 0.45
+    tries = [{"goal": 0.5, "measured": 0.6}, {"goal": 0.4, "measured": 0.4}]
+    assert _next_goal(tries, 0.5) == pytest.approx(0.45)
