@@ -8,7 +8,9 @@ Rules:
    (multiples of 8 up to the full width, at most ``max_points`` of them, plus the full width):
    one curve over input channels (output full), one over output channels (input full); a
    depthwise Conv has one curve over both. Latency is the median of ``repeats`` runs with
-   ``threads`` intra-op threads, less the cost of running an empty model.
+   ``threads`` intra-op threads, the points of a layer timed in interleaved rounds, less the
+   cost of running an empty model; a curve is made non-decreasing (a count measured slower
+   than a larger one is noise).
 2. Layers with the same configuration (resnet repeats its blocks) are measured once.
 3. The latency of a layer at ``(c_in, c_out)`` is ``T_in(c_in) * T_out(c_out) / T_full``
    (curves interpolated between grid points); the model's latency is the measured latency of
@@ -38,7 +40,7 @@ from onnx import TensorProto, helper
 from .costmodel import CostModel
 from .dependency import DependencyGraph
 
-FORMAT = "graphprune-latency-v1"
+FORMAT = "graphprune-latency-v2"
 Progress = Callable[[str], None]
 
 
@@ -203,22 +205,39 @@ def layer_model(layer_config: str, c_in: int, c_out: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def _run_ms(model: onnx.ModelProto, threads: int, repeats: int) -> float:
+def _run_ms(models: list[onnx.ModelProto], threads: int, repeats: int) -> list[float]:
+    """Median latency (ms) of each model, timed in interleaved rounds (one run of each per round):
+    a pause of the process on a shared machine then spoils one run of a few models, not a
+    whole measurement."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    feeds = {i.name: np.random.default_rng(0).standard_normal(_dims(i)).astype(np.float32) for i in sess.get_inputs()}
-    sess.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+    runs = []
+    for model in models:
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        feeds = {i.name: rng.standard_normal(_dims(i)).astype(np.float32) for i in sess.get_inputs()}
         sess.run(None, feeds)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000.0
+        runs.append((sess, feeds, []))
+    for _ in range(repeats):
+        for sess, feeds, times in runs:
+            t = time.perf_counter()
+            sess.run(None, feeds)
+            times.append(time.perf_counter() - t)
+    return [statistics.median(times) * 1000.0 for _, _, times in runs]
+
+
+def _monotone(ms: list[float]) -> list[float]:
+    """A curve over increasing counts made non-decreasing from the top (each point at most the
+    latency of any larger count): more channels are never faster, so a lower count measured
+    slower is noise."""
+    out = list(ms)
+    for i in range(len(out) - 2, -1, -1):
+        out[i] = min(out[i], out[i + 1])
+    return out
 
 
 def _dims(arg) -> list[int]:
@@ -304,35 +323,31 @@ def latency_table(
     configs: dict[str, Layer] = {}
     for ly in layers:
         configs.setdefault(ly.config, ly)
-    overhead = _run_ms(_empty_model(), threads, max(repeats, 15))
+    overhead = _run_ms([_empty_model()], threads, max(repeats, 15))[0]
     measured: dict[str, tuple[dict, float]] = {}
     count = 0
     started = time.perf_counter()
     for n, (config, ly) in enumerate(configs.items(), 1):
-
-        def ms(c_in: int, c_out: int, config: str = config) -> float:
-            return max(_run_ms(layer_model(config, c_in, c_out), threads, repeats) - overhead, 1e-4)
-
-        curves = {}
-        full = ms(ly.full_in, ly.full_out)
+        full = (ly.full_in, ly.full_out)
+        points: dict[str, list[tuple[int, int]]] = {}
         if ly.depthwise:
-            counts = grid(ly.full_in, max_points)
-            curves["both"] = {"counts": counts, "ms": [full if c == ly.full_in else ms(c, c) for c in counts]}
+            points["both"] = [(c, c) for c in grid(ly.full_in, max_points)]
         else:
             if ly.dim_in is not None:
-                counts = grid(ly.full_in, max_points)
-                curves["in"] = {
-                    "counts": counts,
-                    "ms": [full if c == ly.full_in else ms(c, ly.full_out) for c in counts],
-                }
+                points["in"] = [(c, ly.full_out) for c in grid(ly.full_in, max_points)]
             if ly.dim_out is not None:
-                counts = grid(ly.full_out, max_points)
-                curves["out"] = {
-                    "counts": counts,
-                    "ms": [full if c == ly.full_out else ms(ly.full_in, c) for c in counts],
-                }
-        count += 1 + sum(len(c["counts"]) - 1 for c in curves.values())
-        measured[config] = (curves, full)
+                points["out"] = [(ly.full_in, c) for c in grid(ly.full_out, max_points)]
+        unique = list(dict.fromkeys([full, *(p for ps in points.values() for p in ps)]))
+        times = _run_ms([layer_model(config, ci, co) for ci, co in unique], threads, repeats)
+        at = {p: max(t - overhead, 1e-4) for p, t in zip(unique, times, strict=True)}
+        curves = {}
+        for axis, ps in points.items():
+            curves[axis] = {
+                "counts": [p[1] if axis == "out" else p[0] for p in ps],
+                "ms": _monotone([at[p] for p in ps]),
+            }
+        count += len(unique)
+        measured[config] = (curves, at[full])
         say(f"latency table: {n}/{len(configs)} layer configs measured ({time.perf_counter() - started:.0f}s)")
     for ly in layers:
         ly.curves, ly.full_ms = measured[ly.config]
