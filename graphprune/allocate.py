@@ -157,7 +157,11 @@ def allocate_to_target(
         if len(keeps) < 2:
             continue
         order = np.argsort(scores[g.id], kind="stable")
-        lost = np.concatenate([[0.0], np.cumsum(scores[g.id][order])])
+        # a unit weighs its score relative to the width left when it goes (N / (N - i) for the
+        # i-th removed): emptying a layer costs ever more, so a flat importance signal does not
+        # empty the layers where a unit saves the most and leave the others whole
+        weight = g.size / (g.size - np.arange(g.size))
+        lost = np.concatenate([[0.0], np.cumsum(scores[g.id][order] * weight)])
         r = g.size - keeps
         options.append((col[g.id], r, lost[r], order))
     current = np.zeros(len(columns))

@@ -82,11 +82,14 @@ class CostModel:
                 self.coef[self.row[d], col] = w
         base_cost = cost_of(deps.model, shapes)
         self.flops_before, self.params_before = base_cost.flops, base_cost.params
-        self._flops = self._terms(self._flop_factors())
+        flop_factors = self._flop_factors()
+        self._flops = self._terms([f for f, _ in flop_factors])
+        self._other = self._terms([f for f, op in flop_factors if op not in ("Conv", "Gemm", "MatMul")])
         self._params = self._terms(self._param_factors())
         full = self.sizes(np.zeros((1, len(ids))))
         self._flops0 = self._flops.value(full)[0]
         self._params0 = self._params.value(full)[0]
+        self._other0 = self._other.value(full)[0]
 
     # ------------------------------------------------------------------ sizes
     def sizes(self, removed: np.ndarray) -> np.ndarray:
@@ -110,6 +113,13 @@ class CostModel:
     def params(self, removed: np.ndarray) -> np.ndarray:
         """Parameters for each row of ``removed``."""
         return self.params_before + self._params.value(self.sizes(removed)) - self._params0
+
+    def other_fraction(self, removed: np.ndarray) -> np.ndarray:
+        """The MACs of every op but Conv, Gemm and MatMul (activations, pooling, norms: work that
+        follows activation sizes) as a fraction of the original's, for each row of ``removed``."""
+        if not self._other0:
+            return np.ones(np.atleast_2d(removed).shape[0])
+        return self._other.value(self.sizes(removed)) / self._other0
 
     def removed_of(self, removals: dict[int, np.ndarray]) -> np.ndarray:
         """The removal vector of a plan's ``removals`` (group id -> removed indices)."""
@@ -148,7 +158,7 @@ class CostModel:
         s = self.deps.view.shapes.get(tensor) or ()
         return [(tensor, a) for a in range(len(s))]
 
-    def _flop_factors(self) -> list[tuple[float, list[int]]]:
+    def _flop_factors(self) -> list[tuple[tuple[float, list[int]], str]]:
         shapes = self.deps.view.shapes
         out = []
         for node in self.deps.view.nodes:
@@ -180,7 +190,7 @@ class CostModel:
                 continue
             split = self._split(dims, const)
             if split is not None:
-                out.append(split)
+                out.append((split, op))
         return out
 
     def _param_factors(self) -> list[tuple[float, list[int]]]:

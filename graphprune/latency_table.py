@@ -13,8 +13,12 @@ Rules:
    than a larger one is noise).
 2. Layers with the same configuration (resnet repeats its blocks) are measured once.
 3. The latency of a layer at ``(c_in, c_out)`` is ``T_in(c_in) * T_out(c_out) / T_full``
-   (curves interpolated between grid points); the model's latency is the measured latency of
-   the whole model, less the layers at full width, plus the layers at their pruned widths.
+   (curves interpolated between grid points), scaled to the layer's kernel time inside the
+   whole model (onnxruntime's profile, matched by node or fused output name): alone, a layer
+   also pays for layout changes and cache misses the model does not. The model's latency is
+   its measured latency, less the layers at full width (the rest, scaled by the MACs of the
+   other ops: activations, pooling, layout changes follow activation sizes), plus the layers
+   at their pruned widths.
 4. A table is cached as JSON (written atomically), keyed by a hash of the graph's structure
    (ops, attributes, tensor names and shapes, not weight values), the machine, the
    onnxruntime version, the threads and the grid; a table whose key differs is measured again.
@@ -40,7 +44,7 @@ from onnx import TensorProto, helper
 from .costmodel import CostModel
 from .dependency import DependencyGraph
 
-FORMAT = "graphprune-latency-v2"
+FORMAT = "graphprune-latency-v3"
 Progress = Callable[[str], None]
 
 
@@ -102,6 +106,8 @@ class Layer:
     depthwise: bool = False
     curves: dict[str, dict[str, list]] = field(default_factory=dict)  # "in"/"out"/"both" -> counts, ms
     full_ms: float = 0.0
+    context_ms: float | None = None  # its kernel time inside the whole model (profiled), if found
+    outputs: tuple[str, ...] = ()  # its output and those of the ops onnxruntime may fuse into it
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -162,9 +168,73 @@ def find_layers(deps: DependencyGraph, cm: CostModel) -> list[Layer]:
                 full_in=int(xs[ax_in[1]]),
                 full_out=int(ys[ax_out[1]]),
                 depthwise=depthwise,
+                outputs=_fusable_outputs(mv, y),
             )
         )
     return out
+
+
+_FUSABLE = {"Relu", "Clip", "Add", "BatchNormalization", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu"}
+
+
+def _fusable_outputs(mv, y: str) -> tuple[str, ...]:
+    """``y`` and the outputs of the chain of single-consumer activations (and residual Adds)
+    after it: onnxruntime names a fused conv by the last of them."""
+    out = [y]
+    for _ in range(3):
+        users = mv.consumers.get(out[-1], [])
+        if len(users) != 1 or mv.nodes[users[0][0]].op_type not in _FUSABLE:
+            break
+        out.append(mv.nodes[users[0][0]].output[0])
+    return tuple(out)
+
+
+def _in_context(model: onnx.ModelProto, layers: list[Layer], threads: int, runs: int) -> float:
+    """Profile the whole model with onnxruntime: set each layer's ``context_ms`` (median kernel
+    time of the node it became, matched by name) and return the model's median latency."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from .cost import random_feeds
+
+    by_name: dict[str, Layer] = {}
+    for ly in layers:
+        by_name[ly.node] = ly
+        for t in ly.outputs:
+            by_name[t] = ly
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(tmp, "profile")
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        feeds = random_feeds(model)
+        times = []
+        for _ in range(runs + 1):
+            t = time.perf_counter()
+            sess.run(None, feeds)
+            times.append(time.perf_counter() - t)
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    durations: dict[str, list[float]] = {}
+    for e in events:
+        name = e.get("name", "")
+        if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        name = name[: -len("_kernel_time")]
+        name = name[: -len("_nchwc")] if name.endswith("_nchwc") else name
+        if name in by_name:
+            durations.setdefault(name, []).append(e.get("dur", 0) / 1000.0)
+    per_layer: dict[str, float] = {}
+    for name, ds in durations.items():
+        ly = by_name[name]
+        per_layer[ly.node] = per_layer.get(ly.node, 0.0) + statistics.median(ds[1:] or ds)
+    for ly in layers:
+        ly.context_ms = per_layer.get(ly.node)
+    return statistics.median(times[1:]) * 1000.0
 
 
 def layer_model(layer_config: str, c_in: int, c_out: int) -> onnx.ModelProto:
@@ -273,7 +343,14 @@ class LatencyTable:
             "key": self.key,
             "model_ms": self.model_ms,
             "layers": [
-                {"node": ly.node, "config": ly.config, "full_ms": ly.full_ms, "curves": ly.curves} for ly in self.layers
+                {
+                    "node": ly.node,
+                    "config": ly.config,
+                    "full_ms": ly.full_ms,
+                    "context_ms": ly.context_ms,
+                    "curves": ly.curves,
+                }
+                for ly in self.layers
             ],
         }
 
@@ -305,7 +382,6 @@ def latency_table(
 ) -> LatencyTable:
     """The latency table of ``deps.model``: read from ``path`` (default: the cache directory)
     when its key matches, else measured and written there."""
-    from .cost import latency_ms
     from .io import write_text_atomic
 
     model = deps.model
@@ -317,7 +393,8 @@ def latency_table(
         by_node = {e["node"]: e for e in cached.get("layers", [])}
         if all(ly.node in by_node for ly in layers):
             for ly in layers:
-                ly.curves, ly.full_ms = by_node[ly.node]["curves"], by_node[ly.node]["full_ms"]
+                entry = by_node[ly.node]
+                ly.curves, ly.full_ms, ly.context_ms = entry["curves"], entry["full_ms"], entry.get("context_ms")
             return LatencyTable(key, float(cached["model_ms"]), layers)
     say = progress or (lambda _msg: None)
     configs: dict[str, Layer] = {}
@@ -351,7 +428,7 @@ def latency_table(
         say(f"latency table: {n}/{len(configs)} layer configs measured ({time.perf_counter() - started:.0f}s)")
     for ly in layers:
         ly.curves, ly.full_ms = measured[ly.config]
-    model_ms = latency_ms(model, threads=threads, repeats=max(repeats, 10))
+    model_ms = _in_context(model, layers, threads, max(repeats, 10))
     table = LatencyTable(key, model_ms, layers, measured=count)
     file.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(file, json.dumps(table.to_json()) + "\n")
@@ -379,27 +456,29 @@ class LatencyModel:
         for ly in table.layers:
             rin = cm.dim_row(*ly.dim_in) if ly.dim_in else None
             rout = cm.dim_row(*ly.dim_out) if ly.dim_out else None
-            self.layers.append((ly, rin, rout))
-        layers_full = sum(ly.full_ms for ly in table.layers)
+            # the curve's shape from the layer alone, its height from the layer in the model
+            scale = ly.context_ms / ly.full_ms if ly.context_ms else 1.0
+            self.layers.append((ly, rin, rout, scale))
+        layers_full = sum(ly.full_ms * scale for ly, _, _, scale in self.layers)
         self.rest_ms = max(table.model_ms - layers_full, 0.0)
         self.full_ms = float(self.estimate(np.zeros((1, len(cm.group_ids))))[0])
 
     def estimate(self, removed: np.ndarray) -> np.ndarray:
         """Estimated latency in ms for each row of ``removed``."""
         sizes = self.cm.sizes(removed)
-        total = np.full(sizes.shape[0], self.rest_ms)
-        for ly, rin, rout in self.layers:
+        total = self.rest_ms * self.cm.other_fraction(removed)
+        for ly, rin, rout, scale in self.layers:
             c_in = sizes[:, rin] if rin is not None else np.full(sizes.shape[0], float(ly.full_in))
             c_out = sizes[:, rout] if rout is not None else np.full(sizes.shape[0], float(ly.full_out))
             if "both" in ly.curves:
-                total += _curve(ly.curves["both"], c_in)
+                total += scale * _curve(ly.curves["both"], c_in)
                 continue
             t = np.full(sizes.shape[0], ly.full_ms)
             if "in" in ly.curves:
                 t = t * _curve(ly.curves["in"], c_in) / ly.full_ms
             if "out" in ly.curves:
                 t = t * _curve(ly.curves["out"], c_out) / ly.full_ms
-            total += t
+            total += scale * t
         return total
 
     def fraction(self, removed: np.ndarray) -> np.ndarray:
