@@ -13,9 +13,10 @@ Rules:
    than a larger one is noise).
 2. Layers with the same configuration (resnet repeats its blocks) are measured once.
 3. The latency of a layer at ``(c_in, c_out)`` is ``T_in(c_in) * T_out(c_out) / T_full``
-   (curves interpolated between grid points), scaled to the layer's kernel time inside the
-   whole model (onnxruntime's profile, matched by node or fused output name): alone, a layer
-   also pays for layout changes and cache misses the model does not. The model's latency is
+   (curves interpolated between grid points), times the measured/separable ratio of a third
+   curve where both counts shrink together (at the same geometric-mean shrink), scaled to the
+   layer's kernel time inside the whole model (onnxruntime's profile, matched by node or fused
+   output name): alone, a layer also pays for layout changes the model does not. The model's latency is
    its measured latency, less the layers at full width (the rest, scaled by the MACs of the
    other ops: activations, pooling, layout changes follow activation sizes), plus the layers
    at their pruned widths.
@@ -44,7 +45,7 @@ from onnx import TensorProto, helper
 from .costmodel import CostModel
 from .dependency import DependencyGraph
 
-FORMAT = "graphprune-latency-v3"
+FORMAT = "graphprune-latency-v4"
 Progress = Callable[[str], None]
 
 
@@ -300,6 +301,20 @@ def _run_ms(models: list[onnx.ModelProto], threads: int, repeats: int) -> list[f
     return [statistics.median(times) * 1000.0 for _, _, times in runs]
 
 
+def _diagonal(grid_in: list[int], grid_out: list[int]) -> list[tuple[int, int]]:
+    """Points where both channel counts shrink together: the k-th of n steps pairs the grid
+    counts nearest ``k/n`` of each width."""
+    n = min(len(grid_in), len(grid_out))
+    pick = [
+        (
+            min(grid_in, key=lambda c: abs(c - k / n * grid_in[-1])),
+            min(grid_out, key=lambda c: abs(c - k / n * grid_out[-1])),
+        )
+        for k in range(1, n + 1)
+    ]
+    return list(dict.fromkeys(pick))
+
+
 def _monotone(ms: list[float]) -> list[float]:
     """A curve over increasing counts made non-decreasing from the top (each point at most the
     latency of any larger count): more channels are never faster, so a lower count measured
@@ -414,6 +429,8 @@ def latency_table(
                 points["in"] = [(c, ly.full_out) for c in grid(ly.full_in, max_points)]
             if ly.dim_out is not None:
                 points["out"] = [(ly.full_in, c) for c in grid(ly.full_out, max_points)]
+            if ly.dim_in is not None and ly.dim_out is not None:
+                points["diag"] = _diagonal(grid(ly.full_in, max_points), grid(ly.full_out, max_points))
         unique = list(dict.fromkeys([full, *(p for ps in points.values() for p in ps)]))
         times = _run_ms([layer_model(config, ci, co) for ci, co in unique], threads, repeats)
         at = {p: max(t - overhead, 1e-4) for p, t in zip(unique, times, strict=True)}
@@ -423,6 +440,8 @@ def latency_table(
                 "counts": [p[1] if axis == "out" else p[0] for p in ps],
                 "ms": _monotone([at[p] for p in ps]),
             }
+        if "diag" in curves:
+            curves["diag"]["out_counts"] = [p[1] for p in points["diag"]]
         count += len(unique)
         measured[config] = (curves, at[full])
         say(f"latency table: {n}/{len(configs)} layer configs measured ({time.perf_counter() - started:.0f}s)")
@@ -473,13 +492,29 @@ class LatencyModel:
             if "both" in ly.curves:
                 total += scale * _curve(ly.curves["both"], c_in)
                 continue
-            t = np.full(sizes.shape[0], ly.full_ms)
-            if "in" in ly.curves:
-                t = t * _curve(ly.curves["in"], c_in) / ly.full_ms
-            if "out" in ly.curves:
-                t = t * _curve(ly.curves["out"], c_out) / ly.full_ms
-            total += scale * t
+            total += scale * self._separable(ly, c_in, c_out) * self._diagonal_factor(ly, c_in, c_out)
         return total
+
+    @staticmethod
+    def _separable(ly: Layer, c_in: np.ndarray, c_out: np.ndarray) -> np.ndarray:
+        t = np.full(np.shape(c_in), ly.full_ms)
+        if "in" in ly.curves:
+            t = t * _curve(ly.curves["in"], c_in) / ly.full_ms
+        if "out" in ly.curves:
+            t = t * _curve(ly.curves["out"], c_out) / ly.full_ms
+        return t
+
+    def _diagonal_factor(self, ly: Layer, c_in: np.ndarray, c_out: np.ndarray) -> np.ndarray:
+        """Measured / separable latency where both counts shrink together, at the same shrink
+        (geometric mean of the two fractions): the product of the two curves misses the fixed
+        costs a thin layer keeps."""
+        diag = ly.curves.get("diag")
+        if diag is None:
+            return np.ones(np.shape(c_in))
+        d_in, d_out = np.array(diag["counts"], float), np.array(diag["out_counts"], float)
+        ratio = np.array(diag["ms"]) / self._separable(ly, d_in, d_out)
+        shrink = np.sqrt(d_in / ly.full_in * d_out / ly.full_out)
+        return np.interp(np.sqrt(c_in / ly.full_in * c_out / ly.full_out), shrink, ratio)
 
     def fraction(self, removed: np.ndarray) -> np.ndarray:
         """Estimated latency as a fraction of the unpruned model's."""
