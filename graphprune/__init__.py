@@ -25,12 +25,16 @@ _LAZY = {
     "analyze": "api",
     "load_model": "api",
     "prune": "api",
+    "prune_layers": "api",
+    "run_passes": "api",
+    "PipelineResult": "api",
     "save": "api",
     "validate": "api",
     "DependencyGraph": "dependency",
     "Group": "dependency",
     "Member": "dependency",
     "FilterPruning": "passes",
+    "LayerPruning": "passes",
     "PassResult": "passes",
     "Pipeline": "passes",
     "Plan": "plan",
@@ -38,9 +42,9 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .api import PruneResult, analyze, load_model, prune, save, validate
+    from .api import PipelineResult, PruneResult, analyze, load_model, prune, prune_layers, run_passes, save, validate
     from .dependency import DependencyGraph, Group, Member
-    from .passes import FilterPruning, PassResult, Pipeline
+    from .passes import FilterPruning, LayerPruning, PassResult, Pipeline
     from .plan import Plan
     from .report import Report
 
@@ -63,9 +67,11 @@ __all__ = [
     "GraphpruneError",
     "Group",
     "InputError",
+    "LayerPruning",
     "Member",
     "PassResult",
     "Pipeline",
+    "PipelineResult",
     "Plan",
     "PruneResult",
     "Report",
@@ -73,6 +79,8 @@ __all__ = [
     "analyze",
     "load_model",
     "prune",
+    "prune_layers",
+    "run_passes",
     "save",
     "validate",
 ]

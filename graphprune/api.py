@@ -15,16 +15,19 @@ import onnx
 
 from . import io
 from .cost import cost_of, latency_ms
+from .data import DEFAULT_BATCH, Dataset, open_dataset
 from .dependency import DependencyGraph
 from .dependency import analyze as _analyze
 from .errors import InputError
+from .evaluate import check_labels, evaluate
 from .graph import find_cycle
 from .passes.filter import PLAN_METADATA_KEY, FilterPruning, get_metadata
 from .plan import Plan, plan_from_json, read_plan
 from .report import Report
-from .validation import check_pruned
+from .validation import EXACT_RTOL, check_pruned
 
 ModelLike = str | os.PathLike | onnx.ModelProto
+PIPELINE_METADATA_KEY = "graphprune.pipeline"
 
 
 @dataclass
@@ -97,6 +100,12 @@ def prune(
     (attention heads), ``"mlp"`` (neurons of matrix products) and ``"channels"``
     (convolution channels), all three by default; ``"hidden"`` (a transformer's residual
     width, through its LayerNorms) is inexact and only pruned when asked for.
+    ``target_flops``/``target_params``/``target_latency`` (fraction of the original kept)
+    replace ``ratio`` with global allocation to that target; ``objective`` (``"flops"``,
+    ``"params"``, ``"latency"``) is what a removed unit is credited with saving (default: the
+    target's metric). Latency is measured with onnxruntime on this machine (``threads``), per
+    layer into a cached table (``latency_table`` names its file); ``progress`` receives
+    one-line messages while it is measured.
     ``report.passed`` says whether validation held. ``inplace=True`` (only without
     validation, which needs the original) edits ``model`` itself instead
     of a copy, to save memory on large models.
@@ -136,6 +145,183 @@ def prune(
     return PruneResult(model=pruned, report=report, plan=chosen, deps=deps)
 
 
+@dataclass
+class PipelineResult:
+    """The model after every pass, the report (exactness per step, fidelity end to end) and
+    each step's own report."""
+
+    model: onnx.ModelProto
+    report: Report
+    steps: list[dict]
+    plans: list[dict]  # per step: {"pass": name, "plan": the plan's JSON, addressing that step's input}
+
+
+def prune_layers(
+    model: ModelLike,
+    remove_blocks: int = 1,
+    criterion: str | None = None,
+    *,
+    calib: str | os.PathLike | None = None,
+    validate: bool = True,
+    latency: bool = True,
+    feeds: dict[str, np.ndarray] | None = None,
+) -> PipelineResult:
+    """Remove the ``remove_blocks`` least important residual blocks ``y = x + f(x)`` of ``model``.
+
+    ``criterion`` is ``"influence"`` (needs ``calib``) or ``"weight-norm"``; by default
+    influence when calibration data is given, weight-norm otherwise.
+    """
+    from .passes.layer import LayerPruning
+
+    criterion = criterion or ("influence" if calib is not None else "weight-norm")
+    step = LayerPruning(remove_blocks=remove_blocks, criterion=criterion, calib=calib)
+    return run_passes(model, [step], validate=validate, latency=latency, feeds=feeds)
+
+
+def run_passes(
+    model: ModelLike,
+    passes,
+    *,
+    validate: bool = True,
+    latency: bool = True,
+    feeds: dict[str, np.ndarray] | None = None,
+) -> PipelineResult:
+    """Run ``passes`` (FilterPruning, LayerPruning, ...) in order and validate.
+
+    Exactness is checked per step: each step's output against a reference built from that
+    step's input (the masked reference for filter pruning, the zeroed-f(x) one for layer
+    pruning), so it keeps meaning "the surgery did what the step's plan says". Checker,
+    runtime and fidelity are end to end, against the original.
+    """
+    from .cost import random_feeds
+    from .validation import Exactness
+
+    original = load_model(model)
+    before = cost_of(original)
+    feeds = feeds if feeds is not None else (random_feeds(original) if validate else None)
+    current = original
+    steps: list[dict] = []
+    exacts: list[Exactness] = []
+    plans: list[dict] = []
+    for p in passes:
+        pruned, details, reference, skipped = _step(p, current)
+        entry = {"pass": type(p).__name__, **details}
+        if validate:
+            ex = _exactness(current, pruned, reference, skipped, feeds)
+            exacts.append(ex)
+            entry["exact"] = {"checked": ex.checked, "passed": ex.passed, "max_rel_diff": ex.max_rel_diff}
+        steps.append(entry)
+        plans.append({"pass": entry["pass"], "plan": _plan_of(pruned, p)})
+        current = pruned
+    if len(steps) > 1:
+        # Each step's plan addresses that step's input, not the original: they are kept
+        # together, in order, under one key, so that `validate` applies none to the original.
+        _pipeline_metadata(current, plans)
+    after = cost_of(current)
+    report = Report(
+        params_before=before.params,
+        params_after=after.params,
+        flops_before=before.flops,
+        flops_after=after.flops,
+        prune=_merge(steps),
+    )
+    if validate:
+        _end_to_end(report, original, current, exacts, feeds, latency)
+    return PipelineResult(model=current, report=report, steps=steps, plans=plans)
+
+
+def _exactness(before: onnx.ModelProto, after: onnx.ModelProto, reference, skipped: list[str], feeds):
+    """One step's exactness: ``after`` against the reference built from ``before``."""
+    from .validation import Exactness, rel_diff, run
+
+    if reference is None:
+        return Exactness(checked=False, skipped_groups=skipped, note="not function-preserving: see fidelity")
+    try:
+        out = run(after, feeds)
+    except Exception:  # the runtime failure is reported end to end
+        return Exactness(checked=False, note="the pruned model does not run")
+    diff = rel_diff(out, run(reference(), feeds), scale_of=run(before, feeds))
+    return Exactness(checked=True, passed=diff <= EXACT_RTOL, max_rel_diff=diff)
+
+
+def _end_to_end(report: Report, original, final, exacts: list, feeds, latency: bool) -> None:
+    """Checker, runtime, fidelity and latency of ``final`` against ``original``; exactness of the steps."""
+    from .validation import Exactness, check, fidelity, run
+
+    error = check(final)
+    report.validated = True
+    report.checker = {"passed": not error, "error": error}
+    try:
+        out = run(final, feeds)
+        report.runtime = {"passed": True, "error": ""}
+    except Exception as exc:
+        out = None
+        report.runtime = {"passed": False, "error": io.one_line(exc)}
+    if out is not None:
+        report.fidelity = fidelity(out, run(original, feeds))
+        if latency:
+            report.latency_ms_before = latency_ms(original, feeds=feeds)
+            report.latency_ms_after = latency_ms(final, feeds=feeds)
+    report.exact = Exactness(
+        checked=all(e.checked for e in exacts),
+        passed=all(e.passed or not e.checked for e in exacts),
+        max_rel_diff=max((e.max_rel_diff for e in exacts if e.max_rel_diff is not None), default=None),
+        skipped_groups=[g for e in exacts for g in e.skipped_groups],
+        note="per step, each against a reference from its own input" if len(exacts) > 1 else exacts[0].note,
+    )
+
+
+def _step(p, model: onnx.ModelProto):
+    """One pass on ``model``: ``(pruned, details, reference bytes maker or None, skipped groups)``."""
+    from .blocks import zeroed_reference_bytes
+    from .passes.layer import LayerPruning
+    from .validation import masked_reference_bytes
+
+    if isinstance(p, FilterPruning):
+        deps = _analyze(model, inexact=p.inexact)
+        pruned, plan, details = p.run(model, deps)
+        inexact = [g.label for g in deps.groups if "inexact" in g.facts and len(plan.removed(g))]
+        reference = None if inexact else (lambda: masked_reference_bytes(model, deps, plan))
+        return pruned, details, reference, inexact
+    if isinstance(p, LayerPruning):
+        pruned, chosen, details = p.run(model)
+        return pruned, details, (lambda: zeroed_reference_bytes(model, chosen)), []
+    result = p(model)
+    return result.model, result.report, None, []
+
+
+def _merge(steps: list[dict]) -> dict:
+    """The report's prune section: every step, and the block and group counts at top level."""
+    merged: dict = {"passes": steps}
+    for s in steps:
+        if "blocks_found" in s:
+            merged.setdefault("blocks_found", s["blocks_found"])
+            merged.setdefault("blocks_removed", []).extend(s["blocks_removed"])
+        if "groups_pruned" in s:
+            merged["groups_pruned"] = merged.get("groups_pruned", 0) + s["groups_pruned"]
+            for key in ("groups_prunable", "groups_blocked", "channels_removed"):
+                merged[key] = merged.get(key, 0) + s.get(key, 0)
+    return merged
+
+
+def _plan_of(model: onnx.ModelProto, p) -> dict | None:
+    from .passes.layer import LAYER_PLAN_KEY, LayerPruning
+
+    text = get_metadata(model, LAYER_PLAN_KEY if isinstance(p, LayerPruning) else PLAN_METADATA_KEY)
+    return json.loads(text) if text else None
+
+
+def _pipeline_metadata(model: onnx.ModelProto, plans: list[dict]) -> None:
+    from .passes.filter import set_metadata
+    from .passes.layer import LAYER_PLAN_KEY
+
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key not in (PLAN_METADATA_KEY, LAYER_PLAN_KEY)]
+    del model.metadata_props[:]
+    for k, v in keep:
+        set_metadata(model, k, v)
+    set_metadata(model, PIPELINE_METADATA_KEY, json.dumps({"steps": plans}, separators=(",", ":")))
+
+
 def validate(
     original: ModelLike,
     pruned: ModelLike,
@@ -143,11 +329,17 @@ def validate(
     plan: dict | str | os.PathLike | None = None,
     latency: bool = True,
     feeds: dict[str, np.ndarray] | None = None,
+    data: str | os.PathLike | Dataset | None = None,
+    labels: str | bool | None = None,
+    batch_size: int = DEFAULT_BATCH,
 ) -> Report:
     """Validate ``pruned`` against ``original``.
 
     Exactness needs the plan: given here, or read from the pruned model's metadata
-    (graphprune writes it there).
+    (graphprune writes it there). With ``data`` (an ``.npz`` file or folder keyed by input
+    names, see :mod:`graphprune.data`), fidelity is measured over all of it instead of on
+    random inputs (which still drive exactness and latency); ``labels`` (a key, or True for
+    ``"labels"``) adds both models' top-1 accuracy.
     """
     orig = load_model(original)
     new = load_model(pruned, check=False)
@@ -155,6 +347,8 @@ def validate(
     if plan is not None and not isinstance(plan, dict):
         source = str(plan)
         plan = read_plan(plan)
+    if plan is None and get_metadata(new, PLAN_METADATA_KEY) is None and _layer_plan(new) is not None:
+        return _validate_layers(orig, new, _layer_plan(new), pruned, latency=latency, feeds=feeds)
     if plan is None:
         text = get_metadata(new, PLAN_METADATA_KEY)
         plan = json.loads(text) if text else None
@@ -162,7 +356,42 @@ def validate(
     deps = _analyze(orig, inexact=True) if plan is not None else None
     chosen = plan_from_json(plan, deps, source=source) if plan is not None else None
     before = cost_of(orig, deps.view.shapes) if deps is not None else None  # shapes already inferred
-    return _report(orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds, before=before)
+    key = "labels" if labels is True else (labels or None)
+    if data is None and key is not None:
+        raise InputError("labels need data: pass data= (the CLI's --data) with the labelled samples")
+    dataset = None if data is None else data if isinstance(data, Dataset) else open_dataset(data)
+    if dataset is not None and key is not None:
+        check_labels(dataset, key)  # before the checks and timings, not after them
+    report = _report(orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds, before=before)
+    if dataset is not None and report.runtime["passed"]:
+        ev = evaluate(orig, new, dataset, labels=key, batch_size=batch_size)
+        report.fidelity, report.accuracy = ev.fidelity, ev.accuracy
+    return report
+
+
+def _layer_plan(model: onnx.ModelProto) -> dict | None:
+    from .passes.layer import LAYER_PLAN_KEY
+
+    text = get_metadata(model, LAYER_PLAN_KEY)
+    return json.loads(text) if text else None
+
+
+def _validate_layers(orig, new, plan: dict, pruned: ModelLike, *, latency: bool, feeds) -> Report:
+    """Validation of a layer-pruned model from the layer plan stored in it."""
+    from .blocks import find_blocks, zeroed_reference_bytes
+    from .cost import random_feeds
+    from .passes.layer import blocks_of_plan
+
+    source = (
+        f"{pruned} (layer plan stored in its metadata)" if not isinstance(pruned, onnx.ModelProto) else "layer plan"
+    )
+    chosen = blocks_of_plan(plan, find_blocks(orig), source=source)
+    feeds = feeds if feeds is not None else random_feeds(orig)
+    before, after = cost_of(orig), cost_of(new)
+    report = Report(before.params, after.params, before.flops, after.flops)
+    exact = _exactness(orig, new, lambda: zeroed_reference_bytes(orig, chosen), [], feeds)
+    _end_to_end(report, orig, new, [exact], feeds, latency)
+    return report
 
 
 def _report(original, pruned, details, deps, plan, *, validate, latency, feeds, before=None) -> Report:

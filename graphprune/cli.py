@@ -85,6 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
         " these three); 'hidden' also prunes a transformer's residual width through its LayerNorms, which"
         " is not function-preserving: it is reported as inexact and measured by fidelity",
     )
+    pr.add_argument(
+        "--pass",
+        dest="passes",
+        nargs="+",
+        default=["filter"],
+        choices=["filter", "layer"],
+        help="passes to run, in order (default: filter); layer removes whole residual blocks y = x + f(x)",
+    )
+    pr.add_argument("--remove-blocks", type=int, metavar="N", help="layer pass: how many residual blocks to remove")
+    pr.add_argument(
+        "--block-criterion",
+        choices=["influence", "weight-norm"],
+        help="layer pass: how blocks are ranked (default: influence with --calib, weight-norm without)",
+    )
+    pr.add_argument("--calib", metavar="DATA", help="calibration data: an .npz file or a folder of them")
     pr.add_argument("--plan", help="apply this plan (JSON) instead of --ratio/--criterion")
     pr.add_argument("--save-plan", help="write the plan that was applied (JSON)")
     pr.add_argument("--report", help="write the report (JSON)")
@@ -95,12 +110,46 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--keep-failed", action="store_true", help="write the output even if validation fails")
     pr.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
+    se = sub.add_parser("sensitivity", help="measure what pruning each group alone costs, on calibration data")
+    se.add_argument("model")
+    se.add_argument("--calib", required=True, metavar="DATA", help=".npz (keys: input names) or a folder of them")
+    se.add_argument("-o", "--output", required=True, metavar="OUT.json", help="where to write the result (JSON)")
+    se.add_argument("--plot", metavar="OUT.png", help="also draw it (PNG; needs matplotlib)")
+    se.add_argument(
+        "--labels",
+        nargs="?",
+        const="labels",
+        metavar="KEY",
+        help="measure top-1 accuracy against this key of the data (default key: labels) instead of cosine",
+    )
+    se.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="fractions to remove")
+    se.add_argument("--criterion", default="l2", help="which indices each ratio removes (default l2)")
+    se.add_argument("--samples", type=int, default=128, help="calibration samples to run (default 128)")
+    se.add_argument("--batch-size", type=int, default=32, help="samples per run (default 32)")
+    se.add_argument("--unit", nargs="+", default=[], choices=["heads", "mlp", "channels", "hidden"])
+    se.add_argument("--no-blocks", action="store_true", help="skip the residual blocks (layer pass)")
+    se.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    se.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+
     v = sub.add_parser("validate", help="validate a pruned model against its original")
     v.add_argument("original")
     v.add_argument("pruned")
     v.add_argument("--plan", help="the plan used (default: the one graphprune stored in the pruned model)")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--no-latency", action="store_true", help="do not time onnxruntime")
+    v.add_argument(
+        "--data",
+        metavar="DATA",
+        help="measure fidelity on this .npz file (or folder of them, keyed by input names), not random inputs",
+    )
+    v.add_argument(
+        "--labels",
+        nargs="?",
+        const="labels",
+        metavar="KEY",
+        help="also report both models' top-1 accuracy, with the class labels of --data under KEY (default 'labels')",
+    )
+    v.add_argument("--batch-size", type=int, default=32, help="samples per run on --data (default 32)")
     return p
 
 
@@ -122,7 +171,8 @@ def _main(argv: list[str], debug: bool) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
-        return {"inspect": _inspect, "prune": _prune, "validate": _validate}[args.command](args)
+        commands = {"inspect": _inspect, "prune": _prune, "validate": _validate, "sensitivity": _sensitivity}
+        return commands[args.command](args)
     except InputError as exc:
         print(f"graphprune: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -199,6 +249,10 @@ def _prune(args) -> int:
         raise InputError("graphprune prune: --objective needs --target-flops, --target-params or --target-latency")
     if args.ratio is None:
         args.ratio = 0.5
+    if args.passes != ["filter"] or args.remove_blocks is not None:
+        if targets:
+            raise InputError(f"graphprune prune: --{targets[0].replace('_', '-')} applies to --pass filter alone")
+        return _prune_passes(args, src, out)
     # Check the flags before the (possibly long) load.
     FilterPruning(
         ratio=args.ratio,
@@ -262,6 +316,70 @@ def _prune(args) -> int:
     return EXIT_OK
 
 
+def _prune_passes(args, src: Path, out: Path) -> int:
+    """``prune --pass ...``: several passes in order, or the layer pass."""
+    from . import api, io
+    from .passes.filter import FilterPruning
+    from .passes.layer import LayerPruning
+
+    if "layer" in args.passes and args.remove_blocks is None:
+        raise InputError("--pass layer needs --remove-blocks N")
+    if "layer" not in args.passes:
+        raise InputError("--remove-blocks needs --pass layer")
+    if args.plan and "layer" in args.passes:
+        raise InputError("--plan applies to the filter pass alone; it cannot be combined with --pass layer")
+    if args.block_criterion is None:
+        args.block_criterion = "influence" if args.calib else "weight-norm"
+    passes = []
+    for name in args.passes:  # flags are checked before the (possibly long) load
+        if name == "layer":
+            passes.append(
+                LayerPruning(remove_blocks=args.remove_blocks, criterion=args.block_criterion, calib=args.calib)
+            )
+        else:
+            passes.append(
+                FilterPruning(
+                    ratio=args.ratio,
+                    criterion=args.criterion,
+                    global_threshold=args.global_threshold,
+                    round_to=args.round_to,
+                    min_keep=args.min_keep,
+                    ignore=tuple(args.ignore),
+                    seed=args.seed,
+                    units=tuple(args.unit),
+                )
+            )
+    if args.calib:
+        from .data import open_dataset
+
+        open_dataset(args.calib)
+    t0 = time.perf_counter()
+    _say(args, f"loading {src} ...")
+    model = api.load_model(src)
+    _say(args, f"running {' then '.join(args.passes)} ({len(model.graph.node)} nodes) ...")
+    result = api.run_passes(model, passes, validate=not args.no_validate, latency=not args.no_latency)
+    report = result.report
+    report.file_bytes_before = src.stat().st_size
+    failed = report.validated and not report.passed
+    if not failed or args.keep_failed:
+        written = io.save(result.model, out, external_data=True if io.had_external_data(src) else None)
+        report.file_bytes_after = written.stat().st_size
+    if args.save_plan:
+        plan = result.plans[0]["plan"] if len(result.plans) == 1 else {"steps": result.plans}
+        io.write_text_atomic(args.save_plan, json.dumps({**plan, "model": str(src)}, indent=1) + "\n")
+    if args.report:
+        io.write_text_atomic(args.report, json.dumps(report.to_dict(), indent=1) + "\n")
+    if not args.quiet:
+        print(report.table())
+        print(
+            f"{'wrote ' + str(out) if not failed or args.keep_failed else 'nothing written'}"
+            f" in {time.perf_counter() - t0:.1f}s"
+        )
+    if failed:
+        raise ValidationFailed(_failure(report) + ("" if args.keep_failed else "; output not written"))
+    return EXIT_OK
+
+
 def _failure(report) -> str:
     if not report.checker["passed"]:
         return f"checker: {report.checker['error']}"
@@ -273,7 +391,17 @@ def _failure(report) -> str:
 def _validate(args) -> int:
     from . import api
 
-    report = api.validate(args.original, args.pruned, plan=args.plan, latency=not args.no_latency)
+    if args.labels is not None and args.data is None:
+        raise InputError("--labels needs --data: the labelled samples to measure accuracy on")
+    report = api.validate(
+        args.original,
+        args.pruned,
+        plan=args.plan,
+        latency=not args.no_latency,
+        data=args.data,
+        labels=args.labels,
+        batch_size=args.batch_size,
+    )
     report.file_bytes_before = Path(args.original).stat().st_size
     report.file_bytes_after = Path(args.pruned).stat().st_size
     if args.json:
@@ -283,6 +411,63 @@ def _validate(args) -> int:
     if not report.passed:
         raise ValidationFailed(_failure(report))
     return EXIT_OK
+
+
+def _sensitivity(args) -> int:
+    from . import api, progress
+    from .criteria import CRITERIA
+    from .data import open_dataset
+    from .dependency import analyze
+    from .sensitivity import measure, plot
+
+    for path in [args.output] + ([args.plot] if args.plot else []):
+        if Path(path).exists() and not args.force:
+            raise InputError(f"{path}: output exists; use --force to overwrite")
+    if args.criterion not in CRITERIA:
+        raise InputError(f"unknown criterion {args.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
+    if args.samples < 1:
+        raise InputError(f"samples must be a positive integer, got {args.samples}")
+    if args.quiet:
+        progress.ENABLED = False
+    dataset = open_dataset(args.calib)
+    model = api.load_model(args.model)
+    deps = analyze(model, inexact="hidden" in args.unit)
+    _say(args, f"measuring {len(deps.prunable_groups())} groups x {len(args.ratios)} ratios on {args.calib} ...")
+    sens = measure(
+        model,
+        deps,
+        dataset,
+        ratios=tuple(args.ratios),
+        criterion=args.criterion,
+        samples=args.samples,
+        labels=args.labels,
+        batch_size=args.batch_size,
+        units=tuple(args.unit),
+        blocks=not args.no_blocks,
+        name=Path(args.model).name,
+    )
+    sens.save(args.output)
+    if args.plot:
+        plot(sens, args.plot)
+    if not args.quiet:
+        print(sensitivity_table(sens))
+        print(f"wrote {args.output}" + (f" and {args.plot}" if args.plot else ""))
+    return EXIT_OK
+
+
+def sensitivity_table(sens) -> str:
+    head = "accuracy drop" if sens.metric == "accuracy" else "1 - cosine"
+    base = f"baseline accuracy {sens.baseline:.4f}, " if sens.metric == "accuracy" else ""
+    rows = [f"{'group':<48} {'unit':<8} {'size':>5}  " + "  ".join(f"{r:>7.2f}" for r in sens.ratios)]
+    for g in sorted(sens.groups, key=lambda g: -g.drop[len(g.drop) // 2]):
+        rows.append(f"{g.group[:48]:<48} {g.unit:<8} {g.size:>5}  " + "  ".join(f"{d:>7.4f}" for d in g.drop))
+    text = f"{head} when each group alone loses a fraction ({base}{sens.samples} samples):\n" + "\n".join(rows)
+    if sens.blocks:
+        rows = [f"{'residual block (Add)':<48} {'x':<24} {'MACs':>10}  {'drop':>7}"]
+        for b in sorted(sens.blocks, key=lambda b: -b.drop):
+            rows.append(f"{b.block[:48]:<48} {b.x[:24]:<24} {b.macs:>10}  {b.drop:>7.4f}")
+        text += f"\n\n{head} when each residual block alone is removed:\n" + "\n".join(rows)
+    return text
 
 
 if __name__ == "__main__":

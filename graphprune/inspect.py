@@ -19,6 +19,20 @@ def producers(deps: DependencyGraph, group: Group) -> list[str]:
     return names
 
 
+def blocks(deps: DependencyGraph) -> list[dict[str, Any]]:
+    """The removable residual blocks ``y = x + f(x)`` (``prune --pass layer``), with their share
+    of the model's MACs."""
+    from .blocks import find_blocks
+    from .cost import count_flops
+
+    mv = deps.view
+    found = find_blocks(mv.model, mv)
+    if not found:
+        return []
+    total = max(1, count_flops(mv.model, mv.shapes)[0])
+    return [{**b.to_json(), "macs_share": b.macs / total} for b in found]
+
+
 def describe(deps: DependencyGraph) -> dict[str, Any]:
     """The JSON form of ``inspect``."""
     groups = []
@@ -53,6 +67,7 @@ def describe(deps: DependencyGraph) -> dict[str, Any]:
         "prunable_channels": int(sum(g.size for g in deps.prunable_groups())),
         "blocked_reasons": deps.blocked_counts(),
         "groups": groups,
+        "blocks": blocks(deps),
     }
 
 
@@ -76,4 +91,11 @@ def table(deps: DependencyGraph) -> str:
     if summary["blocked_reasons"]:
         counts = ", ".join(f"{k} ({v})" for k, v in summary["blocked_reasons"].items())
         table += f"\n\nblocked groups by rule: {counts}"
+    found = summary["blocks"]
+    if found:
+        block_rows = [
+            (b["id"], b["add"], f"{b['x']} -> {b['y']}", b["params"], f"{100 * b['macs_share']:.1f}%") for b in found
+        ]
+        table += f"\n\n{len(found)} residual blocks y = x + f(x), removable with --pass layer:\n"
+        table += grid(("block", "add", "x -> y", "params", "MACs"), block_rows)
     return table + "\n" + foot

@@ -193,12 +193,21 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a text file (report, plan) atomically."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """A temporary path beside ``path`` to write; renamed over ``path`` when the block ends
+    without error, removed otherwise (for writers that want a file name, such as matplotlib)."""
     p = Path(path)
     p.resolve().parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.resolve().parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        yield tmp
         with _interrupts_held():
             _publish(tmp, p)
             _COMMITTED.append(p.resolve())
@@ -206,4 +215,3 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return p

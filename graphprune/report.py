@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .evaluate import Accuracy
 from .validation import Exactness, Fidelity
 
 
@@ -25,6 +26,7 @@ class Report:
     runtime: dict[str, Any] = field(default_factory=lambda: {"passed": None, "error": ""})
     exact: Exactness = field(default_factory=Exactness)
     fidelity: Fidelity = field(default_factory=Fidelity)
+    accuracy: Accuracy | None = None  # top-1 of both models on labelled data (validate --data --labels)
     prune: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -90,7 +92,7 @@ class Report:
             )
         lines = _grid(("", "before", "after", "ratio"), rows)
         p = self.prune
-        if p:
+        if p and ("blocks_found" not in p or "groups_prunable" in p):
             lines.append(
                 f"groups: {p.get('groups_pruned', 0)} pruned of {p.get('groups_prunable', 0)} prunable,"
                 f" {p.get('groups_blocked', 0)} blocked, {p.get('channels_removed', 0)} channels removed"
@@ -102,6 +104,12 @@ class Report:
                 f"target: keep {t['fraction']:.3f} of {t['metric']}, reached {p['reached']:.3f}{how}"
                 f" (objective: {p.get('objective')})"
             )
+        if "blocks_found" in p:
+            removed = p.get("blocks_removed", [])
+            names = ", ".join(b["add"] for b in removed[:4]) + (f" +{len(removed) - 4}" if len(removed) > 4 else "")
+            lines.append(
+                f"residual blocks: {len(removed)} removed of {p['blocks_found']}" + (f" ({names})" if names else "")
+            )
         if not self.validated:
             lines.append("validation: skipped (--no-validate)")
             return "\n".join(lines)
@@ -109,13 +117,24 @@ class Report:
         lines.append(f"onnxruntime: {'ran' if self.runtime['passed'] else 'FAILED: ' + self.runtime['error']}")
         if self.exact.checked:
             verdict = "passed" if self.exact.passed else "FAILED"
-            lines.append(f"exactness vs masked reference: {verdict} (max rel diff {self.exact.max_rel_diff:.2e})")
+            per_step = f", {self.exact.note}" if self.exact.note else ""
+            lines.append(
+                f"exactness vs masked reference: {verdict} (max rel diff {self.exact.max_rel_diff:.2e}{per_step})"
+            )
         else:
             lines.append(f"exactness: not checked ({self.exact.note or 'no plan'})")
         f = self.fidelity
         if f.cosine is not None:
             top1 = f", top-1 agreement {f.top1_agreement:.3f}" if f.top1_agreement is not None else ""
-            lines.append(f"fidelity vs original: cosine {f.cosine:.4f}, relative L2 {f.rel_l2:.4f}{top1}")
+            where = f" on {f.data} ({f.samples} samples)" if f.data is not None else ""
+            lines.append(f"fidelity vs original{where}: cosine {f.cosine:.4f}, relative L2 {f.rel_l2:.4f}{top1}")
+        a = self.accuracy
+        if a is not None:
+            change = 100 * (a.pruned - a.original)
+            lines.append(
+                f"top-1 accuracy ({a.samples} samples, labels {a.labels!r}): original {a.original:.4f},"
+                f" pruned {a.pruned:.4f} ({change:+.2f} points)"
+            )
         return "\n".join(lines)
 
 

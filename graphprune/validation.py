@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .cost import cost_of, latency_ms, random_feeds
 from .dependency import DependencyGraph
-from .graph import fresh_name
+from .masking import masked_bytes
 from .plan import Plan
 from .surgery import removed_entries
 
@@ -42,6 +41,8 @@ class Fidelity:
     cosine: float | None = None
     rel_l2: float | None = None
     top1_agreement: float | None = None
+    data: str | None = None  # the dataset it was measured on; None: seeded random inputs
+    samples: int | None = None  # samples of ``data`` evaluated
 
 
 @dataclass
@@ -108,42 +109,15 @@ def masked_reference_bytes(original: onnx.ModelProto, deps: DependencyGraph, pla
     caller's model ends as it began, and memory never holds a second set of weights.
     """
     removed = removed_entries(deps, plan)
-    g = original.graph
-    taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
-    masks: list[onnx.TensorProto] = []
-    renamed: list[tuple[onnx.NodeProto, int, str]] = []
-    inserts: list[tuple[int, onnx.NodeProto]] = []
-    for k, (node_index, (tensor, axis)) in enumerate(deps.contractions):
-        idx = removed.get((tensor, axis))
-        if idx is None or len(idx) == 0:
-            continue
-        shape = deps.view.shapes[tensor]
-        mask_shape = [1] * len(shape)
-        mask_shape[axis] = shape[axis]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(deps.view.dtypes.get(tensor, onnx.TensorProto.FLOAT))
-        mask = np.ones(shape[axis], dtype=dtype)
-        mask[idx] = 0
-        mask_name, out_name = fresh_name(taken, f"graphprune_mask_{k}"), fresh_name(taken, f"graphprune_masked_{k}")
-        masks.append(numpy_helper.from_array(mask.reshape(mask_shape), mask_name))
-        node = g.node[node_index]
-        position = list(node.input).index(tensor)
-        renamed.append((node, position, tensor))
-        inserts.append((node_index, onnx.helper.make_node("Mul", [tensor, mask_name], [out_name])))
-    n_init, n_nodes = len(g.initializer), len(g.node)
-    try:
-        for (node, position, _), (_, mul) in zip(renamed, inserts):
-            node.input[position] = mul.output[0]
-        g.initializer.extend(masks)
-        for node_index, mul in sorted(inserts, key=lambda t: -t[0]):
-            g.node.insert(node_index, mul)
-        return original.SerializeToString()
-    finally:
-        del g.initializer[n_init:]
-        for node_index, _ in sorted(inserts, key=lambda t: t[0]):
-            del g.node[node_index]  # ascending: each deletion restores the index of the next
-        assert len(g.node) == n_nodes
-        for node, position, tensor in renamed:
-            node.input[position] = tensor
+    contracted = {d for _, d in deps.contractions}
+    masks = {}
+    for dim, idx in removed.items():
+        if dim in contracted and len(idx):
+            mask = np.ones(deps.view.shapes[dim[0]][dim[1]])
+            mask[idx] = 0
+            masks[dim] = mask
+    data, _ = masked_bytes(original, deps, masks)
+    return data
 
 
 def rel_diff(a: list[np.ndarray], b: list[np.ndarray], scale_of: list[np.ndarray] | None = None) -> float:

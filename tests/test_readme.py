@@ -20,17 +20,21 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
         exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
 
 
-def test_readme_main_command_prunes_the_bundled_example(tmp_path):
+def test_readme_main_command_prunes_the_bundled_example_and_reports_its_accuracy(tmp_path):
     cmd = re.search(r"<!-- main-command -->\n```\n(.*?)\n```", README, flags=re.S).group(1)
-    prune = cmd.split("&&", 1)[1].strip().split()
-    assert prune[:2] == ["graphprune", "prune"]
-    out = tmp_path / "pruned.onnx"
-    args = [a if a != "tiny_resnet.pruned.onnx" else str(out) for a in prune[1:]]
-    args = [a if a != "report.json" else str(tmp_path / "report.json") for a in args]
-    args = [str(ROOT / a) if a.startswith("models/") else a for a in args]
-    proc = subprocess.run([sys.executable, "-m", "graphprune.cli", *args], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert out.exists() and (tmp_path / "report.json").exists()
+    install, *steps = [part.strip().split() for part in cmd.split("&&")]
+    assert install[:2] == ["pip", "install"]
+    assert [s[:2] for s in steps] == [["graphprune", "prune"], ["graphprune", "validate"]]
+    files = {"digits.pruned.onnx": tmp_path / "pruned.onnx", "report.json": tmp_path / "report.json"}
+    outputs = []
+    for step in steps:
+        args = [str(files.get(a, ROOT / a if a.startswith("models/") else a)) for a in step[1:]]
+        proc = subprocess.run([sys.executable, "-m", "graphprune.cli", *args], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout)
+    assert all(path.exists() for path in files.values())
+    # the accuracy the README states for the bundled model, and a measured one for the pruned
+    assert re.search(r"top-1 accuracy \(497 samples, labels 'labels'\): original 0\.9960, pruned 0\.\d{4}", outputs[1])
 
 
 def test_ci_runs_the_readme_test_command():

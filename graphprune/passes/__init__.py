@@ -49,5 +49,6 @@ class Pipeline(TransformMixin):
 
 
 from .filter import FilterPruning  # noqa: E402
+from .layer import LayerPruning  # noqa: E402
 
-__all__ = ["FilterPruning", "Pass", "PassResult", "Pipeline"]
+__all__ = ["FilterPruning", "LayerPruning", "Pass", "PassResult", "Pipeline"]

@@ -1,0 +1,169 @@
+"""User data for calibration and evaluation: ``.npz`` files streamed in batches.
+
+Rules:
+1. A dataset is an ``.npz`` file, or a folder of them (read in name order), whose keys are the
+   model's input names; each array has the samples on axis 0. Other keys (``labels``) are
+   carried along, never fed to the model.
+2. Files are opened one at a time and arrays are cut into batches as they are read, so memory
+   is bounded by one file, never by the whole dataset.
+3. A model whose input declares a fixed batch size (often 1: many exporters fix it) is fed
+   batches of exactly that size; a dynamic batch axis takes ``batch_size`` samples at a time.
+   A remainder that does not fill a fixed batch is dropped and counted.
+4. Arrays are cast to the input's declared element type (a float64 ``.npz`` feeds a float32
+   model); a declared static non-batch dim that disagrees with the data is an error naming
+   the file, the key and both shapes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .errors import InputError
+
+DEFAULT_BATCH = 32
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input: its name, declared shape (None for a dynamic dim) and numpy dtype."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+
+    @property
+    def fixed_batch(self) -> int | None:
+        return self.shape[0] if self.shape else None
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The model's real inputs (old exporters also list initializers as inputs: skipped)."""
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        specs.append(InputSpec(vi.name, dims, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))))
+    return specs
+
+
+@dataclass
+class Dataset:
+    """An ``.npz`` file or a folder of them, read lazily."""
+
+    path: Path
+    files: list[Path]
+    counts: list[int] = field(default_factory=list)  # samples per file
+    keys: list[set[str]] = field(default_factory=list)
+
+    @property
+    def n_samples(self) -> int:
+        return sum(self.counts)
+
+    def batches(
+        self,
+        specs: list[InputSpec],
+        *,
+        batch_size: int = DEFAULT_BATCH,
+        limit: int | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Feeds for the model, one batch at a time; ``extra`` keys (labels) ride along.
+
+        At most ``limit`` samples are read. Raises ``InputError`` for a missing key or a
+        shape the model cannot take.
+        """
+        if batch_size < 1:
+            raise InputError(f"batch size must be a positive integer, got {batch_size}")
+        fixed = {s.fixed_batch for s in specs if s.fixed_batch is not None}
+        if len(fixed) > 1:
+            raise InputError(f"{self.path}: the model's inputs fix different batch sizes {sorted(fixed)}")
+        step = fixed.pop() if fixed else batch_size
+        left = self.n_samples if limit is None else min(limit, self.n_samples)
+        for file, count, keys in zip(self.files, self.counts, self.keys):
+            if left <= 0:
+                return
+            missing = [s.name for s in specs if s.name not in keys] + [k for k in extra if k not in keys]
+            if missing:
+                raise InputError(f"{file}: no array {missing[0]!r} (has {', '.join(sorted(keys))})")
+            with np.load(file, allow_pickle=False) as npz:
+                arrays = {s.name: _checked(npz[s.name], s, file) for s in specs}
+                arrays.update({k: np.asarray(npz[k]) for k in extra})
+            n = min(count, left)
+            for start in range(0, n, step):
+                stop = start + step
+                if stop > n and fixed:
+                    break  # a fixed batch cannot take a partial one
+                yield {k: a[start:stop] for k, a in arrays.items()}
+            left -= n
+            del arrays
+
+
+def open_dataset(path: str | os.PathLike) -> Dataset:
+    """Index an ``.npz`` file or a folder of them (keys and sample counts, no data read)."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix == ".npz" and f.is_file())
+        if not files:
+            raise InputError(f"{p}: folder has no .npz files")
+    elif p.is_file():
+        files = [p]
+    else:
+        raise InputError(f"{p}: no such data file or folder")
+    ds = Dataset(p, files)
+    for f in files:
+        try:
+            with np.load(f, allow_pickle=False) as npz:
+                if not hasattr(npz, "files"):
+                    raise InputError(f"{f}: not an .npz archive (a single .npy array has no input names)")
+                names = list(npz.files)
+                if not names:
+                    raise InputError(f"{f}: empty .npz archive")
+                counts = {k: _leading(f, npz, k) for k in names}
+        except InputError:
+            raise
+        except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError...
+            raise InputError(f"{f}: cannot read as .npz ({type(exc).__name__}: {exc})") from None
+        sizes = set(counts.values())
+        if len(sizes) > 1:
+            detail = ", ".join(f"{k}: {n}" for k, n in counts.items())
+            raise InputError(f"{f}: arrays have different numbers of samples ({detail})")
+        ds.counts.append(sizes.pop())
+        ds.keys.append(set(names))
+    return ds
+
+
+def _leading(file: Path, npz, key: str) -> int:
+    """Samples in array ``key``, read from its header only (the data stays on disk)."""
+    with npz.zip.open(key + ".npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(fh)
+    if len(shape) == 0:
+        raise InputError(f"{file}: array {key!r} is a scalar; samples must be on axis 0")
+    return int(shape[0])
+
+
+def _checked(arr: np.ndarray, spec: InputSpec, file: Path) -> np.ndarray:
+    if arr.ndim != len(spec.shape):
+        raise InputError(
+            f"{file}: array {spec.name!r} has shape {list(arr.shape)}, the model's input has rank {len(spec.shape)}"
+        )
+    for axis, (have, want) in enumerate(zip(arr.shape, spec.shape)):
+        if axis > 0 and want is not None and have != want:
+            shown = ["?" if d is None else d for d in spec.shape]
+            raise InputError(f"{file}: array {spec.name!r} has shape {list(arr.shape)}, the model expects {shown}")
+    if arr.dtype != spec.dtype:
+        if arr.dtype.kind not in "fiub" or (spec.dtype.kind in "iub" and arr.dtype.kind == "f"):
+            raise InputError(f"{file}: array {spec.name!r} is {arr.dtype}, the model expects {spec.dtype}")
+        arr = arr.astype(spec.dtype)
+    return arr
