@@ -93,6 +93,7 @@ def test_cli_target_flops_on_the_example_model(run_cli, tmp_path):
         (["--objective", "latency"], "--objective needs"),
         (["--target-flops", "0.5", "--objective", "speed"], "invalid choice"),
         (["--target-latency", "0.5", "--threads", "0"], "threads must be a positive integer"),
+        (["--pass", "layer", "--target-flops", "0.5"], "applies to --pass filter alone"),
     ],
 )
 def test_cli_bad_target_flags_exit_2_with_one_line(run_cli, tmp_path, flags, message):
