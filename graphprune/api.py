@@ -86,6 +86,13 @@ def prune(
     plan: dict | str | os.PathLike | None = None,
     seed: int = 0,
     units: tuple[str, ...] | list[str] = (),
+    target_flops: float | None = None,
+    target_params: float | None = None,
+    target_latency: float | None = None,
+    objective: str | None = None,
+    latency_table: str | os.PathLike | None = None,
+    threads: int = 1,
+    progress=None,
     validate: bool = True,
     latency: bool = True,
     feeds: dict[str, np.ndarray] | None = None,
@@ -104,6 +111,12 @@ def prune(
     (attention heads), ``"mlp"`` (neurons of matrix products) and ``"channels"``
     (convolution channels), all three by default; ``"hidden"`` (a transformer's residual
     width, through its LayerNorms) is inexact and only pruned when asked for.
+    ``target_flops``/``target_params``/``target_latency`` (fraction of the original kept)
+    replace ``ratio`` with global allocation to that target; ``objective`` (``"flops"``,
+    ``"params"``, ``"latency"``) is what a removed unit is credited with saving (default: the
+    target's metric). Latency is measured with onnxruntime on this machine (``threads``), per
+    layer into a cached table (``latency_table`` names its file); ``progress`` receives
+    one-line messages while it is measured.
     ``report.passed`` says whether validation held. ``inplace=True`` (only without
     validation, which needs the original) edits ``model`` itself instead
     of a copy, to save memory on large models.
@@ -139,6 +152,13 @@ def prune(
         batch_size=batch_size,
         compensate=compensate,
         selection=selection,
+        target_flops=target_flops,
+        target_params=target_params,
+        target_latency=target_latency,
+        objective=objective,
+        latency_table=None if latency_table is None else os.fspath(latency_table),
+        threads=threads,
+        progress=progress,
     )
     pass_ = make_pass(pass_, **options)
     data = getattr(pass_, "calib", None)

@@ -44,7 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="prune a model and validate the result")
     pr.add_argument("model")
     pr.add_argument("-o", "--output", required=True, help="where to write the pruned model")
-    pr.add_argument("--ratio", type=float, default=0.5, help="fraction of each group to remove (default 0.5)")
+    pr.add_argument("--ratio", type=float, default=None, help="fraction of each group to remove (default 0.5)")
+    pr.add_argument("--target-flops", type=float, metavar="F", help="keep this fraction of the MACs (0<F<1)")
+    pr.add_argument("--target-params", type=float, metavar="P", help="keep this fraction of the parameters (0<P<1)")
+    pr.add_argument(
+        "--target-latency",
+        type=float,
+        metavar="L",
+        help="keep this fraction of the onnxruntime latency measured on this machine (0<L<1)",
+    )
+    pr.add_argument(
+        "--objective",
+        choices=["flops", "params", "latency"],
+        help="what allocation to a target credits a removed channel with saving (default: the target's metric);"
+        " latency snaps channel counts to the steps of measured per-layer latency curves",
+    )
+    pr.add_argument("--latency-table", metavar="PATH", help="latency table file (default: ~/.cache/graphprune/)")
+    pr.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency tables (default 1)")
     pr.add_argument("--criterion", default="l2", help=f"one of {', '.join(sorted(CRITERIA))} (default l2)")
     pr.add_argument(
         "--global",
@@ -245,7 +261,18 @@ def _prune(args) -> int:
         raise InputError(f"{out}: output exists; use --force to overwrite")
     if out.is_dir():
         raise InputError(f"{out}: output is a directory")
+    targets = _targets(args)
+    if args.ratio is not None and targets:
+        raise InputError(f"graphprune prune: --ratio and --{targets[0].replace('_', '-')} cannot be combined")
+    if args.plan and targets:
+        raise InputError(f"graphprune prune: --plan and --{targets[0].replace('_', '-')} cannot be combined")
+    if args.objective and not targets:
+        raise InputError("graphprune prune: --objective needs --target-flops, --target-params or --target-latency")
+    if args.ratio is None:
+        args.ratio = 0.5
     if len(args.passes) > 1 or "layer" in args.passes or args.remove_blocks is not None:
+        if targets:
+            raise InputError(f"graphprune prune: --{targets[0].replace('_', '-')} applies to --pass filter alone")
         return _prune_passes(args, src, out)
     (pass_name,) = args.passes
     # Check the flags before the (possibly long) load.
@@ -355,7 +382,19 @@ def _pass_options(args, plan) -> dict:
         batch_size=args.batch_size,
         compensate=args.compensate,
         selection=args.selection,
+        target_flops=args.target_flops,
+        target_params=args.target_params,
+        target_latency=args.target_latency,
+        objective=args.objective,
+        latency_table=args.latency_table,
+        threads=args.threads,
+        # only a target measures latency tables, whose progress is worth showing
+        progress=None if args.quiet or not _targets(args) else (lambda msg: _say(args, msg)),
     )
+
+
+def _targets(args) -> list[str]:
+    return [f for f in ("target_flops", "target_params", "target_latency") if getattr(args, f) is not None]
 
 
 def _failure(report) -> str:

@@ -97,6 +97,13 @@ class Report:
                 f"groups: {p.get('groups_pruned', 0)} pruned of {p.get('groups_prunable', 0)} prunable,"
                 f" {p.get('groups_blocked', 0)} blocked, {p.get('channels_removed', 0)} channels removed"
             )
+        if p.get("target"):
+            t = p["target"]
+            how = " (measured)" if "latency_measured" in p else ""
+            lines.append(
+                f"target: keep {t['fraction']:.3f} of {t['metric']}, reached {p['reached']:.3f}{how}"
+                f" (objective: {p.get('objective')})"
+            )
         if "blocks_found" in p:
             removed = p.get("blocks_removed", [])
             names = ", ".join(b["add"] for b in removed[:4]) + (f" +{len(removed) - 4}" if len(removed) > 4 else "")

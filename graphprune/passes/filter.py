@@ -7,12 +7,13 @@ the removed channels contributed back into their consumers' weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import onnx
 
-from ..allocate import allocate, protected
+from ..allocate import TargetResult, allocate, allocate_to_target, protected
 from ..calibrate import Statistics
 from ..criteria import CRITERIA, score_groups
 from ..criteria.data import DATA_CRITERIA
@@ -20,12 +21,16 @@ from ..data import DEFAULT_BATCH
 from ..dependency import DependencyGraph, analyze
 from ..errors import InputError
 from ..plan import Plan, plan_from_json
+from ..surgery import apply_plan
 from . import PassResult, PruneOutcome, TransformMixin
 from .finish import PLAN_METADATA_KEY, check_data_options, finish, get_metadata, measure, set_metadata
 
 __all__ = ["FilterPruning", "PLAN_METADATA_KEY", "get_metadata", "set_metadata"]
 UNITS = ("heads", "mlp", "channels", "hidden")
 DEFAULT_UNITS = ("heads", "mlp", "channels")  # hidden width is inexact: only when asked for
+OBJECTIVES = ("flops", "params", "latency")
+LATENCY_TOLERANCE = 0.05  # a latency target is met when the measured ratio is within 5% of it
+LATENCY_TRIES = 4
 
 
 @dataclass(frozen=True)
@@ -33,8 +38,13 @@ class FilterPruning(TransformMixin):
     """Remove the lowest-scoring ``ratio`` of every prunable group (or by one global threshold).
 
     ``plan`` (a plan's JSON object) replaces scoring and allocation: its removals are
-    applied as they are. The pruned model carries its plan in ``metadata_props`` under
-    ``graphprune.plan``, so it can be validated later against the original.
+    applied as they are. A target (``target_flops``, ``target_params`` or ``target_latency``:
+    the fraction of the original to keep) replaces ``ratio``: allocation prices each group's
+    units by the ``objective`` they save (default: the target's own metric); latency comes
+    from a per-layer table measured on this machine (cached, ``latency_table`` names the file),
+    and a latency target is checked, and corrected, by timing the pruned model.
+    The pruned model carries its plan in ``metadata_props`` under ``graphprune.plan``,
+    so it can be validated later against the original.
     """
 
     ratio: float = 0.5
@@ -51,10 +61,32 @@ class FilterPruning(TransformMixin):
     calib: Any = None  # calibration data: a Dataset, or a path to an .npz file or a folder of them
     calib_samples: int | None = None  # use at most this many samples of calib
     batch_size: int = DEFAULT_BATCH
+    target_flops: float | None = None
+    target_params: float | None = None
+    target_latency: float | None = None
+    objective: str | None = None  # flops | params | latency: what a unit's removal saves
+    latency_table: str | None = None  # the table's file (default: the cache directory)
+    threads: int = 1  # onnxruntime intra-op threads for latency tables and timing
+    progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        targets = {k: v for k, v in self.targets.items() if v is not None}
+        if len(targets) > 1:
+            raise InputError(f"choose one target, not {' and '.join('--target-' + k for k in targets)}")
+        for k, v in targets.items():
+            if not 0.0 < v < 1.0:
+                raise InputError(f"target-{k} must be between 0 and 1 (exclusive), got {v}")
+        if targets and self.plan is not None:
+            raise InputError("a plan replaces allocation: it cannot be combined with a target")
+        if self.objective is not None:
+            if self.objective not in OBJECTIVES:
+                raise InputError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
+            if not targets:
+                raise InputError("objective needs a target (target-flops, target-params or target-latency)")
+        if self.threads < 1:
+            raise InputError(f"threads must be a positive integer, got {self.threads}")
         if self.plan is None:
-            if not 0.0 < self.ratio < 1.0:
+            if not targets and not 0.0 < self.ratio < 1.0:
                 raise InputError(f"ratio must be between 0 and 1 (exclusive), got {self.ratio}")
             if self.criterion not in CRITERIA:
                 raise InputError(f"unknown criterion {self.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
@@ -69,6 +101,15 @@ class FilterPruning(TransformMixin):
         if self.min_keep < 1:
             raise InputError(f"min-keep must be a positive integer, got {self.min_keep}")
 
+    @property
+    def targets(self) -> dict[str, float | None]:
+        return {"flops": self.target_flops, "params": self.target_params, "latency": self.target_latency}
+
+    @property
+    def target(self) -> tuple[str, float] | None:
+        """The target's metric and fraction, if there is one."""
+        return next(((k, v) for k, v in self.targets.items() if v is not None), None)
+
     def __call__(self, model: onnx.ModelProto) -> PassResult:
         deps = analyze(model, inexact=self.inexact)
         outcome = self.prune(model, deps)
@@ -80,14 +121,20 @@ class FilterPruning(TransformMixin):
         (which may name such groups)."""
         return "hidden" in self.units or self.plan is not None
 
-    def choose(self, deps: DependencyGraph, stats: Statistics | None = None) -> tuple[Plan, dict]:
+    def choose(
+        self, deps: DependencyGraph, stats: Statistics | None = None, *, goal: float | None = None
+    ) -> tuple[Plan, dict]:
         """The plan this pass would apply to ``deps``, and notes for the report (``stats``:
-        calibration statistics for a data criterion)."""
+        calibration statistics for a data criterion; ``goal`` overrides the fraction a target
+        asks of its cost model, to correct a latency estimate)."""
         if self.plan is not None:
             return plan_from_json(self.plan, deps, source=self.plan_source), {"source": self.plan_source}
         scores, ctx = score_groups(deps, self.criterion, seed=self.seed, stats=stats)
         units = self.units or DEFAULT_UNITS
         scores = {gid: s for gid, s in scores.items() if deps.groups[gid].unit in units}
+        if self.target is not None:
+            result, notes = self._to_target(deps, scores, goal)
+            return result.plan, {"criterion_fallbacks": dict(ctx.fallbacks), **notes}
         plan = allocate(
             deps,
             scores,
@@ -99,27 +146,104 @@ class FilterPruning(TransformMixin):
         )
         return plan, {"criterion_fallbacks": dict(ctx.fallbacks)}
 
+    def _to_target(self, deps: DependencyGraph, scores: dict, goal: float | None) -> tuple[TargetResult, dict]:
+        from ..costmodel import CostModel
+
+        metric, fraction = self.target  # type: ignore[misc]
+        objective = self.objective or metric
+        cm = CostModel(deps)
+        costs = {
+            "flops": lambda r: cm.flops(r) / max(cm.flops_before, 1),
+            "params": lambda r: cm.params(r) / max(cm.params_before, 1),
+        }
+        notes: dict = {"target": {"metric": metric, "fraction": fraction}, "objective": objective}
+        grids = None
+        if "latency" in (metric, objective):
+            from ..latency_table import LatencyModel, latency_table
+
+            table = latency_table(deps, cm, threads=self.threads, path=self.latency_table, progress=self.progress)
+            lm = LatencyModel(table, cm)
+            costs["latency"] = lm.fraction
+            notes["latency_table"] = {
+                "layers": len(table.layers),
+                "configs": len({ly.config for ly in table.layers}),
+                "measured_now": table.measured,
+                "model_ms": round(table.model_ms, 3),
+                "threads": self.threads,
+            }
+            if objective == "latency":
+                grids = lm.grids(deps)
+        result = allocate_to_target(
+            deps,
+            scores,
+            fraction if goal is None else goal,
+            costs[metric],
+            cm.group_ids,
+            objective=costs[objective],
+            grids=grids,
+            round_to=self.round_to,
+            min_keep=self.min_keep,
+            ignore=self.ignore,
+        )
+        notes["reached"] = round(result.reached, 5)
+        if metric == "latency":
+            notes["reached_estimate"] = notes["reached"]
+        return result, notes
+
     def run(self, model: onnx.ModelProto, deps: DependencyGraph, *, inplace: bool = False):
         """Plan and surgery on an analysed model: ``(pruned, plan, report)``."""
         outcome = self.prune(model, deps, inplace=inplace)
         return outcome.pruned, outcome.plan, outcome.report
 
     def prune(self, model: onnx.ModelProto, deps: DependencyGraph, *, inplace: bool = False) -> PruneOutcome:
-        """Calibrate (if the criterion needs data), plan, compensate (if asked) and cut."""
+        """Calibrate (if the criterion needs data), plan (to a target, if any), compensate (if
+        asked) and cut."""
         stats = None
         if self.plan is None and self.criterion in DATA_CRITERIA:
             stats = measure(self, model, deps, {"channels"})
         plan, notes = self.choose(deps, stats)
+        if self.target_latency is not None:
+            plan, notes = self._settle_latency(model, deps, plan, notes, stats)
         outcome, data_notes = finish(self, model, deps, plan, stats, inplace=inplace, inexact=self.inexact)
         outcome.report = {**self.report(deps, plan, notes), **data_notes}
         return outcome
+
+    def _settle_latency(self, model, deps, plan, notes, stats):
+        """For a latency target: time the pruned model against the original and, while the
+        measured ratio misses the target by more than 5%, move the estimate's goal (secant
+        through the tries so far) and allocate again; the try measured nearest the target wins.
+        Compensation changes weights only, so the timing of the uncompensated cut stands."""
+        from ..latency_table import compare_latency
+
+        target = float(self.target_latency)  # type: ignore[arg-type]
+        goal = target
+        # about two seconds of runs per model (20 at least): a ratio measured on a shared machine needs them
+        repeats = int(min(max(20, 2000 / max(notes["latency_table"]["model_ms"], 1e-3)), 200))
+        tries: list[dict] = []
+        best = None
+        for attempt in range(LATENCY_TRIES):
+            pruned = apply_plan(model, deps, plan)
+            before, after = compare_latency(model, pruned, threads=self.threads, repeats=repeats)
+            del pruned
+            ratio = after / before
+            tries.append({"goal": round(goal, 5), "estimate": notes["reached_estimate"], "measured": round(ratio, 5)})
+            if best is None or abs(ratio - target) < abs(best[2] - target):
+                best = (plan, notes, ratio, before, after)
+            if abs(ratio / target - 1) <= LATENCY_TOLERANCE or attempt == LATENCY_TRIES - 1:
+                break
+            goal = _next_goal(tries, target)
+            plan, notes = self.choose(deps, stats, goal=goal)
+        plan, notes, ratio, before, after = best  # type: ignore[misc]
+        notes["reached"] = round(ratio, 5)
+        notes["latency_measured"] = {"before_ms": round(before, 3), "after_ms": round(after, 3), "tries": tries}
+        return plan, notes
 
     def report(self, deps: DependencyGraph, plan: Plan, notes: dict) -> dict:
         skipped = protected(deps, self.ignore)
         blocked = deps.blocked_groups()
         return {
             "criterion": None if self.plan is not None else self.criterion,
-            "ratio": None if self.plan is not None else self.ratio,
+            "ratio": None if self.plan is not None or self.target is not None else self.ratio,
             "global": self.global_threshold,
             "round_to": self.round_to,
             "units": list(self.units or DEFAULT_UNITS),
@@ -133,3 +257,16 @@ class FilterPruning(TransformMixin):
             "blocked_reasons": deps.blocked_counts(),
             **notes,
         }
+
+
+def _next_goal(tries: list[dict], target: float) -> float:
+    """The estimate's next goal: scaled by the miss after one try, then the secant through the
+    two tries measured nearest the target."""
+    last = tries[-1]
+    goal = last["goal"] * target / last["measured"]
+    near = sorted(tries, key=lambda t: abs(t["measured"] - target))[:2]
+    if len(near) == 2 and near[0]["goal"] != near[1]["goal"]:
+        slope = (near[0]["measured"] - near[1]["measured"]) / (near[0]["goal"] - near[1]["goal"])
+        if slope > 0:
+            goal = near[0]["goal"] + (target - near[0]["measured"]) / slope
+    return min(max(goal, 0.01), 0.99)

@@ -1,0 +1,106 @@
+"""Latency tables: measured once per model, machine, onnxruntime and threads, read back from
+their cache, measured again when the model changes; the latency objective keeps channel
+counts on the measured grid. No assertion here depends on how fast anything ran."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import graphprune
+import graphprune.latency_table as lt
+from graphprune.costmodel import CostModel
+from graphprune.dependency import analyze
+from models import builders
+
+
+def table_of(model, path, **kw):
+    deps = analyze(model)
+    cm = CostModel(deps)
+    return lt.latency_table(deps, cm, path=path, repeats=1, max_points=4, **kw), cm
+
+
+def test_grid_is_multiples_of_eight_up_to_the_width():
+    assert lt.grid(64, max_points=12) == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert lt.grid(2048, max_points=12) == [*range(176, 2048, 176), 2048]
+    assert all(c % 8 == 0 for c in lt.grid(2048))
+    assert lt.grid(6, max_points=12) == [1, 2, 3, 4, 5, 6]
+
+
+def test_table_round_trips_through_its_cache_and_is_remeasured_for_a_changed_model(tmp_path):
+    path = tmp_path / "table.json"
+    messages = []
+    first, _ = table_of(builders.residual_net(width=16, blocks=2), path, progress=messages.append)
+    assert first.measured > 0 and path.exists() and messages
+    configs = {ly.config for ly in first.layers}
+    assert len(configs) < len(first.layers)  # repeated blocks are measured once
+    data = json.loads(path.read_text())
+    assert data["key"]["threads"] == 1 and data["key"]["onnxruntime"] and data["key"]["graph"]
+
+    again, _ = table_of(builders.residual_net(width=16, blocks=2), path)
+    assert again.measured == 0
+    assert again.model_ms == first.model_ms
+    assert [ly.curves for ly in again.layers] == [ly.curves for ly in first.layers]
+
+    changed, _ = table_of(builders.residual_net(width=24, blocks=2), path)
+    assert changed.measured > 0
+    assert json.loads(path.read_text())["key"]["graph"] != data["key"]["graph"]
+
+    other_threads, _ = table_of(builders.residual_net(width=24, blocks=2), path, threads=2)
+    assert other_threads.measured > 0
+
+
+def test_curves_cover_the_grid_of_each_prunable_axis(tmp_path):
+    table, cm = table_of(builders.depthwise_separable(), tmp_path / "t.json")
+    assert any("both" in ly.curves for ly in table.layers)  # depthwise: in and out together
+    for ly in table.layers:
+        for axis, curve in ly.curves.items():
+            if axis == "diag":  # both counts at once: pairs of grid counts, increasing
+                assert curve["counts"] == sorted(curve["counts"]) and set(curve["counts"]) <= set(
+                    lt.grid(ly.full_in, 4)
+                )
+                continue
+            full = ly.full_out if axis == "out" else ly.full_in
+            assert curve["counts"] == lt.grid(full, 4) and len(curve["ms"]) == len(curve["counts"])
+    model = lt.LatencyModel(table, cm)
+    assert model.fraction(np.zeros((1, len(cm.group_ids))))[0] == 1.0
+
+
+def test_latency_objective_keeps_channel_counts_on_the_grid(tmp_path):
+    model = builders.residual_net(width=32, blocks=4)
+    result = graphprune.prune(
+        model, target_flops=0.5, objective="latency", latency_table=tmp_path / "t.json", latency=False
+    )
+    assert result.report.passed and result.report.exact.passed
+    assert abs(result.report.flops_after / result.report.flops_before - 0.5) <= 0.05
+    assert result.report.prune["latency_table"]["layers"] > 0
+    for gid, idx in result.plan.removals.items():
+        g = result.deps.groups[gid]
+        assert g.size - len(idx) in lt.grid(g.size)
+
+
+def test_latency_target_reports_what_was_measured(tmp_path):
+    result = graphprune.prune(
+        builders.residual_net(width=32, blocks=4),
+        target_latency=0.6,
+        latency_table=tmp_path / "t.json",
+        validate=False,
+    )
+    p = result.report.prune
+    assert p["target"] == {"metric": "latency", "fraction": 0.6}
+    m = p["latency_measured"]
+    assert m["before_ms"] > 0 and m["after_ms"] > 0
+    assert p["reached"] == pytest.approx(m["after_ms"] / m["before_ms"], rel=1e-2)
+    assert 1 <= len(m["tries"]) <= 4
+
+
+def test_a_missed_latency_target_moves_the_goal_by_the_secant_of_the_tries():
+    from graphprune.passes.filter import _next_goal
+
+    # one try: scale the goal by the miss
+    assert _next_goal([{"goal": 0.5, "measured": 0.625}], 0.5) == pytest.approx(0.4)
+    # two tries: the line through them crosses the target at goal 0.45
+    tries = [{"goal": 0.5, "measured": 0.6}, {"goal": 0.4, "measured": 0.4}]
+    assert _next_goal(tries, 0.5) == pytest.approx(0.45)

@@ -1,0 +1,104 @@
+"""Allocation to a target: --target-flops / --target-params land on the target, exactly
+pruned, within round_to, min_keep and ignore; the CLI flags and their usage errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import graphprune
+from graphprune.allocate import keep_choices
+from graphprune.dependency import analyze
+from models import builders
+
+TINY = Path(__file__).resolve().parents[1] / "models" / "examples" / "tiny_resnet.onnx"
+
+
+def resnet():
+    return builders.residual_net(width=32, blocks=4)
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 0.75])
+def test_target_flops_is_reached_within_two_percent_and_exact(fraction):
+    result = graphprune.prune(resnet(), target_flops=fraction, latency=False)
+    r = result.report
+    assert r.passed and r.exact.passed
+    kept = r.flops_after / r.flops_before
+    assert abs(kept - fraction) <= 0.02
+    assert r.prune["target"] == {"metric": "flops", "fraction": fraction}
+    assert r.prune["reached"] == pytest.approx(kept, abs=1e-4)  # the cost model's figure is the real one
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6])
+def test_target_params_is_reached_within_two_percent_and_exact(fraction):
+    r = graphprune.prune(resnet(), target_params=fraction, latency=False).report
+    assert r.passed and r.exact.passed
+    assert abs(r.params_after / r.params_before - fraction) <= 0.02
+    assert r.prune["objective"] == "params"
+
+
+def test_objective_changes_where_channels_go_at_the_same_target():
+    by_flops = graphprune.prune(resnet(), target_flops=0.5, validate=False)
+    by_params = graphprune.prune(resnet(), target_flops=0.5, objective="params", validate=False)
+    # pricing channels by parameters prunes the wide late layers more: fewer parameters at equal MACs
+    assert by_params.report.params_after < by_flops.report.params_after
+    assert abs(by_params.report.flops_after / by_params.report.flops_before - 0.5) <= 0.02
+
+
+def test_target_honours_round_to_min_keep_and_ignore():
+    model = builders.residual_net(width=32, blocks=4)
+    result = graphprune.prune(
+        model, target_flops=0.4, round_to=8, min_keep=16, ignore=["layer1.0.conv1*"], latency=False
+    )
+    assert result.report.passed
+    deps = result.deps
+    ignored = deps.group_of("layer1.0.conv1.weight", 0)
+    assert ignored is not None and ignored.id not in result.plan.removals
+    assert result.plan.removals
+    for gid, idx in result.plan.removals.items():
+        kept = deps.groups[gid].size - len(idx)
+        assert kept % 8 == 0 and kept >= 16
+
+
+def test_keep_choices_snap_to_a_grid_when_given_one():
+    deps = analyze(builders.residual_net(width=32, blocks=2))
+    g = next(g for g in deps.prunable_groups() if g.size == 64)
+    assert list(keep_choices(g, 1, 1)[:3]) == [64, 63, 62]
+    assert list(keep_choices(g, 16, 1)) == [64, 48, 32, 16]
+    assert list(keep_choices(g, 1, 1, grid=np.array([8, 16, 24, 64]))) == [64, 24, 16, 8]
+
+
+def test_cli_target_flops_on_the_example_model(run_cli, tmp_path):
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    code, stdout, err = run_cli("prune", TINY, "-o", out, "--target-flops", "0.5", "--report", report, "--no-latency")
+    assert code == 0, err
+    data = json.loads(report.read_text())
+    assert data["passed"] and data["target"] == {"metric": "flops", "fraction": 0.5}
+    assert abs(data["flops_after"] / data["flops_before"] - 0.5) <= 0.02
+    assert data["reached"] == pytest.approx(data["flops_after"] / data["flops_before"], abs=1e-4)
+    assert "target: keep 0.500 of flops" in stdout
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--target-flops", "1.5"], "target-flops must be between 0 and 1"),
+        (["--target-params", "0"], "target-params must be between 0 and 1"),
+        (["--target-flops", "abc"], "invalid float value"),
+        (["--ratio", "0.3", "--target-flops", "0.5"], "--ratio and --target-flops cannot be combined"),
+        (["--target-flops", "0.5", "--target-params", "0.5"], "choose one target"),
+        (["--objective", "latency"], "--objective needs"),
+        (["--target-flops", "0.5", "--objective", "speed"], "invalid choice"),
+        (["--target-latency", "0.5", "--threads", "0"], "threads must be a positive integer"),
+        (["--pass", "layer", "--target-flops", "0.5"], "applies to --pass filter alone"),
+    ],
+)
+def test_cli_bad_target_flags_exit_2_with_one_line(run_cli, tmp_path, flags, message):
+    out = tmp_path / "out.onnx"
+    code, _, err = run_cli("prune", TINY, "-o", out, *flags)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("graphprune: error:") and message in err
+    assert not out.exists()
