@@ -134,9 +134,14 @@ def allocate_to_target(
     round_to: int = 1,
     min_keep: int = 1,
     ignore: Iterable[str] = (),
+    losses: dict[int, Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> TargetResult:
     """Remove the least important units per unit of ``objective`` saved until ``cost`` keeps
     ``target`` (a fraction) of the original.
+
+    ``losses`` (per group id, optional) prices removing ``r`` units of a group directly, for
+    example by the accuracy drop a sensitivity analysis measured; it replaces the sum of the
+    removed units' scores for that group (the scores still say which units go).
 
     ``cost`` and ``objective`` price rows of removed-unit counts (one column per group id in
     ``columns``); ``cost`` returns the fraction of the target's metric kept. Each group picks,
@@ -163,7 +168,8 @@ def allocate_to_target(
         weight = g.size / (g.size - np.arange(g.size))
         lost = np.concatenate([[0.0], np.cumsum(scores[g.id][order] * weight)])
         r = g.size - keeps
-        options.append((col[g.id], r, lost[r], order))
+        measured = (losses or {}).get(g.id)
+        options.append((col[g.id], r, lost[r] if measured is None else measured(r), order))
     current = np.zeros(len(columns))
     full = float(objective(current[None, :])[0]) or 1.0
 

@@ -93,6 +93,7 @@ def prune(
     latency_table: str | os.PathLike | None = None,
     threads: int = 1,
     progress=None,
+    sensitivity=None,
     validate: bool = True,
     latency: bool = True,
     feeds: dict[str, np.ndarray] | None = None,
@@ -116,7 +117,10 @@ def prune(
     ``"params"``, ``"latency"``) is what a removed unit is credited with saving (default: the
     target's metric). Latency is measured with onnxruntime on this machine (``threads``), per
     layer into a cached table (``latency_table`` names its file); ``progress`` receives
-    one-line messages while it is measured.
+    one-line messages while it is measured. ``sensitivity`` (a
+    :class:`~graphprune.sensitivity.Sensitivity` or its JSON file, from ``graphprune
+    sensitivity``) prices each group's removals for a target by the drop measured when that
+    group alone was pruned, instead of by its scores.
     ``report.passed`` says whether validation held. ``inplace=True`` (only without
     validation, which needs the original) edits ``model`` itself instead
     of a copy, to save memory on large models.
@@ -159,6 +163,7 @@ def prune(
         latency_table=None if latency_table is None else os.fspath(latency_table),
         threads=threads,
         progress=progress,
+        sensitivity=sensitivity,
     )
     pass_ = make_pass(pass_, **options)
     data = getattr(pass_, "calib", None)

@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="what allocation to a target credits a removed channel with saving (default: the target's metric);"
         " latency snaps channel counts to the steps of measured per-layer latency curves",
     )
+    pr.add_argument(
+        "--sensitivity",
+        metavar="SENS.json",
+        help="allocate to the target by the drops `graphprune sensitivity` measured per group (which channels"
+        " go within a group still follows --criterion)",
+    )
     pr.add_argument("--latency-table", metavar="PATH", help="latency table file (default: ~/.cache/graphprune/)")
     pr.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency tables (default 1)")
     pr.add_argument("--criterion", default="l2", help=f"one of {', '.join(sorted(CRITERIA))} (default l2)")
@@ -268,6 +274,8 @@ def _prune(args) -> int:
         raise InputError(f"graphprune prune: --plan and --{targets[0].replace('_', '-')} cannot be combined")
     if args.objective and not targets:
         raise InputError("graphprune prune: --objective needs --target-flops, --target-params or --target-latency")
+    if args.sensitivity and not targets:
+        raise InputError("graphprune prune: --sensitivity needs --target-flops, --target-params or --target-latency")
     if args.ratio is None:
         args.ratio = 0.5
     if len(args.passes) > 1 or "layer" in args.passes or args.remove_blocks is not None:
@@ -390,6 +398,7 @@ def _pass_options(args, plan) -> dict:
         threads=args.threads,
         # only a target measures latency tables, whose progress is worth showing
         progress=None if args.quiet or not _targets(args) else (lambda msg: _say(args, msg)),
+        sensitivity=args.sensitivity,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -292,3 +293,37 @@ def plot(sens: Sensitivity, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def loss_curves(sens: Sensitivity, deps: DependencyGraph) -> tuple[dict[int, Callable], list[str]]:
+    """Per prunable group of ``deps`` found in ``sens`` (by anchor, axis and size): the measured
+    drop of removing ``r`` units, for allocation to a target (``allocate_to_target(losses=)``).
+
+    Drops are clipped at 0 and made non-decreasing (a drop measured on a few samples is noisy;
+    removing more never helps), interpolated linearly between the grid's counts, and removing
+    more than the grid's largest ratio is priced out (it was never measured). Groups not in the
+    file are returned by label: they are left as they are.
+    """
+    by_anchor = {(g.anchor, g.axis, g.size): g for g in sens.groups}
+    curves: dict[int, Callable] = {}
+    missing = []
+    for g in deps.prunable_groups():
+        a = g.anchor
+        row = by_anchor.get((a.tensor, a.axis, g.size)) if a is not None else None
+        if row is None:
+            missing.append(g.label)
+            continue
+        xs = np.array([0, *row.removed], dtype=np.float64)
+        ys = np.maximum.accumulate(np.clip(np.array([0.0, *row.drop]), 0.0, None))
+        curves[g.id] = _curve(xs, ys)
+    return curves, missing
+
+
+def _curve(xs: np.ndarray, ys: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    top = xs[-1]
+
+    def lost(r: np.ndarray) -> np.ndarray:
+        r = np.asarray(r, dtype=np.float64)
+        return np.where(r > top, 1e9, np.interp(r, xs, ys))
+
+    return lost

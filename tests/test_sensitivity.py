@@ -107,3 +107,52 @@ def test_block_sensitivity_is_the_cost_of_removing_that_block(model, data):
         cos = np.mean([fidelity([o], [r]).cosine for o, r in zip(outs, original)])
         assert row.drop == pytest.approx(1 - cos, abs=1e-5)
         assert row.macs == b.macs > 0
+
+
+def _sens_for(model, drops: dict[str, list[float]], ratios=(0.25, 0.5, 0.75)):
+    from graphprune.sensitivity import GroupSensitivity, Sensitivity
+
+    deps = analyze(model)
+    rows = []
+    for g in deps.prunable_groups():
+        d = drops.get(g.label, [0.01, 0.02, 0.03])
+        removed = [min(int(np.floor(g.size * r)), g.size - 1) for r in ratios]
+        rows.append(GroupSensitivity(g.label, g.anchor.tensor, g.anchor.axis, g.size, g.unit, removed, d, [0.0] * 3))
+    return Sensitivity("m", "cosine", 1.0, 8, "l2", list(ratios), rows)
+
+
+def test_allocation_to_a_target_follows_measured_drops(model):
+    import graphprune
+
+    labels = [g.label for g in analyze(model).prunable_groups()]
+    fragile, free = labels[-1], labels[-2]
+    sens = _sens_for(model, {fragile: [0.5, 0.9, 1.0], free: [0.0, 0.0, 0.0]})
+    result = graphprune.prune(model, target_flops=0.8, sensitivity=sens, latency=False)
+    assert result.report.passed and result.report.exact.passed
+    removed = {result.deps.groups[gid].label: len(idx) for gid, idx in result.plan.removals.items()}
+    free_size = next(g.size for g in result.deps.groups if g.label == free)
+    # the free group alone pays for the target (it reaches 0.8 before its measured range ends)
+    assert set(removed) == {free} and 0 < removed[free] <= int(np.floor(free_size * 0.75))
+    tighter = graphprune.prune(model, target_flops=0.6, sensitivity=sens, validate=False)
+    removed = {tighter.deps.groups[gid].label: len(idx) for gid, idx in tighter.plan.removals.items()}
+    assert removed.get(fragile, 0) == 0 and removed[free] <= int(np.floor(free_size * 0.75))  # never past the grid
+    assert result.report.prune["sensitivity"]["groups"] == len(labels)
+    assert abs(result.report.flops_after / result.report.flops_before - 0.8) < 0.05
+
+
+def test_sensitivity_needs_a_target_and_the_same_model(tmp_path, model, data):
+    import graphprune
+    from graphprune.errors import InputError
+
+    sens = _sens_for(model, {})
+    with pytest.raises(InputError, match="needs a target"):
+        graphprune.prune(model, ratio=0.5, sensitivity=sens, validate=False)
+    other = builders.conv_chain()
+    with pytest.raises(InputError, match="no prunable group of this model"):
+        graphprune.prune(other, target_flops=0.5, sensitivity=sens, validate=False)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    sens.save(tmp_path / "s.json")
+    args = ["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--sensitivity", str(tmp_path / "s.json")]
+    assert main(args) == 2
+    assert main([*args, "--target-flops", "0.7", "--no-latency"]) == 0

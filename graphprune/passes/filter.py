@@ -68,6 +68,8 @@ class FilterPruning(TransformMixin):
     latency_table: str | None = None  # the table's file (default: the cache directory)
     threads: int = 1  # onnxruntime intra-op threads for latency tables and timing
     progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+    # measured drops per group (a Sensitivity or its JSON file) price each group's removals for a target
+    sensitivity: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         targets = {k: v for k, v in self.targets.items() if v is not None}
@@ -83,6 +85,10 @@ class FilterPruning(TransformMixin):
                 raise InputError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
             if not targets:
                 raise InputError("objective needs a target (target-flops, target-params or target-latency)")
+        if self.sensitivity is not None and not targets:
+            raise InputError(
+                "sensitivity-based allocation needs a target (target-flops, target-params or target-latency)"
+            )
         if self.threads < 1:
             raise InputError(f"threads must be a positive integer, got {self.threads}")
         if self.plan is None:
@@ -173,6 +179,10 @@ class FilterPruning(TransformMixin):
             }
             if objective == "latency":
                 grids = lm.grids(deps)
+        losses = None
+        if self.sensitivity is not None:
+            losses, notes["sensitivity"] = self._losses(deps)
+            scores = {gid: s for gid, s in scores.items() if gid in losses}  # the others were not measured
         result = allocate_to_target(
             deps,
             scores,
@@ -184,11 +194,25 @@ class FilterPruning(TransformMixin):
             round_to=self.round_to,
             min_keep=self.min_keep,
             ignore=self.ignore,
+            losses=losses,
         )
         notes["reached"] = round(result.reached, 5)
         if metric == "latency":
             notes["reached_estimate"] = notes["reached"]
         return result, notes
+
+    def _losses(self, deps: DependencyGraph) -> tuple[dict, dict]:
+        from ..sensitivity import Sensitivity, loss_curves, read_sensitivity
+
+        sens = self.sensitivity
+        source = "sensitivity" if isinstance(sens, Sensitivity) else str(sens)
+        if not isinstance(sens, Sensitivity):
+            sens = read_sensitivity(sens)
+        curves, missing = loss_curves(sens, deps)
+        if not curves:
+            raise InputError(f"{source}: no prunable group of this model is in it (measured on {sens.model})")
+        note = {"source": source, "metric": sens.metric, "groups": len(curves), "not_measured": missing}
+        return curves, note
 
     def run(self, model: onnx.ModelProto, deps: DependencyGraph, *, inplace: bool = False):
         """Plan and surgery on an analysed model: ``(pruned, plan, report)``."""
