@@ -29,8 +29,10 @@ import graphprune
 from graphprune.activations import session_with_outputs
 from graphprune.cost import cost_of
 from graphprune.data import Dataset, input_specs, open_dataset
+from graphprune.dependency import analyze
 from graphprune.errors import InputError
 from graphprune.report import grid
+from graphprune.sensitivity import measure as measure_sensitivity
 from models.examples import digits
 
 LEVELS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
@@ -46,7 +48,15 @@ RATIO_METHODS: dict[str, tuple[str, dict]] = {
     "bias": ("filter l2 + bias", dict(criterion="l2", compensate="bias", calib=True)),
     "lstsq": ("filter l2 + lstsq", dict(criterion="l2", compensate="lstsq", calib=True)),
     "channel": ("channel ThiNet + lstsq", dict(pass_="channel", calib=True)),
-    "lstsq@target": ("filter l2 + lstsq, global target", dict(criterion="l2", compensate="lstsq", calib=True)),
+    "lstsq@target": (
+        "filter l2 + lstsq, global target",
+        dict(criterion="l2", compensate="lstsq", calib=True, target=True),
+    ),
+    "sensitivity": ("l2, sensitivity target", dict(criterion="l2", target=True, sensitivity=True)),
+    "sensitivity+lstsq": (
+        "l2 + lstsq, sensitivity target",
+        dict(criterion="l2", compensate="lstsq", calib=True, target=True, sensitivity=True),
+    ),
 }
 # Asked for by --methods only (they were in the older single-point benchmarks).
 EXTRA_METHODS: dict[str, tuple[str, dict]] = {
@@ -138,10 +148,13 @@ def shared_ratios(model: onnx.ModelProto, levels: list[float]) -> dict[float, tu
     return {lv: bisect(lambda r: flops_fraction(model, r), lv) for lv in levels if lv < 1.0}
 
 
-def ratio_curve(model, name: str, levels, ratios, calib, calib_samples, test, limit, base) -> Curve:
-    """Prune at every level with one ratio-based method; random is averaged over SEEDS."""
+def ratio_curve(model, name: str, levels, ratios, calib, calib_samples, test, limit, base, sens=None) -> Curve:
+    """Prune at every level with one ratio-based method (or its target, for ``target`` methods);
+    random is averaged over SEEDS; ``sensitivity`` methods allocate by ``sens``."""
     label, options = RATIO_METHODS[name]
-    options = {k: (calib if k == "calib" else v) for k, v in options.items()}
+    target = options.get("target", False)
+    options = {k: (calib if k == "calib" else sens if k == "sensitivity" else v) for k, v in options.items()}
+    options.pop("target", None)
     if "calib" in options:
         options["calib_samples"] = calib_samples
     curve, t0 = Curve(name, label), time.perf_counter()
@@ -150,7 +163,7 @@ def ratio_curve(model, name: str, levels, ratios, calib, calib_samples, test, li
             curve.points.append(Point(lv, 1.0, base, None, "unpruned"))
             continue
         print(f"{name} at {lv:g} of the FLOPs ...", file=sys.stderr, flush=True)
-        how = dict(target_flops=lv) if name == "lstsq@target" else dict(ratio=ratios[lv][0])
+        how = dict(target_flops=lv) if target else dict(ratio=ratios[lv][0])
         accs, exacts, kept = [], [], 1.0
         for seed in SEEDS if name == "random" else [0]:
             result = graphprune.prune(model, seed=seed, latency=False, **how, **options)
@@ -257,11 +270,18 @@ def sweep(
     model = graphprune.load_model(str(model_path or digits.MODEL))
     test, calib = open_dataset(test_path or digits.TEST), open_dataset(calib_path or digits.CALIB)
     base = top1(model, test, test_limit)
-    ratios = shared_ratios(model, [lv for lv in levels] if any(m in RATIO_METHODS for m in methods) else [])
+    uniform = any(m in RATIO_METHODS and not RATIO_METHODS[m][1].get("target") for m in methods)
+    ratios = shared_ratios(model, levels if uniform else [])
+    sens = None
+    if any(RATIO_METHODS.get(m, ("", {}))[1].get("sensitivity") for m in methods):
+        print("measuring sensitivity on the calibration split ...", file=sys.stderr, flush=True)
+        n = calib.n_samples if calib_samples is None else calib_samples
+        sens = measure_sensitivity(model, analyze(model), calib, samples=n, labels="labels")
     curves = []
     for name in methods:
         if name in RATIO_METHODS:
-            curves.append(ratio_curve(model, name, levels, ratios, calib, calib_samples, test, test_limit, base))
+            args = (model, name, levels, ratios, calib, calib_samples, test, test_limit, base, sens)
+            curves.append(ratio_curve(*args))
         elif name in LAYER_METHODS:
             curves.append(layer_curve(model, name, levels, calib, test, test_limit, base))
         elif not bundled:

@@ -310,7 +310,7 @@ def test_cli_layer_usage_errors_are_one_line(run_cli, tiny_model_path, tmp_path,
 def test_digits_keeps_its_accuracy_without_its_least_important_blocks(criterion, blocks, at_least):
     # measured: one block (0.80 of the MACs) by either criterion keeps 99.60% (the original's);
     # two by weight-norm (0.61 of the MACs) keep 96.98%, where uniform l2 filter pruning at
-    # 0.66 of the MACs keeps 64.39% (README, benchmarks/digits_accuracy)
+    # 0.66 of the MACs keeps 64.39% (README, benchmarks/accuracy_vs_flops)
     from graphprune.evaluate import evaluate
     from models.examples import digits
 
