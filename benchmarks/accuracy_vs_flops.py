@@ -325,12 +325,17 @@ def plot(s: Sweep, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6))
-    for c in s.curves:
-        if c.points:
-            pts = sorted(c.points, key=lambda p: -p.flops_kept)
-            style = dict(linestyle=":", color="black") if c.method == "torch-pruning" else {}
-            ax.plot([p.flops_kept for p in pts], [100 * p.accuracy for p in pts], marker="o", label=c.label, **style)
+    fig, ax = plt.subplots(figsize=(11, 6))
+    colors = plt.get_cmap("tab20").colors
+    markers = "osD^v<>PX*h"
+    for i, c in enumerate(x for x in s.curves if x.points):
+        pts = sorted(c.points, key=lambda p: -p.flops_kept)
+        style = dict(color=colors[(2 * i) % 20 + (2 * i) // 20], marker=markers[i % len(markers)])
+        if c.method == "torch-pruning":
+            style = dict(color="black", marker="o", linestyle=":", linewidth=2)
+        elif c.method in LAYER_METHODS:
+            style["linestyle"] = "-."
+        ax.plot([p.flops_kept for p in pts], [100 * p.accuracy for p in pts], label=c.label, **style)
     ax.axhline(95 * s.accuracy_original, linestyle="--", color="grey", label="95% of the original")
     ax.set_xlabel("fraction of MACs kept")
     ax.set_ylabel(f"top-1 accuracy, % ({s.test_samples} test samples)")
@@ -338,7 +343,7 @@ def plot(s: Sweep, path: str) -> None:
     ax.invert_xaxis()
     ax.set_ylim(0, 102)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
