@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import io
+from . import io, weights
 from .cost import cost_of, latency_ms
 from .data import DEFAULT_BATCH, Dataset, input_specs, open_dataset
 from .dependency import DependencyGraph
@@ -32,6 +32,7 @@ from .weights import runnable
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 PIPELINE_METADATA_KEY = "graphprune.pipeline"
+FIDELITY_SAMPLES = 256  # calibration samples prune's fidelity is measured on
 
 
 @dataclass
@@ -130,8 +131,8 @@ def prune(
     (``activation``, ``apoz``, ``fluctuation``, ``wanda``), ``compensate`` (``"bias"`` or
     ``"lstsq"``) and ``pass_="channel"`` (consumer-side selection with least-squares refit;
     ``selection="greedy"`` or ``"lasso"``). ``calib_samples`` limits the samples used,
-    ``batch_size`` the samples per onnxruntime run. Fidelity is then measured on the first
-    batch of ``calib`` (unless ``feeds`` are given).
+    ``batch_size`` the samples per onnxruntime run. Fidelity is then measured on up to 256
+    samples of ``calib``; exactness and latency on its first batch (unless ``feeds`` are given).
     """
     if inplace and validate:
         raise InputError("inplace pruning cannot be validated: the original is needed for the reference")
@@ -193,6 +194,11 @@ def prune(
         before=before,
         reference=outcome.reference,
     )
+    if validate and data is not None and report.runtime["passed"] and not weights.has_lazy(outcome.pruned):
+        # Fidelity over the calibration data rather than its first batch (one sample for a
+        # model fixed to batch 1); exactness and latency keep the first batch.
+        ev = evaluate(original, outcome.pruned, data, batch_size=pass_.batch_size, limit=FIDELITY_SAMPLES)
+        report.fidelity = ev.fidelity
     return PruneResult(model=outcome.pruned, report=report, plan=outcome.plan, deps=outcome.deps)
 
 
