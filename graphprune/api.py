@@ -283,8 +283,12 @@ def run_passes(
     exacts: list[Exactness] = []
     plans: list[dict] = []
     for p in passes:
+        p, note = _relative_target(p, original_cost=before, current=current)
+        if p is None:  # the earlier steps already met the target
+            steps.append({"pass": note["pass"], "skipped": note["why"]})
+            continue
         pruned, details, reference, skipped = _step(p, current)
-        entry = {"pass": type(p).__name__, **details}
+        entry = {"pass": type(p).__name__, **details, **note}
         if validate:
             ex = _exactness(current, pruned, reference, skipped, feeds)
             exacts.append(ex)
@@ -307,6 +311,26 @@ def run_passes(
     if validate:
         _end_to_end(report, original, current, exacts, feeds, latency)
     return PipelineResult(model=current, report=report, steps=steps, plans=plans)
+
+
+def _relative_target(p, *, original_cost, current: onnx.ModelProto):
+    """A step with a FLOPs or parameters target, which in a pipeline is a fraction of the
+    *original*, gets the fraction of its own input that reaches it (removing blocks first
+    leaves less for the channels to give); ``(None, note)`` if the target is already met."""
+    from dataclasses import replace
+
+    target = getattr(p, "target", None)
+    if target is None:
+        return p, {}
+    metric, fraction = target
+    if metric not in ("flops", "params"):
+        raise InputError(f"a {metric} target cannot be split over several passes; use it with one filter pass")
+    now = cost_of(current)
+    kept = (now.flops / max(original_cost.flops, 1)) if metric == "flops" else now.params / max(original_cost.params, 1)
+    step = fraction / kept if kept > 0 else 1.0
+    if step >= 1.0:
+        return None, {"pass": type(p).__name__, "why": f"the target ({fraction} of the {metric}) was met before it"}
+    return replace(p, **{f"target_{metric}": step}), {"target_of_original": {"metric": metric, "fraction": fraction}}
 
 
 def _exactness(before: onnx.ModelProto, after: onnx.ModelProto, reference, skipped: list[str], feeds):

@@ -279,8 +279,11 @@ def _prune(args) -> int:
     if args.ratio is None:
         args.ratio = 0.5
     if len(args.passes) > 1 or "layer" in args.passes or args.remove_blocks is not None:
-        if targets:
-            raise InputError(f"graphprune prune: --{targets[0].replace('_', '-')} applies to --pass filter alone")
+        if targets and ("filter" not in args.passes or args.target_latency is not None):
+            raise InputError(
+                f"graphprune prune: --{targets[0].replace('_', '-')} needs a filter pass (alone, or after layer:"
+                " --pass layer filter)"
+            )
         return _prune_passes(args, src, out)
     (pass_name,) = args.passes
     # Check the flags before the (possibly long) load.
