@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import io
+from . import io, weights
 from .cost import cost_of, latency_ms
 from .data import DEFAULT_BATCH, Dataset, input_specs, open_dataset
 from .dependency import DependencyGraph
@@ -32,6 +32,7 @@ from .weights import runnable
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 PIPELINE_METADATA_KEY = "graphprune.pipeline"
+FIDELITY_SAMPLES = 256  # calibration samples prune's fidelity is measured on
 
 
 @dataclass
@@ -130,8 +131,8 @@ def prune(
     (``activation``, ``apoz``, ``fluctuation``, ``wanda``), ``compensate`` (``"bias"`` or
     ``"lstsq"``) and ``pass_="channel"`` (consumer-side selection with least-squares refit;
     ``selection="greedy"`` or ``"lasso"``). ``calib_samples`` limits the samples used,
-    ``batch_size`` the samples per onnxruntime run. Fidelity is then measured on the first
-    batch of ``calib`` (unless ``feeds`` are given).
+    ``batch_size`` the samples per onnxruntime run. Fidelity is then measured on up to 256
+    samples of ``calib``; exactness and latency on its first batch (unless ``feeds`` are given).
     """
     if inplace and validate:
         raise InputError("inplace pruning cannot be validated: the original is needed for the reference")
@@ -193,6 +194,11 @@ def prune(
         before=before,
         reference=outcome.reference,
     )
+    if validate and data is not None and report.runtime["passed"] and not weights.has_lazy(outcome.pruned):
+        # Fidelity over the calibration data rather than its first batch (one sample for a
+        # model fixed to batch 1); exactness and latency keep the first batch.
+        ev = evaluate(original, outcome.pruned, data, batch_size=pass_.batch_size, limit=FIDELITY_SAMPLES)
+        report.fidelity = ev.fidelity
     return PruneResult(model=outcome.pruned, report=report, plan=outcome.plan, deps=outcome.deps)
 
 
@@ -277,8 +283,12 @@ def run_passes(
     exacts: list[Exactness] = []
     plans: list[dict] = []
     for p in passes:
+        p, note = _relative_target(p, original_cost=before, current=current)
+        if p is None:  # the earlier steps already met the target
+            steps.append({"pass": note["pass"], "skipped": note["why"]})
+            continue
         pruned, details, reference, skipped = _step(p, current)
-        entry = {"pass": type(p).__name__, **details}
+        entry = {"pass": type(p).__name__, **details, **note}
         if validate:
             ex = _exactness(current, pruned, reference, skipped, feeds)
             exacts.append(ex)
@@ -301,6 +311,26 @@ def run_passes(
     if validate:
         _end_to_end(report, original, current, exacts, feeds, latency)
     return PipelineResult(model=current, report=report, steps=steps, plans=plans)
+
+
+def _relative_target(p, *, original_cost, current: onnx.ModelProto):
+    """A step with a FLOPs or parameters target, which in a pipeline is a fraction of the
+    *original*, gets the fraction of its own input that reaches it (removing blocks first
+    leaves less for the channels to give); ``(None, note)`` if the target is already met."""
+    from dataclasses import replace
+
+    target = getattr(p, "target", None)
+    if target is None:
+        return p, {}
+    metric, fraction = target
+    if metric not in ("flops", "params"):
+        raise InputError(f"a {metric} target cannot be split over several passes; use it with one filter pass")
+    now = cost_of(current)
+    kept = (now.flops / max(original_cost.flops, 1)) if metric == "flops" else now.params / max(original_cost.params, 1)
+    step = fraction / kept if kept > 0 else 1.0
+    if step >= 1.0:
+        return None, {"pass": type(p).__name__, "why": f"the target ({fraction} of the {metric}) was met before it"}
+    return replace(p, **{f"target_{metric}": step}), {"target_of_original": {"metric": metric, "fraction": fraction}}
 
 
 def _exactness(before: onnx.ModelProto, after: onnx.ModelProto, reference, skipped: list[str], feeds):

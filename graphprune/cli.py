@@ -279,8 +279,11 @@ def _prune(args) -> int:
     if args.ratio is None:
         args.ratio = 0.5
     if len(args.passes) > 1 or "layer" in args.passes or args.remove_blocks is not None:
-        if targets:
-            raise InputError(f"graphprune prune: --{targets[0].replace('_', '-')} applies to --pass filter alone")
+        if targets and ("filter" not in args.passes or args.target_latency is not None):
+            raise InputError(
+                f"graphprune prune: --{targets[0].replace('_', '-')} needs a filter pass (alone, or after layer:"
+                " --pass layer filter)"
+            )
         return _prune_passes(args, src, out)
     (pass_name,) = args.passes
     # Check the flags before the (possibly long) load.
@@ -300,14 +303,28 @@ def _prune(args) -> int:
         latency=not args.no_latency,
         inplace=args.no_validate,  # nothing needs the original afterwards: save a copy
     )
-    report = result.report
+    return _write_outputs(
+        args,
+        src,
+        out,
+        result.model,
+        result.report,
+        t0,
+        lambda path: result.plan.save(path, result.deps, model=str(src)),
+    )
+
+
+def _write_outputs(args, src: Path, out: Path, model, report, t0: float, save_plan) -> int:
+    """The end of every prune: the model (unless validation failed), plan, report and table."""
+    from . import io
+
     report.file_bytes_before = src.stat().st_size
     failed = report.validated and not report.passed
     if not failed or args.keep_failed:
-        written = io.save(result.model, out, external_data=True if io.had_external_data(src) else None)
+        written = io.save(model, out, external_data=True if io.had_external_data(src) else None)
         report.file_bytes_after = written.stat().st_size
     if args.save_plan:
-        result.plan.save(args.save_plan, result.deps, model=str(src))
+        save_plan(args.save_plan)
     if args.report:
         io.write_text_atomic(args.report, json.dumps(report.to_dict(), indent=1) + "\n")
     if not args.quiet:
@@ -351,26 +368,12 @@ def _prune_passes(args, src: Path, out: Path) -> int:
     model = api.load_model(src)
     _say(args, f"running {' then '.join(args.passes)} ({len(model.graph.node)} nodes) ...")
     result = api.run_passes(model, passes, validate=not args.no_validate, latency=not args.no_latency)
-    report = result.report
-    report.file_bytes_before = src.stat().st_size
-    failed = report.validated and not report.passed
-    if not failed or args.keep_failed:
-        written = io.save(result.model, out, external_data=True if io.had_external_data(src) else None)
-        report.file_bytes_after = written.stat().st_size
-    if args.save_plan:
-        plan = result.plans[0]["plan"] if len(result.plans) == 1 else {"steps": result.plans}
-        io.write_text_atomic(args.save_plan, json.dumps({**plan, "model": str(src)}, indent=1) + "\n")
-    if args.report:
-        io.write_text_atomic(args.report, json.dumps(report.to_dict(), indent=1) + "\n")
-    if not args.quiet:
-        print(report.table())
-        print(
-            f"{'wrote ' + str(out) if not failed or args.keep_failed else 'nothing written'}"
-            f" in {time.perf_counter() - t0:.1f}s"
-        )
-    if failed:
-        raise ValidationFailed(_failure(report) + ("" if args.keep_failed else "; output not written"))
-    return EXIT_OK
+    plan = result.plans[0]["plan"] if len(result.plans) == 1 else {"steps": result.plans}
+
+    def save_plan(path: str) -> None:
+        io.write_text_atomic(path, json.dumps({**plan, "model": str(src)}, indent=1) + "\n")
+
+    return _write_outputs(args, src, out, result.model, result.report, t0, save_plan)
 
 
 def _pass_options(args, plan) -> dict:

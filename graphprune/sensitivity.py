@@ -284,9 +284,12 @@ def plot(sens: Sensitivity, path: str | os.PathLike) -> None:
     left.set_title(f"each group pruned alone ({len(sens.groups)} groups; colour = depth)")
     left.grid(alpha=0.3)
     mid = len(sens.ratios) // 2
-    ranked = sorted(sens.groups, key=lambda g: g.drop[mid], reverse=True)[:30]
-    right.barh([g.group for g in ranked][::-1], [g.drop[mid] for g in ranked][::-1], color="tab:red")
-    right.set_title(f"most sensitive groups at ratio {sens.ratios[mid]}")
+    bars = [(g.group, g.drop[mid], "tab:red") for g in sens.groups]
+    bars += [(f"block {b.block}", b.drop, "tab:blue") for b in sens.blocks]
+    ranked = sorted(bars, key=lambda t: t[1], reverse=True)[:30][::-1]
+    right.barh([t[0] for t in ranked], [t[1] for t in ranked], color=[t[2] for t in ranked])
+    title = f"most sensitive: groups at ratio {sens.ratios[mid]} (red)"
+    right.set_title(title + (", residual blocks removed (blue)" if sens.blocks else ""))
     right.tick_params(axis="y", labelsize=7)
     fig.suptitle(f"{sens.model}: sensitivity ({sens.criterion}, {sens.samples} samples)")
     fig.tight_layout()

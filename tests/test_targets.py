@@ -93,7 +93,7 @@ def test_cli_target_flops_on_the_example_model(run_cli, tmp_path):
         (["--objective", "latency"], "--objective needs"),
         (["--target-flops", "0.5", "--objective", "speed"], "invalid choice"),
         (["--target-latency", "0.5", "--threads", "0"], "threads must be a positive integer"),
-        (["--pass", "layer", "--target-flops", "0.5"], "applies to --pass filter alone"),
+        (["--pass", "layer", "--target-flops", "0.5"], "needs a filter pass"),
     ],
 )
 def test_cli_bad_target_flags_exit_2_with_one_line(run_cli, tmp_path, flags, message):
@@ -102,3 +102,23 @@ def test_cli_bad_target_flags_exit_2_with_one_line(run_cli, tmp_path, flags, mes
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("graphprune: error:") and message in err
     assert not out.exists()
+
+
+def test_a_flops_target_after_the_layer_pass_is_a_fraction_of_the_original():
+    from graphprune.passes.filter import FilterPruning
+    from graphprune.passes.layer import LayerPruning
+
+    model = builders.residual_net(width=16, blocks=5)
+    steps = [LayerPruning(remove_blocks=1, criterion="weight-norm"), FilterPruning(target_flops=0.5)]
+    result = graphprune.run_passes(model, steps, latency=False)
+    r = result.report
+    assert r.passed and r.exact.passed
+    assert abs(r.flops_after / r.flops_before - 0.5) < 0.02  # of the original, not of the layer pass's output
+    filter_step = result.steps[1]
+    assert filter_step["target_of_original"] == {"metric": "flops", "fraction": 0.5}
+    assert filter_step["target"]["fraction"] > 0.5
+    # a target the layer pass alone already meets leaves the filter step nothing to do
+    done = graphprune.run_passes(
+        model, [LayerPruning(remove_blocks=3, criterion="weight-norm"), FilterPruning(target_flops=0.95)], latency=False
+    )
+    assert "skipped" in done.steps[1] and done.report.passed

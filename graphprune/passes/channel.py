@@ -37,7 +37,7 @@ from ..errors import InputError
 from ..plan import Plan
 from . import PassResult, PruneOutcome, TransformMixin
 from .filter import DEFAULT_UNITS, UNITS
-from .finish import check_data_options, finish, measure
+from .finish import check_data_options, finish, group_report, measure
 
 SELECTIONS = ("greedy", "lasso")
 
@@ -122,21 +122,12 @@ class ChannelPruning(TransformMixin):
         return Plan(removals), notes
 
     def report(self, deps: DependencyGraph, plan: Plan, notes: dict) -> dict:
-        blocked = deps.blocked_groups()
         return {
             "criterion": "reconstruction",
             "ratio": self.ratio,
             "global": False,
             "round_to": self.round_to,
-            "units": list(self.units or DEFAULT_UNITS),
-            "groups_total": len(deps.groups),
-            "groups_prunable": len(deps.prunable_groups()),
-            "groups_pruned": len(plan.removals),
-            "groups_blocked": len(blocked),
-            "groups_ignored": len(protected(deps, self.ignore)),
-            "channels_removed": plan.total_removed,
-            "blocked": [{"group": g.label, "size": g.size, "reasons": g.reasons} for g in blocked],
-            "blocked_reasons": deps.blocked_counts(),
+            **group_report(deps, plan, self.ignore, self.units or DEFAULT_UNITS),
             **notes,
         }
 

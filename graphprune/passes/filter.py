@@ -13,7 +13,7 @@ from typing import Any
 
 import onnx
 
-from ..allocate import TargetResult, allocate, allocate_to_target, protected
+from ..allocate import TargetResult, allocate, allocate_to_target
 from ..calibrate import Statistics
 from ..criteria import CRITERIA, score_groups
 from ..criteria.data import DATA_CRITERIA
@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..plan import Plan, plan_from_json
 from ..surgery import apply_plan
 from . import PassResult, PruneOutcome, TransformMixin
-from .finish import PLAN_METADATA_KEY, check_data_options, finish, get_metadata, measure, set_metadata
+from .finish import PLAN_METADATA_KEY, check_data_options, finish, get_metadata, group_report, measure, set_metadata
 
 __all__ = ["FilterPruning", "PLAN_METADATA_KEY", "get_metadata", "set_metadata"]
 UNITS = ("heads", "mlp", "channels", "hidden")
@@ -263,22 +263,12 @@ class FilterPruning(TransformMixin):
         return plan, notes
 
     def report(self, deps: DependencyGraph, plan: Plan, notes: dict) -> dict:
-        skipped = protected(deps, self.ignore)
-        blocked = deps.blocked_groups()
         return {
             "criterion": None if self.plan is not None else self.criterion,
             "ratio": None if self.plan is not None or self.target is not None else self.ratio,
             "global": self.global_threshold,
             "round_to": self.round_to,
-            "units": list(self.units or DEFAULT_UNITS),
-            "groups_total": len(deps.groups),
-            "groups_prunable": len(deps.prunable_groups()),
-            "groups_pruned": len(plan.removals),
-            "groups_blocked": len(blocked),
-            "groups_ignored": len(skipped),
-            "channels_removed": plan.total_removed,
-            "blocked": [{"group": g.label, "size": g.size, "reasons": g.reasons} for g in blocked],
-            "blocked_reasons": deps.blocked_counts(),
+            **group_report(deps, plan, self.ignore, self.units or DEFAULT_UNITS),
             **notes,
         }
 

@@ -106,3 +106,21 @@ def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
 
 def get_metadata(model: onnx.ModelProto, key: str) -> str | None:
     return next((p.value for p in model.metadata_props if p.key == key), None)
+
+
+def group_report(deps, plan, ignore, units) -> dict:
+    """The report keys every group-pruning pass gives: what was pruned, blocked and why."""
+    from ..allocate import protected
+
+    blocked = deps.blocked_groups()
+    return {
+        "units": list(units),
+        "groups_total": len(deps.groups),
+        "groups_prunable": len(deps.prunable_groups()),
+        "groups_pruned": len(plan.removals),
+        "groups_blocked": len(blocked),
+        "groups_ignored": len(protected(deps, ignore)),
+        "channels_removed": plan.total_removed,
+        "blocked": [{"group": g.label, "size": g.size, "reasons": g.reasons} for g in blocked],
+        "blocked_reasons": deps.blocked_counts(),
+    }
