@@ -321,3 +321,15 @@ def test_digits_keeps_its_accuracy_without_its_least_important_blocks(criterion,
     acc = evaluate(model, result.model, digits.TEST, labels="labels").accuracy
     assert acc.original == pytest.approx(digits.summary()["accuracy"]["test"])
     assert acc.pruned >= at_least
+
+
+def test_prune_layers_takes_an_opened_dataset(tmp_path):
+    import graphprune
+    from graphprune.data import input_specs, open_dataset
+
+    model = builders.residual_net(width=8, blocks=3)
+    spec = input_specs(model)[0]
+    np.savez(tmp_path / "c.npz", **{spec.name: np.random.default_rng(0).normal(size=[4, *spec.shape[1:]]).astype("f4")})
+    by_path = graphprune.prune_layers(model, 1, calib=tmp_path / "c.npz", latency=False)
+    by_dataset = graphprune.prune_layers(model, 1, calib=open_dataset(tmp_path / "c.npz"), latency=False)
+    assert by_dataset.report.prune["blocks_removed"] == by_path.report.prune["blocks_removed"]

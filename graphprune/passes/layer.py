@@ -192,9 +192,9 @@ def score_blocks(
     if criterion == "influence":
         if calib is None:
             raise InputError("the influence criterion needs calibration data (--calib DATA)")
-        from ..data import open_dataset
+        from ..data import Dataset, open_dataset
 
-        return influence(model, blocks, open_dataset(calib), limit=limit)
+        return influence(model, blocks, calib if isinstance(calib, Dataset) else open_dataset(calib), limit=limit)
     if criterion == "weight-norm":
         mv = mv or view(model)
         return np.array([weight_gain(mv, b) for b in blocks])
