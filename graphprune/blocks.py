@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .cost import _node_macs
+from .cost import node_macs
 from .errors import InputError
 from .graph import ModelView, view
 from .masking import MaskPoint, insert_masks
@@ -127,7 +127,7 @@ def find_blocks(model: onnx.ModelProto, mv: ModelView | None = None) -> list[Blo
             params, largest = _exclusive_params(mv, f_nodes)
             if largest <= 1:
                 continue  # no weight: an Add(x, relu(x)) is not a layer
-            macs = sum(_node_macs(mv.nodes[k], mv.shapes) or 0 for k in (*f_nodes, i))
+            macs = sum(node_macs(mv.nodes[k], mv.shapes) or 0 for k in (*f_nodes, i))
             dtype = mv.dtypes.get(x, onnx.TensorProto.FLOAT)
             blocks.append(Block(len(blocks), mv.node_names[i], i, x, fx, node.output[0], f_nodes, params, macs, dtype))
             break

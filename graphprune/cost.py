@@ -233,7 +233,7 @@ def _count(model: onnx.ModelProto, shapes: dict | None) -> tuple[int, dict[str, 
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx") or not _is_counted(node.op_type):
             continue
-        macs = _node_macs(node, shapes)
+        macs = node_macs(node, shapes)
         if macs is None:
             unknown += 1
             continue
@@ -256,7 +256,7 @@ def _is_counted(op: str) -> bool:
     )
 
 
-def _node_macs(node: onnx.NodeProto, shapes: Shapes) -> int | None:
+def node_macs(node: onnx.NodeProto, shapes: Shapes) -> int | None:
     """MACs of one counted node, or None when a shape it needs is unknown."""
     op = node.op_type
 
