@@ -122,3 +122,13 @@ def test_a_flops_target_after_the_layer_pass_is_a_fraction_of_the_original():
         model, [LayerPruning(remove_blocks=3, criterion="weight-norm"), FilterPruning(target_flops=0.95)], latency=False
     )
     assert "skipped" in done.steps[1] and done.report.passed
+
+
+def test_a_flops_target_on_a_model_whose_macs_cannot_be_counted_is_a_clear_error():
+    from graphprune.errors import InputError
+    from models import variants
+
+    model = variants.with_dynamic_dims(builders.residual_net(width=16, blocks=3))
+    with pytest.raises(InputError, match="cannot count this model's MACs"):
+        graphprune.prune(model, target_flops=0.5, validate=False)
+    assert graphprune.prune(model, target_params=0.5, latency=False).report.passed  # params need no shapes

@@ -158,6 +158,13 @@ class FilterPruning(TransformMixin):
         metric, fraction = self.target  # type: ignore[misc]
         objective = self.objective or metric
         cm = CostModel(deps)
+        if "flops" in (metric, objective) and cm.flops_before == 0:
+            # cost.py counts a node only when every shape it needs is known: a dynamic batch or
+            # spatial size leaves nothing counted, and a FLOPs target would then mean nothing
+            raise InputError(
+                "cannot count this model's MACs: its shapes depend on dynamic dims (batch, image size...);"
+                " fix the input shapes first (e.g. onnxruntime's make_dynamic_shape_fixed) or use --ratio"
+            )
         costs = {
             "flops": lambda r: cm.flops(r) / max(cm.flops_before, 1),
             "params": lambda r: cm.params(r) / max(cm.params_before, 1),
