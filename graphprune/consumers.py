@@ -204,7 +204,9 @@ def rows(c: Consumer, x: np.ndarray, per_sample: int, rng: np.random.Generator) 
     return flat.astype(np.float64)
 
 
-def _conv_rows(c: Consumer, x: np.ndarray, per_sample: int, rng: np.random.Generator) -> np.ndarray:
+def _padded(c: Consumer, x: np.ndarray):
+    """A Conv consumer's input zero-padded as the Conv pads it (1-D convs as 2-D with height
+    1), with its kernel, strides, dilations and output size."""
     g = c.conv
     if x.ndim == 3:
         x = x[:, :, None, :]
@@ -213,6 +215,11 @@ def _conv_rows(c: Consumer, x: np.ndarray, per_sample: int, rng: np.random.Gener
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
     wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    return xp, (kh, kw), (sh, sw), (dh, dw), (ho, wo)
+
+
+def _conv_rows(c: Consumer, x: np.ndarray, per_sample: int, rng: np.random.Generator) -> np.ndarray:
+    xp, (kh, kw), (sh, sw), (dh, dw), (ho, wo) = _padded(c, x)
     positions = ho * wo
     out = []
     for n in range(x.shape[0]):
@@ -230,14 +237,7 @@ def tap_sums(c: Consumer, x: np.ndarray) -> tuple[np.ndarray, int]:
     """Sum over every output position of a Conv consumer of each feature (channel, tap) of
     its zero-padded input, and the number of positions: the exact mean input of each
     weight entry, borders included."""
-    g = c.conv
-    if x.ndim == 3:
-        x = x[:, :, None, :]
-    (kh, kw), (sh, sw), (dh, dw) = g["kernel"], g["strides"], g["dilations"]
-    pt, pl, pb, pr = g["pads"]
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
-    wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    xp, (kh, kw), (sh, sw), (dh, dw), (ho, wo) = _padded(c, x)
     out = np.zeros((x.shape[1], kh, kw))
     for i in range(kh):
         for j in range(kw):
