@@ -301,13 +301,7 @@ def run_passes(
         # together, in order, under one key, so that `validate` applies none to the original.
         _pipeline_metadata(current, plans)
     after = cost_of(current)
-    report = Report(
-        params_before=before.params,
-        params_after=after.params,
-        flops_before=before.flops,
-        flops_after=after.flops,
-        prune=_merge(steps),
-    )
+    report = _costs_report(before, after, _merge(steps))
     if validate:
         _end_to_end(report, original, current, exacts, feeds, latency)
     return PipelineResult(model=current, report=report, steps=steps, plans=plans)
@@ -503,10 +497,20 @@ def _validate_layers(orig, new, plan: dict, pruned: ModelLike, *, latency: bool,
     chosen = blocks_of_plan(plan, find_blocks(orig), source=source)
     feeds = feeds if feeds is not None else random_feeds(orig)
     before, after = cost_of(orig), cost_of(new)
-    report = Report(before.params, after.params, before.flops, after.flops)
+    report = _costs_report(before, after, {})
     exact = _exactness(orig, new, lambda: zeroed_reference_bytes(orig, chosen), [], feeds)
     _end_to_end(report, orig, new, [exact], feeds, latency)
     return report
+
+
+def _costs_report(before, after, prune: dict) -> Report:
+    return Report(
+        params_before=before.params,
+        params_after=after.params,
+        flops_before=before.flops,
+        flops_after=after.flops,
+        prune=prune,
+    )
 
 
 def _report(original, pruned, details, deps, plan, *, validate, latency, feeds, before=None, reference=None) -> Report:
@@ -514,13 +518,7 @@ def _report(original, pruned, details, deps, plan, *, validate, latency, feeds, 
     # would serialize it (a copy of every weight) just for a number.
     before = before or cost_of(original)
     after = cost_of(pruned)
-    report = Report(
-        params_before=before.params,
-        params_after=after.params,
-        flops_before=before.flops,
-        flops_after=after.flops,
-        prune=details,
-    )
+    report = _costs_report(before, after, details)
     if not validate:
         return report
     with runnable(pruned) as pruned_source:  # a lazy pruned model is written once, for every check
