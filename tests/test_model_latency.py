@@ -21,23 +21,24 @@ from models import builders
 def table_of(model, path, **kw):
     deps = analyze(model)
     cm = CostModel(deps)
-    return ml.model_table(deps, cm, path=path, rounds=1, **kw), deps, cm
+    return ml.model_table(deps, cm, path=path, rounds=1, plans=6, **kw), deps, cm
 
 
 def test_table_round_trips_through_its_cache_and_is_remeasured_when_its_key_changes(tmp_path):
     path = tmp_path / "model-table.json"
     messages = []
     first, deps, cm = table_of(builders.residual_net(width=16, blocks=2), path, progress=messages.append)
-    assert first.measured > 0 and path.exists() and messages
-    assert set(first.groups) == {gid for gid in cm.group_ids if ml.points(deps.groups[gid])}
-    for gid, entry in first.groups.items():
-        assert entry["counts"] == ml.points(deps.groups[gid]) and entry["full"] == deps.groups[gid].size
-        assert len(entry["saved_ms"]) == len(entry["counts"])
+    assert first.measured == 6 == len(first.plans) == len(first.saved_ms) and path.exists() and messages
+    for plan in first.plans:  # every group whole or at one of its points
+        for gid, r in plan.items():
+            assert deps.groups[gid].size - r in ml.points(deps.groups[gid])
+    assert first.plans[0] != first.plans[-1]
     data = json.loads(path.read_text())
     assert data["format"] == ml.FORMAT and data["key"]["threads"] == 1 and data["key"]["onnxruntime"]
 
     again, _, _ = table_of(builders.residual_net(width=16, blocks=2), path)
-    assert again.measured == 0 and again.groups == first.groups and again.model_ms == first.model_ms
+    assert again.measured == 0 and again.plans == first.plans and again.saved_ms == first.saved_ms
+    assert again.model_ms == first.model_ms
 
     changed, _, _ = table_of(builders.residual_net(width=24, blocks=2), path)
     assert changed.measured > 0 and json.loads(path.read_text())["key"]["graph"] != data["key"]["graph"]
@@ -51,48 +52,45 @@ def test_points_are_multiples_of_eight_below_the_full_count():
         assert ml.points(g) == [8, 16, 32, 48]
 
 
-def synthetic(deps, cm, ms_per_mac: dict[int, float], model_ms: float = 10.0) -> ml.ModelLatency:
-    """A table whose every point saves exactly ``ms_per_mac[g]`` per MAC: the fit recovers it."""
-    groups = {}
-    for gid in cm.group_ids:
-        g = deps.groups[gid]
-        counts = ml.points(g)
-        rows = np.zeros((len(counts), len(cm.group_ids)))
-        rows[:, cm.column[gid]] = g.size - np.array(counts)
-        saved = (cm.flops_before - cm.flops(rows)) * ms_per_mac[gid]
-        groups[gid] = {"counts": counts, "saved_ms": saved.tolist(), "full": g.size}
-    return ml.ModelLatency(ml.ModelTable({}, model_ms, groups), cm)
+def synthetic(deps, cm, ms_per_mac: dict[int, float], model_ms: float = 10.0, n: int = 60) -> ml.ModelLatency:
+    """A table of random plans whose savings are exactly rule 2 with the given rates."""
+    plans = ml.random_plans(deps, cm.group_ids, n)
+    exact = ml.ModelLatency(ml.ModelTable({}, model_ms, plans, [0.0] * n), cm)
+    exact.ms_per_mac = np.array([ms_per_mac[cm.group_ids[c]] for c in exact.columns])
+    saved = exact.savings(exact.removed(plans)).sum(axis=1)
+    return ml.ModelLatency(ml.ModelTable({}, model_ms, plans, saved.tolist()), cm)
 
 
 def test_the_additive_prediction_is_the_original_less_the_sum_of_its_parts():
     deps = analyze(builders.residual_net(width=32, blocks=3))
     cm = CostModel(deps)
+    same = synthetic(deps, cm, dict.fromkeys(cm.group_ids, 5e-8))
+    assert same.ms_per_mac == pytest.approx(5e-8)  # one rate fits exactly: the prior agrees
     rng = np.random.default_rng(0)
     rates = {gid: float(rng.uniform(1e-9, 1e-7)) for gid in cm.group_ids}
     lm = synthetic(deps, cm, rates)
+    fitted = dict(zip([cm.group_ids[c] for c in lm.columns], lm.ms_per_mac, strict=True))
+    assert np.corrcoef([rates[g] for g in fitted], list(fitted.values()))[0, 1] > 0.9  # shrunk, same order
     assert lm.estimate(np.zeros((1, len(cm.group_ids))))[0] == pytest.approx(10.0)
     sizes = np.array([deps.groups[g].size for g in cm.group_ids])
     plans = np.floor(sizes[None, :] * rng.uniform(0, 0.7, (5, len(sizes))))
-    # the fit of exact points: each group's own rate, shrunk toward the model's average rate
-    prior = sum(sum(e["saved_ms"]) for e in lm.table.groups.values()) / sum(
-        lm._alone(cm.column[g], e["full"] - np.array(e["counts"])).sum() for g, e in lm.table.groups.items()
-    )
-    for j, gid in enumerate(cm.group_ids):
-        assert min(rates[gid], prior) - 1e-15 <= lm.ms_per_mac[j] <= max(rates[gid], prior) + 1e-15
-    same = synthetic(deps, cm, dict.fromkeys(cm.group_ids, 5e-8))
-    assert same.ms_per_mac == pytest.approx(5e-8)
-    # each group alone: its fitted saving
-    for j in range(len(cm.group_ids)):
-        alone = np.zeros((1, len(sizes)))
-        alone[0, j] = plans[0, j]
-        assert 10.0 - lm.estimate(alone)[0] == pytest.approx(lm._alone(j, plans[0, j : j + 1])[0] * lm.ms_per_mac[j])
     parts = lm.savings(plans)
     assert lm.estimate(plans) == pytest.approx(10.0 - parts.sum(axis=1))
+    for j, c in enumerate(lm.columns):  # a group alone: its rate times the MACs it saves alone
+        alone = np.zeros((1, len(sizes)))
+        alone[0, c] = plans[0, c]
+        saved_macs = cm.flops_before - cm.flops(alone)[0]
+        assert 10.0 - lm.estimate(alone)[0] == pytest.approx(saved_macs * lm.ms_per_mac[j])
     uncoupled = ml.ModelLatency(lm.table, cm, coupled=False)
-    alone_sum = sum(uncoupled._alone(j, plans[:, j]) * lm.ms_per_mac[j] for j in range(len(cm.group_ids)))
-    assert uncoupled.estimate(plans) == pytest.approx(10.0 - alone_sum)
+    uncoupled.ms_per_mac = lm.ms_per_mac
+    alone_parts = uncoupled.savings(plans)
+    assert uncoupled.estimate(plans) == pytest.approx(10.0 - alone_parts.sum(axis=1))
     # a conv between two thinned groups saves less than the two alone
-    assert np.all(parts.sum(axis=1) <= alone_sum + 1e-12)
+    assert np.all(parts.sum(axis=1) <= alone_parts.sum(axis=1) + 1e-12)
+    assert np.any(parts.sum(axis=1) < alone_parts.sum(axis=1) - 1e-9)
+    # allocation keeps no group below the fewest units it was timed keeping
+    for gid, allowed in lm.grids(deps).items():
+        assert allowed.min() == ml.points(deps.groups[gid])[0] and allowed.max() == deps.groups[gid].size
 
 
 def test_allocation_leaves_a_group_whose_latency_is_flat_alone():
@@ -120,7 +118,7 @@ def test_prune_with_the_model_latency_reports_its_table(tmp_path):
     )
     p = result.report.prune
     assert result.report.passed and result.report.exact.passed
-    assert p["latency_table"]["model"] == "model" and p["latency_table"]["groups"] > 0
+    assert p["latency_table"]["model"] == "model" and p["latency_table"]["plans"] > 0
     assert abs(result.report.flops_after / result.report.flops_before - 0.6) <= 0.05
     with pytest.raises(graphprune.InputError):
         graphprune.prune(builders.residual_net(width=32, blocks=2), target_flops=0.6, latency_model="fast")

@@ -204,7 +204,7 @@ class FilterPruning(TransformMixin):
             mt = model_table(deps, cm, threads=self.threads, path=self.latency_table, progress=self.progress)
             note = {
                 "model": "model",
-                "groups": len(mt.groups),
+                "plans": len(mt.plans),
                 "measured_now": mt.measured,
                 "model_ms": round(mt.model_ms, 3),
                 "threads": self.threads,
