@@ -22,8 +22,9 @@ traffic), so they rank layers wrongly. Rules:
 3. ``a_g`` is fitted to the measured savings by least squares, shrunk toward the model's average
    latency per MAC (ridge: the prior weighs as ``PRIOR_PLANS`` plans; 10 predicted held-out
    mobilenet_v2 plans best of 2, 10, 30, 100), and at least 0.
-4. Allocation keeps no group below the fewest units it was timed keeping: emptied, a residual
-   stream saves MACs by the billion but little time, and nothing measured says so.
+4. Allocation keeps each group at multiples of 8 channels, as its points were timed, and not
+   below the fewest units it was timed keeping: emptied, a residual stream saves MACs by the
+   billion but little time, and nothing measured says so.
 5. A table is cached as JSON (written atomically) beside the per-layer tables, keyed by the
    graph's structure, the machine, the onnxruntime version, the threads, the rounds, the plans
    and the groups; a table whose key differs is measured again.
@@ -51,15 +52,19 @@ FRACTIONS = (0.125, 0.25, 0.5, 0.75)
 PRIOR_PLANS = 10.0
 
 
-def points(group: Group, fractions: tuple[float, ...] = FRACTIONS) -> list[int]:
-    """Unit counts a group is measured keeping (rule 1), increasing, without the full count."""
+def step(group: Group) -> int:
+    """The unit count a group is measured and kept at multiples of: 8 channels in its units, or
+    1 for a group under 4 such steps."""
     from .allocate import unit_step
 
-    n = group.size
-    step = unit_step(group, 8)
-    if n < 4 * step:  # too narrow for multiples of 8: plain counts
-        step = 1
-    keeps = {max(step, int(round(n * f / step)) * step) for f in fractions}
+    s = unit_step(group, 8)
+    return 1 if group.size < 4 * s else s
+
+
+def points(group: Group, fractions: tuple[float, ...] = FRACTIONS) -> list[int]:
+    """Unit counts a group is measured keeping (rule 1), increasing, without the full count."""
+    n, s = group.size, step(group)
+    keeps = {max(s, int(round(n * f / s)) * s) for f in fractions}
     return sorted(k for k in keeps if 0 < k < n)
 
 
@@ -268,13 +273,15 @@ class ModelLatency:
         return self.estimate(removed) / self.full_ms
 
     def grids(self, deps: DependencyGraph) -> dict[int, np.ndarray]:
-        """Per measured group, the unit counts it may keep: none below the fewest it was timed
-        keeping (the rates say nothing of thinner layers, where fixed costs dominate)."""
+        """Per measured group, the unit counts it may keep: multiples of its step (8 channels,
+        where every point was timed; onnxruntime's kernels work in blocks of channels) and none
+        below the fewest it was timed keeping (the rates say nothing of thinner layers, where
+        fixed costs dominate)."""
         out = {}
         for gid in self.cm.group_ids:
             counts = points(deps.groups[gid])
             if counts and self.cm.column[gid] in self.columns:
-                out[gid] = np.arange(counts[0], deps.groups[gid].size + 1)
+                out[gid] = np.arange(counts[0], deps.groups[gid].size + 1, step(deps.groups[gid]))
         return out
 
 
@@ -291,4 +298,4 @@ def fit_rates(x: np.ndarray, y: np.ndarray, prior_plans: float = PRIOR_PLANS) ->
     return np.maximum(a, 0.0)
 
 
-__all__ = ["ModelLatency", "ModelTable", "fit_rates", "model_table", "points", "random_plans"]
+__all__ = ["ModelLatency", "ModelTable", "fit_rates", "model_table", "points", "random_plans", "step"]

@@ -90,7 +90,8 @@ def test_the_additive_prediction_is_the_original_less_the_sum_of_its_parts():
     assert np.any(parts.sum(axis=1) < alone_parts.sum(axis=1) - 1e-9)
     # allocation keeps no group below the fewest units it was timed keeping
     for gid, allowed in lm.grids(deps).items():
-        assert allowed.min() == ml.points(deps.groups[gid])[0] and allowed.max() == deps.groups[gid].size
+        g = deps.groups[gid]
+        assert allowed.min() == ml.points(g)[0] and allowed.max() == g.size and np.all(allowed % ml.step(g) == 0)
 
 
 def test_allocation_leaves_a_group_whose_latency_is_flat_alone():
