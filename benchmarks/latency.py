@@ -2,11 +2,13 @@
 
 python -m benchmarks.latency [--models resnet50 mobilenet_v2 vit_b_16] [--ratios 0.25 0.5 0.75]
                              [--round-to 1 8 16] [--repeats 20] [--threads 1] [--latency-targets 0.5]
+                             [--latency-models layer model]
 
 For each zoo model (torchscript export), ratio and round_to:
 - ``uniform``: every group loses ``ratio`` of its units (the plain ``--ratio`` pruning);
 - ``latency-aware``: ``--target-flops`` at the MACs the uniform plan kept, with
-  ``--objective latency`` (per-layer latency table measured here first, cached).
+  ``--objective latency``, once per ``--latency-models`` entry (``layer``: per-layer curves;
+  ``model``: the whole model timed with each group pruned alone; tables measured here first, cached).
 Speed-up is latency before / after (medians of at least ``--repeats`` runs and about
 ``--seconds`` per model, original and pruned timed in alternation in this process, fixed
 threads); MACs reduction is MACs before / after;
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--latency-targets", nargs="*", type=float, default=[0.5])
     ap.add_argument("--no-aware", action="store_true", help="skip the latency-aware rows")
+    ap.add_argument("--latency-models", nargs="*", default=["layer", "model"], choices=["layer", "model"])
     args = ap.parse_args(argv)
     rows, target_rows = [], []
     for name in args.models:
@@ -68,9 +71,14 @@ def main(argv: list[str] | None = None) -> int:
                 pruned, _, _ = uniform.run(model, deps)
                 kept, speedup, realized = measure(model, pruned, flops_before, args.threads, repeats)
                 row = [name, ratio, round_to, f"{kept:.3f}", f"{speedup:.2f}", f"{realized:.2f}"]
-                if not args.no_aware:
+                for kind in [] if args.no_aware else args.latency_models:
                     aware = FilterPruning(
-                        target_flops=kept, objective="latency", round_to=round_to, threads=args.threads, progress=say
+                        target_flops=kept,
+                        objective="latency",
+                        round_to=round_to,
+                        threads=args.threads,
+                        latency_model=kind,
+                        progress=say,
                     )
                     pruned, _, _ = aware.run(model, deps)
                     kept2, speedup2, realized2 = measure(model, pruned, flops_before, args.threads, repeats)
@@ -78,21 +86,29 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(tuple(row))
                 say(f"{name} ratio {ratio} round_to {round_to}: {row[3:]} ({time.perf_counter() - t0:.0f}s)")
         for fraction in args.latency_targets:
-            result = graphprune.prune(
-                model, target_latency=fraction, threads=args.threads, validate=False, progress=say
-            ).report.prune
-            m = result["latency_measured"]
-            tries = " -> ".join(f"{t['measured']:.3f}" for t in m["tries"])
-            target_rows.append((name, fraction, f"{result['reached']:.3f}", tries, f"{m['before_ms']:.1f}"))
+            for kind in args.latency_models:
+                result = graphprune.prune(
+                    model,
+                    target_latency=fraction,
+                    latency_model=kind,
+                    threads=args.threads,
+                    validate=False,
+                    progress=say,
+                ).report.prune
+                m = result["latency_measured"]
+                tries = " -> ".join(f"{t['measured']:.3f}" for t in m["tries"])
+                row = (name, kind, fraction, f"{result['reached']:.3f}", tries, f"{m['before_ms']:.1f}")
+                target_rows.append(row)
     header = ["model", "ratio", "round_to", "MACs kept", "speed-up", "realized"]
-    if not args.no_aware:
-        header += ["aware MACs kept", "aware speed-up", "aware realized"]
+    for kind in [] if args.no_aware else args.latency_models:
+        header += [f"{kind}-aware MACs kept", f"{kind}-aware speed-up", f"{kind}-aware realized"]
     runs = f"medians of >= {args.repeats} runs (~{args.seconds:g} s)"
     print(f"onnxruntime {threads_note(args.threads)}, {runs}, torchscript exports")
     print(grid(tuple(header), rows))
     if target_rows:
         print()
-        print(grid(("model", "target latency", "measured", "tries (measured each)", "before ms"), target_rows))
+        header2 = ("model", "latency model", "target latency", "measured", "tries (measured each)", "before ms")
+        print(grid(header2, target_rows))
     return 0
 
 

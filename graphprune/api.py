@@ -92,6 +92,7 @@ def prune(
     target_latency: float | None = None,
     objective: str | None = None,
     latency_table: str | os.PathLike | None = None,
+    latency_model: str | None = None,
     threads: int = 1,
     progress=None,
     sensitivity=None,
@@ -117,7 +118,8 @@ def prune(
     replace ``ratio`` with global allocation to that target; ``objective`` (``"flops"``,
     ``"params"``, ``"latency"``) is what a removed unit is credited with saving (default: the
     target's metric). Latency is measured with onnxruntime on this machine (``threads``), per
-    layer into a cached table (``latency_table`` names its file); ``progress`` receives
+    layer into a cached table (``latency_table`` names its file), or with ``latency_model="model"``
+    as the whole model timed with each group pruned alone; ``progress`` receives
     one-line messages while it is measured. ``sensitivity`` (a
     :class:`~graphprune.sensitivity.Sensitivity` or its JSON file, from ``graphprune
     sensitivity``) prices each group's removals for a target by the drop measured when that
@@ -162,6 +164,7 @@ def prune(
         target_latency=target_latency,
         objective=objective,
         latency_table=None if latency_table is None else os.fspath(latency_table),
+        latency_model=latency_model,
         threads=threads,
         progress=progress,
         sensitivity=sensitivity,

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         " go within a group still follows --criterion)",
     )
     pr.add_argument("--latency-table", metavar="PATH", help="latency table file (default: ~/.cache/graphprune/)")
+    pr.add_argument(
+        "--latency-model",
+        choices=["layer", "model"],
+        help="latency for --objective/--target-latency: per-layer curves (layer, default) or the whole model"
+        " timed with each group pruned alone (model)",
+    )
     pr.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency tables (default 1)")
     pr.add_argument("--criterion", default="l2", help=f"one of {', '.join(sorted(CRITERIA))} (default l2)")
     pr.add_argument(
@@ -398,6 +404,7 @@ def _pass_options(args, plan) -> dict:
         target_latency=args.target_latency,
         objective=args.objective,
         latency_table=args.latency_table,
+        latency_model=args.latency_model,
         threads=args.threads,
         # only a target measures latency tables, whose progress is worth showing
         progress=None if args.quiet or not _targets(args) else (lambda msg: _say(args, msg)),

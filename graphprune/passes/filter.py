@@ -29,6 +29,7 @@ __all__ = ["FilterPruning", "PLAN_METADATA_KEY", "get_metadata", "set_metadata"]
 UNITS = ("heads", "mlp", "channels", "hidden")
 DEFAULT_UNITS = ("heads", "mlp", "channels")  # hidden width is inexact: only when asked for
 OBJECTIVES = ("flops", "params", "latency")
+LATENCY_MODELS = ("layer", "model")  # per-layer curves, or whole-model timings per group
 LATENCY_TOLERANCE = 0.05  # a latency target is met when the measured ratio is within 5% of it
 LATENCY_TRIES = 4
 
@@ -66,6 +67,7 @@ class FilterPruning(TransformMixin):
     target_latency: float | None = None
     objective: str | None = None  # flops | params | latency: what a unit's removal saves
     latency_table: str | None = None  # the table's file (default: the cache directory)
+    latency_model: str = "layer"  # layer: per-layer curves; model: the whole model timed per group pruned
     threads: int = 1  # onnxruntime intra-op threads for latency tables and timing
     progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
     # measured drops per group (a Sensitivity or its JSON file) price each group's removals for a target
@@ -80,6 +82,8 @@ class FilterPruning(TransformMixin):
                 raise InputError(f"target-{k} must be between 0 and 1 (exclusive), got {v}")
         if targets and self.plan is not None:
             raise InputError("a plan replaces allocation: it cannot be combined with a target")
+        if self.latency_model not in LATENCY_MODELS:
+            raise InputError(f"unknown latency model {self.latency_model!r}; choose from {', '.join(LATENCY_MODELS)}")
         if self.objective is not None:
             if self.objective not in OBJECTIVES:
                 raise InputError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
@@ -172,18 +176,8 @@ class FilterPruning(TransformMixin):
         notes: dict = {"target": {"metric": metric, "fraction": fraction}, "objective": objective}
         grids = None
         if "latency" in (metric, objective):
-            from ..latency_table import LatencyModel, latency_table
-
-            table = latency_table(deps, cm, threads=self.threads, path=self.latency_table, progress=self.progress)
-            lm = LatencyModel(table, cm)
+            lm, notes["latency_table"] = self._latency_model(deps, cm)
             costs["latency"] = lm.fraction
-            notes["latency_table"] = {
-                "layers": len(table.layers),
-                "configs": len({ly.config for ly in table.layers}),
-                "measured_now": table.measured,
-                "model_ms": round(table.model_ms, 3),
-                "threads": self.threads,
-            }
             if objective == "latency":
                 grids = lm.grids(deps)
         losses = None
@@ -207,6 +201,34 @@ class FilterPruning(TransformMixin):
         if metric == "latency":
             notes["reached_estimate"] = notes["reached"]
         return result, notes
+
+    def _latency_model(self, deps: DependencyGraph, cm) -> tuple[Any, dict]:
+        """The latency model of ``latency_model`` (its table measured or read from the cache)
+        and the report's note on its table."""
+        if self.latency_model == "model":
+            from ..model_latency import ModelLatency, model_table
+
+            mt = model_table(deps, cm, threads=self.threads, path=self.latency_table, progress=self.progress)
+            note = {
+                "model": "model",
+                "plans": len(mt.plans),
+                "measured_now": mt.measured,
+                "model_ms": round(mt.model_ms, 3),
+                "threads": self.threads,
+            }
+            return ModelLatency(mt, cm), note
+        from ..latency_table import LatencyModel, latency_table
+
+        table = latency_table(deps, cm, threads=self.threads, path=self.latency_table, progress=self.progress)
+        note = {
+            "model": "layer",
+            "layers": len(table.layers),
+            "configs": len({ly.config for ly in table.layers}),
+            "measured_now": table.measured,
+            "model_ms": round(table.model_ms, 3),
+            "threads": self.threads,
+        }
+        return LatencyModel(table, cm), note
 
     def _losses(self, deps: DependencyGraph) -> tuple[dict, dict]:
         from ..sensitivity import Sensitivity, loss_curves, read_sensitivity
