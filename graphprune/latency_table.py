@@ -276,29 +276,50 @@ def layer_model(layer_config: str, c_in: int, c_out: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def _run_ms(models: list[onnx.ModelProto], threads: int, repeats: int) -> list[float]:
-    """Median latency (ms) of each model, timed in interleaved rounds (one run of each per round):
-    a pause of the process on a shared machine then spoils one run of a few models, not a
-    whole measurement."""
+def timing_sessions(models, threads: int, *, warmup: int = 1, feeds=None) -> list[tuple]:
+    """An onnxruntime session per model for timing (``threads`` intra-op, one inter-op), each
+    with its inputs (``feeds(session, model)``, default :func:`graphprune.cost.random_feeds`),
+    run ``warmup`` times."""
     import onnxruntime as ort
+
+    from .cost import random_feeds
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    runs = []
+    out = []
     for model in models:
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        rng = np.random.default_rng(0)
-        feeds = {i.name: rng.standard_normal(_dims(i)).astype(np.float32) for i in sess.get_inputs()}
-        sess.run(None, feeds)
-        runs.append((sess, feeds, []))
+        inputs = feeds(sess, model) if feeds is not None else random_feeds(model)
+        for _ in range(warmup):
+            sess.run(None, inputs)
+        out.append((sess, inputs))
+    return out
+
+
+def interleaved_ms(sessions: list[tuple], repeats: int) -> list[list[float]]:
+    """Run times (ms) of each session, in interleaved rounds (one run of each per round): a
+    pause of the process on a shared machine then spoils one run of a few models, not a whole
+    measurement, and load drifts over all of them alike."""
+    times: list[list[float]] = [[] for _ in sessions]
     for _ in range(repeats):
-        for sess, feeds, times in runs:
+        for (sess, inputs), out in zip(sessions, times):
             t = time.perf_counter()
-            sess.run(None, feeds)
-            times.append(time.perf_counter() - t)
-    return [statistics.median(times) * 1000.0 for _, _, times in runs]
+            sess.run(None, inputs)
+            out.append((time.perf_counter() - t) * 1000.0)
+    return times
+
+
+def _normal_feeds(sess, model) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {i.name: rng.standard_normal(_dims(i)).astype(np.float32) for i in sess.get_inputs()}
+
+
+def _run_ms(models: list[onnx.ModelProto], threads: int, repeats: int) -> list[float]:
+    """Median latency (ms) of each model, timed in interleaved rounds."""
+    sessions = timing_sessions(models, threads, warmup=1, feeds=_normal_feeds)
+    return [statistics.median(t) for t in interleaved_ms(sessions, repeats)]
 
 
 def _diagonal(grid_in: list[int], grid_out: list[int]) -> list[tuple[int, int]]:
@@ -540,24 +561,5 @@ def compare_latency(
 ) -> tuple[float, float]:
     """Median latency (ms) of two models measured in alternation, so that a shared machine's
     load drifts over both alike and their ratio stays meaningful."""
-    import onnxruntime as ort
-
-    from .cost import random_feeds
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    runs = []
-    for m in (a, b):
-        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        feeds = random_feeds(m)
-        for _ in range(warmup):
-            sess.run(None, feeds)
-        runs.append((sess, feeds, []))
-    for _ in range(repeats):
-        for sess, feeds, times in runs:
-            t = time.perf_counter()
-            sess.run(None, feeds)
-            times.append(time.perf_counter() - t)
-    return statistics.median(runs[0][2]) * 1000.0, statistics.median(runs[1][2]) * 1000.0
+    first, second = interleaved_ms(timing_sessions((a, b), threads, warmup=warmup), repeats)
+    return statistics.median(first), statistics.median(second)

@@ -115,22 +115,9 @@ def _read(file: Path) -> dict | None:
 
 
 def _sessions(models: list[onnx.ModelProto], threads: int, warmup: int = 2) -> list:
-    import onnxruntime as ort
+    from .latency_table import timing_sessions
 
-    from .cost import random_feeds
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    out = []
-    for m in models:
-        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        feeds = random_feeds(m)
-        for _ in range(warmup):
-            sess.run(None, feeds)
-        out.append((sess, feeds))
-    return out
+    return timing_sessions(models, threads, warmup=warmup)
 
 
 def _paired_savings(base, pruned: list, rounds: int) -> tuple[list[float], list[float]]:
