@@ -401,9 +401,10 @@ def table_key(model: onnx.ModelProto, threads: int, repeats: int, max_points: in
     }
 
 
-def default_path(key: dict) -> Path:
+def default_path(key: dict, prefix: str = "latency") -> Path:
+    """The cache file of a table (of kind ``prefix``) with this key."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / f"latency-{key['graph'][:12]}-{digest}.json"
+    return cache_dir() / f"{prefix}-{key['graph'][:12]}-{digest}.json"
 
 
 def latency_table(
@@ -424,7 +425,7 @@ def latency_table(
     key = table_key(model, threads, repeats, max_points)
     file = Path(path) if path is not None else default_path(key)
     layers = find_layers(deps, cm)
-    cached = _read(file)
+    cached = read_cached(file)
     if cached is not None and cached.get("key") == key:
         by_node = {e["node"]: e for e in cached.get("layers", [])}
         if all(ly.node in by_node for ly in layers):
@@ -475,12 +476,13 @@ def latency_table(
     return table
 
 
-def _read(file: Path) -> dict | None:
+def read_cached(file: Path, fmt: str = FORMAT) -> dict | None:
+    """A cached table's JSON if ``file`` holds one of format ``fmt`` (anything else: measure again)."""
     try:
         data = json.loads(file.read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and data.get("format") == FORMAT else None
+    return data if isinstance(data, dict) and data.get("format") == fmt else None
 
 
 # ---------------------------------------------------------------------------- the model

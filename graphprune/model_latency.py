@@ -32,7 +32,6 @@ traffic), so they rank layers wrongly. Rules:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import statistics
@@ -43,9 +42,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from . import latency_table
 from .costmodel import CostModel
 from .dependency import DependencyGraph, Group
-from .latency_table import Progress, cache_dir, machine, structure_hash
+from .latency_table import Progress, machine, structure_hash
 
 FORMAT = "graphprune-model-latency-v3"
 FRACTIONS = (0.125, 0.25, 0.5, 0.75)
@@ -102,22 +102,7 @@ def table_key(model: onnx.ModelProto, group_ids: list[int], threads: int, rounds
 
 
 def default_path(key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / f"model-latency-{key['graph'][:12]}-{digest}.json"
-
-
-def _read(file: Path) -> dict | None:
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("format") == FORMAT else None
-
-
-def _sessions(models: list[onnx.ModelProto], threads: int, warmup: int = 2) -> list:
-    from .latency_table import timing_sessions
-
-    return timing_sessions(models, threads, warmup=warmup)
+    return latency_table.default_path(key, prefix="model-latency")
 
 
 def _paired_savings(base, pruned: list, rounds: int) -> tuple[list[float], list[float]]:
@@ -177,12 +162,12 @@ def model_table(
     n = plans if plans is not None else max(24, 4 * len(gids))
     key = table_key(model, gids, threads, rounds, n)
     file = Path(path) if path is not None else default_path(key)
-    cached = _read(file)
+    cached = latency_table.read_cached(file, FORMAT)
     if cached is not None and cached.get("key") == key:
         timed = [{int(g): int(r) for g, r in p.items()} for p in cached["plans"]]
         return ModelTable(key, float(cached["model_ms"]), timed, [float(x) for x in cached["saved_ms"]])
     say = progress or (lambda _msg: None)
-    base = _sessions([model], threads)[0]
+    base = latency_table.timing_sessions([model], threads, warmup=2)[0]
     todo = random_plans(deps, gids, n)
     saved: list[float] = []
     base_ms: list[float] = []
@@ -195,7 +180,7 @@ def model_table(
             )
             for p in chunk
         ]
-        sessions = _sessions(pruned, threads)
+        sessions = latency_table.timing_sessions(pruned, threads, warmup=2)
         del pruned
         s, b = _paired_savings(base, sessions, rounds)
         del sessions
