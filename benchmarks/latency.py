@@ -8,7 +8,9 @@ For each zoo model (torchscript export), ratio and round_to:
 - ``uniform``: every group loses ``ratio`` of its units (the plain ``--ratio`` pruning);
 - ``latency-aware``: ``--target-flops`` at the MACs the uniform plan kept, with
   ``--objective latency``, once per ``--latency-models`` entry (``layer``: per-layer curves;
-  ``model``: the whole model timed with each group pruned alone; tables measured here first, cached).
+  ``model``: the whole model timed with each group pruned alone; tables measured here first, cached);
+  channel counts on this machine's channel step, and the allocation it timed fastest
+  (``latency``: by the table; ``flops``: by MACs; ``uniform``: one ratio) in the last column.
 Speed-up is latency before / after (medians of at least ``--repeats`` runs and about
 ``--seconds`` per model, original and pruned timed in alternation in this process, fixed
 threads); MACs reduction is MACs before / after;
@@ -80,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                         latency_model=kind,
                         progress=say,
                     )
-                    pruned, _, _ = aware.run(model, deps)
+                    pruned, _, report = aware.run(model, deps)
                     kept2, speedup2, realized2 = measure(model, pruned, flops_before, args.threads, repeats)
-                    row += [f"{kept2:.3f}", f"{speedup2:.2f}", f"{realized2:.2f}"]
+                    row += [f"{kept2:.3f}", f"{speedup2:.2f}", f"{realized2:.2f}", report.get("allocation", "-")]
                 rows.append(tuple(row))
                 say(f"{name} ratio {ratio} round_to {round_to}: {row[3:]} ({time.perf_counter() - t0:.0f}s)")
         for fraction in args.latency_targets:
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 target_rows.append(row)
     header = ["model", "ratio", "round_to", "MACs kept", "speed-up", "realized"]
     for kind in [] if args.no_aware else args.latency_models:
-        header += [f"{kind}-aware MACs kept", f"{kind}-aware speed-up", f"{kind}-aware realized"]
+        header += [f"{kind}-aware MACs kept", f"{kind}-aware speed-up", f"{kind}-aware realized", "allocation"]
     runs = f"medians of >= {args.repeats} runs (~{args.seconds:g} s)"
     print(f"onnxruntime {threads_note(args.threads)}, {runs}, torchscript exports")
     print(grid(tuple(header), rows))

@@ -253,3 +253,34 @@ def _settle(
             return nxt if abs(after - target) < abs(now - target) else x
         x = nxt
     return x
+
+
+def uniform_to_target(
+    deps: DependencyGraph,
+    scores: dict[int, np.ndarray],
+    target: float,
+    cost: Callable[[dict[int, np.ndarray]], float],
+    *,
+    round_to: int = 1,
+    min_keep: int = 1,
+    ignore: Iterable[str] = (),
+) -> tuple[Plan, float]:
+    """The uniform plan (rule 1: one ratio for every group) whose ``cost`` (of a plan's
+    removals, as a fraction of the original) is nearest ``target``, and that cost.
+
+    Every layer keeps the same share of its width, so none is left thin and slow per
+    operation: the plan a latency-aware allocation has to beat."""
+    lo, hi = 0.0, 0.99
+    best: tuple[float, Plan, float] | None = None
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        plan = allocate(deps, scores, mid, round_to=round_to, min_keep=min_keep, ignore=ignore)
+        reached = float(cost(plan.removals))
+        if best is None or abs(reached - target) < best[0]:
+            best = (abs(reached - target), plan, reached)
+        if reached > target:
+            lo = mid
+        else:
+            hi = mid
+    assert best is not None
+    return best[1], best[2]

@@ -119,7 +119,9 @@ def prune(
     ``"params"``, ``"latency"``) is what a removed unit is credited with saving (default: the
     target's metric). Latency is measured with onnxruntime on this machine (``threads``), per
     layer into a cached table (``latency_table`` names its file), or with ``latency_model="model"``
-    as the whole model timed with each group pruned alone; ``progress`` receives
+    as the whole model timed with each group pruned alone; channel counts then stay on the
+    machine's channel step (:func:`graphprune.hardware.channel_step`), and ``objective="latency"``
+    with a FLOPs or parameter target times two allocations and keeps the faster; ``progress`` receives
     one-line messages while it is measured. ``sensitivity`` (a
     :class:`~graphprune.sensitivity.Sensitivity` or its JSON file, from ``graphprune
     sensitivity``) prices each group's removals for a target by the drop measured when that

@@ -5,7 +5,8 @@ Rules:
 1. A *layer* is a Conv, a Gemm or a MatMul with a constant weight whose input or output
    channel axis belongs to a prunable group. Each is measured alone: a one-node model with
    the same op, attributes, spatial sizes and weight shape, with the channel counts on a grid
-   (multiples of 8 up to the full width, at most ``max_points`` of them, plus the full width):
+   (multiples of the runtime's channel block up to the full width, at most ``max_points`` of
+   them, plus the full width: see :mod:`graphprune.hardware`):
    one curve over input channels (output full), one over output channels (input full); a
    depthwise Conv has one curve over both. Latency is the median of ``repeats`` runs with
    ``threads`` intra-op threads, the points of a layer timed in interleaved rounds, less the
@@ -45,18 +46,20 @@ from onnx import TensorProto, helper
 from .costmodel import CostModel
 from .dependency import DependencyGraph
 
-FORMAT = "graphprune-latency-v4"
+FORMAT = "graphprune-latency-v5"
 Progress = Callable[[str], None]
 
 
-def grid(width: int, max_points: int = 12) -> list[int]:
-    """Channel counts a curve is measured at: multiples of a step (8 or a multiple of 8, so at
-    most ``max_points`` counts; 1 for widths under 16) below ``width``, and ``width``."""
-    if width < 16:
-        step = max(1, math.ceil(width / max_points))
+def grid(width: int, max_points: int = 12, step: int = 8) -> list[int]:
+    """Channel counts a curve is measured at: multiples of a stride (``step``, the runtime's
+    channel block, or a multiple of it, so at most ``max_points`` counts; 1 for widths under
+    two steps) below ``width``, and ``width``. On multiples of the block the measured points
+    are where latency steps, not in between."""
+    if width < 2 * step:
+        stride = max(1, math.ceil(width / max_points))
     else:
-        step = 8 * math.ceil(width / (8 * max_points))
-    return [*range(step, width, step), width]
+        stride = step * math.ceil(width / (step * max_points))
+    return [*range(stride, width, stride), width]
 
 
 def cache_dir() -> Path:
@@ -391,13 +394,14 @@ class LatencyTable:
         }
 
 
-def table_key(model: onnx.ModelProto, threads: int, repeats: int, max_points: int) -> dict:
+def table_key(model: onnx.ModelProto, threads: int, repeats: int, max_points: int, step: int = 8) -> dict:
     return {
         "graph": structure_hash(model),
         **machine(),
         "threads": threads,
         "repeats": repeats,
         "max_points": max_points,
+        "step": step,
     }
 
 
@@ -414,15 +418,19 @@ def latency_table(
     threads: int = 1,
     repeats: int = 7,
     max_points: int = 12,
+    step: int | None = None,
     path: str | os.PathLike | None = None,
     progress: Progress | None = None,
 ) -> LatencyTable:
     """The latency table of ``deps.model``: read from ``path`` (default: the cache directory)
-    when its key matches, else measured and written there."""
+    when its key matches, else measured and written there. Grid points are multiples of
+    ``step`` (default: this machine's channel block, :func:`graphprune.hardware.channel_step`)."""
+    from .hardware import channel_step
     from .io import write_text_atomic
 
     model = deps.model
-    key = table_key(model, threads, repeats, max_points)
+    step = step or channel_step().step
+    key = table_key(model, threads, repeats, max_points, step)
     file = Path(path) if path is not None else default_path(key)
     layers = find_layers(deps, cm)
     cached = read_cached(file)
@@ -445,14 +453,14 @@ def latency_table(
         full = (ly.full_in, ly.full_out)
         points: dict[str, list[tuple[int, int]]] = {}
         if ly.depthwise:
-            points["both"] = [(c, c) for c in grid(ly.full_in, max_points)]
+            points["both"] = [(c, c) for c in grid(ly.full_in, max_points, step)]
         else:
             if ly.dim_in is not None:
-                points["in"] = [(c, ly.full_out) for c in grid(ly.full_in, max_points)]
+                points["in"] = [(c, ly.full_out) for c in grid(ly.full_in, max_points, step)]
             if ly.dim_out is not None:
-                points["out"] = [(ly.full_in, c) for c in grid(ly.full_out, max_points)]
+                points["out"] = [(ly.full_in, c) for c in grid(ly.full_out, max_points, step)]
             if ly.dim_in is not None and ly.dim_out is not None:
-                points["diag"] = _diagonal(grid(ly.full_in, max_points), grid(ly.full_out, max_points))
+                points["diag"] = _diagonal(grid(ly.full_in, max_points, step), grid(ly.full_out, max_points, step))
         unique = list(dict.fromkeys([full, *(p for ps in points.values() for p in ps)]))
         times = _run_ms([layer_model(config, ci, co) for ci, co in unique], threads, repeats)
         at = {p: max(t - overhead, 1e-4) for p, t in zip(unique, times, strict=True)}
@@ -544,13 +552,15 @@ class LatencyModel:
         return self.estimate(removed) / self.full_ms
 
     def grids(self, deps: DependencyGraph) -> dict[int, np.ndarray]:
-        """Per group, the unit counts on the measurement grid (where the curves' steps are known)."""
+        """Per group, the unit counts worth keeping: multiples of the table's channel step (the
+        runtime's block: a count in between costs as much as the next multiple), and all of it."""
         out = {}
+        step = int(self.table.key.get("step", 8))
         for gid in self.cm.group_ids:
             g = deps.groups[gid]
             w = max((m.indices.shape[1] for m in g.weights("out")), default=1)
-            counts = np.array(grid(g.size * w))
-            out[gid] = counts[counts % w == 0] // w
+            channels = np.append(np.arange(step, g.size * w, step), g.size * w)
+            out[gid] = channels[channels % w == 0] // w
         return out
 
 

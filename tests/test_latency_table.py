@@ -13,6 +13,7 @@ import graphprune
 import graphprune.latency_table as lt
 from graphprune.costmodel import CostModel
 from graphprune.dependency import analyze
+from graphprune.hardware import channel_step
 from models import builders
 
 
@@ -27,6 +28,12 @@ def test_grid_is_multiples_of_eight_up_to_the_width():
     assert lt.grid(2048, max_points=12) == [*range(176, 2048, 176), 2048]
     assert all(c % 8 == 0 for c in lt.grid(2048))
     assert lt.grid(6, max_points=12) == [1, 2, 3, 4, 5, 6]
+
+
+def test_grid_lands_on_multiples_of_the_channel_step():
+    assert lt.grid(256, max_points=12, step=16) == [*range(32, 256, 32), 256]
+    assert lt.grid(24, max_points=12, step=16) == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24]
+    assert all(c % 16 == 0 for c in lt.grid(2048, step=16))
 
 
 def test_table_round_trips_through_its_cache_and_is_remeasured_for_a_changed_model(tmp_path):
@@ -54,31 +61,44 @@ def test_table_round_trips_through_its_cache_and_is_remeasured_for_a_changed_mod
 
 def test_curves_cover_the_grid_of_each_prunable_axis(tmp_path):
     table, cm = table_of(builders.depthwise_separable(), tmp_path / "t.json")
+    step = table.key["step"]
+    assert step == channel_step().step
     assert any("both" in ly.curves for ly in table.layers)  # depthwise: in and out together
     for ly in table.layers:
         for axis, curve in ly.curves.items():
             if axis == "diag":  # both counts at once: pairs of grid counts, increasing
                 assert curve["counts"] == sorted(curve["counts"]) and set(curve["counts"]) <= set(
-                    lt.grid(ly.full_in, 4)
+                    lt.grid(ly.full_in, 4, step)
                 )
                 continue
             full = ly.full_out if axis == "out" else ly.full_in
-            assert curve["counts"] == lt.grid(full, 4) and len(curve["ms"]) == len(curve["counts"])
+            assert curve["counts"] == lt.grid(full, 4, step) and len(curve["ms"]) == len(curve["counts"])
     model = lt.LatencyModel(table, cm)
     assert model.fraction(np.zeros((1, len(cm.group_ids))))[0] == 1.0
 
 
-def test_latency_objective_keeps_channel_counts_on_the_grid(tmp_path):
-    model = builders.residual_net(width=32, blocks=4)
+def test_latency_objective_keeps_channel_counts_on_the_step_and_keeps_the_fastest_allocation(tmp_path):
+    model = builders.residual_net(width=64, blocks=4)
     result = graphprune.prune(
         model, target_flops=0.5, objective="latency", latency_table=tmp_path / "t.json", latency=False
     )
     assert result.report.passed and result.report.exact.passed
-    assert abs(result.report.flops_after / result.report.flops_before - 0.5) <= 0.05
-    assert result.report.prune["latency_table"]["layers"] > 0
+    p = result.report.prune
+    step = channel_step().step
+    assert p["channel_step"] == channel_step().to_json()
+    assert p["latency_table"]["layers"] > 0
     for gid, idx in result.plan.removals.items():
-        g = result.deps.groups[gid]
-        assert g.size - len(idx) in lt.grid(g.size)
+        assert (result.deps.groups[gid].size - len(idx)) % step == 0
+    # two allocations at the same target (one when they agree), each cut and timed
+    candidates = p["latency_measured"]["candidates"]
+    names = [c["allocation"] for c in candidates]
+    assert names in (["latency", "uniform"], ["latency"])
+    assert all(c["measured"] > 0 and abs(c["reached"] - 0.5) <= 0.1 for c in candidates)
+    chosen = next(c for c in candidates if c["allocation"] == p["allocation"])
+    per_kept = [c["measured"] / c["reached"] for c in candidates]
+    assert chosen["measured"] / chosen["reached"] <= min(per_kept) * 1.01 + 1e-6
+    assert p["reached"] == chosen["reached"]
+    assert result.report.flops_after / result.report.flops_before == pytest.approx(chosen["reached"], abs=1e-3)
 
 
 def test_latency_target_reports_what_was_measured(tmp_path):

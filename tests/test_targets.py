@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import graphprune
-from graphprune.allocate import keep_choices
+from graphprune.allocate import keep_choices, uniform_to_target
 from graphprune.dependency import analyze
 from models import builders
 
@@ -69,6 +69,30 @@ def test_keep_choices_snap_to_a_grid_when_given_one():
     assert list(keep_choices(g, 1, 1)[:3]) == [64, 63, 62]
     assert list(keep_choices(g, 16, 1)) == [64, 48, 32, 16]
     assert list(keep_choices(g, 1, 1, grid=np.array([8, 16, 24, 64]))) == [64, 24, 16, 8]
+
+
+@pytest.mark.parametrize("round_to", [1, 16])
+def test_uniform_to_target_cuts_every_group_alike_nearest_the_target(round_to):
+    from graphprune.costmodel import CostModel
+
+    deps = analyze(builders.residual_net(width=64, blocks=4))
+    cm = CostModel(deps)
+    scores = {g.id: np.arange(g.size, dtype=float) for g in deps.prunable_groups()}
+
+    def macs(removals):
+        return float(cm.flops(cm.removed_of(removals)[None, :])[0]) / cm.flops_before
+
+    plan, reached = uniform_to_target(deps, scores, 0.5, macs, round_to=round_to)
+    assert reached == pytest.approx(macs(plan.removals))
+    assert abs(reached - 0.5) <= (0.02 if round_to == 1 else 0.1)
+    # every group keeps the same share of its width (to within one rounding step of the narrowest)
+    sizes = {gid: deps.groups[gid].size for gid in scores}
+    kept = {gid: sizes[gid] - len(plan.removals.get(gid, [])) for gid in scores}
+    shares = [kept[gid] / sizes[gid] for gid in scores]
+    assert max(shares) - min(shares) <= round_to / min(sizes.values())
+    assert all(k % round_to == 0 for k in kept.values()) and max(shares) < 1
+    for idx in plan.removals.values():  # the lowest scores go
+        assert list(idx) == list(range(len(idx)))
 
 
 def test_cli_target_flops_on_the_example_model(run_cli, tmp_path):
