@@ -2,7 +2,7 @@
 
 python -m benchmarks.latency [--models resnet50 mobilenet_v2 vit_b_16] [--ratios 0.25 0.5 0.75]
                              [--round-to 1 8 16] [--repeats 20] [--threads 1] [--latency-targets 0.5]
-                             [--latency-models layer model]
+                             [--latency-models layer model] [--floor]
 
 For each zoo model (torchscript export), ratio and round_to:
 - ``uniform``: every group loses ``ratio`` of its units (the plain ``--ratio`` pruning);
@@ -16,7 +16,9 @@ Speed-up is latency before / after (medians of at least ``--repeats`` runs and a
 threads); MACs reduction is MACs before / after;
 *realized* = speed-up / MACs reduction (1.0: latency falls as much as MACs). Then each
 ``--latency-targets`` fraction is asked of ``--target-latency`` and the measured fraction
-shown. The machine may be shared: run it more than once and compare.
+shown. ``--floor`` adds the fastest plan filter pruning can reach on this machine (every group
+at one channel step): the speed-up no allocation at any MACs can beat. The machine may be
+shared: run it more than once and compare.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import time
 import graphprune
 from graphprune.cost import cost_of
 from graphprune.dependency import analyze
+from graphprune.hardware import channel_step
 from graphprune.latency_table import compare_latency
 from graphprune.passes.filter import FilterPruning
 from graphprune.report import grid
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--latency-targets", nargs="*", type=float, default=[0.5])
     ap.add_argument("--no-aware", action="store_true", help="skip the latency-aware rows")
+    ap.add_argument("--floor", action="store_true", help="also time every group at one channel step")
     ap.add_argument("--latency-models", nargs="*", default=["layer", "model"], choices=["layer", "model"])
     args = ap.parse_args(argv)
     rows, target_rows = [], []
@@ -87,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
                     row += [f"{kept2:.3f}", f"{speedup2:.2f}", f"{realized2:.2f}", report.get("allocation", "-")]
                 rows.append(tuple(row))
                 say(f"{name} ratio {ratio} round_to {round_to}: {row[3:]} ({time.perf_counter() - t0:.0f}s)")
+        if args.floor:
+            step = channel_step().step
+            pruned, _, _ = FilterPruning(ratio=0.99, round_to=step).run(model, deps)
+            kept, speedup, realized = measure(model, pruned, flops_before, args.threads, repeats)
+            row = [name, f"floor ({step} ch)", step, f"{kept:.3f}", f"{speedup:.2f}", f"{realized:.2f}"]
+            aware_columns = 0 if args.no_aware else 4 * len(args.latency_models)
+            rows.append(tuple(row + ["-"] * aware_columns))
         for fraction in args.latency_targets:
             for kind in args.latency_models:
                 result = graphprune.prune(
