@@ -351,6 +351,7 @@ def _end_to_end(report: Report, original, final, exacts: list, feeds, latency: b
     """Checker, runtime, fidelity and latency of ``final`` against ``original``; exactness of the steps."""
     from .validation import Exactness, check, fidelity, run
 
+    weights.spill(final)  # a lazy model's sliced weights written once for every check, and for saving
     error = check(final)
     report.validated = True
     report.checker = {"passed": not error, "error": error}
@@ -526,7 +527,10 @@ def _report(original, pruned, details, deps, plan, *, validate, latency, feeds, 
     report = _costs_report(before, after, details)
     if not validate:
         return report
-    with runnable(pruned) as pruned_source:  # a lazy pruned model is written once, for every check
+    # a lazy pruned model is written once (its sliced weights spilled to a file, which saving
+    # then renames into the output), for every check
+    weights.spill(pruned)
+    with runnable(pruned) as pruned_source:
         v = check_pruned(original, pruned, deps, plan, feeds=feeds, pruned_source=pruned_source, reference=reference)
         report.validated = True
         report.checker = {"passed": v.checker_ok, "error": v.checker_error}

@@ -264,6 +264,14 @@ def _say(args, msg: str) -> None:
 
 
 def _prune(args) -> int:
+    from .weights import spill_folder
+
+    # a validated lazy model's pruned weights are written once, beside the output, and renamed into it
+    with spill_folder(Path(args.output).resolve().parent):
+        return _prune_to(args)
+
+
+def _prune_to(args) -> int:
     from . import api, io
 
     args.committed_before = len(io.committed())  # what an interrupt finds written is this run's

@@ -124,10 +124,20 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool
     os.close(fd)
     data_name = p.name + ".data"
     tmp_data = None
+    moved = None  # a spill renamed to tmp_data
     try:
         if weights.has_lazy(model) and not external_data:
             model = weights.materialize(model)  # asked for one file: the weights must be read in
-        if external_data and weights.has_lazy(model):
+        spill = weights.movable_spill(model, folder) if external_data else None
+        if spill is not None:
+            # the pruned weights were written once already (to validate them): rename, not copy
+            if (folder / data_name).resolve() in weights.spill_origins(spill):
+                raise InputError(f"{p}: its data file {data_name} holds the input's weights; choose another -o")
+            tmp_data = folder / f".{data_name}.tmp"
+            weights.write_pointing(model, Path(tmp), data_name)
+            os.replace(spill, tmp_data)
+            moved = spill
+        elif external_data and weights.has_lazy(model):
             if (folder / data_name).resolve() in weights.lazy_sources(model):
                 raise InputError(f"{p}: its data file {data_name} holds the input's weights; choose another -o")
             tmp_data = folder / f".{data_name}.tmp"
@@ -156,10 +166,17 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if moved is not None and tmp_data is not None:  # give the spill back: the model still reads it
+            with contextlib.suppress(OSError):
+                os.replace(tmp_data, moved)
+                tmp_data = None
         if tmp_data is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_data)
         raise
+    if moved is not None:
+        weights.moved_spill(moved)
+        weights.repoint(model, moved, folder / data_name)  # the model in memory reads the output now
     return p
 
 

@@ -15,6 +15,7 @@ Rules:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import mmap
@@ -353,3 +354,131 @@ def _set(tensor: onnx.TensorProto, key: str, value: str) -> None:
             return
     entry = tensor.external_data.add()
     entry.key, entry.value = key, value
+
+
+# ------------------------------------------------------------------ spilling a pruned model
+# Validating a pruned lazy model needs its sliced weights in a file onnxruntime can read, and
+# saving it needs them in the output's data file. Written once (a *spill*) and pointed at,
+# the same bytes serve both: :func:`graphprune.io.save` renames a spill into place instead of
+# copying it when it is on the output's file system.
+
+SPILL_PREFIX = ".graphprune-spill-"
+_SPILLS: dict[Path, set[Path]] = {}  # spill files not moved or removed yet -> the files they were read from
+_SPILL_FOLDER: list[Path] = []  # where spills go (innermost :func:`spill_folder`), else TMPDIR
+
+
+@contextlib.contextmanager
+def spill_folder(folder: str | os.PathLike) -> Iterator[None]:
+    """Spills made inside this block go to ``folder`` (the CLI passes the output's folder, so
+    saving renames the spill instead of copying it). Spills left when the block ends are removed."""
+    _SPILL_FOLDER.append(Path(folder))
+    before = set(_SPILLS)
+    try:
+        yield
+    finally:
+        _SPILL_FOLDER.pop()
+        for path in set(_SPILLS) - before:
+            discard_spill(path)
+
+
+def spill(model: onnx.ModelProto) -> Path | None:
+    """Write the sliced lazy tensors of ``model`` (with its other large external ones) to one
+    new data file and point ``model`` at it, unsliced; returns the file, or None when nothing
+    is sliced. The file is removed at exit unless :func:`graphprune.io.save` moves it."""
+    if not any(is_lazy(t) and is_sliced(t) for t in external_tensors(model)):
+        return None
+    folder = _SPILL_FOLDER[-1] if _SPILL_FOLDER else Path(tempfile.gettempdir())
+    while not folder.exists() and folder.parent != folder:  # an output folder not made yet: its
+        folder = folder.parent  # nearest existing ancestor is on the same file system
+    try:
+        fd, name = tempfile.mkstemp(prefix=SPILL_PREFIX, suffix=".data", dir=folder)
+    except OSError:  # not there yet, or read-only: the temporary folder then
+        folder = Path(tempfile.gettempdir())
+        fd, name = tempfile.mkstemp(prefix=SPILL_PREFIX, suffix=".data", dir=folder)
+    os.close(fd)
+    data = Path(name).resolve()
+    _SPILLS[data] = lazy_sources(model)
+    fd, proto_name = tempfile.mkstemp(prefix=SPILL_PREFIX, suffix=".onnx", dir=folder)
+    os.close(fd)
+    try:
+        write_model(model, Path(proto_name), data, data.name)
+        written = onnx.load(proto_name, load_external_data=False)
+    except BaseException:
+        discard_spill(data)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(proto_name)
+    mark_lazy(written, data.parent)
+    model.CopyFrom(written)  # the graph and small tensors only: the weights stay in the file
+    return data
+
+
+def is_spill(path: Path) -> bool:
+    return path.resolve() in _SPILLS
+
+
+def spill_origins(path: Path) -> set[Path]:
+    """The files a spill's tensors were read from (an output must not overwrite them)."""
+    return set(_SPILLS.get(path.resolve(), set()))
+
+
+def moved_spill(path: Path) -> None:
+    """``path`` (a spill) was renamed into an output: it is no longer ours to remove."""
+    _SPILLS.pop(path.resolve(), None)
+
+
+def discard_spill(path: Path) -> None:
+    _SPILLS.pop(path.resolve(), None)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def movable_spill(model: onnx.ModelProto, folder: Path) -> Path | None:
+    """The spill ``model`` reads all its external weights from, unsliced, if it can be renamed
+    into ``folder`` (same file system), else None."""
+    tensors = list(external_data_helper._get_all_tensors(model))
+    external = [t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not external or not all(is_lazy(t) and not is_sliced(t) for t in external):
+        return None
+    if any(t.HasField("raw_data") and len(t.raw_data) >= INLINE_LIMIT for t in tensors):
+        return None  # in-memory weights would need writing to the data file as well
+    paths = {source(t).path.resolve() for t in external}
+    if len(paths) != 1:
+        return None
+    (path,) = paths
+    try:
+        same_disk = path.stat().st_dev == folder.stat().st_dev
+    except OSError:
+        return None
+    return path if same_disk and is_spill(path) else None
+
+
+def write_pointing(model: onnx.ModelProto, model_path: Path, location: str) -> None:
+    """Write ``model`` (every external tensor lazy and unsliced, all in one file) to
+    ``model_path`` with its tensors pointing at ``location``, the same offsets: for a data file
+    renamed, not rewritten."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for tensor in external_tensors(out):
+        src = source(tensor)
+        del tensor.external_data[:]
+        for key, value in (("location", location), ("offset", str(src.offset)), ("length", str(src.nbytes))):
+            _set(tensor, key, value)
+    with open(model_path, "wb") as f:
+        f.write(out.SerializeToString())
+
+
+def repoint(model: onnx.ModelProto, old: Path, new: Path) -> None:
+    """Point ``model``'s lazy tensors read from file ``old`` at file ``new`` (same bytes)."""
+    old = old.resolve()
+    for tensor in external_tensors(model):
+        if is_lazy(tensor) and source(tensor).path.resolve() == old:
+            _set(tensor, DIR_KEY, str(new.parent.resolve()))
+            _set(tensor, "location", new.name)
+
+
+@atexit.register
+def _remove_spills() -> None:
+    for path in list(_SPILLS):
+        discard_spill(path)

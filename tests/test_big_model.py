@@ -269,3 +269,72 @@ def test_layer_and_filter_passes_run_on_an_external_data_model(tmp_path, run_cli
     pruned = onnx.load(str(out), load_external_data=False)
     assert len(pruned.graph.initializer) == 4  # two of the three MLP layers remain
     assert sorted(p.name for p in src.parent.iterdir()) == ["mlp_stack.onnx", "mlp_stack.onnx.data"]
+
+
+def test_a_validated_prune_writes_the_pruned_weights_once_and_renames_them_into_the_output(
+    tmp_path, run_cli, monkeypatch
+):
+    src = _small_external(tmp_path / "src", dtype=np.float16)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR
+    streamed = []
+    real = weights.write_model
+    monkeypatch.setattr(weights, "write_model", lambda *a, **k: (streamed.append(a[2]), real(*a, **k))[1])
+    out = tmp_path / "out" / "m.onnx"
+    code, _, err = run_cli("prune", src, "-o", out, "--ratio", "0.5", "--no-latency", "-q")
+    assert code == 0, err
+    # one stream of the sliced weights: the spill near the output (its folder did not exist
+    # yet: the nearest one that did), validated, then renamed
+    assert len(streamed) == 1 and streamed[0].parent == tmp_path.resolve()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert not [p.name for p in scratch.iterdir() if "graphprune" in p.name]  # nothing of ours in TMPDIR
+    unvalidated = tmp_path / "plain" / "m.onnx"
+    code, _, err = run_cli("prune", src, "-o", unvalidated, "--ratio", "0.5", "--no-validate", "-q")
+    assert code == 0, err
+    assert (out.parent / "m.onnx.data").read_bytes() == (unvalidated.parent / "m.onnx.data").read_bytes()
+    assert graphprune.validate(src, out, latency=False).exact.passed
+
+
+def test_a_spill_that_cannot_be_renamed_is_copied_and_removed(tmp_path):
+    src = _small_external(tmp_path / "src")
+    result = graphprune.prune(src, ratio=0.5, latency=False)  # the API spills to TMPDIR
+    (spill,) = weights.lazy_sources(result.model)
+    assert weights.is_spill(spill) and spill.name.startswith(weights.SPILL_PREFIX)
+    out = graphprune.save(result.model, tmp_path / "out" / "m.onnx")
+    assert graphprune.validate(src, out, latency=False).exact.passed
+    if spill.exists():  # another file system than the output's: copied, then the spill stays ours
+        assert weights.is_spill(spill)
+    else:  # renamed: the model in memory now reads the output's data file
+        assert weights.lazy_sources(result.model) == {(out.parent / "m.onnx.data").resolve()}
+    again = graphprune.save(result.model, tmp_path / "again" / "m.onnx")  # still a valid model
+    assert (again.parent / "m.onnx.data").read_bytes() == (out.parent / "m.onnx.data").read_bytes()
+
+
+def test_spills_left_unsaved_are_removed_when_the_process_ends(tmp_path):
+    src = _small_external(tmp_path / "src")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    code = (
+        "import graphprune, sys; r = graphprune.prune(sys.argv[1], ratio=0.5, latency=False);"
+        " (spill,) = graphprune.weights.lazy_sources(r.model); print(r.report.passed, spill, spill.exists())"
+    )
+    env = {**os.environ, "TMPDIR": str(scratch), "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", code, str(src)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    passed, spill, existed = done.stdout.split()
+    assert passed == "True" and existed == "True" and Path(spill).parent == scratch.resolve()
+    assert not Path(spill).exists()
+    assert not [p.name for p in scratch.iterdir() if "graphprune" in p.name]
+
+
+def test_a_validated_output_whose_data_file_is_the_inputs_weights_is_refused(tmp_path, run_cli):
+    model = onnx.load(str(_small_external(tmp_path / "gen")))
+    src = tmp_path / "m.onnx"
+    onnx.save_model(model, src, save_as_external_data=True, location="out.onnx.data", size_threshold=0)
+    before = (tmp_path / "out.onnx.data").read_bytes()
+    code, _, err = run_cli("prune", src, "-o", tmp_path / "out.onnx", "--no-latency", "-q")
+    assert code == 2 and "out.onnx.data holds the input's weights" in err
+    assert (tmp_path / "out.onnx.data").read_bytes() == before and not (tmp_path / "out.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["m.onnx", "out.onnx.data"]
