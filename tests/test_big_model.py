@@ -231,14 +231,16 @@ def test_external_data_in_a_subfolder_validates_from_the_model_folder(tmp_path):
     assert sorted(p.name for p in src.parent.iterdir()) == ["m.onnx", "weights"]
 
 
-def test_an_output_whose_data_file_is_the_inputs_weights_is_refused(tmp_path, run_cli):
+@pytest.mark.parametrize("flag", ["--no-validate", "--no-latency"])  # streamed, or a validated spill renamed
+def test_an_output_whose_data_file_is_the_inputs_weights_is_refused(tmp_path, run_cli, flag):
     model = onnx.load(str(_small_external(tmp_path / "gen")))
     src = tmp_path / "m.onnx"
     onnx.save_model(model, src, save_as_external_data=True, location="out.onnx.data", size_threshold=0)
     before = (tmp_path / "out.onnx.data").read_bytes()
-    code, _, err = run_cli("prune", src, "-o", tmp_path / "out.onnx", "--no-validate", "-q")
+    code, _, err = run_cli("prune", src, "-o", tmp_path / "out.onnx", flag, "-q")
     assert code == 2 and "out.onnx.data holds the input's weights" in err
     assert (tmp_path / "out.onnx.data").read_bytes() == before and not (tmp_path / "out.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["m.onnx", "out.onnx.data"]
 
 
 def test_validate_on_data_and_sensitivity_run_on_an_external_data_model(tmp_path, run_cli):
@@ -327,14 +329,3 @@ def test_spills_left_unsaved_are_removed_when_the_process_ends(tmp_path):
     assert passed == "True" and existed == "True" and Path(spill).parent == scratch.resolve()
     assert not Path(spill).exists()
     assert not [p.name for p in scratch.iterdir() if "graphprune" in p.name]
-
-
-def test_a_validated_output_whose_data_file_is_the_inputs_weights_is_refused(tmp_path, run_cli):
-    model = onnx.load(str(_small_external(tmp_path / "gen")))
-    src = tmp_path / "m.onnx"
-    onnx.save_model(model, src, save_as_external_data=True, location="out.onnx.data", size_threshold=0)
-    before = (tmp_path / "out.onnx.data").read_bytes()
-    code, _, err = run_cli("prune", src, "-o", tmp_path / "out.onnx", "--no-latency", "-q")
-    assert code == 2 and "out.onnx.data holds the input's weights" in err
-    assert (tmp_path / "out.onnx.data").read_bytes() == before and not (tmp_path / "out.onnx").exists()
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["m.onnx", "out.onnx.data"]
