@@ -101,7 +101,7 @@ def evaluate(
                     f"{ds.path}: top-1 accuracy needs a first output of shape [N, classes]; the model's"
                     f" {names[0][0]!r} has shape {list(first_o.shape)} for a batch of {batch}"
                 )
-            truth = _class_indices(feeds[labels], first_o.shape[1], ds.path, labels)
+            truth = class_indices(feeds[labels], first_o.shape[1], ds.path, labels)
             correct_o += int(np.sum(pred_o == truth))
             correct_p += int(np.sum(pred_p == truth))
         seen += batch
@@ -128,7 +128,7 @@ def check_labels(ds: Dataset, key: str) -> None:
             )
 
 
-def _class_indices(y: np.ndarray, classes: int, path, key: str) -> np.ndarray:
+def class_indices(y: np.ndarray, classes: int, path, key: str) -> np.ndarray:
     """Class indices from integer labels ``[N]`` or per-class scores ``[N, classes]``."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == classes:

@@ -24,6 +24,7 @@ from .criteria import score_groups
 from .data import DEFAULT_BATCH, Dataset, input_specs
 from .dependency import DependencyGraph, Dim
 from .errors import InputError
+from .evaluate import check_labels, class_indices
 from .masking import channel_points, insert_masks, mask_dtype, mask_shape
 from .plan import Plan
 from .progress import progress
@@ -177,8 +178,8 @@ def measure(
     if not ratios or not all(0 < r < 1 for r in ratios):
         raise InputError(f"ratios must be between 0 and 1 (exclusive), got {list(ratios)}")
     ratios = tuple(sorted(ratios))
-    if labels and any(labels not in keys for keys in dataset.keys):
-        raise InputError(f"{dataset.path}: no array {labels!r} of labels in the data")
+    if labels:
+        check_labels(dataset, labels)
     scores, _ = score_groups(deps, criterion)
     groups = [g for g in deps.prunable_groups() if g.id in scores and (not units or g.unit in units)]
     contracted = {d for _, d in deps.contractions}
@@ -198,8 +199,13 @@ def measure(
     if not batches:
         raise InputError(f"{dataset.path}: no samples to measure on")
     feeds = [{s.name: b[s.name] for s in specs} for b in batches]
-    truth = np.concatenate([b[labels] for b in batches]).ravel() if labels else None
     original = [runner.run(f, {}) for f in feeds]
+    truth = None
+    if labels:  # read as `validate --labels` reads them: class indices, or one-hot / scores by argmax
+        if original[0].ndim != 2:
+            raise InputError(f"accuracy needs a [N, classes] first output; the model gives {list(original[0].shape)}")
+        classes = original[0].shape[1]
+        truth = np.concatenate([class_indices(b[labels], classes, dataset.path, labels) for b in batches])
     n_samples = sum(len(o) for o in original)
     base_acc = _accuracy(original, truth) if truth is not None else None
 

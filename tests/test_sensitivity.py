@@ -10,6 +10,7 @@ from onnx import numpy_helper
 from graphprune.cli import main
 from graphprune.data import input_specs, open_dataset
 from graphprune.dependency import analyze
+from graphprune.errors import InputError
 from graphprune.plan import Plan
 from graphprune.sensitivity import MaskedRunner, measure, read_sensitivity
 from graphprune.surgery import apply_plan, removed_entries
@@ -88,7 +89,7 @@ def test_cli_writes_json_plot_and_accuracy_with_labels(tmp_path, model, data, ca
     np.savez(tmp_path / "nolabels.npz", input=np.load(data)["input"])
     args = ["sensitivity", str(path), "--calib", str(tmp_path / "nolabels.npz"), "-o", str(tmp_path / "x.json")]
     assert main([*args, "--labels"]) == 2
-    assert "no array 'labels'" in capsys.readouterr().err
+    assert "no labels array 'labels'" in capsys.readouterr().err
 
 
 def test_block_sensitivity_is_the_cost_of_removing_that_block(model, data):
@@ -156,3 +157,19 @@ def test_sensitivity_needs_a_target_and_the_same_model(tmp_path, model, data):
     args = ["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--sensitivity", str(tmp_path / "s.json")]
     assert main(args) == 2
     assert main([*args, "--target-flops", "0.7", "--no-latency"]) == 0
+
+
+def test_labels_are_read_as_validate_reads_them_indices_or_one_hot(tmp_path, model, data):
+    deps = analyze(model)
+    arrays = dict(np.load(data))
+    one_hot = tmp_path / "onehot.npz"
+    np.savez(one_hot, **{**arrays, "labels": np.eye(10, dtype=np.float32)[arrays["labels"]]})
+    kw = {"ratios": (0.5,), "samples": 24, "labels": "labels", "blocks": False}
+    by_index = measure(model, deps, open_dataset(data), **kw)
+    by_one_hot = measure(model, deps, open_dataset(one_hot), **kw)
+    assert by_index.metric == "accuracy" and by_index.baseline == by_one_hot.baseline
+    assert [g.drop for g in by_index.groups] == [g.drop for g in by_one_hot.groups]
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, **{**arrays, "labels": arrays["labels"] + 5})  # classes 5..14 of 10
+    with pytest.raises(InputError, match=r"wrong.npz: labels 'labels' range over \d+\.\.1\d, the model has 10 classes"):
+        measure(model, deps, open_dataset(wrong), **kw)
