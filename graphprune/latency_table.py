@@ -8,7 +8,8 @@ Rules:
    (multiples of the runtime's channel block up to the full width, at most ``max_points`` of
    them, plus the full width: see :mod:`graphprune.hardware`):
    one curve over input channels (output full), one over output channels (input full); a
-   depthwise Conv has one curve over both. Latency is the median of ``repeats`` runs with
+   grouped Conv (depthwise too) loses whole conv groups, so it has one curve over both (at
+   multiples of its input channels per group). Latency is the median of ``repeats`` runs with
    ``threads`` intra-op threads, the points of a layer timed in interleaved rounds, less the
    cost of running an empty model; a curve is made non-decreasing (a count measured slower
    than a larger one is noise).
@@ -107,7 +108,8 @@ class Layer:
     dim_out: tuple[str, int] | None
     full_in: int
     full_out: int
-    depthwise: bool = False
+    grouped: bool = False  # a grouped Conv: input and output channels shrink together (whole conv groups)
+    per_group: int = 1  # its input channels per conv group
     curves: dict[str, dict[str, list]] = field(default_factory=dict)  # "in"/"out"/"both" -> counts, ms
     full_ms: float = 0.0
     context_ms: float | None = None  # its kernel time inside the whole model (profiled), if found
@@ -155,10 +157,7 @@ def find_layers(deps: DependencyGraph, cm: CostModel) -> list[Layer]:
         rin, rout = cm.dim_row(*ax_in), cm.dim_row(*ax_out)
         if rin is None and rout is None:
             continue
-        group = attrs.get("group", 1)
-        depthwise = node.op_type == "Conv" and group > 1 and group == xs[1] == ys[1] and ws[1] == 1
-        if node.op_type == "Conv" and group > 1 and not depthwise:
-            continue  # grouped convs keep their group count: not modelled (they count at full width)
+        grouped = node.op_type == "Conv" and attrs.get("group", 1) > 1
         has_bias = len(node.input) > 2 and bool(node.input[2])
         config = json.dumps(
             [node.op_type, attrs, list(xs), list(ws), has_bias, rin is not None, rout is not None], sort_keys=True
@@ -171,7 +170,8 @@ def find_layers(deps: DependencyGraph, cm: CostModel) -> list[Layer]:
                 dim_out=ax_out if rout is not None else None,
                 full_in=int(xs[ax_in[1]]),
                 full_out=int(ys[ax_out[1]]),
-                depthwise=depthwise,
+                grouped=grouped,
+                per_group=int(ws[1]) if grouped else 1,
                 outputs=_fusable_outputs(mv, y),
             )
         )
@@ -249,9 +249,10 @@ def layer_model(layer_config: str, c_in: int, c_out: int) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     if op == "Conv":
         xs[1] = c_in
-        if attrs.get("group", 1) > 1:  # depthwise: one channel per group
-            attrs["group"] = c_in
-            ws[0] = c_in
+        if attrs.get("group", 1) > 1:  # grouped (depthwise too): whole conv groups go, in and out together
+            groups = c_in // ws[1]
+            ws[0] = groups * (ws[0] // attrs["group"])
+            attrs["group"] = groups
         else:
             ws[0], ws[1] = c_out, c_in
         bias = [ws[0]]
@@ -452,8 +453,10 @@ def latency_table(
     for n, (config, ly) in enumerate(configs.items(), 1):
         full = (ly.full_in, ly.full_out)
         points: dict[str, list[tuple[int, int]]] = {}
-        if ly.depthwise:
-            points["both"] = [(c, c) for c in grid(ly.full_in, max_points, step)]
+        if ly.grouped:
+            outs_per_in = ly.full_out / ly.full_in
+            counts = grid(ly.full_in, max_points, math.lcm(step, ly.per_group))
+            points["both"] = [(c, round(c * outs_per_in)) for c in counts if c % ly.per_group == 0]
         else:
             if ly.dim_in is not None:
                 points["in"] = [(c, ly.full_out) for c in grid(ly.full_in, max_points, step)]

@@ -8,12 +8,14 @@ import json
 
 import numpy as np
 import pytest
+from onnx import helper
 
 import graphprune
 import graphprune.latency_table as lt
 from graphprune.costmodel import CostModel
 from graphprune.dependency import analyze
 from graphprune.hardware import channel_step
+from graphprune.validation import run
 from models import builders
 
 
@@ -75,6 +77,28 @@ def test_curves_cover_the_grid_of_each_prunable_axis(tmp_path):
             assert curve["counts"] == lt.grid(full, 4, step) and len(curve["ms"]) == len(curve["counts"])
     model = lt.LatencyModel(table, cm)
     assert model.fraction(np.zeros((1, len(cm.group_ids))))[0] == 1.0
+
+
+def test_a_grouped_conv_has_one_curve_over_whole_conv_groups_and_its_layer_models_run(tmp_path):
+    model = builders.grouped_conv(groups=8, width=64)  # 8 input channels per conv group
+    table, cm = table_of(model, tmp_path / "t.json")
+    (ly,) = [ly for ly in table.layers if ly.grouped and ly.per_group > 1]
+    assert ly.per_group == 8 and set(ly.curves) == {"both"}
+    counts = ly.curves["both"]["counts"]
+    assert counts[-1] == 64 and all(c % 8 == 0 for c in counts) and len(counts) > 1
+    for c in counts:  # each count is a valid model: c / 8 conv groups of 8 channels in and out
+        small = lt.layer_model(ly.config, c, c)
+        (node,) = small.graph.node
+        assert helper.get_attribute_value(next(a for a in node.attribute if a.name == "group")) == c // 8
+        x = np.zeros([1, c, *json.loads(ly.config)[2][2:]], np.float32)
+        (y,) = run(small, {"X": x})
+        assert y.shape[1] == c
+    latency = lt.LatencyModel(table, cm)
+    g = analyze(model).group_of("layer1.0.conv2.weight", 0)  # the grouped conv's output channels
+    row = np.zeros((1, len(cm.group_ids)))
+    assert latency.fraction(row)[0] == 1.0
+    row[0, cm.column[g.id]] = g.size // 2  # half its conv groups: its curve is read at 32 channels
+    assert cm.sizes(row)[0, cm.dim_row(*ly.dim_in)] == 32
 
 
 def test_latency_objective_keeps_channel_counts_on_the_step_and_keeps_the_fastest_allocation(tmp_path):
