@@ -194,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         return _main(argv, debug)
+    except KeyboardInterrupt:
+        # arrived between the end of _main (which handles its own) and here: the work is over,
+        # so say what it wrote rather than die by SIGINT without a word
+        return _interrupted(None)
     finally:
         if as_command:
             # The work is done (or abandoned cleanly): a Ctrl-C while the interpreter shuts
@@ -221,15 +225,8 @@ def _main(argv: list[str], debug: bool) -> int:
         sys.stderr.close()
         return EXIT_OK
     except KeyboardInterrupt:
-        io = sys.modules.get("graphprune.io")
         since = getattr(args, "committed_before", None)
-        written = io.committed()[since:] if io is not None and since is not None else []
-        if written:  # the interrupt came after the output was renamed into place
-            names = ", ".join(str(p) for p in written)
-            print(f"graphprune: interrupted; already written completely: {names}", file=sys.stderr)
-        else:
-            print("graphprune: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return _interrupted(since) if since is not None else _interrupted(-1)
     except Exception as exc:  # a bug: say so in one line, with the traceback only on request
         if debug:
             traceback.print_exc()
@@ -240,6 +237,19 @@ def _main(argv: list[str], debug: bool) -> int:
             file=sys.stderr,
         )
         return EXIT_INPUT
+
+
+def _interrupted(since: int | None) -> int:
+    """Say what an interrupted run wrote: the outputs committed after the first ``since``
+    (None: all of this process's; -1: none, the run had not started writing)."""
+    io = sys.modules.get("graphprune.io")
+    written = [] if io is None or since == -1 else io.committed()[since or 0 :]
+    if written:  # the interrupt came after the output was renamed into place
+        names = ", ".join(str(p) for p in written)
+        print(f"graphprune: interrupted; already written completely: {names}", file=sys.stderr)
+    else:
+        print("graphprune: interrupted; nothing was written", file=sys.stderr)
+    return 130
 
 
 def _inspect(args) -> int:

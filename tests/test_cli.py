@@ -351,6 +351,26 @@ def test_an_interrupt_while_writing_leaves_no_output_and_no_temporary_file(run_c
     assert leftover_temp_files(out.parent) == []
 
 
+def test_an_interrupt_after_the_work_says_what_was_written_and_exits_130(tmp_path, monkeypatch, capsys):
+    import graphprune.cli as cli
+    from graphprune import io
+
+    done = tmp_path / "out.onnx"
+
+    def finished_then_interrupted(argv, debug):  # Ctrl-C lands after the command's own handler
+        io._COMMITTED.append(done)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io, "_COMMITTED", [])
+    monkeypatch.setattr(cli, "_main", finished_then_interrupted)
+    assert cli.main(["prune", "x.onnx", "-o", str(done)]) == 130
+    assert capsys.readouterr().err.strip() == f"graphprune: interrupted; already written completely: {done}"
+    monkeypatch.setattr(io, "_COMMITTED", [])
+    monkeypatch.setattr(cli, "_main", lambda argv, debug: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert cli.main(["prune", "x.onnx", "-o", str(done)]) == 130
+    assert capsys.readouterr().err.strip() == "graphprune: interrupted; nothing was written"
+
+
 def test_a_model_that_fails_validation_exits_1_and_is_written_only_with_keep_failed(
     run_cli, tiny_model_path, monkeypatch
 ):
