@@ -30,6 +30,12 @@ class Plan:
     def removed(self, group: Group) -> np.ndarray:
         return self.removals.get(group.id, np.zeros(0, dtype=np.int64))
 
+    def same_removals(self, other: Plan) -> bool:
+        """Whether ``other`` removes exactly the same indices from the same groups."""
+        return self.removals.keys() == other.removals.keys() and all(
+            np.array_equal(self.removals[k], other.removals[k]) for k in self.removals
+        )
+
     @property
     def total_removed(self) -> int:
         return int(sum(len(v) for v in self.removals.values()))

@@ -163,13 +163,13 @@ class FilterPruning(TransformMixin):
         return {gid: s for gid, s in scores.items() if deps.groups[gid].unit in units}, ctx
 
     def _to_target(
-        self, deps: DependencyGraph, scores: dict, goal: float | None, objective: str | None = None
+        self, deps: DependencyGraph, scores: dict, goal: float | None, cm: Any = None
     ) -> tuple[TargetResult, dict]:
         from ..costmodel import CostModel
 
         metric, fraction = self.target  # type: ignore[misc]
-        objective = objective or self.objective or metric
-        cm = CostModel(deps)
+        objective = self.objective or metric
+        cm = cm or CostModel(deps)
         if "flops" in (metric, objective) and cm.flops_before == 0:
             # cost.py counts a node only when every shape it needs is known: a dynamic batch or
             # spatial size leaves nothing counted, and a FLOPs target would then mean nothing
@@ -177,10 +177,7 @@ class FilterPruning(TransformMixin):
                 "cannot count this model's MACs: its shapes depend on dynamic dims (batch, image size...);"
                 " fix the input shapes first (e.g. onnxruntime's make_dynamic_shape_fixed) or use --ratio"
             )
-        costs = {
-            "flops": lambda r: cm.flops(r) / max(cm.flops_before, 1),
-            "params": lambda r: cm.params(r) / max(cm.params_before, 1),
-        }
+        costs = _metric_costs(cm)
         notes: dict = {"target": {"metric": metric, "fraction": fraction}, "objective": objective}
         round_to, grids = self.round_to, None
         if "latency" in (metric, objective):
@@ -248,17 +245,15 @@ class FilterPruning(TransformMixin):
 
         metric, fraction = self.target  # type: ignore[misc]
         scores, ctx = self._scores(deps, stats)
-        by_table, notes = self._to_target(deps, scores, None)
         cm = CostModel(deps)
-        price = cm.flops if metric == "flops" else cm.params
-        full = max(cm.flops_before if metric == "flops" else cm.params_before, 1)
-        round_to = math.lcm(self.round_to, notes["channel_step"]["step"])
+        by_table, notes = self._to_target(deps, scores, None, cm)
+        cost = _metric_costs(cm)[metric]
         uniform, uniform_reached = uniform_to_target(
             deps,
             scores,
             fraction,
-            lambda removals: float(price(cm.removed_of(removals)[None, :])[0]) / full,
-            round_to=round_to,
+            lambda removals: float(cost(cm.removed_of(removals)[None, :])[0]),
+            round_to=self._latency_round_to()[0],
             min_keep=self.min_keep,
             ignore=self.ignore,
         )
@@ -267,11 +262,11 @@ class FilterPruning(TransformMixin):
             ("latency", by_table.plan, by_table.reached),
             ("uniform", uniform, uniform_reached),
         ):
-            if not any(_same_plan(plan, other) for _, other, _ in candidates):
+            if not any(plan.same_removals(other) for _, other, _ in candidates):
                 candidates.append((name, plan, reached))
         if self.progress:
             self.progress(f"timing {len(candidates)} allocations against the original")
-        repeats = int(min(max(20, 2000 / max(notes["latency_table"]["model_ms"], 1e-3)), 200))
+        repeats = _timing_repeats(notes)
         pruned = [apply_plan(model, deps, plan) for _, plan, _ in candidates]
         times = interleaved_ms(timing_sessions([model, *pruned], self.threads, warmup=3), repeats)
         del pruned
@@ -366,8 +361,7 @@ class FilterPruning(TransformMixin):
 
         target = float(self.target_latency)  # type: ignore[arg-type]
         goal = target
-        # about two seconds of runs per model (20 at least): a ratio measured on a shared machine needs them
-        repeats = int(min(max(20, 2000 / max(notes["latency_table"]["model_ms"], 1e-3)), 200))
+        repeats = _timing_repeats(notes)
         tries: list[dict] = []
         best = None
         for attempt in range(LATENCY_TRIES):
@@ -398,10 +392,18 @@ class FilterPruning(TransformMixin):
         }
 
 
-def _same_plan(a: Plan, b: Plan) -> bool:
-    return a.removals.keys() == b.removals.keys() and all(
-        np.array_equal(a.removals[k], b.removals[k]) for k in a.removals
-    )
+def _metric_costs(cm) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Fractions of the original's FLOPs and parameters a cost model's removal rows keep."""
+    return {
+        "flops": lambda r: cm.flops(r) / max(cm.flops_before, 1),
+        "params": lambda r: cm.params(r) / max(cm.params_before, 1),
+    }
+
+
+def _timing_repeats(notes: dict) -> int:
+    """Runs per model for timing a cut against the original: about two seconds of them (20 at
+    least, 200 at most), which a ratio measured on a shared machine needs."""
+    return int(min(max(20, 2000 / max(notes["latency_table"]["model_ms"], 1e-3)), 200))
 
 
 def _next_goal(tries: list[dict], target: float) -> float:
