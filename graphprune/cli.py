@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         # arrived between the end of _main (which handles its own) and here: the work is over,
         # so say what it wrote rather than die by SIGINT without a word
-        return _interrupted(None)
+        return _interrupted(0)
     finally:
         if as_command:
             # The work is done (or abandoned cleanly): a Ctrl-C while the interpreter shuts
@@ -225,8 +225,7 @@ def _main(argv: list[str], debug: bool) -> int:
         sys.stderr.close()
         return EXIT_OK
     except KeyboardInterrupt:
-        since = getattr(args, "committed_before", None)
-        return _interrupted(since) if since is not None else _interrupted(-1)
+        return _interrupted(getattr(args, "committed_before", None))
     except Exception as exc:  # a bug: say so in one line, with the traceback only on request
         if debug:
             traceback.print_exc()
@@ -240,10 +239,10 @@ def _main(argv: list[str], debug: bool) -> int:
 
 
 def _interrupted(since: int | None) -> int:
-    """Say what an interrupted run wrote: the outputs committed after the first ``since``
-    (None: all of this process's; -1: none, the run had not started writing)."""
+    """Say what an interrupted run wrote: this process's outputs committed after the first
+    ``since`` (None: nothing, the run had not started writing)."""
     io = sys.modules.get("graphprune.io")
-    written = [] if io is None or since == -1 else io.committed()[since or 0 :]
+    written = io.committed()[since:] if io is not None and since is not None else []
     if written:  # the interrupt came after the output was renamed into place
         names = ", ".join(str(p) for p in written)
         print(f"graphprune: interrupted; already written completely: {names}", file=sys.stderr)
