@@ -203,7 +203,7 @@ def measure(
     truth = None
     if labels:  # read as `validate --labels` reads them: class indices, or one-hot / scores by argmax
         if original[0].ndim != 2:
-            raise InputError(f"accuracy needs a [N, classes] first output; the model gives {list(original[0].shape)}")
+            raise _not_a_classifier(original[0].shape)
         classes = original[0].shape[1]
         truth = np.concatenate([class_indices(b[labels], classes, dataset.path, labels) for b in batches])
     n_samples = sum(len(o) for o in original)
@@ -263,8 +263,12 @@ def _mean_cosine(outs: list[np.ndarray], ref: list[np.ndarray]) -> float:
 def _accuracy(outs: list[np.ndarray], truth: np.ndarray) -> float:
     logits = np.concatenate(outs)
     if logits.ndim != 2 or len(logits) != len(truth):
-        raise InputError(f"accuracy needs a [N, classes] first output; the model gives {list(logits.shape)}")
+        raise _not_a_classifier(logits.shape)
     return float(np.mean(logits.argmax(axis=1) == truth))
+
+
+def _not_a_classifier(shape) -> InputError:
+    return InputError(f"accuracy needs a [N, classes] first output; the model gives {list(shape)}")
 
 
 def plot(sens: Sensitivity, path: str | os.PathLike) -> None:
