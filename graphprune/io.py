@@ -128,20 +128,19 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool
     try:
         if weights.has_lazy(model) and not external_data:
             model = weights.materialize(model)  # asked for one file: the weights must be read in
-        spill = weights.movable_spill(model, folder) if external_data else None
-        if spill is not None:
-            # the pruned weights were written once already (to validate them): rename, not copy
-            if (folder / data_name).resolve() in weights.spill_origins(spill):
+        if external_data and weights.has_lazy(model):
+            spill = weights.movable_spill(model, folder)
+            # the files the weights come from (a spill's: the input's it was cut from)
+            sources = weights.spill_origins(spill) if spill is not None else weights.lazy_sources(model)
+            if (folder / data_name).resolve() in sources:
                 raise InputError(f"{p}: its data file {data_name} holds the input's weights; choose another -o")
             tmp_data = folder / f".{data_name}.tmp"
-            weights.write_pointing(model, Path(tmp), data_name)
-            os.replace(spill, tmp_data)
-            moved = spill
-        elif external_data and weights.has_lazy(model):
-            if (folder / data_name).resolve() in weights.lazy_sources(model):
-                raise InputError(f"{p}: its data file {data_name} holds the input's weights; choose another -o")
-            tmp_data = folder / f".{data_name}.tmp"
-            weights.write_model(model, Path(tmp), tmp_data, data_name)
+            if spill is not None:  # written once already (to validate them): renamed, not copied
+                weights.write_pointing(model, Path(tmp), data_name)
+                os.replace(spill, tmp_data)
+                moved = spill
+            else:
+                weights.write_model(model, Path(tmp), tmp_data, data_name)
         elif external_data:
             tmp_data = folder / f".{data_name}.tmp"
             onnx.save_model(

@@ -221,6 +221,14 @@ def write_model(model: onnx.ModelProto, model_path: Path, data_path: Path, locat
     """Write ``model`` to ``model_path`` with its large tensors in ``data_path`` (recorded as
     ``location``): lazy tensors are streamed from their files, sliced as recorded. ``model``
     itself is not changed."""
+    out = write_weights(model, data_path, location)
+    with open(model_path, "wb") as f:
+        f.write(out.SerializeToString())
+
+
+def write_weights(model: onnx.ModelProto, data_path: Path, location: str) -> onnx.ModelProto:
+    """Write the large tensors of ``model`` to ``data_path`` (see :func:`write_model`); returns
+    a copy of ``model`` whose tensors point there (as ``location``, plain entries)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)  # lazy tensors carry no data: this copies the graph, not the weights
     with open(data_path, "wb") as f:
@@ -245,8 +253,7 @@ def write_model(model: onnx.ModelProto, model_path: Path, data_path: Path, locat
             tensor.data_location = onnx.TensorProto.EXTERNAL
             for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
                 _set(tensor, key, value)
-    with open(model_path, "wb") as f:
-        f.write(out.SerializeToString())
+    return out
 
 
 def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -348,11 +355,17 @@ def _base(tensor: onnx.TensorProto) -> Path:
 
 
 def _set(tensor: onnx.TensorProto, key: str, value: str) -> None:
-    for entry in tensor.external_data:
+    set_entry(tensor.external_data, key, value)
+
+
+def set_entry(entries, key: str, value: str) -> None:
+    """Set ``key`` in a repeated ``StringStringEntryProto`` field (a tensor's ``external_data``,
+    a model's ``metadata_props``): its entry replaced if there is one, else added."""
+    for entry in entries:
         if entry.key == key:
             entry.value = value
             return
-    entry = tensor.external_data.add()
+    entry = entries.add()
     entry.key, entry.value = key, value
 
 
@@ -398,17 +411,11 @@ def spill(model: onnx.ModelProto) -> Path | None:
     os.close(fd)
     data = Path(name).resolve()
     _SPILLS[data] = lazy_sources(model)
-    fd, proto_name = tempfile.mkstemp(prefix=SPILL_PREFIX, suffix=".onnx", dir=folder)
-    os.close(fd)
     try:
-        write_model(model, Path(proto_name), data, data.name)
-        written = onnx.load(proto_name, load_external_data=False)
+        written = write_weights(model, data, data.name)
     except BaseException:
         discard_spill(data)
         raise
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(proto_name)
     mark_lazy(written, data.parent)
     model.CopyFrom(written)  # the graph and small tensors only: the weights stay in the file
     return data

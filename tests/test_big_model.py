@@ -282,8 +282,8 @@ def test_a_validated_prune_writes_the_pruned_weights_once_and_renames_them_into_
     monkeypatch.setenv("TMPDIR", str(scratch))
     monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR
     streamed = []
-    real = weights.write_model
-    monkeypatch.setattr(weights, "write_model", lambda *a, **k: (streamed.append(a[2]), real(*a, **k))[1])
+    real = weights.write_weights  # every stream of weights into a data file goes through it
+    monkeypatch.setattr(weights, "write_weights", lambda *a, **k: (streamed.append(a[1]), real(*a, **k))[1])
     out = tmp_path / "out" / "m.onnx"
     code, _, err = run_cli("prune", src, "-o", out, "--ratio", "0.5", "--no-latency", "-q")
     assert code == 0, err

@@ -17,6 +17,7 @@ from ..dependency import DependencyGraph
 from ..errors import InputError
 from ..plan import Plan
 from ..surgery import apply_plan, removed_entries
+from ..weights import set_entry
 from . import PruneOutcome
 
 PLAN_METADATA_KEY = "graphprune.plan"
@@ -96,12 +97,7 @@ def finish(
 
 
 def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
-    for prop in model.metadata_props:
-        if prop.key == key:
-            prop.value = value
-            return
-    entry = model.metadata_props.add()
-    entry.key, entry.value = key, value
+    set_entry(model.metadata_props, key, value)
 
 
 def get_metadata(model: onnx.ModelProto, key: str) -> str | None:
