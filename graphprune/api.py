@@ -15,13 +15,14 @@ import numpy as np
 import onnx
 
 from . import io, weights
-from .cost import cost_of, latency_ms
+from .cost import Cost, cost_of, latency_ms, random_feeds
 from .data import DEFAULT_BATCH, Dataset, input_specs, open_dataset
 from .dependency import DependencyGraph
 from .dependency import analyze as _analyze
 from .errors import InputError
 from .evaluate import check_labels, evaluate
 from .graph import find_cycle
+from .inputs import InputSizes, count_shapes, resolve
 from .passes import PruneOutcome
 from .passes.filter import PLAN_METADATA_KEY, get_metadata
 from .passes.finish import COMPENSATE_METADATA_KEY
@@ -70,9 +71,56 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
     return proto
 
 
-def analyze(model: ModelLike) -> DependencyGraph:
-    """The dependency graph and groups of ``model``."""
-    return _analyze(load_model(model))
+def analyze(model: ModelLike, *, input_shapes: dict | None = None) -> DependencyGraph:
+    """The dependency graph and groups of ``model``; ``input_shapes`` ({input: dims}) sizes its
+    symbolic input dims for counting costs (``deps.sample_shapes``), never for the analysis."""
+    proto = load_model(model)
+    deps = _analyze(proto)
+    if input_shapes:
+        deps.sample_shapes = count_shapes(proto, resolve(proto, input_shapes)) or deps.view.shapes
+    return deps
+
+
+def sample_sizes(
+    model: onnx.ModelProto,
+    input_shapes: dict | None = None,
+    feeds: dict | None = None,
+    *,
+    probe: bool = True,
+) -> InputSizes:
+    """Sizes of ``model``'s symbolic input dims (:mod:`graphprune.inputs`): from ``input_shapes``,
+    then the shapes of ``feeds`` (given, or the data's first batch), then defaults, the image
+    size being the first candidate the original runs on (``probe``)."""
+    from .validation import run
+
+    def runs(dims: dict) -> bool:
+        try:
+            run(model, random_feeds(model, shapes=dims))
+        except Exception:
+            return False
+        return True
+
+    data_shapes = {k: np.shape(v) for k, v in (feeds or {}).items() if isinstance(v, np.ndarray)}
+    return resolve(model, input_shapes, data_shapes, probe=runs if probe else None)
+
+
+def _inputs(original, input_shapes, feeds, data, batch_size, *, validate: bool):
+    """``(sizes, feeds, what the feeds are)`` for a prune or a validation: the feeds given, else
+    the data's first batch, else seeded random inputs at the resolved sizes."""
+    inputs_from = "given feeds"
+    if feeds is None and data is not None:
+        feeds, inputs_from = first_batch(original, data, batch_size), "data's first batch"
+    sizes = sample_sizes(original, input_shapes, feeds, probe=validate)
+    if feeds is None and validate:
+        feeds, inputs_from = random_feeds(original, shapes=sizes.dims), "generated inputs"
+    return sizes, feeds, inputs_from
+
+
+def sample_cost(model: onnx.ModelProto, sizes: InputSizes | None = None, shapes: dict | None = None) -> Cost:
+    """``cost_of(model)`` per sample: at ``sizes`` (default: :func:`graphprune.inputs.resolve`'s
+    defaults) when its inputs have symbolic dims, else at ``shapes`` or its own."""
+    counted = count_shapes(model, sizes if sizes is not None else resolve(model))
+    return cost_of(model, counted if counted is not None else shapes)
 
 
 def prune(
@@ -106,6 +154,7 @@ def prune(
     batch_size: int | None = None,
     compensate: str | None = None,
     selection: str | None = None,
+    input_shapes: dict | None = None,
 ) -> PruneResult:
     """Prune ``model`` and (by default) validate the result against the whole contract.
 
@@ -137,6 +186,12 @@ def prune(
     ``selection="greedy"`` or ``"lasso"``). ``calib_samples`` limits the samples used,
     ``batch_size`` the samples per onnxruntime run. Fidelity is then measured on up to 256
     samples of ``calib``; exactness and latency on its first batch (unless ``feeds`` are given).
+
+    Symbolic input dims: costs are per sample (batch 1) with the other symbolic dims from
+    ``input_shapes`` ({input name: dims}, the CLI's ``--input-shape``), the data, or defaults
+    (:mod:`graphprune.inputs`); ``report.assumed_shapes`` says which. The pruned model keeps its
+    symbolic dims. Validation feeds: ``feeds``, else ``calib``'s first batch, else random inputs
+    at those sizes; if the original does not run on them, ``InputError``.
     """
     if inplace and validate:
         raise InputError("inplace pruning cannot be validated: the original is needed for the reference")
@@ -178,15 +233,16 @@ def prune(
 
         data = open_dataset(data)
         pass_ = replace(pass_, calib=data)  # indexed once, read by every step
+    batch = getattr(pass_, "batch_size", None) or DEFAULT_BATCH
+    sizes, feeds, inputs_from = _inputs(original, input_shapes, feeds, data, batch, validate=validate)
     deps = _analyze(original, inexact=getattr(pass_, "inexact", False))
-    before = cost_of(original, deps.view.shapes)
+    deps.sample_shapes = count_shapes(original, sizes) or deps.view.shapes
+    before = cost_of(original, deps.sample_shapes)
     if hasattr(pass_, "prune"):
         outcome = pass_.prune(original, deps, inplace=inplace)
     else:  # a pass with only run(): no compensation, the original is the reference
         pruned, chosen, details = pass_.run(original, deps, inplace=inplace)
         outcome = PruneOutcome(pruned, chosen, deps, original, details)
-    if validate and feeds is None and data is not None:
-        feeds = first_batch(original, data, pass_.batch_size)
     report = _report(
         original,
         outcome.pruned,
@@ -198,6 +254,8 @@ def prune(
         feeds=feeds,
         before=before,
         reference=outcome.reference,
+        sizes=sizes,
+        inputs_from=inputs_from,
     )
     if validate and data is not None and report.runtime["passed"] and not weights.has_lazy(outcome.pruned):
         # Fidelity over the calibration data rather than its first batch (one sample for a
@@ -270,6 +328,7 @@ def run_passes(
     validate: bool = True,
     latency: bool = True,
     feeds: dict[str, np.ndarray] | None = None,
+    input_shapes: dict | None = None,
 ) -> PipelineResult:
     """Run ``passes`` (FilterPruning, LayerPruning, ...) in order and validate.
 
@@ -278,21 +337,23 @@ def run_passes(
     pruning), so it keeps meaning "the surgery did what the step's plan says". Checker,
     runtime and fidelity are end to end, against the original.
     """
-    from .cost import random_feeds
+    from .validation import run_original
 
     original = load_model(model)
-    before = cost_of(original)
-    feeds = feeds if feeds is not None else (random_feeds(original) if validate else None)
+    sizes, feeds, inputs_from = _inputs(original, input_shapes, feeds, None, DEFAULT_BATCH, validate=validate)
+    before = sample_cost(original, sizes)
+    if validate:
+        run_original(original, feeds, inputs_from)
     current = original
     steps: list[dict] = []
     exacts: list[Exactness] = []
     plans: list[dict] = []
     for p in passes:
-        p, note = _relative_target(p, original_cost=before, current=current)
+        p, note = _relative_target(p, original_cost=before, current=current, sizes=sizes)
         if p is None:  # the earlier steps already met the target
             steps.append({"pass": note["pass"], "skipped": note["why"]})
             continue
-        pruned, details, reference, skipped = _step(p, current)
+        pruned, details, reference, skipped = _step(p, current, sizes)
         entry = {"pass": type(p).__name__, **details, **note}
         if validate:
             ex = _exactness(current, pruned, reference, skipped, feeds)
@@ -305,14 +366,15 @@ def run_passes(
         # Each step's plan addresses that step's input, not the original: they are kept
         # together, in order, under one key, so that `validate` applies none to the original.
         _pipeline_metadata(current, plans)
-    after = cost_of(current)
+    after = sample_cost(current, sizes)
     report = _costs_report(before, after, _merge(steps))
+    _assumed(report, sizes)
     if validate:
         _end_to_end(report, original, current, exacts, feeds, latency)
     return PipelineResult(model=current, report=report, steps=steps, plans=plans)
 
 
-def _relative_target(p, *, original_cost, current: onnx.ModelProto):
+def _relative_target(p, *, original_cost, current: onnx.ModelProto, sizes: InputSizes | None = None):
     """A step with a FLOPs or parameters target, which in a pipeline is a fraction of the
     *original*, gets the fraction of its own input that reaches it (removing blocks first
     leaves less for the channels to give); ``(None, note)`` if the target is already met."""
@@ -324,7 +386,7 @@ def _relative_target(p, *, original_cost, current: onnx.ModelProto):
     metric, fraction = target
     if metric not in ("flops", "params"):
         raise InputError(f"a {metric} target cannot be split over several passes; use it with one filter pass")
-    now = cost_of(current)
+    now = sample_cost(current, sizes)
     kept = (now.flops / max(original_cost.flops, 1)) if metric == "flops" else now.params / max(original_cost.params, 1)
     step = fraction / kept if kept > 0 else 1.0
     if step >= 1.0:
@@ -377,7 +439,7 @@ def _end_to_end(report: Report, original, final, exacts: list, feeds, latency: b
     )
 
 
-def _step(p, model: onnx.ModelProto):
+def _step(p, model: onnx.ModelProto, sizes: InputSizes | None = None):
     """One pass on ``model``: ``(pruned, details, reference bytes maker or None, skipped groups)``."""
     from .blocks import zeroed_reference_bytes
     from .passes.layer import LayerPruning
@@ -388,6 +450,7 @@ def _step(p, model: onnx.ModelProto):
         return pruned, details, (lambda: zeroed_reference_bytes(model, chosen)), []
     if hasattr(p, "prune"):  # filter and channel passes: a plan over groups, maybe compensated weights
         deps = _analyze(model, inexact=getattr(p, "inexact", False))
+        deps.sample_shapes = count_shapes(model, sizes) if sizes is not None else None
         outcome = p.prune(model, deps)
         plan = outcome.plan
         inexact = [g.label for g in outcome.deps.groups if "inexact" in g.facts and len(plan.removed(g))]
@@ -439,14 +502,16 @@ def validate(
     data: str | os.PathLike | Dataset | None = None,
     labels: str | bool | None = None,
     batch_size: int = DEFAULT_BATCH,
+    input_shapes: dict | None = None,
 ) -> Report:
     """Validate ``pruned`` against ``original``.
 
     Exactness needs the plan: given here, or read from the pruned model's metadata
     (graphprune writes it there). With ``data`` (an ``.npz`` file or folder keyed by input
     names, see :mod:`graphprune.data`), fidelity is measured over all of it instead of on
-    random inputs (which still drive exactness and latency); ``labels`` (a key, or True for
-    ``"labels"``) adds both models' top-1 accuracy.
+    random inputs, and its first batch drives exactness and latency; ``labels`` (a key, or True
+    for ``"labels"``) adds both models' top-1 accuracy. ``input_shapes`` ({input: dims}) sizes
+    symbolic input dims for the costs (per sample) and the random inputs, as for :func:`prune`.
     """
     orig = load_model(original)
     new = load_model(pruned, check=False)
@@ -454,8 +519,17 @@ def validate(
     if plan is not None and not isinstance(plan, dict):
         source = str(plan)
         plan = read_plan(plan)
+    key = "labels" if labels is True else (labels or None)
+    if data is None and key is not None:
+        raise InputError("labels need data: pass data= (the CLI's --data) with the labelled samples")
+    dataset = None if data is None else data if isinstance(data, Dataset) else open_dataset(data)
+    if dataset is not None and key is not None:
+        check_labels(dataset, key)  # before the checks and timings, not after them
+    sizes, feeds, inputs_from = _inputs(orig, input_shapes, feeds, dataset, batch_size, validate=True)
     if plan is None and get_metadata(new, PLAN_METADATA_KEY) is None and _layer_plan(new) is not None:
-        return _validate_layers(orig, new, _layer_plan(new), pruned, latency=latency, feeds=feeds)
+        return _validate_layers(
+            orig, new, _layer_plan(new), pruned, latency=latency, feeds=feeds, sizes=sizes, inputs_from=inputs_from
+        )
     if plan is None:
         text = get_metadata(new, PLAN_METADATA_KEY)
         plan = json.loads(text) if text else None
@@ -465,14 +539,9 @@ def validate(
         plan = None  # the exact reference is the original with compensated weights: not at hand here
     deps = _analyze(orig, inexact=True) if plan is not None else None
     chosen = plan_from_json(plan, deps, source=source) if plan is not None else None
-    before = cost_of(orig, deps.view.shapes) if deps is not None else None  # shapes already inferred
-    key = "labels" if labels is True else (labels or None)
-    if data is None and key is not None:
-        raise InputError("labels need data: pass data= (the CLI's --data) with the labelled samples")
-    dataset = None if data is None else data if isinstance(data, Dataset) else open_dataset(data)
-    if dataset is not None and key is not None:
-        check_labels(dataset, key)  # before the checks and timings, not after them
-    report = _report(orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds, before=before)
+    report = _report(
+        orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds, sizes=sizes, inputs_from=inputs_from
+    )
     if compensated:
         report.exact = Exactness(
             note=f"weights were compensated ({compensated}) from calibration data: the exact reference is the"
@@ -491,22 +560,34 @@ def _layer_plan(model: onnx.ModelProto) -> dict | None:
     return json.loads(text) if text else None
 
 
-def _validate_layers(orig, new, plan: dict, pruned: ModelLike, *, latency: bool, feeds) -> Report:
+def _validate_layers(
+    orig, new, plan: dict, pruned: ModelLike, *, latency: bool, feeds, sizes=None, inputs_from="generated inputs"
+) -> Report:
     """Validation of a layer-pruned model from the layer plan stored in it."""
     from .blocks import find_blocks, zeroed_reference_bytes
-    from .cost import random_feeds
     from .passes.layer import blocks_of_plan
+    from .validation import run_original
 
     source = (
         f"{pruned} (layer plan stored in its metadata)" if not isinstance(pruned, onnx.ModelProto) else "layer plan"
     )
     chosen = blocks_of_plan(plan, find_blocks(orig), source=source)
     feeds = feeds if feeds is not None else random_feeds(orig)
-    before, after = cost_of(orig), cost_of(new)
+    before, after = sample_cost(orig, sizes), sample_cost(new, sizes)
     report = _costs_report(before, after, {})
+    _assumed(report, sizes)
+    run_original(orig, feeds, inputs_from)
     exact = _exactness(orig, new, lambda: zeroed_reference_bytes(orig, chosen), [], feeds)
     _end_to_end(report, orig, new, [exact], feeds, latency)
     return report
+
+
+def _assumed(report: Report, sizes: InputSizes | None) -> None:
+    """The report's ``assumed_shapes`` (per-sample dims costs were counted at, for the inputs with
+    symbolic dims) and ``assumed_shapes_from`` (``--input-shape``, ``data`` or ``default``)."""
+    if sizes is not None and sizes.symbolic:
+        report.assumed_shapes = sizes.assumed()
+        report.assumed_shapes_from = dict(sizes.source)
 
 
 def _costs_report(before, after, prune: dict) -> Report:
@@ -519,19 +600,43 @@ def _costs_report(before, after, prune: dict) -> Report:
     )
 
 
-def _report(original, pruned, details, deps, plan, *, validate, latency, feeds, before=None, reference=None) -> Report:
+def _report(
+    original,
+    pruned,
+    details,
+    deps,
+    plan,
+    *,
+    validate,
+    latency,
+    feeds,
+    before=None,
+    reference=None,
+    sizes: InputSizes | None = None,
+    inputs_from: str = "generated inputs",
+) -> Report:
     # File sizes are filled in by whoever knows the files: measuring an in-memory model
     # would serialize it (a copy of every weight) just for a number.
-    before = before or cost_of(original)
-    after = cost_of(pruned)
+    before = before or sample_cost(original, sizes)
+    after = sample_cost(pruned, sizes)
     report = _costs_report(before, after, details)
+    _assumed(report, sizes)
     if not validate:
         return report
     # a lazy pruned model is written once (its sliced weights spilled to a file, which saving
     # then renames into the output), for every check
     weights.spill(pruned)
     with runnable(pruned) as pruned_source:
-        v = check_pruned(original, pruned, deps, plan, feeds=feeds, pruned_source=pruned_source, reference=reference)
+        v = check_pruned(
+            original,
+            pruned,
+            deps,
+            plan,
+            feeds=feeds,
+            pruned_source=pruned_source,
+            reference=reference,
+            inputs_from=inputs_from,
+        )
         report.validated = True
         report.checker = {"passed": v.checker_ok, "error": v.checker_error}
         report.runtime = {"passed": v.runtime_ok, "error": v.runtime_error}

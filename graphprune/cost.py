@@ -369,47 +369,70 @@ def _numel(dims) -> int:
 # --------------------------------------------------------------------------- latency
 
 
-DYNAMIC_DIM = 16  # size given to a dynamic non-batch dim of a random input
+DYNAMIC_DIM = 16  # size given to a dynamic non-batch dim of a random input (graphprune.inputs.DEFAULT_DIM)
+SEQUENCE_LENGTH = 2  # tensors in a random sequence input
 
 
-def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+def random_feeds(model: onnx.ModelProto, seed: int = 0, shapes: dict | None = None) -> dict:
     """Seeded random inputs for every graph input that is not an initializer.
 
-    Shapes are the declared ones; a dynamic (symbolic) or missing dim is 1 on the first axis
-    (the batch) and 16 elsewhere, small but large enough for a few strided convolutions (an
-    input without any declared shape gets shape ``(1,)``). Floats are standard normal, integers are
-    drawn from 0..3 (valid as small indices or sizes), booleans are random.
+    Shapes are ``shapes[name]`` when given, else the declared ones with symbolic dims sized by
+    :func:`graphprune.inputs.resolve`'s defaults (batch 1, image height and width 64, other
+    dims 16); an input without any declared shape gets shape ``(1,)``. Floats are standard
+    normal, integers are drawn from 0..3 (valid as small indices or sizes), booleans are
+    random, strings are short words. Every element type onnxruntime takes is fed: bfloat16,
+    the float8 variants and int4/uint4 as :mod:`ml_dtypes` arrays (:func:`graphprune.validation.run`
+    hands them over as raw bits); a sequence input gets a list of two tensors, an optional
+    input its element.
     """
+    from .inputs import resolve
+
     rng = np.random.default_rng(seed)
+    if shapes is None:
+        shapes = resolve(model).dims
     init_names = {t.name for t in model.graph.initializer}
-    feeds: dict[str, np.ndarray] = {}
-    for vi in model.graph.input:
-        if vi.name in init_names:
-            continue
-        tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type"):
-            raise ValueError(f"input {vi.name!r} is not a tensor; pass feeds explicitly")
-        if tt.HasField("shape"):
-            dims = tuple(
-                d.dim_value if d.HasField("dim_value") else (1 if ax == 0 else DYNAMIC_DIM)
+    return {
+        vi.name: _random_value(vi.type, shapes.get(vi.name), rng, vi.name)
+        for vi in model.graph.input
+        if vi.name not in init_names
+    }
+
+
+def _random_value(tp: onnx.TypeProto, dims: tuple | None, rng: np.random.Generator, name: str):
+    """A random value of ONNX type ``tp`` (a tensor of ``dims`` if given)."""
+    kind = tp.WhichOneof("value")
+    if kind == "sequence_type":
+        return [_random_value(tp.sequence_type.elem_type, None, rng, name) for _ in range(SEQUENCE_LENGTH)]
+    if kind == "optional_type":
+        return _random_value(tp.optional_type.elem_type, dims, rng, name)
+    if kind != "tensor_type":
+        raise ValueError(f"input {name!r} is a {kind or 'value of no type'}; pass feeds explicitly")
+    tt = tp.tensor_type
+    if dims is None:
+        dims = (
+            tuple(
+                d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else (1 if ax == 0 else DYNAMIC_DIM)
                 for ax, d in enumerate(tt.shape.dim)
             )
-        else:
-            dims = (1,)
-        try:
-            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        except Exception as exc:
-            raise ValueError(f"input {vi.name!r} has unsupported element type {tt.elem_type}; pass feeds") from exc
-        if dtype == np.bool_:
-            arr = rng.integers(0, 2, size=dims).astype(np.bool_)
-        elif np.issubdtype(dtype, np.integer):
-            arr = rng.integers(0, 4, size=dims).astype(dtype)
-        elif np.issubdtype(dtype, np.floating):
-            arr = rng.standard_normal(size=dims).astype(dtype)
-        else:
-            raise ValueError(f"input {vi.name!r} has unsupported element type {dtype}; pass feeds")
-        feeds[vi.name] = arr
-    return feeds
+            if tt.HasField("shape")
+            else (1,)
+        )
+    if tt.elem_type == onnx.TensorProto.STRING:
+        return rng.choice(np.array(["a", "bc", "def", "graph"], dtype=object), size=dims)
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+    except Exception as exc:
+        raise ValueError(f"input {name!r} has unsupported element type {tt.elem_type}; pass feeds") from exc
+    if dtype == np.bool_:
+        return rng.integers(0, 2, size=dims).astype(np.bool_)
+    if np.issubdtype(dtype, np.integer) or dtype.name in ("int4", "uint4", "int2", "uint2"):
+        return rng.integers(0, 4, size=dims).astype(dtype)
+    if np.issubdtype(dtype, np.complexfloating):
+        return (rng.standard_normal(size=dims) + 1j * rng.standard_normal(size=dims)).astype(dtype)
+    if np.issubdtype(dtype, np.floating) or dtype.kind == "V" or dtype.name.startswith(("bfloat", "float")):
+        # ml_dtypes (bfloat16, float8...): values a few units wide, which every one of them holds
+        return rng.standard_normal(size=dims).clip(-4, 4).astype(dtype)
+    raise ValueError(f"input {name!r} has unsupported element type {dtype}; pass feeds")
 
 
 def latency_ms(

@@ -13,6 +13,8 @@ dim sizes, never surgery or shape inference. Rules:
 3. A float initializer's parameters are the product of its dims, in the same way.
 4. At zero removal the model equals :func:`graphprune.cost.cost_of` by construction; after
    surgery it equals ``cost_of`` of the pruned model for every op of rule 2 (tests check it).
+5. Shapes are per sample (:func:`sample_shapes`): a dynamic batch is 1 and other symbolic input
+   dims take the sizes :mod:`graphprune.inputs` resolves, so a dynamic model has costs too.
 
 Everything is vectorised over a batch of removal vectors (rows), so allocation can price
 every candidate count of a group in one call.
@@ -56,16 +58,28 @@ class _Terms:
         return (sizes[:, self.dims].prod(axis=2) * self.const).sum(axis=1)
 
 
+def sample_shapes(deps: DependencyGraph) -> dict:
+    """The shapes costs are counted at: ``deps.sample_shapes`` (per sample, symbolic input dims
+    resolved by :mod:`graphprune.inputs`), computed with the defaults if the caller left it None;
+    the analysis's own shapes when the model has no symbolic input dim."""
+    if deps.sample_shapes is None:
+        from .inputs import count_shapes, resolve
+
+        deps.sample_shapes = count_shapes(deps.model, resolve(deps.model)) or deps.view.shapes
+    return deps.sample_shapes
+
+
 class CostModel:
     """MACs and parameters of ``deps.model`` after removing ``removed[i]`` units from group
     ``group_ids[i]`` (a vector, or a matrix with one plan per row)."""
 
     def __init__(self, deps: DependencyGraph, group_ids: list[int] | None = None):
         self.deps = deps
+        self.shapes = sample_shapes(deps)
         ids = [g.id for g in deps.prunable_groups()] if group_ids is None else list(group_ids)
         self.group_ids = ids
         self.column = {gid: i for i, gid in enumerate(ids)}
-        shapes = deps.view.shapes
+        shapes = self.shapes
         coef: dict[Dim, dict[int, int]] = {}
         for gid in ids:
             for m in deps.groups[gid].members:
@@ -100,7 +114,7 @@ class CostModel:
 
     def dim_row(self, tensor: str, axis: int) -> int | None:
         """The row of a dim in :meth:`sizes`, or None when no modelled group touches it."""
-        shape = self.deps.view.shapes.get(tensor)
+        shape = self.shapes.get(tensor)
         if shape is None:
             return None
         return self.row.get((tensor, axis % len(shape)))
@@ -141,7 +155,7 @@ class CostModel:
 
     def _split(self, tensor_axes: list[Dim], const: float = 1.0) -> tuple[float, list[int]] | None:
         """``const * prod(dims)`` as (constant factor, rows of the varying dims)."""
-        shapes = self.deps.view.shapes
+        shapes = self.shapes
         rows = []
         for t, a in tensor_axes:
             s = shapes.get(t)
@@ -155,11 +169,11 @@ class CostModel:
         return const, rows
 
     def _all(self, tensor: str) -> list[Dim]:
-        s = self.deps.view.shapes.get(tensor) or ()
+        s = self.shapes.get(tensor) or ()
         return [(tensor, a) for a in range(len(s))]
 
     def _flop_factors(self) -> list[tuple[tuple[float, list[int]], str]]:
-        shapes = self.deps.view.shapes
+        shapes = self.shapes
         out = []
         for node in self.deps.view.nodes:
             if node.domain not in ("", "ai.onnx"):

@@ -125,6 +125,9 @@ class DependencyGraph:
     groups: list[Group]
     forbidden: dict[Dim, list[str]]
     contractions: list[tuple[int, Dim]]  # (node index, data dim it sums over)
+    # Shapes at the sizes costs are counted at (per sample, symbolic input dims resolved: see
+    # graphprune.inputs), for counting only; None: resolved with the defaults when first needed.
+    sample_shapes: dict | None = None
 
     @property
     def model(self) -> onnx.ModelProto:

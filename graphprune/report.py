@@ -28,6 +28,11 @@ class Report:
     fidelity: Fidelity = field(default_factory=Fidelity)
     accuracy: Accuracy | None = None  # top-1 of both models on labelled data (validate --data --labels)
     prune: dict[str, Any] = field(default_factory=dict)
+    # Symbolic input dims: the per-sample dims costs were counted at, {input: [dims]}, and where
+    # they came from, {input: "--input-shape" | "data" | "default"} (graphprune.inputs); None
+    # when every input dim is fixed.
+    assumed_shapes: dict[str, list[int]] | None = None
+    assumed_shapes_from: dict[str, str] | None = None
 
     @property
     def passed(self) -> bool:
@@ -91,6 +96,12 @@ class Report:
                 )
             )
         lines = _grid(("", "before", "after", "ratio"), rows)
+        if self.assumed_shapes:
+            froms = self.assumed_shapes_from or {}
+            shown = ", ".join(
+                f"{k} {'x'.join(map(str, d))} ({froms.get(k, '?')})" for k, d in self.assumed_shapes.items()
+            )
+            lines.append(f"costs per sample at: {shown}")
         p = self.prune
         if p and ("blocks_found" not in p or "groups_prunable" in p):
             lines.append(

@@ -30,6 +30,7 @@ import onnx
 
 from .cost import cost_of, latency_ms, random_feeds
 from .dependency import DependencyGraph
+from .errors import InputError
 from .masking import masked_bytes
 from .plan import Plan
 from .surgery import removed_entries
@@ -55,7 +56,7 @@ def exact_tolerance(outputs: list[np.ndarray]) -> float:
     """``EXACT_RTOL``, or four units in the last place of a half-precision output (float16,
     bfloat16): onnxruntime rounds every op's result to that precision, and the pruned model
     sums fewer terms in another order than the reference, so the two differ by a few ulps."""
-    ulp = max((_HALF_ULP.get(np.asarray(o).dtype.name, 0.0) for o in outputs), default=0.0)
+    ulp = max((_HALF_ULP.get(getattr(v, "dtype", np.dtype(object)).name, 0.0) for _, v in leaves(outputs)), default=0.0)
     return max(EXACT_RTOL, 4 * ulp)
 
 
@@ -106,25 +107,21 @@ def run(model: onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarray]) -> l
     if isinstance(model, onnx.ModelProto) and has_lazy(model):
         with runnable(model) as source:
             return run(source, feeds)
-    import onnxruntime as ort  # imported here: it is slow to import and not needed to prune
+    from .runtime import options, ort
+    from .runtime import run as run_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so = options()
     # Basic optimisations only, and no QDQ fusion: the reference's mask Muls would stop a
     # DequantizeLinear->Conv->QuantizeLinear from becoming an integer QLinearConv that the
     # pruned model gets, and the two would then differ by the quantization error.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.graph_optimization_level = ort().GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.add_session_config_entry("session.disable_quant_qdq", "1")
     data = model if isinstance(model, (bytes, str)) else model.SerializeToString()
-    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    sess = ort().InferenceSession(data, so, providers=["CPUExecutionProvider"])
     del data
-    names = {i.name for i in sess.get_inputs()}
-    outputs = sess.run(None, {k: v for k, v in feeds.items() if k in names})
-    # Copies: onnxruntime's arrays keep the session's memory (every weight it holds) alive for as
-    # long as they live, and validation keeps the outputs of three sessions.
-    return [np.array(o, copy=True) for o in outputs]
+    # Copies (runtime.run): onnxruntime's arrays keep the session's memory (every weight it holds)
+    # alive for as long as they live, and validation keeps the outputs of three sessions.
+    return run_session(sess, feeds)
 
 
 def masked_reference(original: onnx.ModelProto, deps: DependencyGraph, plan: Plan) -> onnx.ModelProto:
@@ -157,37 +154,116 @@ def masked_reference_bytes(original: onnx.ModelProto, deps: DependencyGraph, pla
     return data
 
 
-def rel_diff(a: list[np.ndarray], b: list[np.ndarray], scale_of: list[np.ndarray] | None = None) -> float:
+def leaves(outputs) -> list[tuple[str, object]]:
+    """The tensors of a run's outputs with their paths: a sequence output (a list) gives one
+    leaf per element, a map (ZipMap's dicts) one per key; the path says where each came from,
+    so two runs compare leaf by leaf only when their structures are equal."""
+    out: list[tuple[str, object]] = []
+
+    def walk(path: str, v) -> None:
+        if isinstance(v, (list, tuple)):
+            out.append((f"{path}#len", len(v)))
+            for i, x in enumerate(v):
+                walk(f"{path}[{i}]", x)
+        elif isinstance(v, dict):
+            for k in sorted(v, key=repr):
+                walk(f"{path}[{k!r}]", v[k])
+        else:
+            out.append((path, v))
+
+    for i, o in enumerate(outputs):
+        walk(str(i), o)
+    return out
+
+
+def _numeric(v) -> np.ndarray | None:
+    """A leaf as float64 (booleans, integers, ml_dtypes floats too), or None (strings, objects)."""
+    a = np.asarray(v)
+    if a.dtype == object or a.dtype.kind in "USV" and a.dtype.name not in _ML_FLOATS:
+        return None
+    try:
+        return a.astype(np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
+_ML_FLOATS = frozenset(
+    {"bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "int4", "uint4"}
+)
+
+
+def rel_diff(a: list, b: list, scale_of: list | None = None) -> float:
     """Largest |a - b| relative to the largest |b| (or, if larger, the largest |scale_of|), over
-    all outputs.
+    all outputs; ``inf`` when the two differ in structure (sequence lengths, map keys, shapes)
+    or in a non-numeric value (strings).
 
     Pruning can cancel most of an output (the reference's output may be 100x smaller than
     the original's), while float32 rounding stays at the scale of the original computation:
     ``scale_of`` (the original's outputs) keeps that rounding from reading as a mismatch.
     """
+    la, lb = leaves(a), leaves(b)
+    ls = dict(leaves(scale_of)) if scale_of is not None else {}
+    if [p for p, _ in la] != [p for p, _ in lb]:
+        return float("inf")
     worst = 0.0
-    for k, (x, y) in enumerate(zip(a, b)):
-        x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    for (path, x), (_, y) in zip(la, lb):
+        x64, y64 = _numeric(x), _numeric(y)
+        if x64 is None or y64 is None:
+            if np.shape(x) != np.shape(y) or not np.array_equal(np.asarray(x), np.asarray(y)):
+                return float("inf")
+            continue
+        if x64.shape != y64.shape:
+            return float("inf")
         if not y64.size:
             continue
         scale = float(np.max(np.abs(y64)))
-        if scale_of is not None and np.asarray(scale_of[k]).size:
-            scale = max(scale, float(np.max(np.abs(np.asarray(scale_of[k], np.float64)))))
+        s64 = _numeric(ls[path]) if path in ls else None
+        if s64 is not None and s64.size:
+            scale = max(scale, float(np.max(np.abs(s64))))
         worst = max(worst, float(np.max(np.abs(x64 - y64))) / max(scale, 1e-12))
     return worst
 
 
-def fidelity(pruned_out: list[np.ndarray], original_out: list[np.ndarray]) -> Fidelity:
-    p = np.concatenate([np.asarray(o, np.float64).ravel() for o in pruned_out])
-    o = np.concatenate([np.asarray(o, np.float64).ravel() for o in original_out])
+def fidelity(pruned_out: list, original_out: list) -> Fidelity:
+    """Cosine, relative L2 and top-1 agreement over every numeric leaf of the outputs; a run whose
+    outputs differ in structure from the original's has cosine 0 and relative error 1."""
+    lp, lo = leaves(pruned_out), leaves(original_out)
+    same = [p for p, _ in lp] == [p for p, _ in lo]
+    pairs = [(_numeric(x), _numeric(y)) for (_, x), (_, y) in zip(lp, lo)] if same else []
+    if not same or any((x is None) != (y is None) or (x is not None and x.shape != y.shape) for x, y in pairs):
+        return Fidelity(cosine=0.0, rel_l2=1.0)
+    pairs = [(x, y) for x, y in pairs if x is not None]
+    p = np.concatenate([x.ravel() for x, _ in pairs]) if pairs else np.zeros(0)
+    o = np.concatenate([y.ravel() for _, y in pairs]) if pairs else np.zeros(0)
     denom = float(np.linalg.norm(p) * np.linalg.norm(o))
     cosine = float(p @ o / denom) if denom > 0 else (1.0 if np.array_equal(p, o) else 0.0)
     rel_l2 = float(np.linalg.norm(p - o) / max(float(np.linalg.norm(o)), 1e-12))
     top1 = None
-    first_p, first_o = np.asarray(pruned_out[0]), np.asarray(original_out[0])
-    if first_o.ndim == 2 and first_o.shape[1] > 1 and first_p.shape == first_o.shape:
-        top1 = float(np.mean(first_p.argmax(axis=1) == first_o.argmax(axis=1)))
+    first_p, first_o = pruned_out[0], original_out[0]
+    if isinstance(first_o, np.ndarray) and isinstance(first_p, np.ndarray):
+        if (
+            first_o.ndim == 2
+            and first_o.shape[1] > 1
+            and first_p.shape == first_o.shape
+            and first_o.dtype.kind in "fiu"
+        ):
+            top1 = float(np.mean(first_p.argmax(axis=1) == first_o.argmax(axis=1)))
     return Fidelity(cosine=cosine, rel_l2=rel_l2, top1_agreement=top1)
+
+
+def run_original(original, feeds: dict, inputs_from: str = "generated inputs") -> list:
+    """The original's outputs on ``feeds``; an ``InputError`` naming the feeds' shapes if it does
+    not run on them: a pruned model cannot be blamed for inputs its original rejects."""
+    try:
+        return run(original, feeds)
+    except Exception as exc:
+        from .inputs import describe
+        from .io import one_line
+
+        raise InputError(
+            f"the original model does not run on the {inputs_from} ({describe(feeds)}): {one_line(exc, 200)};"
+            " give sizes it takes with --input-shape NAME:D1,D2,... (input_shapes=) or data with --data/--calib"
+        ) from None
 
 
 def check_pruned(
@@ -199,6 +275,7 @@ def check_pruned(
     feeds: dict[str, np.ndarray] | None = None,
     pruned_source: onnx.ModelProto | str | None = None,
     reference: onnx.ModelProto | None = None,
+    inputs_from: str = "generated inputs",
 ) -> Validation:
     """Steps 1-4 of the validation contract.
 
@@ -206,9 +283,12 @@ def check_pruned(
     caller has it already (a lazy pruned model is then written once for every check).
     ``reference`` (default ``original``) is the model the exact reference is built from, the
     one ``deps`` analyses and ``plan`` applies to: the original with compensated weights;
-    fidelity is always measured against ``original``.
+    fidelity is always measured against ``original``. The original runs first: if it does not
+    run on ``feeds`` (described as ``inputs_from``), the inputs are at fault, not the pruning
+    (:func:`run_original`).
     """
     feeds = feeds if feeds is not None else random_feeds(original)
+    original_out = run_original(original, feeds, inputs_from)
     exact = Exactness()
     fid = Fidelity()
     opened = runnable(pruned) if pruned_source is None else contextlib.nullcontext(pruned_source)
@@ -221,7 +301,6 @@ def check_pruned(
             pruned_out = None
             runtime_error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     if pruned_out is not None:
-        original_out = run(original, feeds)
         fid = fidelity(pruned_out, original_out)
         inexact = [g.label for g in deps.groups if "inexact" in g.facts and len(plan.removed(g))] if plan else []
         if inexact:

@@ -1,0 +1,126 @@
+"""onnxruntime, quiet and fed every element type it takes.
+
+Rules:
+1. :func:`ort` imports onnxruntime (slow: only when a model runs) and, once, raises its default
+   logger's threshold to errors-that-stop-a-run: its warnings and ``[E:onnxruntime:...]`` lines
+   are the tool's to report in one line, never the user's terminal's. Every session built with
+   :func:`options` logs at the same level.
+2. onnxruntime's Python binding has no numpy type for bfloat16, float8 and int4/uint4:
+   :func:`run` hands such feeds over as raw bits (:class:`OrtValue` of the ONNX type) and reads
+   such outputs back from raw bits into :mod:`ml_dtypes` arrays.
+3. Outputs are copies (an onnxruntime array keeps the session's memory alive); sequences stay
+   lists and maps dicts (ZipMap), compared structurally by :mod:`graphprune.validation`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import numpy as np
+import onnx
+
+_QUIET = 3  # ERROR; fatal errors still raise in Python
+_configured = False
+# ONNX types onnxruntime's numpy bridge does not know: fed and read as raw bits
+_RAW = {
+    "bfloat16": onnx.TensorProto.BFLOAT16,
+    "float8_e4m3fn": onnx.TensorProto.FLOAT8E4M3FN,
+    "float8_e4m3fnuz": onnx.TensorProto.FLOAT8E4M3FNUZ,
+    "float8_e5m2": onnx.TensorProto.FLOAT8E5M2,
+    "float8_e5m2fnuz": onnx.TensorProto.FLOAT8E5M2FNUZ,
+    "int4": onnx.TensorProto.INT4,
+    "uint4": onnx.TensorProto.UINT4,
+}
+
+
+def ort():
+    """The onnxruntime module, its default logger set to errors only (rule 1)."""
+    global _configured
+    import onnxruntime
+
+    if not _configured:
+        onnxruntime.set_default_logger_severity(_QUIET)
+        _configured = True
+    return onnxruntime
+
+
+def options(*, threads: int = 1):
+    """Session options: ``threads`` intra-op threads, one inter-op thread, errors-only logging."""
+    so = ort().SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = _QUIET
+    return so
+
+
+def _feed(value):
+    """A feed onnxruntime takes: raw-bit OrtValues for the types of rule 2."""
+    if isinstance(value, np.ndarray) and value.dtype.name in _RAW:
+        et = _RAW[value.dtype.name]
+        if value.dtype.name in ("int4", "uint4"):
+            # packed two to a byte, low nibble first (ONNX's layout)
+            flat = value.reshape(-1).view(np.uint8) & 0x0F
+            if flat.size % 2:
+                flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+            packed = flat[0::2] | (flat[1::2] << 4)
+            v = ort().OrtValue.ortvalue_from_shape_and_type(list(value.shape), et)
+            ctypes.memmove(v.data_ptr(), packed.ctypes.data, packed.nbytes)
+            return v
+        raw = np.ascontiguousarray(value).view(np.uint16 if value.dtype.itemsize == 2 else np.uint8)
+        return ort().OrtValue.ortvalue_from_numpy_with_onnx_type(raw, et)
+    return value
+
+
+def _raw_output(v) -> np.ndarray:
+    """An OrtValue tensor of a rule-2 type as an ml_dtypes array."""
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(v.element_type()))
+    shape = tuple(v.shape())
+    n = math.prod(shape)
+    nbytes = v.tensor_size_in_bytes()
+    buf = np.frombuffer(ctypes.string_at(v.data_ptr(), nbytes), np.uint8)
+    if dtype.name in ("int4", "uint4"):
+        nib = np.stack([buf & 0x0F, buf >> 4], axis=1).reshape(-1)[:n]
+        if dtype.name == "int4":
+            nib = np.where(nib > 7, nib.astype(np.int16) - 16, nib)
+        return nib.astype(dtype).reshape(shape)
+    return buf.view(dtype).reshape(shape).copy()
+
+
+def copy(value):
+    """A deep copy of an onnxruntime output: arrays, lists (sequences) and dicts (maps)."""
+    if isinstance(value, np.ndarray):
+        return np.array(value, copy=True)
+    if isinstance(value, list):
+        return [copy(v) for v in value]
+    if isinstance(value, dict):
+        return {k: copy(v) for k, v in value.items()}
+    return value
+
+
+def run(sess, feeds: dict) -> list:
+    """``sess``'s outputs on ``feeds`` (only the inputs it has), with rule 2's conversions."""
+    names = {i.name for i in sess.get_inputs()}
+    fed = {k: _feed(v) for k, v in feeds.items() if k in names}
+    if not any(_is_raw(o.type) for o in sess.get_outputs()):
+        return [copy(o) for o in sess.run(None, fed)]
+    values = sess.run_with_ort_values(None, _ortvalues(fed))
+    out = []
+    for v in values:
+        if v.is_tensor() and v.element_type() in _RAW.values():
+            out.append(_raw_output(v))
+        else:
+            out.append(copy(v.numpy()))
+    return out
+
+
+def _is_raw(ort_type: str) -> bool:
+    """Whether onnxruntime's type string (``tensor(bfloat16)``...) is one of rule 2's."""
+    return "bfloat16" in ort_type or "float8" in ort_type or ort_type in ("tensor(int4)", "tensor(uint4)")
+
+
+def _ortvalues(fed: dict) -> dict:
+    return {k: ort().OrtValue.ortvalue_from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in fed.items()}
+
+
+__all__ = ["copy", "options", "ort", "run"]
