@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--html", metavar="OUT.html", help="also write a page that draws the groups on the op graph")
+    i.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME:D1,D2,...",
+        help="sizes of an input with symbolic dims (repeatable), for costs per sample and validation inputs",
+    )
 
     pr = sub.add_parser("prune", help="prune a model and validate the result")
     pr.add_argument("model")
@@ -136,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="--pass channel: ThiNet greedy selection (default) or He et al. LASSO",
     )
     pr.add_argument("--plan", help="apply this plan (JSON) instead of --ratio/--criterion")
+    pr.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME:D1,D2,...",
+        help="sizes of an input with symbolic dims (repeatable), for costs per sample and validation inputs",
+    )
     pr.add_argument("--save-plan", help="write the plan that was applied (JSON)")
     pr.add_argument("--report", help="write the report (JSON)")
     pr.add_argument("--seed", type=int, default=0, help="seed of the random criterion and inputs")
@@ -185,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also report both models' top-1 accuracy, with the class labels of --data under KEY (default 'labels')",
     )
     v.add_argument("--batch-size", type=int, default=32, help="samples per run on --data (default 32)")
+    v.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME:D1,D2,...",
+        help="sizes of an input with symbolic dims (repeatable), for costs per sample and validation inputs",
+    )
     return p
 
 
@@ -255,7 +276,7 @@ def _inspect(args) -> int:
     from . import api, io
     from .inspect import describe, table
 
-    deps = api.analyze(args.model)
+    deps = api.analyze(args.model, input_shapes=_input_shapes(args))
     if args.html:
         from .html import render
 
@@ -326,6 +347,7 @@ def _prune_to(args) -> int:
         validate=not args.no_validate,
         latency=not args.no_latency,
         inplace=args.no_validate,  # nothing needs the original afterwards: save a copy
+        input_shapes=_input_shapes(args),
     )
     return _write_outputs(
         args,
@@ -391,7 +413,9 @@ def _prune_passes(args, src: Path, out: Path) -> int:
     _say(args, f"loading {src} ...")
     model = api.load_model(src)
     _say(args, f"running {' then '.join(args.passes)} ({len(model.graph.node)} nodes) ...")
-    result = api.run_passes(model, passes, validate=not args.no_validate, latency=not args.no_latency)
+    result = api.run_passes(
+        model, passes, validate=not args.no_validate, latency=not args.no_latency, input_shapes=_input_shapes(args)
+    )
     plan = result.plans[0]["plan"] if len(result.plans) == 1 else {"steps": result.plans}
 
     def save_plan(path: str) -> None:
@@ -430,6 +454,19 @@ def _pass_options(args, plan) -> dict:
     )
 
 
+def _input_shapes(args) -> dict:
+    """``--input-shape NAME:D1,D2,...`` flags as {name: dims}; a name given twice is an error."""
+    from .inputs import parse_input_shape
+
+    shapes: dict = {}
+    for text in args.input_shape:
+        name, dims = parse_input_shape(text)
+        if name in shapes:
+            raise InputError(f"--input-shape {name}: given twice")
+        shapes[name] = dims
+    return shapes
+
+
 def _targets(args) -> list[str]:
     return [f for f in ("target_flops", "target_params", "target_latency") if getattr(args, f) is not None]
 
@@ -455,6 +492,7 @@ def _validate(args) -> int:
         data=args.data,
         labels=args.labels,
         batch_size=args.batch_size,
+        input_shapes=_input_shapes(args),
     )
     report.file_bytes_before = Path(args.original).stat().st_size
     report.file_bytes_after = Path(args.pruned).stat().st_size

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .dependency import DependencyGraph, Group
+from .inputs import declared
 from .report import grid
 
 
@@ -23,14 +24,35 @@ def blocks(deps: DependencyGraph) -> list[dict[str, Any]]:
     """The removable residual blocks ``y = x + f(x)`` (``prune --pass layer``), with their share
     of the model's MACs."""
     from .blocks import find_blocks
-    from .cost import count_flops
+    from .cost import count_flops, node_macs
+    from .costmodel import sample_shapes
 
     mv = deps.view
     found = find_blocks(mv.model, mv)
     if not found:
         return []
-    total = max(1, count_flops(mv.model, mv.shapes)[0])
-    return [{**b.to_json(), "macs_share": b.macs / total} for b in found]
+    shapes = sample_shapes(deps)  # per sample: a dynamic model's blocks have MACs too
+    total = max(1, count_flops(mv.model, shapes)[0])
+    out = []
+    for b in found:
+        macs = sum(node_macs(mv.nodes[k], shapes) or 0 for k in (*b.nodes, b.add_index))
+        out.append({**b.to_json(), "macs": macs, "macs_share": macs / total})
+    return out
+
+
+def costs(deps: DependencyGraph) -> dict[str, Any]:
+    """Parameters and MACs per sample, and the input dims assumed for them (symbolic dims sized by
+    ``--input-shape`` or :mod:`graphprune.inputs`'s defaults; None when every dim is fixed)."""
+    from .cost import cost_of
+    from .costmodel import sample_shapes
+
+    shapes = sample_shapes(deps)
+    cost = cost_of(deps.model, shapes)
+    assumed = None
+    if shapes is not deps.view.shapes:
+        symbolic = [k for k, dims in declared(deps.model).items() if not all(isinstance(d, int) for d in dims)]
+        assumed = {k: list(shapes[k]) for k in symbolic if k in shapes}
+    return {"params": cost.params, "macs_per_sample": cost.flops, "assumed_shapes": assumed}
 
 
 def describe(deps: DependencyGraph) -> dict[str, Any]:
@@ -68,6 +90,7 @@ def describe(deps: DependencyGraph) -> dict[str, Any]:
         "blocked_reasons": deps.blocked_counts(),
         "groups": groups,
         "blocks": blocks(deps),
+        **costs(deps),
     }
 
 
@@ -98,4 +121,8 @@ def table(deps: DependencyGraph) -> str:
         ]
         table += f"\n\n{len(found)} residual blocks y = x + f(x), removable with --pass layer:\n"
         table += grid(("block", "add", "x -> y", "params", "MACs"), block_rows)
+    shown = ""
+    if summary["assumed_shapes"]:
+        shown = " at " + ", ".join(f"{k} {'x'.join(map(str, d))}" for k, d in summary["assumed_shapes"].items())
+    foot += f"\n{summary['params']} parameters, {summary['macs_per_sample']} MACs per sample{shown}"
     return table + "\n" + foot

@@ -20,7 +20,7 @@ import math
 import numpy as np
 import onnx
 
-_QUIET = 3  # ERROR; fatal errors still raise in Python
+_QUIET = 4  # FATAL only: a failed run still raises in Python, with the message the tool reports
 _configured = False
 # ONNX types onnxruntime's numpy bridge does not know: fed and read as raw bits
 _RAW = {

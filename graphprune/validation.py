@@ -202,9 +202,14 @@ def rel_diff(a: list, b: list, scale_of: list | None = None) -> float:
     ``scale_of`` (the original's outputs) keeps that rounding from reading as a mismatch.
     """
     la, lb = leaves(a), leaves(b)
-    ls = dict(leaves(scale_of)) if scale_of is not None else {}
     if [p for p, _ in la] != [p for p, _ in lb]:
         return float("inf")
+    scales: dict[str, float] = {}  # per output: the largest magnitude over all its leaves
+    for path, v in lb + (leaves(scale_of) if scale_of is not None else []):
+        v64 = None if path.endswith("#len") else _numeric(v)
+        if v64 is not None and v64.size:
+            top = path.split("[", 1)[0].split("#", 1)[0]
+            scales[top] = max(scales.get(top, 0.0), float(np.max(np.abs(v64))))
     worst = 0.0
     for (path, x), (_, y) in zip(la, lb):
         x64, y64 = _numeric(x), _numeric(y)
@@ -216,10 +221,7 @@ def rel_diff(a: list, b: list, scale_of: list | None = None) -> float:
             return float("inf")
         if not y64.size:
             continue
-        scale = float(np.max(np.abs(y64)))
-        s64 = _numeric(ls[path]) if path in ls else None
-        if s64 is not None and s64.size:
-            scale = max(scale, float(np.max(np.abs(s64))))
+        scale = scales.get(path.split("[", 1)[0].split("#", 1)[0], 0.0)
         worst = max(worst, float(np.max(np.abs(x64 - y64))) / max(scale, 1e-12))
     return worst
 
@@ -229,7 +231,7 @@ def fidelity(pruned_out: list, original_out: list) -> Fidelity:
     outputs differ in structure from the original's has cosine 0 and relative error 1."""
     lp, lo = leaves(pruned_out), leaves(original_out)
     same = [p for p, _ in lp] == [p for p, _ in lo]
-    pairs = [(_numeric(x), _numeric(y)) for (_, x), (_, y) in zip(lp, lo)] if same else []
+    pairs = [(_numeric(x), _numeric(y)) for (p, x), (_, y) in zip(lp, lo) if not p.endswith("#len")] if same else []
     if not same or any((x is None) != (y is None) or (x is not None and x.shape != y.shape) for x, y in pairs):
         return Fidelity(cosine=0.0, rel_l2=1.0)
     pairs = [(x, y) for x, y in pairs if x is not None]
