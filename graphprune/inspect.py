@@ -124,5 +124,5 @@ def table(deps: DependencyGraph) -> str:
     shown = ""
     if summary["assumed_shapes"]:
         shown = " at " + ", ".join(f"{k} {'x'.join(map(str, d))}" for k, d in summary["assumed_shapes"].items())
-    foot += f"\n{summary['params']} parameters, {summary['macs_per_sample']} MACs per sample{shown}"
+    table += f"\n\n{summary['params']} parameters, {summary['macs_per_sample']} MACs per sample{shown}"
     return table + "\n" + foot

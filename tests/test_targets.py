@@ -148,11 +148,13 @@ def test_a_flops_target_after_the_layer_pass_is_a_fraction_of_the_original():
     assert "skipped" in done.steps[1] and done.report.passed
 
 
-def test_a_flops_target_on_a_model_whose_macs_cannot_be_counted_is_a_clear_error():
-    from graphprune.errors import InputError
+def test_a_flops_target_on_a_model_with_dynamic_dims_is_counted_per_sample_at_the_default_size():
+    # The "cannot count this model's MACs" error is now kept for models no size makes countable
+    # (tests/test_inputs.py); dynamic batch and image size are resolved (graphprune.inputs).
     from models import variants
 
     model = variants.with_dynamic_dims(builders.residual_net(width=16, blocks=3))
-    with pytest.raises(InputError, match="cannot count this model's MACs"):
-        graphprune.prune(model, target_flops=0.5, validate=False)
+    r = graphprune.prune(model, target_flops=0.5, latency=False).report
+    assert r.passed and abs(r.flops_after / r.flops_before - 0.5) <= 0.02
+    assert r.assumed_shapes == {"input": [1, 3, 64, 64]}
     assert graphprune.prune(model, target_params=0.5, latency=False).report.passed  # params need no shapes
