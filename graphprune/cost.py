@@ -423,15 +423,18 @@ def _random_value(tp: onnx.TypeProto, dims: tuple | None, rng: np.random.Generat
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
     except Exception as exc:
         raise ValueError(f"input {name!r} has unsupported element type {tt.elem_type}; pass feeds") from exc
+    # np.asarray: a 0-d draw is a numpy scalar, which onnxruntime does not take as a tensor
     if dtype == np.bool_:
-        return rng.integers(0, 2, size=dims).astype(np.bool_)
+        return np.asarray(rng.integers(0, 2, size=dims).astype(np.bool_))
     if np.issubdtype(dtype, np.integer) or dtype.name in ("int4", "uint4", "int2", "uint2"):
-        return rng.integers(0, 4, size=dims).astype(dtype)
+        return np.asarray(rng.integers(0, 2 if dtype.name.endswith("int2") else 4, size=dims).astype(dtype))
     if np.issubdtype(dtype, np.complexfloating):
-        return (rng.standard_normal(size=dims) + 1j * rng.standard_normal(size=dims)).astype(dtype)
+        return np.asarray((rng.standard_normal(size=dims) + 1j * rng.standard_normal(size=dims)).astype(dtype))
     if np.issubdtype(dtype, np.floating) or dtype.kind == "V" or dtype.name.startswith(("bfloat", "float")):
-        # ml_dtypes (bfloat16, float8...): values a few units wide, which every one of them holds
-        return rng.standard_normal(size=dims).clip(-4, 4).astype(dtype)
+        # ml_dtypes (bfloat16, float8, float4...): values a few units wide, which every one of
+        # them holds; float8_e8m0fnu has no sign
+        values = rng.standard_normal(size=dims).clip(-4, 4)
+        return np.asarray((np.abs(values) if "e8m0" in dtype.name else values).astype(dtype))
     raise ValueError(f"input {name!r} has unsupported element type {dtype}; pass feeds")
 
 

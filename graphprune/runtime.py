@@ -32,6 +32,16 @@ _RAW = {
     "int4": onnx.TensorProto.INT4,
     "uint4": onnx.TensorProto.UINT4,
 }
+for _name, _onnx_name in (
+    ("float8_e8m0fnu", "FLOAT8E8M0"),
+    ("float4_e2m1fn", "FLOAT4E2M1"),
+    ("int2", "INT2"),
+    ("uint2", "UINT2"),
+):  # newer ONNX types, when the installed onnx has them
+    if hasattr(onnx.TensorProto, _onnx_name):
+        _RAW[_name] = getattr(onnx.TensorProto, _onnx_name)
+# sub-byte types: bits per element, packed into bytes lowest bits first (ONNX's layout)
+_BITS = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4, "int2": 2, "uint2": 2}
 
 
 def ort():
@@ -58,13 +68,10 @@ def _feed(value):
     """A feed onnxruntime takes: raw-bit OrtValues for the types of rule 2."""
     if isinstance(value, np.ndarray) and value.dtype.name in _RAW:
         et = _RAW[value.dtype.name]
-        if value.dtype.name in ("int4", "uint4"):
-            # packed two to a byte, low nibble first (ONNX's layout)
-            flat = value.reshape(-1).view(np.uint8) & 0x0F
-            if flat.size % 2:
-                flat = np.concatenate([flat, np.zeros(1, np.uint8)])
-            packed = flat[0::2] | (flat[1::2] << 4)
+        bits = _BITS.get(value.dtype.name)
+        if bits:
             v = ort().OrtValue.ortvalue_from_shape_and_type(list(value.shape), et)
+            packed = _pack(np.ascontiguousarray(value).reshape(-1).view(np.uint8), bits)
             ctypes.memmove(v.data_ptr(), packed.ctypes.data, packed.nbytes)
             return v
         raw = np.ascontiguousarray(value).view(np.uint16 if value.dtype.itemsize == 2 else np.uint8)
@@ -79,12 +86,26 @@ def _raw_output(v) -> np.ndarray:
     n = math.prod(shape)
     nbytes = v.tensor_size_in_bytes()
     buf = np.frombuffer(ctypes.string_at(v.data_ptr(), nbytes), np.uint8)
-    if dtype.name in ("int4", "uint4"):
-        nib = np.stack([buf & 0x0F, buf >> 4], axis=1).reshape(-1)[:n]
-        if dtype.name == "int4":
-            nib = np.where(nib > 7, nib.astype(np.int16) - 16, nib)
-        return nib.astype(dtype).reshape(shape)
+    bits = _BITS.get(dtype.name)
+    if bits:
+        return _unpack(buf, bits, n).view(dtype).reshape(shape).copy()
     return buf.view(dtype).reshape(shape).copy()
+
+
+def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Element codes (one per byte) packed ``8 // bits`` to a byte, the first in the lowest bits."""
+    per = 8 // bits
+    codes = codes & ((1 << bits) - 1)
+    codes = np.concatenate([codes, np.zeros(-len(codes) % per, np.uint8)]).reshape(-1, per)
+    return np.bitwise_or.reduce(codes << (bits * np.arange(per, dtype=np.uint8)), axis=1).astype(np.uint8)
+
+
+def _unpack(buf: np.ndarray, bits: int, n: int) -> np.ndarray:
+    """The inverse of :func:`_pack`: ``n`` codes, one per byte, sign-extended for signed types by
+    the ml_dtypes view (which reads the low bits of each byte)."""
+    per = 8 // bits
+    codes = (buf[:, None] >> (bits * np.arange(per, dtype=np.uint8))) & ((1 << bits) - 1)
+    return codes.reshape(-1)[:n].astype(np.uint8)
 
 
 def copy(value):
@@ -114,9 +135,12 @@ def run(sess, feeds: dict) -> list:
     return out
 
 
+_SUBBYTE_INTS = ("tensor(int4)", "tensor(uint4)", "tensor(int2)", "tensor(uint2)")
+
+
 def _is_raw(ort_type: str) -> bool:
     """Whether onnxruntime's type string (``tensor(bfloat16)``...) is one of rule 2's."""
-    return "bfloat16" in ort_type or "float8" in ort_type or ort_type in ("tensor(int4)", "tensor(uint4)")
+    return any(k in ort_type for k in ("bfloat16", "float8", "float4")) or ort_type in _SUBBYTE_INTS
 
 
 def _ortvalues(fed: dict) -> dict:
