@@ -452,24 +452,23 @@ def latency_ms(
     be under 2 GB) or a path (which also works for models with external data). ``warmup``
     untimed runs precede ``repeats`` runs timed with :func:`time.perf_counter`.
     """
-    import onnxruntime as ort
+    from .runtime import feedable, options, ort
 
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts = options(threads=threads)
+    opts.graph_optimization_level = ort().GraphOptimizationLevel.ORT_ENABLE_ALL
     if isinstance(model, onnx.ModelProto):
         source: str | bytes = model.SerializeToString()
         proto = model
     else:
         source = os.fspath(model)
         proto = onnx.load(source, load_external_data=False) if feeds is None else None
-    sess = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+    sess = ort().InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
     if feeds is None:
         assert proto is not None
         feeds = random_feeds(proto)
+    feeds = feedable(sess, feeds)
     for _ in range(max(warmup, 0)):
         sess.run(None, feeds)
     times = []

@@ -69,7 +69,9 @@ def cache_dir() -> Path:
 
 def machine() -> dict:
     """What a measurement depends on besides the model."""
-    import onnxruntime as ort
+    from .runtime import ort as _quiet_ort
+
+    ort = _quiet_ort()  # its default logger set to fatal errors only (graphprune.runtime)
 
     cpu = platform.processor()
     try:
@@ -198,7 +200,9 @@ def _in_context(model: onnx.ModelProto, layers: list[Layer], threads: int, runs:
     time of the node it became, matched by name) and return the model's median latency."""
     import tempfile
 
-    import onnxruntime as ort
+    from .runtime import ort as _quiet_ort
+
+    ort = _quiet_ort()  # its default logger set to fatal errors only (graphprune.runtime)
 
     from .cost import random_feeds
 
@@ -211,7 +215,7 @@ def _in_context(model: onnx.ModelProto, layers: list[Layer], threads: int, runs:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4
         opts.enable_profiling = True
         opts.profile_file_prefix = os.path.join(tmp, "profile")
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -284,14 +288,16 @@ def timing_sessions(models, threads: int, *, warmup: int = 1, feeds=None) -> lis
     """An onnxruntime session per model for timing (``threads`` intra-op, one inter-op), each
     with its inputs (``feeds(session, model)``, default :func:`graphprune.cost.random_feeds`),
     run ``warmup`` times."""
-    import onnxruntime as ort
+    from .runtime import ort as _quiet_ort
+
+    ort = _quiet_ort()  # its default logger set to fatal errors only (graphprune.runtime)
 
     from .cost import random_feeds
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     out = []
     for model in models:
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

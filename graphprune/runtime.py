@@ -2,9 +2,10 @@
 
 Rules:
 1. :func:`ort` imports onnxruntime (slow: only when a model runs) and, once, raises its default
-   logger's threshold to errors-that-stop-a-run: its warnings and ``[E:onnxruntime:...]`` lines
-   are the tool's to report in one line, never the user's terminal's. Every session built with
-   :func:`options` logs at the same level.
+   logger's threshold to fatal: its warnings and ``[E:onnxruntime:...]`` lines never reach the
+   user's terminal (a failed run still raises, and the tool reports that in one line). Every
+   session built with :func:`options` logs at the same level; every module that imports
+   onnxruntime does it through :func:`ort`.
 2. onnxruntime's Python binding has no numpy type for bfloat16, float8 and int4/uint4:
    :func:`run` hands such feeds over as raw bits (:class:`OrtValue` of the ONNX type) and reads
    such outputs back from raw bits into :mod:`ml_dtypes` arrays.
@@ -119,10 +120,15 @@ def copy(value):
     return value
 
 
+def feedable(sess, feeds: dict) -> dict:
+    """The feeds ``sess`` has inputs for, in forms onnxruntime takes (rule 2)."""
+    names = {i.name for i in sess.get_inputs()}
+    return {k: _feed(v) for k, v in feeds.items() if k in names}
+
+
 def run(sess, feeds: dict) -> list:
     """``sess``'s outputs on ``feeds`` (only the inputs it has), with rule 2's conversions."""
-    names = {i.name for i in sess.get_inputs()}
-    fed = {k: _feed(v) for k, v in feeds.items() if k in names}
+    fed = feedable(sess, feeds)
     if not any(_is_raw(o.type) for o in sess.get_outputs()):
         return [copy(o) for o in sess.run(None, fed)]
     values = sess.run_with_ort_values(None, _ortvalues(fed))
@@ -147,4 +153,4 @@ def _ortvalues(fed: dict) -> dict:
     return {k: ort().OrtValue.ortvalue_from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in fed.items()}
 
 
-__all__ = ["copy", "options", "ort", "run"]
+__all__ = ["copy", "feedable", "options", "ort", "run"]

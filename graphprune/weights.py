@@ -323,7 +323,9 @@ def session(data: bytes, lazy: bool, options):
     """An onnxruntime CPU session of a serialized model; ``lazy``: it was serialized from a lazy
     model (its weights are in files), so onnxruntime is given a file beside them (:func:`runnable`),
     which it no longer needs once the session exists."""
-    import onnxruntime as ort
+    from .runtime import ort as _quiet_ort
+
+    ort = _quiet_ort()  # its default logger set to fatal errors only (graphprune.runtime)
 
     if not lazy:
         return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
