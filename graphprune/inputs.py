@@ -9,11 +9,14 @@ Rules:
    What was chosen for each input, and from where, is reported (``assumed_shapes``).
 2. One ``dim_param`` name is one size: a size learnt for ``seq`` on one input is used for
    ``seq`` on every input that declares it.
-3. Defaults: the batch (axis 0) is 1. The height and width of an image-like input (rank 4,
-   floating point, axes 2 and 3 symbolic) are the first of :data:`SPATIAL_CANDIDATES` (64,
-   then 224, 256, 320, 640, 32) that the original model runs on: detectors (YOLO, PP-OCR) only
-   take multiples of 32, and 64 is the smallest that leaves a 2x2 map after five stride-2
-   stages. Every other symbolic dim (a sequence) is :data:`DEFAULT_DIM` (16). A dim declared
+3. Defaults: the batch (axis 0, and its dim_param wherever it appears) is 1. The height and
+   width of an image-like input (rank 4, floating point, axes 2 and 3 symbolic) are the first
+   of :data:`SPATIAL_CANDIDATES` (64, then 224, 256, 320, 640, 32) that the original model runs
+   on: detectors (YOLO, PP-OCR) only take multiples of 32, and 64 is the smallest that leaves a
+   2x2 map after five stride-2 stages. Every other symbolic dim (a sequence) is the first of
+   :data:`SEQUENCE_CANDIDATES` (16, 64, 256, 1024) it runs on (an STFT's reflect padding needs
+   more than 16 samples), tried in step with the image sizes: one run of the original per try,
+   only when there is something to choose and validation will run. A dim declared
    ``-1`` (some exporters write it for "dynamic") is symbolic too.
 4. Costs are per sample: for counting, a symbolic batch is 1 whatever the source; feeds keep
    the data's batch.
@@ -33,6 +36,7 @@ from .errors import InputError
 
 DEFAULT_DIM = 16
 SPATIAL_CANDIDATES = (64, 224, 256, 320, 640, 32)
+SEQUENCE_CANDIDATES = (DEFAULT_DIM, 64, 256, 1024)
 FROM_USER, FROM_DATA, FROM_DEFAULT = "--input-shape", "data", "default"
 
 
@@ -46,10 +50,25 @@ class InputSizes:
     """Per input with a symbolic dim: where its sizes came from (user, data, default)."""
     batch_symbolic: set[str] = field(default_factory=set)
     """Inputs whose axis 0 is symbolic (set to 1 for counting per sample)."""
+    batch_params: set[str] = field(default_factory=set)
+    """The dim_params that are the batch (on axis 0 of some input), wherever they appear."""
+    declared: dict[str, list] = field(default_factory=dict)
+    """The inputs' declared dims (:func:`declared`)."""
 
     def per_sample(self) -> dict[str, tuple[int, ...]]:
-        """The dims costs are counted at: a symbolic batch is 1."""
-        return {k: ((1, *d[1:]) if k in self.batch_symbolic and d else d) for k, d in self.dims.items()}
+        """The dims costs are counted at: a symbolic batch is 1 (on axis 0, and wherever its
+        dim_param appears)."""
+        out = {}
+        for k, d in self.dims.items():
+            want = self.declared.get(k, [])
+            out[k] = tuple(
+                1
+                if (axis == 0 and k in self.batch_symbolic)
+                or (axis < len(want) and isinstance(want[axis], str) and want[axis] in self.batch_params)
+                else size
+                for axis, size in enumerate(d)
+            )
+        return out
 
     def assumed(self) -> dict[str, list[int]]:
         """The per-sample dims of every input that had a symbolic dim (the report's ``assumed_shapes``)."""
@@ -133,44 +152,66 @@ def resolve(
                 sizes.dims[name] = dims
                 if any(not isinstance(w, int) for w in want):
                     sizes.source[name] = source
-    for name, want in decl.items():
-        if name in sizes.dims:
-            continue
-        if any(not isinstance(w, int) for w in want):
-            sizes.source[name] = FROM_DEFAULT
-        sizes.dims[name] = tuple(
-            w if isinstance(w, int) else named.get(w, 1 if axis == 0 else DEFAULT_DIM) for axis, w in enumerate(want)
-        )
+    # a dim_param on axis 0 of some input is the batch, wherever else it appears (an RNN state's axis 1)
+    sizes.batch_params = {w[0] for w in decl.values() if w and isinstance(w[0], str)}
+    sizes.declared = decl
     sizes.batch_symbolic = {k for k, w in decl.items() if w and not isinstance(w[0], int)}
-    _default_image_size(model, decl, sizes, named, probe)
+    defaults = [k for k, w in decl.items() if k not in sizes.dims and not all(isinstance(d, int) for d in w)]
+    for name in defaults:
+        sizes.source[name] = FROM_DEFAULT
+    for name, want in decl.items():
+        if name not in sizes.dims and name not in defaults:
+            sizes.dims[name] = tuple(want)
+    images = [
+        k
+        for k in defaults
+        if len(decl[k]) == 4
+        and all(not isinstance(d, int) and d not in named for d in decl[k][2:])
+        and _is_float(model, k)
+    ]
+    n = max(len(SPATIAL_CANDIDATES) if images else 0, len(SEQUENCE_CANDIDATES))
+    trials = [
+        _fill(decl, defaults, images, named, sizes.batch_params, image, seq)
+        for image, seq in zip(_candidates(SPATIAL_CANDIDATES, n), _candidates(SEQUENCE_CANDIDATES, n))
+    ]
+    if probe is not None and defaults and (images or any(_free(decl[k], named, sizes.batch_params) for k in defaults)):
+        # rule 3: the first sizes the original runs on; if none, the first (validation then says so)
+        chosen = next((t for t in trials if probe({**sizes.dims, **t})), trials[0])
+    else:
+        chosen = trials[0]
+    sizes.dims.update(chosen)
     return sizes
 
 
-def _default_image_size(model, decl: dict, sizes: InputSizes, named: dict, probe) -> None:
-    """Rule 3's image size: the first candidate the original runs on (left as is if none does)."""
-    images = [
-        k
-        for k, w in decl.items()
-        if sizes.source.get(k) == FROM_DEFAULT
-        and len(w) == 4
-        and not isinstance(w[2], int)
-        and not isinstance(w[3], int)
-        and (not isinstance(w[2], str) or w[2] not in named)
-        and (not isinstance(w[3], str) or w[3] not in named)
-        and _is_float(model, k)
-    ]
-    if not images:
-        return
-    first = None
-    for size in SPATIAL_CANDIDATES:
-        trial = dict(sizes.dims)
-        for k in images:
-            trial[k] = (*trial[k][:2], size, size)
-        first = first or trial
-        if probe is None or probe(trial):
-            sizes.dims.update(trial)
-            return
-    sizes.dims.update(first)  # none runs: validation then says the original does not run on it
+def _candidates(sizes: tuple[int, ...], n: int) -> list[int]:
+    """``n`` sizes to try: ``sizes``, the last repeated (image and sequence sizes go in step)."""
+    return [sizes[min(i, len(sizes) - 1)] for i in range(n)]
+
+
+def _free(want: list, named: dict, batch_params: set) -> bool:
+    """Whether an input has a symbolic dim that is neither the batch nor sized already."""
+    return any(not isinstance(d, int) and d not in named and d not in batch_params for d in want[1:])
+
+
+def _fill(decl, defaults, images, named, batch_params, image: int, seq: int) -> dict:
+    """Default dims: learnt sizes for named dims, 1 for the batch, ``image`` for an image's
+    height and width, ``seq`` for every other symbolic dim (one size per dim_param)."""
+    out = {}
+    for name in defaults:
+        dims = []
+        for axis, w in enumerate(decl[name]):
+            if isinstance(w, int):
+                dims.append(w)
+            elif w is not None and w in named:
+                dims.append(named[w])
+            elif axis == 0 or w in batch_params:
+                dims.append(1)
+            elif name in images and axis >= 2:
+                dims.append(image)
+            else:
+                dims.append(seq)
+        out[name] = tuple(dims)
+    return out
 
 
 def _is_float(model: onnx.ModelProto, name: str) -> bool:
