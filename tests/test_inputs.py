@@ -90,6 +90,39 @@ def test_the_dims_a_dim_param_gets_are_shared_by_every_input_that_declares_it():
     assert sizes.per_sample() == {"ids": (1, 40), "mask": (1, 40)}
 
 
+def _rnn_like():
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Identity", ["state"], ["s"])],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "samples"]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 8]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "samples"]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, "batch", 8]),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_batch_is_one_wherever_its_dim_param_appears():
+    sizes = resolve(_rnn_like())
+    assert sizes.dims == {"x": (1, 16), "state": (2, 1, 8)}
+    given = resolve(_rnn_like(), data_shapes={"x": (4, 100), "state": (2, 4, 8)})
+    assert given.per_sample() == {"x": (1, 100), "state": (2, 1, 8)}
+
+
+def test_a_sequence_is_the_first_candidate_length_the_original_runs_on():
+    tried = []
+
+    def probe(dims):
+        tried.append(dims["x"][1])
+        return dims["x"][1] >= 200  # e.g. an STFT's reflect padding
+
+    assert resolve(_rnn_like(), probe=probe).dims["x"] == (1, 256) and tried == [16, 64, 256]
+
+
 def test_input_shapes_that_contradict_the_model_are_input_errors():
     model = dynamic.token_mlp(hidden=32)
     with pytest.raises(InputError, match="fixes it to 32"):
