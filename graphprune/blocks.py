@@ -109,6 +109,7 @@ def find_blocks(model: onnx.ModelProto, mv: ModelView | None = None) -> list[Blo
 
     outputs = set(mv.graph_outputs)
     blocks: list[Block] = []
+    counted: dict | None = None  # shapes per sample, made when the first block needs them
     for i, node in enumerate(mv.nodes):
         if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or i in static or len(node.input) != 2:
             continue
@@ -127,7 +128,11 @@ def find_blocks(model: onnx.ModelProto, mv: ModelView | None = None) -> list[Blo
             params, largest = _exclusive_params(mv, f_nodes)
             if largest <= 1:
                 continue  # no weight: an Add(x, relu(x)) is not a layer
-            macs = sum(node_macs(mv.nodes[k], mv.shapes) or 0 for k in (*f_nodes, i))
+            if counted is None:  # a dynamic model's blocks are counted per sample (graphprune.inputs)
+                from .inputs import count_shapes, resolve
+
+                counted = count_shapes(mv.model, resolve(mv.model)) or mv.shapes
+            macs = sum(node_macs(mv.nodes[k], counted) or 0 for k in (*f_nodes, i))
             dtype = mv.dtypes.get(x, onnx.TensorProto.FLOAT)
             blocks.append(Block(len(blocks), mv.node_names[i], i, x, fx, node.output[0], f_nodes, params, macs, dtype))
             break

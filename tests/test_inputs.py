@@ -374,3 +374,12 @@ def test_a_model_with_a_zipmap_output_validates():
     r = graphprune.prune(model, ratio=0.5, latency=False).report
     assert r.runtime["passed"] and r.exact.checked and r.exact.passed
     assert r.fidelity.cosine is not None and r.fidelity.cosine > 0
+
+
+def test_residual_blocks_of_a_dynamic_model_are_counted_per_sample():
+    from graphprune.blocks import find_blocks
+
+    fixed = builders.residual_net(width=16, blocks=3, input_shape=(1, 3, 64, 64))
+    dynamic_dims = variants.with_dynamic_dims(fixed)
+    macs = [b.macs for b in find_blocks(dynamic_dims)]
+    assert macs == [b.macs for b in find_blocks(fixed)] and all(m > 0 for m in macs)
