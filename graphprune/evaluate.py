@@ -24,7 +24,7 @@ from .activations import session_with_outputs
 from .data import DEFAULT_BATCH, Dataset, input_specs, open_dataset
 from .errors import InputError
 from .progress import progress
-from .validation import Fidelity
+from .validation import Fidelity, leaves, numeric
 
 
 @dataclass
@@ -77,8 +77,14 @@ def evaluate(
         inputs = {s.name: feeds[s.name] for s in specs}
         out_o = sessions[0].run(names[0], inputs)
         out_p = sessions[1].run(names[1], inputs)
-        for o, p in zip(out_o, out_p):
-            o64, p64 = np.asarray(o, np.float64).ravel(), np.asarray(p, np.float64).ravel()
+        lo, lp = leaves(out_o), leaves(out_p)  # sequence and map outputs (ZipMap) element by element
+        if [k for k, _ in lo] != [k for k, _ in lp]:
+            raise InputError(f"{ds.path}: the pruned model's outputs differ in structure from the original's")
+        for (path, o), (_, p) in zip(lo, lp):
+            o64, p64 = numeric(o), numeric(p)
+            if o64 is None or p64 is None or path.endswith("#len"):
+                continue  # strings; sequence lengths (equal: the paths are)
+            o64, p64 = o64.ravel(), p64.ravel()
             if o64.shape != p64.shape:
                 raise InputError(
                     f"{ds.path}: the pruned model's output has shape {list(np.shape(p))}, the original's"
@@ -88,7 +94,7 @@ def evaluate(
             pp += float(p64 @ p64)
             oo += float(o64 @ o64)
             dd += float((p64 - o64) @ (p64 - o64))
-        first_o, first_p = np.asarray(out_o[0]), np.asarray(out_p[0])
+        first_o, first_p = _first(out_o), _first(out_p)
         batch = len(inputs[specs[0].name]) if specs else len(first_o)
         classifier = first_o.ndim == 2 and first_o.shape[0] == batch and first_o.shape[1] > 1
         top1 = top1 and classifier
@@ -117,6 +123,11 @@ def evaluate(
     )
     acc = Accuracy(correct_o / seen, correct_p / seen, seen, labels) if labels is not None else None
     return Evaluation(fidelity=fid, accuracy=acc, samples=seen, data=str(ds.path))
+
+
+def _first(outputs: list) -> np.ndarray:
+    """The first output as an array (an empty one for a sequence or map output: not a classifier's)."""
+    return outputs[0] if isinstance(outputs[0], np.ndarray) else np.zeros(0)
 
 
 def check_labels(ds: Dataset, key: str) -> None:

@@ -176,7 +176,7 @@ def leaves(outputs) -> list[tuple[str, object]]:
     return out
 
 
-def _numeric(v) -> np.ndarray | None:
+def numeric(v) -> np.ndarray | None:
     """A leaf as float64 (booleans, integers, ml_dtypes floats too), or None (strings, objects)."""
     a = np.asarray(v)
     if a.dtype == object or a.dtype.kind in "USV" and a.dtype.name not in _ML_FLOATS:
@@ -206,13 +206,13 @@ def rel_diff(a: list, b: list, scale_of: list | None = None) -> float:
         return float("inf")
     scales: dict[str, float] = {}  # per output: the largest magnitude over all its leaves
     for path, v in lb + (leaves(scale_of) if scale_of is not None else []):
-        v64 = None if path.endswith("#len") else _numeric(v)
+        v64 = None if path.endswith("#len") else numeric(v)
         if v64 is not None and v64.size:
             top = path.split("[", 1)[0].split("#", 1)[0]
             scales[top] = max(scales.get(top, 0.0), float(np.max(np.abs(v64))))
     worst = 0.0
     for (path, x), (_, y) in zip(la, lb):
-        x64, y64 = _numeric(x), _numeric(y)
+        x64, y64 = numeric(x), numeric(y)
         if x64 is None or y64 is None:
             if np.shape(x) != np.shape(y) or not np.array_equal(np.asarray(x), np.asarray(y)):
                 return float("inf")
@@ -231,7 +231,7 @@ def fidelity(pruned_out: list, original_out: list) -> Fidelity:
     outputs differ in structure from the original's has cosine 0 and relative error 1."""
     lp, lo = leaves(pruned_out), leaves(original_out)
     same = [p for p, _ in lp] == [p for p, _ in lo]
-    pairs = [(_numeric(x), _numeric(y)) for (p, x), (_, y) in zip(lp, lo) if not p.endswith("#len")] if same else []
+    pairs = [(numeric(x), numeric(y)) for (p, x), (_, y) in zip(lp, lo) if not p.endswith("#len")] if same else []
     if not same or any((x is None) != (y is None) or (x is not None and x.shape != y.shape) for x, y in pairs):
         return Fidelity(cosine=0.0, rel_l2=1.0)
     pairs = [(x, y) for x, y in pairs if x is not None]

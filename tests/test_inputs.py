@@ -383,3 +383,14 @@ def test_residual_blocks_of_a_dynamic_model_are_counted_per_sample():
     dynamic_dims = variants.with_dynamic_dims(fixed)
     macs = [b.macs for b in find_blocks(dynamic_dims)]
     assert macs == [b.macs for b in find_blocks(fixed)] and all(m > 0 for m in macs)
+
+
+def test_fidelity_over_data_compares_zipmap_outputs_element_by_element(tmp_path):
+    from graphprune.evaluate import evaluate
+
+    model = _zipmap_model()
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(0).random((5, 3)).astype(np.float32))
+    ev = evaluate(model, model, data, batch_size=2)
+    assert ev.fidelity.cosine == pytest.approx(1.0) and ev.fidelity.rel_l2 == 0.0
+    assert ev.fidelity.samples == 5 and ev.fidelity.top1_agreement is None
