@@ -539,8 +539,19 @@ def validate(
         plan = None  # the exact reference is the original with compensated weights: not at hand here
     deps = _analyze(orig, inexact=True) if plan is not None else None
     chosen = plan_from_json(plan, deps, source=source) if plan is not None else None
+    before = sample_cost(orig, sizes, deps.view.shapes if deps is not None else None)  # shapes already inferred
     report = _report(
-        orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds, sizes=sizes, inputs_from=inputs_from
+        orig,
+        new,
+        {},
+        deps,
+        chosen,
+        validate=True,
+        latency=latency,
+        feeds=feeds,
+        before=before,
+        sizes=sizes,
+        inputs_from=inputs_from,
     )
     if compensated:
         report.exact = Exactness(
