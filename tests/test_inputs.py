@@ -394,3 +394,14 @@ def test_fidelity_over_data_compares_zipmap_outputs_element_by_element(tmp_path)
     ev = evaluate(model, model, data, batch_size=2)
     assert ev.fidelity.cosine == pytest.approx(1.0) and ev.fidelity.rel_l2 == 0.0
     assert ev.fidelity.samples == 5 and ev.fidelity.top1_agreement is None
+
+
+def test_a_batch_declared_minus_one_is_symbolic_for_data_random_inputs_and_costs(tmp_path):
+    model = dynamic.token_mlp(hidden=8, inner=16)
+    model.graph.input[0].type.tensor_type.shape.dim[0].Clear()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1  # as some exporters write "dynamic"
+    assert random_feeds(model)["x"].shape == (1, 16, 8)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((3, 5, 8)).astype(np.float32))
+    r = graphprune.prune(model, ratio=0.5, criterion="activation", calib=data, latency=False).report
+    assert r.passed and r.assumed_shapes == {"x": [1, 5, 8]} and r.assumed_shapes_from == {"x": "data"}
