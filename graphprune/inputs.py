@@ -122,7 +122,7 @@ def resolve(
 
     ``data_shapes``: the shapes of the data's first batch by input name. ``probe(dims)`` (a
     callable that says whether the original runs with these input dims) picks the default
-    image size; without it the first candidate is taken.
+    image size and sequence length; without it the first candidates are taken.
     """
     decl = declared(model)
     input_shapes = dict(input_shapes or {})
