@@ -171,11 +171,11 @@ class FilterPruning(TransformMixin):
         objective = self.objective or metric
         cm = cm or CostModel(deps)
         if "flops" in (metric, objective) and cm.flops_before == 0:
-            # cost.py counts a node only when every shape it needs is known: a dynamic batch or
-            # spatial size leaves nothing counted, and a FLOPs target would then mean nothing
+            # cost.py counts a node only when every shape it needs is known; symbolic input dims
+            # are sized (graphprune.inputs), so this is shape inference failing even then
             raise InputError(
-                "cannot count this model's MACs: its shapes depend on dynamic dims (batch, image size...);"
-                " fix the input shapes first (e.g. onnxruntime's make_dynamic_shape_fixed) or use --ratio"
+                "cannot count this model's MACs: shape inference leaves its ops without shapes, even with its"
+                " dynamic dims sized; give other sizes with --input-shape, or use --target-params or --ratio"
             )
         costs = _metric_costs(cm)
         notes: dict = {"target": {"metric": metric, "fraction": fraction}, "objective": objective}
