@@ -2,7 +2,9 @@
 
 The contract (DESIGN.md):
 1. ``onnx.checker.check_model(full_check=True)``, which includes strict shape inference;
-2. an onnxruntime session runs on inputs of the declared shapes;
+2. an onnxruntime session runs on the data's first batch, or on random inputs of the declared
+   shapes with symbolic dims sized by :mod:`graphprune.inputs`; the original runs on them
+   first (:func:`run_original`): inputs it rejects are the caller's error, not the pruning's;
 3. exactness: the pruned model equals, within relative 1e-4 (four units in the last place
    for float16/bfloat16 outputs: :func:`exact_tolerance`), a *masked reference* built
    independently of the surgery: the original model with the weights that read the
@@ -12,6 +14,8 @@ The contract (DESIGN.md):
    (same removed channels, same new weights), so exactness still means "the surgery did
    what the plan says";
 4. fidelity against the original: cosine similarity, relative L2 error, top-1 agreement;
+   sequence and map outputs (ZipMap) are compared leaf by leaf (:func:`leaves`), a different
+   structure being a total mismatch;
 5. cost before and after: parameters, FLOPs, file size, latency.
 
 Models opened lazily (external data left on disk) are given to onnxruntime and the checker
