@@ -113,6 +113,10 @@ def _inputs(original, input_shapes, feeds, data, batch_size, *, validate: bool):
     sizes = sample_sizes(original, input_shapes, feeds, probe=validate)
     if feeds is None and validate:
         feeds, inputs_from = random_feeds(original, shapes=sizes.dims), "generated inputs"
+        if sizes.runs is False:  # no default size works: say so now, not after pruning
+            from .validation import run_original
+
+            run_original(original, feeds, inputs_from)
     return sizes, feeds, inputs_from
 
 

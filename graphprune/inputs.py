@@ -54,6 +54,8 @@ class InputSizes:
     """The dim_params that are the batch (on axis 0 of some input), wherever they appear."""
     declared: dict[str, list] = field(default_factory=dict)
     """The inputs' declared dims (:func:`declared`)."""
+    runs: bool | None = None
+    """Whether the original ran on one of the default sizes tried (None: nothing was tried)."""
 
     def per_sample(self) -> dict[str, tuple[int, ...]]:
         """The dims costs are counted at: a symbolic batch is 1 (on axis 0, and wherever its
@@ -176,7 +178,9 @@ def resolve(
     ]
     if probe is not None and defaults and (images or any(_free(decl[k], named, sizes.batch_params) for k in defaults)):
         # rule 3: the first sizes the original runs on; if none, the first (validation then says so)
-        chosen = next((t for t in trials if probe({**sizes.dims, **t})), trials[0])
+        chosen = next((t for t in trials if probe({**sizes.dims, **t})), None)
+        sizes.runs = chosen is not None
+        chosen = chosen or trials[0]
     else:
         chosen = trials[0]
     sizes.dims.update(chosen)

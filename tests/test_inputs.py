@@ -405,3 +405,22 @@ def test_a_batch_declared_minus_one_is_symbolic_for_data_random_inputs_and_costs
     np.savez(data, x=np.random.default_rng(0).standard_normal((3, 5, 8)).astype(np.float32))
     r = graphprune.prune(model, ratio=0.5, criterion="activation", calib=data, latency=False).report
     assert r.passed and r.assumed_shapes == {"x": [1, 5, 8]} and r.assumed_shapes_from == {"x": "data"}
+
+
+def test_when_no_default_size_runs_the_error_comes_before_any_pruning(monkeypatch):
+    import graphprune.api
+
+    # the last dim must be 7 to broadcast with the constant: no default length is
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "n"])],
+        initializer=[onnx.numpy_helper.from_array(np.ones(7, np.float32), "c")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    monkeypatch.setattr(graphprune.api, "_analyze", lambda *a, **k: pytest.fail("analysed before the error"))
+    with pytest.raises(InputError, match=r"does not run on the generated inputs \(x: 1x16\)"):
+        graphprune.prune(model, ratio=0.5, latency=False)
+    sizes = resolve(model, probe=lambda dims: False)
+    assert sizes.runs is False and sizes.dims["x"] == (1, 16)
