@@ -381,9 +381,9 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0, shapes: dict | None = No
     dims 16); an input without any declared shape gets shape ``(1,)``. Floats are standard
     normal, integers are drawn from 0..3 (valid as small indices or sizes), booleans are
     random, strings are short words. Every element type onnxruntime takes is fed: bfloat16,
-    the float8 variants and int4/uint4 as :mod:`ml_dtypes` arrays (:func:`graphprune.validation.run`
+    float8, float4, int4/uint4 and int2/uint2 as :mod:`ml_dtypes` arrays (:mod:`graphprune.runtime`
     hands them over as raw bits); a sequence input gets a list of two tensors, an optional
-    input its element.
+    input its element, a map input a dict of three entries.
     """
     from .inputs import resolve
 
@@ -405,6 +405,10 @@ def _random_value(tp: onnx.TypeProto, dims: tuple | None, rng: np.random.Generat
         return [_random_value(tp.sequence_type.elem_type, None, rng, name) for _ in range(SEQUENCE_LENGTH)]
     if kind == "optional_type":
         return _random_value(tp.optional_type.elem_type, dims, rng, name)
+    if kind == "map_type":  # onnxruntime takes a dict (DictVectorizer's input): three entries
+        keys = ["a", "bc", "def"] if tp.map_type.key_type == onnx.TensorProto.STRING else [int(k) for k in range(3)]
+        values = _random_value(tp.map_type.value_type, (len(keys),), rng, name)
+        return {k: v.item() for k, v in zip(keys, values)}
     if kind != "tensor_type":
         raise ValueError(f"input {name!r} is a {kind or 'value of no type'}; pass feeds explicitly")
     tt = tp.tensor_type

@@ -424,3 +424,20 @@ def test_when_no_default_size_runs_the_error_comes_before_any_pruning(monkeypatc
         graphprune.prune(model, ratio=0.5, latency=False)
     sizes = resolve(model, probe=lambda dims: False)
     assert sizes.runs is False and sizes.dims["x"] == (1, 16)
+
+
+def test_a_map_input_is_fed_a_dict():
+    map_type = helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+    graph = helper.make_graph(
+        [helper.make_node("DictVectorizer", ["m"], ["v"], domain="ai.onnx.ml", int64_vocabulary=[0, 1, 2, 5])],
+        "g",
+        [helper.make_value_info("m", map_type)],
+        [helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)], ir_version=8
+    )
+    feeds = random_feeds(model)
+    assert sorted(feeds["m"]) == [0, 1, 2]
+    (v,) = run(model, feeds)
+    assert np.allclose(v[0], [feeds["m"][0], feeds["m"][1], feeds["m"][2], 0.0])
