@@ -406,7 +406,7 @@ def _random_value(tp: onnx.TypeProto, dims: tuple | None, rng: np.random.Generat
     if kind == "optional_type":
         return _random_value(tp.optional_type.elem_type, dims, rng, name)
     if kind == "map_type":  # onnxruntime takes a dict (DictVectorizer's input): three entries
-        keys = ["a", "bc", "def"] if tp.map_type.key_type == onnx.TensorProto.STRING else [int(k) for k in range(3)]
+        keys = ["a", "bc", "def"] if tp.map_type.key_type == onnx.TensorProto.STRING else list(range(3))
         values = _random_value(tp.map_type.value_type, (len(keys),), rng, name)
         return {k: v.item() for k, v in zip(keys, values)}
     if kind != "tensor_type":
