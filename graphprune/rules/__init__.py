@@ -108,6 +108,9 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 # The built-in rules of the default ONNX domain, by op type (filled by the rule modules).
 RULES: dict[str, Rule] = {}
 REWRITERS: dict[str, Rewriter] = {}
+# Built-in rules of other domains (onnxruntime's com.microsoft ops), by (domain, op type).
+DOMAIN_RULES: dict[tuple[str, str], Rule] = {}
+DOMAIN_REWRITERS: dict[tuple[str, str], Rewriter] = {}
 
 
 @dataclass(frozen=True)
@@ -132,23 +135,29 @@ class Registered:
 REGISTERED: dict[tuple[str, str], list[Registered]] = {}
 
 
-def rule(*op_types: str) -> Callable[[Rule], Rule]:
-    """Register ``fn`` as the coupling rule of ``op_types`` (default ONNX domain)."""
+def rule(*op_types: str, domain: str = "") -> Callable[[Rule], Rule]:
+    """Register ``fn`` as the built-in coupling rule of ``op_types`` (of ``domain``, default ONNX)."""
 
     def register(fn: Rule) -> Rule:
         for op in op_types:
-            RULES[op] = fn
+            if _domain(domain):
+                DOMAIN_RULES[(_domain(domain), op)] = fn
+            else:
+                RULES[op] = fn
         return fn
 
     return register
 
 
-def rewriter(*op_types: str) -> Callable[[Rewriter], Rewriter]:
-    """Register ``fn`` as the surgery rewriter of ``op_types``."""
+def rewriter(*op_types: str, domain: str = "") -> Callable[[Rewriter], Rewriter]:
+    """Register ``fn`` as the built-in surgery rewriter of ``op_types`` (of ``domain``)."""
 
     def register(fn: Rewriter) -> Rewriter:
         for op in op_types:
-            REWRITERS[op] = fn
+            if _domain(domain):
+                DOMAIN_REWRITERS[(_domain(domain), op)] = fn
+            else:
+                REWRITERS[op] = fn
         return fn
 
     return register
@@ -216,7 +225,7 @@ def rule_for(node: onnx.NodeProto, versions: dict[str, int] | None = None) -> Ru
     if entry is not None:
         return entry.rule
     if node.domain not in DEFAULT_DOMAINS:
-        return None
+        return DOMAIN_RULES.get((node.domain, node.op_type))
     return RULES.get(node.op_type)
 
 
@@ -225,7 +234,7 @@ def rewriter_for(node: onnx.NodeProto, versions: dict[str, int] | None = None) -
     if entry is not None:
         return entry.rewriter
     if node.domain not in DEFAULT_DOMAINS:
-        return None
+        return DOMAIN_REWRITERS.get((node.domain, node.op_type))
     return REWRITERS.get(node.op_type)
 
 
