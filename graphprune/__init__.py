@@ -40,6 +40,7 @@ _LAZY = {
     "Pipeline": "passes",
     "Plan": "plan",
     "Report": "report",
+    "register_rule": "rules",
 }
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from .passes import ChannelPruning, FilterPruning, LayerPruning, PassResult, Pipeline
     from .plan import Plan
     from .report import Report
+    from .rules import register_rule
 
 
 def __getattr__(name: str) -> Any:
@@ -82,6 +84,7 @@ __all__ = [
     "load_model",
     "prune",
     "prune_layers",
+    "register_rule",
     "run_passes",
     "save",
     "validate",

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from .graph import ModelView, view
-from .rules import Dim, rule_for
+from .rules import Dim, opsets, rule_for
 
 INITIALIZER, CONSTANT, ACTIVATION, VIRTUAL = "initializer", "constant", "activation", "virtual"
 
@@ -184,6 +184,7 @@ class _Collector:
     def __init__(self, mv: ModelView, *, inexact: bool = False):
         self.view = mv
         self.inexact = inexact
+        self.opsets = opsets(mv.model)  # which registered rules apply (register_rule's versions)
         self.graph = nx.MultiGraph()
         self.roles: dict[Dim, str] = {}
         self.forbidden: dict[Dim, list[str]] = defaultdict(list)
@@ -195,7 +196,7 @@ class _Collector:
 
     # --- RuleContext -------------------------------------------------------------
     def run_rule(self, index: int, node: onnx.NodeProto) -> None:
-        rule = rule_for(node)
+        rule = rule_for(node, self.opsets)
         if rule is None:
             return
         self._node_index, self._node = index, node
@@ -342,7 +343,7 @@ class _Collector:
             return
         node = self.view.nodes[index]
         name = self.view.node_names[index]
-        if rule_for(node) is None:
+        if rule_for(node, self.opsets) is None:
             op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
             self.forbid(d, Reason(name, f"no rule for {op}"))
         else:

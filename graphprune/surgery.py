@@ -24,7 +24,7 @@ from . import weights
 from .dependency import VIRTUAL, DependencyGraph
 from .graph import fresh_name
 from .plan import Plan
-from .rules import rewriter_for
+from .rules import opsets, rewriter_for
 
 
 def removed_entries(deps: DependencyGraph, plan: Plan) -> dict[tuple[str, int], np.ndarray]:
@@ -75,8 +75,9 @@ def apply_plan(model: onnx.ModelProto, deps: DependencyGraph, plan: Plan, *, inp
             _set_shape(vi, new_shapes[vi.name])
 
     ctx = _Surgery(out, deps, removed, old_shapes, new_shapes)
+    versions = opsets(out)
     for node in list(g.node):
-        rw = rewriter_for(node)
+        rw = rewriter_for(node, versions)
         if rw is not None:
             rw(node, ctx)
     return out

@@ -9,11 +9,16 @@ is blocked with the reason "no rule for <op>".
 A *rewriter* (optional, per op type) runs during surgery and updates what slicing
 tensors cannot: attributes and shape constants (Conv ``group``, Split sizes, Reshape
 shapes, Slice bounds).
+
+Users teach graphprune ops of their own (a custom domain, an onnxruntime contrib op) with
+:func:`register_rule`, the same contract as the built-in rules, for a range of the domain's
+opset versions; registered rules take precedence over built-in ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -98,41 +103,138 @@ class SurgeryContext(Protocol):
 Rule = Callable[[onnx.NodeProto, RuleContext], None]
 Rewriter = Callable[[onnx.NodeProto, SurgeryContext], None]
 
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+# The built-in rules of the default ONNX domain, by op type (filled by the rule modules).
 RULES: dict[str, Rule] = {}
 REWRITERS: dict[str, Rewriter] = {}
+# Built-in rules of other domains (onnxruntime's com.microsoft ops), by (domain, op type).
+DOMAIN_RULES: dict[tuple[str, str], Rule] = {}
+DOMAIN_REWRITERS: dict[tuple[str, str], Rewriter] = {}
 
 
-def rule(*op_types: str) -> Callable[[Rule], Rule]:
-    """Register ``fn`` as the coupling rule of ``op_types`` (default ONNX domain)."""
+@dataclass(frozen=True)
+class Registered:
+    """A rule registered through :func:`register_rule`, for the opsets of its domain it covers."""
+
+    rule: Rule
+    rewriter: Rewriter | None = None
+    since_version: int | None = None  # first opset version of the domain it applies to
+    until_version: int | None = None  # last one (inclusive)
+
+    def covers(self, version: int | None) -> bool:
+        if version is None:  # the model does not import the domain: only an unbounded rule applies
+            return self.since_version is None and self.until_version is None
+        return (self.since_version is None or version >= self.since_version) and (
+            self.until_version is None or version <= self.until_version
+        )
+
+
+# Rules registered through the public API, by (domain, op type); newest registration first.
+# They take precedence over the built-in ones, so a user can also replace a built-in rule.
+REGISTERED: dict[tuple[str, str], list[Registered]] = {}
+
+
+def rule(*op_types: str, domain: str = "") -> Callable[[Rule], Rule]:
+    """Register ``fn`` as the built-in coupling rule of ``op_types`` (of ``domain``, default ONNX)."""
 
     def register(fn: Rule) -> Rule:
         for op in op_types:
-            RULES[op] = fn
+            if _domain(domain):
+                DOMAIN_RULES[(_domain(domain), op)] = fn
+            else:
+                RULES[op] = fn
         return fn
 
     return register
 
 
-def rewriter(*op_types: str) -> Callable[[Rewriter], Rewriter]:
-    """Register ``fn`` as the surgery rewriter of ``op_types``."""
+def rewriter(*op_types: str, domain: str = "") -> Callable[[Rewriter], Rewriter]:
+    """Register ``fn`` as the built-in surgery rewriter of ``op_types`` (of ``domain``)."""
 
     def register(fn: Rewriter) -> Rewriter:
         for op in op_types:
-            REWRITERS[op] = fn
+            if _domain(domain):
+                DOMAIN_REWRITERS[(_domain(domain), op)] = fn
+            else:
+                REWRITERS[op] = fn
         return fn
 
     return register
 
 
-def rule_for(node: onnx.NodeProto) -> Rule | None:
-    if node.domain not in ("", "ai.onnx"):
-        return None
+def register_rule(
+    domain: str,
+    op_type: str,
+    rule: Rule,
+    *,
+    rewriter: Rewriter | None = None,
+    since_version: int | None = None,
+    until_version: int | None = None,
+) -> Callable[[], None]:
+    """Teach graphprune an op: ``rule`` declares its couplings the way the built-in rules do
+    (see :class:`RuleContext`), ``rewriter`` updates its attributes or constant inputs after
+    removal (see :class:`SurgeryContext`), for the opset versions ``since_version`` ..
+    ``until_version`` (inclusive; None: unbounded) of ``domain`` that the model imports.
+
+    ``domain`` is the node's domain (``""`` for the default ONNX domain, e.g.
+    ``"com.microsoft"`` or a custom one). A registered rule takes precedence over a built-in
+    rule of the same op. Returns a function that removes the registration again.
+    """
+    if not op_type:
+        raise ValueError("register_rule needs an op type")
+    if not callable(rule) or (rewriter is not None and not callable(rewriter)):
+        raise TypeError("register_rule: rule and rewriter must be callables")
+    if since_version is not None and until_version is not None and since_version > until_version:
+        raise ValueError(f"register_rule: since_version {since_version} is after until_version {until_version}")
+    key = (_domain(domain), op_type)
+    entry = Registered(rule, rewriter, since_version, until_version)
+    REGISTERED.setdefault(key, []).insert(0, entry)
+
+    def unregister() -> None:
+        entries = REGISTERED.get(key, [])
+        if entry in entries:
+            entries.remove(entry)
+        if not entries:
+            REGISTERED.pop(key, None)
+
+    return unregister
+
+
+def opsets(model: onnx.ModelProto) -> dict[str, int]:
+    """The opset version each domain of ``model`` imports (the default domain under ``""``)."""
+    return {_domain(imp.domain): imp.version for imp in model.opset_import}
+
+
+def _domain(domain: str) -> str:
+    return "" if domain in DEFAULT_DOMAINS else domain
+
+
+def _registered(node: onnx.NodeProto, versions: dict[str, int] | None) -> Registered | None:
+    domain = _domain(node.domain)
+    for entry in REGISTERED.get((domain, node.op_type), ()):
+        if entry.covers(None if versions is None else versions.get(domain)):
+            return entry
+    return None
+
+
+def rule_for(node: onnx.NodeProto, versions: dict[str, int] | None = None) -> Rule | None:
+    """The rule of ``node``: a registered one for its domain and opset (``versions``, from
+    :func:`opsets`), else the built-in one of the default domain, else None."""
+    entry = _registered(node, versions)
+    if entry is not None:
+        return entry.rule
+    if node.domain not in DEFAULT_DOMAINS:
+        return DOMAIN_RULES.get((node.domain, node.op_type))
     return RULES.get(node.op_type)
 
 
-def rewriter_for(node: onnx.NodeProto) -> Rewriter | None:
-    if node.domain not in ("", "ai.onnx"):
-        return None
+def rewriter_for(node: onnx.NodeProto, versions: dict[str, int] | None = None) -> Rewriter | None:
+    entry = _registered(node, versions)
+    if entry is not None:
+        return entry.rewriter
+    if node.domain not in DEFAULT_DOMAINS:
+        return DOMAIN_REWRITERS.get((node.domain, node.op_type))
     return REWRITERS.get(node.op_type)
 
 
