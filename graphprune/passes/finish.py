@@ -119,4 +119,6 @@ def group_report(deps, plan, ignore, units) -> dict:
         "channels_removed": plan.total_removed,
         "blocked": [{"group": g.label, "size": g.size, "reasons": g.reasons} for g in blocked],
         "blocked_reasons": deps.blocked_counts(),
+        "unanalysed_reasons": deps.unanalysed_counts(),  # weights outside any group, by reason
+        "notes": list(deps.notes),  # where analysis could not follow the model
     }
