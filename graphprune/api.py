@@ -24,8 +24,8 @@ from .evaluate import check_labels, evaluate
 from .graph import find_cycle
 from .passes import PruneOutcome
 from .passes.filter import PLAN_METADATA_KEY, get_metadata
-from .passes.finish import COMPENSATE_METADATA_KEY
-from .plan import Plan, plan_from_json, read_plan
+from .passes.finish import COMPENSATE_METADATA_KEY, HISTORY_METADATA_KEY, fingerprint, history_of
+from .plan import Plan, compose, plan_from_json, read_plan
 from .report import Report
 from .validation import Exactness, check_pruned
 from .weights import runnable
@@ -454,16 +454,34 @@ def validate(
     if plan is not None and not isinstance(plan, dict):
         source = str(plan)
         plan = read_plan(plan)
-    if plan is None and get_metadata(new, PLAN_METADATA_KEY) is None and _layer_plan(new) is not None:
+    steps, through, deps = None, "", None
+    if plan is None and get_metadata(new, HISTORY_METADATA_KEY):
+        steps = _steps_since(orig, history_of(new))
+        if len(steps) == 1 and "blocks" in (steps[0]["plan"] or {}):
+            return _validate_layers(orig, new, steps[0]["plan"], pruned, latency=latency, feeds=feeds)
+        if len(steps) == 1:
+            plan, steps = steps[0]["plan"], None
+            source = f"{pruned} (last plan of its history)" if not isinstance(pruned, onnx.ModelProto) else "history"
+    if plan is None and steps is None and get_metadata(new, PLAN_METADATA_KEY) is None and _layer_plan(new) is not None:
         return _validate_layers(orig, new, _layer_plan(new), pruned, latency=latency, feeds=feeds)
-    if plan is None:
+    if steps is not None:
+        # pruned several times since the original: one plan in the original's indices
+        source = f"{pruned} (history in its metadata)" if not isinstance(pruned, onnx.ModelProto) else "history"
+        if all(isinstance(s["plan"], dict) and "groups" in s["plan"] for s in steps):
+            deps = _analyze(orig, inexact=True)
+            plan = compose([s["plan"] for s in steps], deps, source=source)
+            through = f"through {len(steps)} pruning steps, their plans composed into the original's indices"
+        else:
+            through = f"the {len(steps)} steps since the original include a layer pass, whose plans do not compose"
+    elif plan is None:
         text = get_metadata(new, PLAN_METADATA_KEY)
         plan = json.loads(text) if text else None
         source = f"{pruned} (plan stored in its metadata)" if not isinstance(pruned, onnx.ModelProto) else "stored plan"
     compensated = get_metadata(new, COMPENSATE_METADATA_KEY)
     if compensated:
         plan = None  # the exact reference is the original with compensated weights: not at hand here
-    deps = _analyze(orig, inexact=True) if plan is not None else None
+    if deps is None and plan is not None:
+        deps = _analyze(orig, inexact=True)
     chosen = plan_from_json(plan, deps, source=source) if plan is not None else None
     before = cost_of(orig, deps.view.shapes) if deps is not None else None  # shapes already inferred
     key = "labels" if labels is True else (labels or None)
@@ -473,6 +491,8 @@ def validate(
     if dataset is not None and key is not None:
         check_labels(dataset, key)  # before the checks and timings, not after them
     report = _report(orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds, before=before)
+    if through:
+        report.exact.note = through if not report.exact.note else f"{report.exact.note}; {through}"
     if compensated:
         report.exact = Exactness(
             note=f"weights were compensated ({compensated}) from calibration data: the exact reference is the"
@@ -482,6 +502,14 @@ def validate(
         ev = evaluate(orig, new, dataset, labels=key, batch_size=batch_size)
         report.fidelity, report.accuracy = ev.fidelity, ev.accuracy
     return report
+
+
+def _steps_since(original: onnx.ModelProto, history: list[dict]) -> list[dict]:
+    """The steps of ``history`` that lead from ``original`` (the last step whose input it is,
+    by fingerprint; the first step if none says so) to the model that carries the history."""
+    key = fingerprint(original)
+    start = max((k for k, s in enumerate(history) if s.get("input") == key), default=0)
+    return history[start:]
 
 
 def _layer_plan(model: onnx.ModelProto) -> dict | None:

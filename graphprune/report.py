@@ -97,6 +97,7 @@ class Report:
                 f"groups: {p.get('groups_pruned', 0)} pruned of {p.get('groups_prunable', 0)} prunable,"
                 f" {p.get('groups_blocked', 0)} blocked, {p.get('channels_removed', 0)} channels removed"
             )
+        lines.extend(f"note: {n}" for n in p.get("notes") or [])  # where analysis could not follow the model
         if p.get("target"):
             t = p["target"]
             how = " (measured)" if "latency_measured" in p else ""
