@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,6 +186,8 @@ def prune(
     else:  # a pass with only run(): no compensation, the original is the reference
         pruned, chosen, details = pass_.run(original, deps, inplace=inplace)
         outcome = PruneOutcome(pruned, chosen, deps, original, details)
+    if outcome.plan.total_removed == 0:  # said, not pretended: the CLI writes nothing then
+        outcome.report = {**outcome.report, "nothing_pruned": nothing_pruned(outcome.deps, from_plan=plan is not None)}
     if validate and feeds is None and data is not None:
         feeds = first_batch(original, data, pass_.batch_size)
     report = _report(
@@ -205,6 +208,16 @@ def prune(
         ev = evaluate(original, outcome.pruned, data, batch_size=pass_.batch_size, limit=FIDELITY_SAMPLES)
         report.fidelity = ev.fidelity
     return PruneResult(model=outcome.pruned, report=report, plan=outcome.plan, deps=outcome.deps)
+
+
+def nothing_pruned(deps: DependencyGraph, *, from_plan: bool = False) -> str:
+    """Why a prune removed nothing: what blocks every group, or what kept the prunable ones whole."""
+    why = deps.why_nothing()
+    if not why:
+        n = len(deps.prunable_groups())
+        what = "the plan" if from_plan else "the ratio, round-to, min-keep, ignore or unit"
+        why = f"{what} leaves every one of the {n} prunable group{'s' if n > 1 else ''} whole"
+    return why
 
 
 def make_pass(name: str, **options):
@@ -332,9 +345,22 @@ def _relative_target(p, *, original_cost, current: onnx.ModelProto):
     return replace(p, **{f"target_{metric}": step}), {"target_of_original": {"metric": metric, "fraction": fraction}}
 
 
+@dataclass
+class _Reference:
+    """How a step's exact reference is made: ``build()`` gives its bytes, from ``base`` as it
+    is at the call (a quantized graph's is built again with its fake quantization bypassed)."""
+
+    base: onnx.ModelProto
+    build: Callable[[], bytes]
+
+    def __call__(self) -> bytes:
+        return self.build()
+
+
 def _exactness(before: onnx.ModelProto, after: onnx.ModelProto, reference, skipped: list[str], feeds):
     """One step's exactness: ``after`` against the reference built from ``before``."""
-    from .validation import Exactness, exact_tolerance, rel_diff, run
+    from .quantized import is_quantized
+    from .validation import Exactness, exact_tolerance, quantized_exactness, rel_diff, run
 
     if reference is None:
         return Exactness(checked=False, skipped_groups=skipped, note="not function-preserving: see fidelity")
@@ -342,7 +368,11 @@ def _exactness(before: onnx.ModelProto, after: onnx.ModelProto, reference, skipp
         out = run(after, feeds)
     except Exception:  # the runtime failure is reported end to end
         return Exactness(checked=False, note="the pruned model does not run")
-    diff = rel_diff(out, run(reference(), feeds), scale_of=run(before, feeds))
+    ref_out, before_out = run(reference(), feeds), run(before, feeds)
+    base = getattr(reference, "base", before)
+    if is_quantized(base):
+        return quantized_exactness(base, after, reference, feeds, out, ref_out, before_out)
+    diff = rel_diff(out, ref_out, scale_of=before_out)
     tol = exact_tolerance(out)
     return Exactness(checked=True, passed=diff <= tol, max_rel_diff=diff, tolerance=tol)
 
@@ -368,12 +398,29 @@ def _end_to_end(report: Report, original, final, exacts: list, feeds, latency: b
                 report.latency_ms_before = latency_ms(source, feeds=feeds)
             with runnable(final) as source:
                 report.latency_ms_after = latency_ms(source, feeds=feeds)
+    # the step nearest its bound speaks for the tolerance (quantized steps have their own)
+    worst = max(
+        (e for e in exacts if e.max_rel_diff is not None), key=lambda e: e.max_rel_diff / e.tolerance, default=None
+    )
     report.exact = Exactness(
         checked=all(e.checked for e in exacts),
         passed=all(e.passed or not e.checked for e in exacts),
-        max_rel_diff=max((e.max_rel_diff for e in exacts if e.max_rel_diff is not None), default=None),
+        max_rel_diff=None if worst is None else worst.max_rel_diff,  # the largest, where tolerances agree
         skipped_groups=[g for e in exacts for g in e.skipped_groups],
         note="per step, each against a reference from its own input" if len(exacts) > 1 else exacts[0].note,
+        **(
+            {}
+            if worst is None
+            else {
+                "tolerance": worst.tolerance,
+                "tolerance_steps": worst.tolerance_steps,
+                "quant_step": worst.quant_step,
+                "max_step_diff": worst.max_step_diff,
+                "float_max_rel_diff": max(
+                    (e.float_max_rel_diff for e in exacts if e.float_max_rel_diff is not None), default=None
+                ),
+            }
+        ),
     )
 
 
@@ -385,13 +432,14 @@ def _step(p, model: onnx.ModelProto):
 
     if isinstance(p, LayerPruning):
         pruned, chosen, details = p.run(model)
-        return pruned, details, (lambda: zeroed_reference_bytes(model, chosen)), []
+        return pruned, details, _Reference(model, lambda: zeroed_reference_bytes(model, chosen)), []
     if hasattr(p, "prune"):  # filter and channel passes: a plan over groups, maybe compensated weights
         deps = _analyze(model, inexact=getattr(p, "inexact", False))
         outcome = p.prune(model, deps)
         plan = outcome.plan
         inexact = [g.label for g in outcome.deps.groups if "inexact" in g.facts and len(plan.removed(g))]
-        reference = None if inexact else (lambda: masked_reference_bytes(outcome.reference, outcome.deps, plan))
+        base = outcome.reference
+        reference = None if inexact else _Reference(base, lambda: masked_reference_bytes(base, outcome.deps, plan))
         return outcome.pruned, outcome.report, reference, inexact
     result = p(model)
     return result.model, result.report, None, []
@@ -532,7 +580,7 @@ def _validate_layers(orig, new, plan: dict, pruned: ModelLike, *, latency: bool,
     feeds = feeds if feeds is not None else random_feeds(orig)
     before, after = cost_of(orig), cost_of(new)
     report = _costs_report(before, after, {})
-    exact = _exactness(orig, new, lambda: zeroed_reference_bytes(orig, chosen), [], feeds)
+    exact = _exactness(orig, new, _Reference(orig, lambda: zeroed_reference_bytes(orig, chosen)), [], feeds)
     _end_to_end(report, orig, new, [exact], feeds, latency)
     return report
 

@@ -328,7 +328,8 @@ def _prune_to(args) -> int:
         inplace=args.no_validate,  # nothing needs the original afterwards: save a copy
     )
     if result.plan.total_removed == 0:  # a copy of the input would pretend: say why, write nothing
-        print(f"graphprune: nothing to prune in {src}: {_why_nothing(result)}; nothing written", file=sys.stderr)
+        why = result.report.prune["nothing_pruned"]
+        print(f"graphprune: nothing to prune in {src}: {why}; nothing written", file=sys.stderr)
         return EXIT_OK
     return _write_outputs(
         args,
@@ -339,19 +340,6 @@ def _prune_to(args) -> int:
         t0,
         lambda path: result.plan.save(path, result.deps, model=str(src)),
     )
-
-
-def _why_nothing(result) -> str:
-    """Why a prune removed nothing: what blocks every group, or what kept the prunable ones whole."""
-    deps = result.deps
-    why = deps.why_nothing()
-    if not why:
-        n = len(deps.prunable_groups())
-        why = (
-            f"the plan removes nothing from the {n} prunable group{'s' if n > 1 else ''}"
-            " (the ratio, --round-to, --min-keep, --ignore or --unit keep them whole)"
-        )
-    return why
 
 
 def _write_outputs(args, src: Path, out: Path, model, report, t0: float, save_plan) -> int:

@@ -233,6 +233,13 @@ def unknown_shapes(mv: ModelView) -> dict[str, str]:
     return why
 
 
+def _unanalysed(deps: DependencyGraph, tensor: str, reason: Reason, readers: dict[str, list[str]]) -> None:
+    reasons = deps.unanalysed.setdefault(tensor, [])
+    if reason not in reasons:
+        reasons.append(reason)
+        readers[reason.why].append(reason.where)
+
+
 def _note_what_analysis_missed(deps: DependencyGraph, unknown: dict[str, str]) -> None:
     """Fill ``deps.unanalysed`` and ``deps.notes``: every weight no group covers because the
     node reading it has no rule or reads a tensor of unknown shape, and every place shape
@@ -254,19 +261,26 @@ def _note_what_analysis_missed(deps: DependencyGraph, unknown: dict[str, str]) -
                 if lost is None:
                     continue
                 reason = Reason(mv.node_names[i], f"{node.op_type} reads a tensor of unknown shape ({lost})")
-            reasons = deps.unanalysed.setdefault(source, [])
-            if reason not in reasons:
-                reasons.append(reason)
-                readers[reason.why].append(mv.node_names[i])
+            _unanalysed(deps, source, reason, readers)
+    for t, uses in mv.consumers.items():  # weights of the main graph that only a subgraph reads
+        shape = mv.shapes.get(t)
+        if t in covered or not mv.is_constant(t) or shape is None or len(shape) < 2:
+            continue
+        for i, pos in uses:
+            if pos < 0:
+                op = mv.nodes[i].op_type
+                _unanalysed(deps, t, Reason(mv.node_names[i], f"{op} reads it inside a subgraph"), readers)
+    readers = {why: list(dict.fromkeys(names)) for why, names in readers.items()}
     stops: dict[str, int] = {}
     for t, why in unknown.items():
         if t in mv.producer:
             stops[why] = stops.get(why, 0) + 1
     for why, n in stops.items():
         deps.notes.append(f"shape unknown {why}: {n} tensor{'s have' if n > 1 else ' has'} no shape")
+    counts = deps.unanalysed_counts()
     for why, names in readers.items():
         shown = ", ".join(repr(x) for x in names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
-        n = len(names)
+        n = counts.get(why, len(names))
         deps.notes.append(f"{n} weight{'s' if n > 1 else ''} outside any group: {why} (at {shown})")
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
 QUANT_STEPS = 2
 _QDQ_DOMAINS = ("", "ai.onnx", "com.microsoft")
@@ -79,13 +80,26 @@ def is_quantized(model: onnx.ModelProto) -> bool:
     return False
 
 
-def output_steps(model: onnx.ModelProto, value: Callable[[str], np.ndarray | None]) -> list[float | None]:
+def constant_values(model: onnx.ModelProto) -> Callable[[str], np.ndarray | None]:
+    """The value of a constant of ``model`` by name (initializers held in memory, Constant
+    nodes), or None: enough for quantization scales without an analysis of the model."""
+    tensors = {t.name: t for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL}
+    for n in model.graph.node:
+        for a in n.attribute if n.op_type == "Constant" else ():
+            if a.name == "value":
+                tensors[n.output[0]] = a.t
+    return lambda name: onnx.numpy_helper.to_array(tensors[name]) if name in tensors else None
+
+
+def output_steps(model: onnx.ModelProto, value: Callable[[str], np.ndarray | None] | None = None) -> list[float | None]:
     """The quantization step of each graph output (None where it is not known).
 
     Follows the output back through non-expansive ops to the quantizer that made it: a
     ``DequantizeLinear``'s step is its scale (the largest, per channel), a ``QuantizeLinear``'s
-    output is an integer (step 1). ``value`` gives a constant's value (None if not constant).
+    output is an integer (step 1). ``value`` gives a constant's value (None if not constant;
+    default :func:`constant_values`).
     """
+    value = value or constant_values(model)
     producer = {o: n for n in model.graph.node for o in n.output}
     steps: list[float | None] = []
     for out in model.graph.output:

@@ -26,6 +26,7 @@ without weights beside the original's data.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -192,18 +193,23 @@ def rel_diff(a: list[np.ndarray], b: list[np.ndarray], scale_of: list[np.ndarray
 def quantized_exactness(
     base: onnx.ModelProto,
     pruned: onnx.ModelProto,
-    deps: DependencyGraph,
-    plan: Plan,
+    reference: Callable[[], bytes],
     feeds: dict[str, np.ndarray],
     pruned_out: list[np.ndarray],
     ref_out: list[np.ndarray],
     original_out: list[np.ndarray],
+    *,
+    value: Callable[[str], np.ndarray | None] | None = None,
 ) -> Exactness:
     """Exactness of a quantized graph (rules in :mod:`graphprune.quantized`): each output
     within ``QUANT_STEPS`` of its quantization step (or the float tolerance), and the same
-    comparison with the activations' fake quantization bypassed within the float tolerance."""
+    comparison with the activations' fake quantization bypassed within the float tolerance.
+
+    ``reference()`` builds the reference's bytes from ``base`` as it is when called (it is
+    called again with ``base`` bypassed); ``value`` gives constants' values (default: read
+    from ``base``)."""
     tol = exact_tolerance(pruned_out)
-    steps = output_steps(base, deps.view.value)
+    steps = output_steps(base, value)
     in_steps = step_diffs(pruned_out, ref_out, steps)
     rels, bounds = [], []
     for p, r, o, step in zip(pruned_out, ref_out, original_out, steps):
@@ -214,7 +220,7 @@ def quantized_exactness(
     try:
         with fake_quant_bypassed(base) as bypassed:
             if bypassed:
-                ref_float = run(masked_reference_bytes(base, deps, plan), feeds)
+                ref_float = run(reference(), feeds)
                 base_float = run(base, feeds)
         if bypassed:
             with fake_quant_bypassed(pruned):
@@ -302,7 +308,16 @@ def check_pruned(
             base = original if reference is None else reference
             ref_out = run(masked_reference_bytes(base, deps, plan), feeds)  # lazy: beside the data
             if is_quantized(base):
-                exact = quantized_exactness(base, pruned, deps, plan, feeds, pruned_out, ref_out, original_out)
+                exact = quantized_exactness(
+                    base,
+                    pruned,
+                    lambda: masked_reference_bytes(base, deps, plan),
+                    feeds,
+                    pruned_out,
+                    ref_out,
+                    original_out,
+                    value=deps.view.value,
+                )
             else:
                 diff = rel_diff(pruned_out, ref_out, scale_of=original_out)
                 tol = exact_tolerance(pruned_out)

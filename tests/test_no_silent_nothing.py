@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import graphprune
 from graphprune.cli import main
+from models import builders
 
 
 def scaler_mlp() -> onnx.ModelProto:
@@ -119,7 +120,7 @@ def test_prune_whose_plan_removes_nothing_says_so(tmp_path, capsys, tiny_model_p
     code = main(["prune", str(tiny_model_path), "-o", str(out), "--ratio", "0.01", "-q", "--no-latency"])
     assert code == 0
     err = capsys.readouterr().err.strip()
-    assert "nothing to prune" in err and "the plan removes nothing from the" in err
+    assert "nothing to prune" in err and "the ratio, round-to, min-keep, ignore or unit leaves every one of the" in err
     assert not out.exists()
 
 
@@ -137,3 +138,33 @@ def test_a_contrib_op_in_a_cnn_is_named_for_every_weight_it_hides():
     assert result.report.groups_pruned > 0
     assert result.report.exact.checked and result.report.exact.passed
     assert result.report.prune["notes"] == deps.notes
+
+
+def test_a_weight_only_a_subgraph_reads_is_named_with_its_reader():
+    rng = np.random.default_rng(2)
+    w = numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w")
+    out = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])]
+    then = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "then", [], out)
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "else", [], out)
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then, else_branch=other)],
+        "g",
+        [
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+        ],
+        out,
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    deps = graphprune.analyze(model)
+    assert deps.unanalysed == {"w": ["branch (If reads it inside a subgraph)"]}
+    assert deps.why_nothing().endswith("1 weight outside any group: If reads it inside a subgraph")
+
+
+def test_the_api_says_why_a_prune_removed_nothing():
+    result = graphprune.prune(scaler_mlp(), latency=False)
+    assert result.plan.total_removed == 0
+    assert result.report.prune["nothing_pruned"].startswith("0 groups: no weight tensor has a channel axis")
+    empty = graphprune.prune(builders.residual_net(width=8, blocks=1), plan={"groups": []}, latency=False)
+    assert empty.report.prune["nothing_pruned"].startswith("the plan leaves every one of the")

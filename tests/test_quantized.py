@@ -92,7 +92,8 @@ def test_one_step_flips_pass_and_three_steps_fail(qdq_net):
     for moved, ok in ((1, True), (QUANT_STEPS + 1, False)):
         shifted = [o.copy() for o in out]
         shifted[0].flat[3] += moved * step
-        exact = quantized_exactness(qdq_net, pruned, deps, plan, feeds, shifted, ref, original)
+        make_ref = lambda: masked_reference_bytes(qdq_net, deps, plan)  # noqa: E731
+        exact = quantized_exactness(qdq_net, pruned, make_ref, feeds, shifted, ref, original)
         assert exact.passed is ok, (moved, exact)
         assert exact.max_step_diff == pytest.approx(moved, abs=1e-3)
 
@@ -170,3 +171,14 @@ def test_a_qoperator_model_is_blocked_with_a_reason_not_a_crash(tmp_path):
     deps = analyze(model)
     assert not deps.prunable_groups()
     assert any("QLinearConv" in note for note in deps.notes), deps.notes
+
+
+def test_each_step_of_a_pipeline_on_a_qdq_model_is_held_in_quantization_steps(qdq_net):
+    from graphprune.api import run_passes
+    from graphprune.passes.filter import FilterPruning
+
+    result = run_passes(qdq_net, [FilterPruning(ratio=0.3), FilterPruning(ratio=0.3)], latency=False)
+    exact = result.report.exact
+    assert exact.checked and exact.passed, exact
+    assert exact.tolerance_steps == QUANT_STEPS and exact.quant_step == pytest.approx(output_scale(qdq_net))
+    assert exact.float_max_rel_diff is not None and exact.float_max_rel_diff <= EXACT_RTOL
