@@ -437,6 +437,9 @@ def _step(p, model: onnx.ModelProto):
         deps = _analyze(model, inexact=getattr(p, "inexact", False))
         outcome = p.prune(model, deps)
         plan = outcome.plan
+        if plan.total_removed == 0:
+            why = nothing_pruned(outcome.deps, from_plan=getattr(p, "plan", None) is not None)
+            outcome.report = {**outcome.report, "nothing_pruned": why}
         inexact = [g.label for g in outcome.deps.groups if "inexact" in g.facts and len(plan.removed(g))]
         base = outcome.reference
         reference = None if inexact else _Reference(base, lambda: masked_reference_bytes(base, outcome.deps, plan))
@@ -539,8 +542,10 @@ def validate(
     if dataset is not None and key is not None:
         check_labels(dataset, key)  # before the checks and timings, not after them
     report = _report(orig, new, {}, deps, chosen, validate=True, latency=latency, feeds=feeds, before=before)
-    if through:
-        report.exact.note = through if not report.exact.note else f"{report.exact.note}; {through}"
+    if through:  # unchecked: the reason is the history's, not a missing plan
+        report.exact.note = (
+            through if not report.exact.note or not report.exact.checked else f"{report.exact.note}; {through}"
+        )
     if compensated:
         report.exact = Exactness(
             note=f"weights were compensated ({compensated}) from calibration data: the exact reference is the"

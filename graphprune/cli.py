@@ -396,6 +396,12 @@ def _prune_passes(args, src: Path, out: Path) -> int:
     model = api.load_model(src)
     _say(args, f"running {' then '.join(args.passes)} ({len(model.graph.node)} nodes) ...")
     result = api.run_passes(model, passes, validate=not args.no_validate, latency=not args.no_latency)
+    if not result.report.prune.get("channels_removed") and not result.report.prune.get("blocks_removed"):
+        why = (
+            "; ".join(s["nothing_pruned"] for s in result.steps if "nothing_pruned" in s) or "no step removed anything"
+        )
+        print(f"graphprune: nothing to prune in {src}: {why}; nothing written", file=sys.stderr)
+        return EXIT_OK
     plan = result.plans[0]["plan"] if len(result.plans) == 1 else {"steps": result.plans}
 
     def save_plan(path: str) -> None:
