@@ -182,3 +182,16 @@ def test_each_step_of_a_pipeline_on_a_qdq_model_is_held_in_quantization_steps(qd
     assert exact.checked and exact.passed, exact
     assert exact.tolerance_steps == QUANT_STEPS and exact.quant_step == pytest.approx(output_scale(qdq_net))
     assert exact.float_max_rel_diff is not None and exact.float_max_rel_diff <= EXACT_RTOL
+
+
+def test_an_output_without_a_step_is_held_by_the_bypassed_comparison():
+    # Q/DQ on the convs' inputs only (variants.to_qdq): the head's output is float, made after
+    # the last quantizer, so it has no step of its own; the float comparison still judges it.
+    model = variants.to_qdq(builders.residual_net(width=16, blocks=3))
+    assert is_quantized(model) and output_steps(model) == [None]
+    result = graphprune.prune(model, ratio=0.5, latency=False)
+    assert result.report.exact.passed and "have no quantization step" in result.report.exact.note
+    deps, plan = result.deps, result.plan
+    shifted = Plan({gid: np.unique((idx + 1) % deps.groups[gid].size) for gid, idx in plan.removals.items()})
+    v = check_pruned(model, apply_plan(model, deps, shifted), deps, plan)
+    assert v.exact.checked and not v.exact.passed and v.exact.float_max_rel_diff > 100 * EXACT_RTOL
