@@ -10,6 +10,12 @@ same way form one :class:`Group`: a channel space of size N whose index ``j`` ow
 A group is blocked when any member dim is forbidden: a graph input or output, a dim a
 node reads or writes without a rule that follows it, a dim a rule forbids (Softmax over
 it), a dim of unknown size. Blocked groups keep every reason, for the user.
+
+What analysis cannot follow is said too: a weight that no group covers (the node reading it
+has no rule, reads a tensor whose shape inference lost, or is a subgraph) is listed in
+``DependencyGraph.unanalysed`` with its reason, and ``DependencyGraph.notes`` holds
+model-level notes (where shape inference stopped, those weights counted), which inspect
+and prune print.
 """
 
 from __future__ import annotations
