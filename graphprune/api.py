@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,8 @@ from .graph import find_cycle
 from .inputs import InputSizes, count_shapes, resolve
 from .passes import PruneOutcome
 from .passes.filter import PLAN_METADATA_KEY, get_metadata
-from .passes.finish import COMPENSATE_METADATA_KEY
-from .plan import Plan, plan_from_json, read_plan
+from .passes.finish import COMPENSATE_METADATA_KEY, HISTORY_METADATA_KEY, fingerprint, history_of
+from .plan import Plan, compose, plan_from_json, read_plan
 from .report import Report
 from .validation import Exactness, check_pruned
 from .weights import runnable
@@ -247,6 +248,8 @@ def prune(
     else:  # a pass with only run(): no compensation, the original is the reference
         pruned, chosen, details = pass_.run(original, deps, inplace=inplace)
         outcome = PruneOutcome(pruned, chosen, deps, original, details)
+    if outcome.plan.total_removed == 0:  # said, not pretended: the CLI writes nothing then
+        outcome.report = {**outcome.report, "nothing_pruned": nothing_pruned(outcome.deps, from_plan=plan is not None)}
     report = _report(
         original,
         outcome.pruned,
@@ -267,6 +270,16 @@ def prune(
         ev = evaluate(original, outcome.pruned, data, batch_size=pass_.batch_size, limit=FIDELITY_SAMPLES)
         report.fidelity = ev.fidelity
     return PruneResult(model=outcome.pruned, report=report, plan=outcome.plan, deps=outcome.deps)
+
+
+def nothing_pruned(deps: DependencyGraph, *, from_plan: bool = False) -> str:
+    """Why a prune removed nothing: what blocks every group, or what kept the prunable ones whole."""
+    why = deps.why_nothing()
+    if not why:
+        n = len(deps.prunable_groups())
+        what = "the plan" if from_plan else "the ratio, round-to, min-keep, ignore or unit"
+        why = f"{what} leaves every one of the {n} prunable group{'s' if n > 1 else ''} whole"
+    return why
 
 
 def make_pass(name: str, **options):
@@ -398,9 +411,22 @@ def _relative_target(p, *, original_cost, current: onnx.ModelProto, sizes: Input
     return replace(p, **{f"target_{metric}": step}), {"target_of_original": {"metric": metric, "fraction": fraction}}
 
 
+@dataclass
+class _Reference:
+    """How a step's exact reference is made: ``build()`` gives its bytes, from ``base`` as it
+    is at the call (a quantized graph's is built again with its fake quantization bypassed)."""
+
+    base: onnx.ModelProto
+    build: Callable[[], bytes]
+
+    def __call__(self) -> bytes:
+        return self.build()
+
+
 def _exactness(before: onnx.ModelProto, after: onnx.ModelProto, reference, skipped: list[str], feeds):
     """One step's exactness: ``after`` against the reference built from ``before``."""
-    from .validation import Exactness, exact_tolerance, rel_diff, run
+    from .quantized import is_quantized
+    from .validation import Exactness, exact_tolerance, quantized_exactness, rel_diff, run
 
     if reference is None:
         return Exactness(checked=False, skipped_groups=skipped, note="not function-preserving: see fidelity")
@@ -408,7 +434,11 @@ def _exactness(before: onnx.ModelProto, after: onnx.ModelProto, reference, skipp
         out = run(after, feeds)
     except Exception:  # the runtime failure is reported end to end
         return Exactness(checked=False, note="the pruned model does not run")
-    diff = rel_diff(out, run(reference(), feeds), scale_of=run(before, feeds))
+    ref_out, before_out = run(reference(), feeds), run(before, feeds)
+    base = getattr(reference, "base", before)
+    if is_quantized(base):
+        return quantized_exactness(base, after, reference, feeds, out, ref_out, before_out)
+    diff = rel_diff(out, ref_out, scale_of=before_out)
     tol = exact_tolerance(out)
     return Exactness(checked=True, passed=diff <= tol, max_rel_diff=diff, tolerance=tol)
 
@@ -434,12 +464,29 @@ def _end_to_end(report: Report, original, final, exacts: list, feeds, latency: b
                 report.latency_ms_before = latency_ms(source, feeds=feeds)
             with runnable(final) as source:
                 report.latency_ms_after = latency_ms(source, feeds=feeds)
+    # the step nearest its bound speaks for the tolerance (quantized steps have their own)
+    worst = max(
+        (e for e in exacts if e.max_rel_diff is not None), key=lambda e: e.max_rel_diff / e.tolerance, default=None
+    )
     report.exact = Exactness(
         checked=all(e.checked for e in exacts),
         passed=all(e.passed or not e.checked for e in exacts),
-        max_rel_diff=max((e.max_rel_diff for e in exacts if e.max_rel_diff is not None), default=None),
+        max_rel_diff=None if worst is None else worst.max_rel_diff,  # the largest, where tolerances agree
         skipped_groups=[g for e in exacts for g in e.skipped_groups],
         note="per step, each against a reference from its own input" if len(exacts) > 1 else exacts[0].note,
+        **(
+            {}
+            if worst is None
+            else {
+                "tolerance": worst.tolerance,
+                "tolerance_steps": worst.tolerance_steps,
+                "quant_step": worst.quant_step,
+                "max_step_diff": worst.max_step_diff,
+                "float_max_rel_diff": max(
+                    (e.float_max_rel_diff for e in exacts if e.float_max_rel_diff is not None), default=None
+                ),
+            }
+        ),
     )
 
 
@@ -451,14 +498,18 @@ def _step(p, model: onnx.ModelProto, sizes: InputSizes | None = None):
 
     if isinstance(p, LayerPruning):
         pruned, chosen, details = p.run(model)
-        return pruned, details, (lambda: zeroed_reference_bytes(model, chosen)), []
+        return pruned, details, _Reference(model, lambda: zeroed_reference_bytes(model, chosen)), []
     if hasattr(p, "prune"):  # filter and channel passes: a plan over groups, maybe compensated weights
         deps = _analyze(model, inexact=getattr(p, "inexact", False))
         deps.sample_shapes = count_shapes(model, sizes) if sizes is not None else None
         outcome = p.prune(model, deps)
         plan = outcome.plan
+        if plan.total_removed == 0:
+            why = nothing_pruned(outcome.deps, from_plan=getattr(p, "plan", None) is not None)
+            outcome.report = {**outcome.report, "nothing_pruned": why}
         inexact = [g.label for g in outcome.deps.groups if "inexact" in g.facts and len(plan.removed(g))]
-        reference = None if inexact else (lambda: masked_reference_bytes(outcome.reference, outcome.deps, plan))
+        base = outcome.reference
+        reference = None if inexact else _Reference(base, lambda: masked_reference_bytes(base, outcome.deps, plan))
         return outcome.pruned, outcome.report, reference, inexact
     result = p(model)
     return result.model, result.report, None, []
@@ -530,18 +581,35 @@ def validate(
     if dataset is not None and key is not None:
         check_labels(dataset, key)  # before the checks and timings, not after them
     sizes, feeds, inputs_from = _inputs(orig, input_shapes, feeds, dataset, batch_size, validate=True)
-    if plan is None and get_metadata(new, PLAN_METADATA_KEY) is None and _layer_plan(new) is not None:
-        return _validate_layers(
-            orig, new, _layer_plan(new), pruned, latency=latency, feeds=feeds, sizes=sizes, inputs_from=inputs_from
-        )
-    if plan is None:
+    layers = dict(latency=latency, feeds=feeds, sizes=sizes, inputs_from=inputs_from)
+    steps, through, deps = None, "", None
+    if plan is None and get_metadata(new, HISTORY_METADATA_KEY):
+        steps = _steps_since(orig, history_of(new))
+        if len(steps) == 1 and "blocks" in (steps[0]["plan"] or {}):
+            return _validate_layers(orig, new, steps[0]["plan"], pruned, **layers)
+        if len(steps) == 1:
+            plan, steps = steps[0]["plan"], None
+            source = f"{pruned} (last plan of its history)" if not isinstance(pruned, onnx.ModelProto) else "history"
+    if plan is None and steps is None and get_metadata(new, PLAN_METADATA_KEY) is None and _layer_plan(new) is not None:
+        return _validate_layers(orig, new, _layer_plan(new), pruned, **layers)
+    if steps is not None:
+        # pruned several times since the original: one plan in the original's indices
+        source = f"{pruned} (history in its metadata)" if not isinstance(pruned, onnx.ModelProto) else "history"
+        if all(isinstance(s["plan"], dict) and "groups" in s["plan"] for s in steps):
+            deps = _analyze(orig, inexact=True)
+            plan = compose([s["plan"] for s in steps], deps, source=source)
+            through = f"through {len(steps)} pruning steps, their plans composed into the original's indices"
+        else:
+            through = f"the {len(steps)} steps since the original include a layer pass, whose plans do not compose"
+    elif plan is None:
         text = get_metadata(new, PLAN_METADATA_KEY)
         plan = json.loads(text) if text else None
         source = f"{pruned} (plan stored in its metadata)" if not isinstance(pruned, onnx.ModelProto) else "stored plan"
     compensated = get_metadata(new, COMPENSATE_METADATA_KEY)
     if compensated:
         plan = None  # the exact reference is the original with compensated weights: not at hand here
-    deps = _analyze(orig, inexact=True) if plan is not None else None
+    if deps is None and plan is not None:
+        deps = _analyze(orig, inexact=True)
     chosen = plan_from_json(plan, deps, source=source) if plan is not None else None
     before = sample_cost(orig, sizes, deps.view.shapes if deps is not None else None)  # shapes already inferred
     report = _report(
@@ -557,6 +625,10 @@ def validate(
         sizes=sizes,
         inputs_from=inputs_from,
     )
+    if through:  # unchecked: the reason is the history's, not a missing plan
+        report.exact.note = (
+            through if not report.exact.note or not report.exact.checked else f"{report.exact.note}; {through}"
+        )
     if compensated:
         report.exact = Exactness(
             note=f"weights were compensated ({compensated}) from calibration data: the exact reference is the"
@@ -566,6 +638,14 @@ def validate(
         ev = evaluate(orig, new, dataset, labels=key, batch_size=batch_size)
         report.fidelity, report.accuracy = ev.fidelity, ev.accuracy
     return report
+
+
+def _steps_since(original: onnx.ModelProto, history: list[dict]) -> list[dict]:
+    """The steps of ``history`` that lead from ``original`` (the last step whose input it is,
+    by fingerprint; the first step if none says so) to the model that carries the history."""
+    key = fingerprint(original)
+    start = max((k for k, s in enumerate(history) if s.get("input") == key), default=0)
+    return history[start:]
 
 
 def _layer_plan(model: onnx.ModelProto) -> dict | None:
@@ -592,7 +672,7 @@ def _validate_layers(
     report = _costs_report(before, after, {})
     _assumed(report, sizes)
     run_original(orig, feeds, inputs_from)
-    exact = _exactness(orig, new, lambda: zeroed_reference_bytes(orig, chosen), [], feeds)
+    exact = _exactness(orig, new, _Reference(orig, lambda: zeroed_reference_bytes(orig, chosen)), [], feeds)
     _end_to_end(report, orig, new, [exact], feeds, latency)
     return report
 

@@ -10,6 +10,12 @@ same way form one :class:`Group`: a channel space of size N whose index ``j`` ow
 A group is blocked when any member dim is forbidden: a graph input or output, a dim a
 node reads or writes without a rule that follows it, a dim a rule forbids (Softmax over
 it), a dim of unknown size. Blocked groups keep every reason, for the user.
+
+What analysis cannot follow is said too: a weight that no group covers (the node reading it
+has no rule, reads a tensor whose shape inference lost, or is a subgraph) is listed in
+``DependencyGraph.unanalysed`` with its reason, and ``DependencyGraph.notes`` holds
+model-level notes (where shape inference stopped, those weights counted), which inspect
+and prune print.
 """
 
 from __future__ import annotations
@@ -128,6 +134,12 @@ class DependencyGraph:
     # Shapes at the sizes costs are counted at (per sample, symbolic input dims resolved: see
     # graphprune.inputs), for counting only; None: resolved with the defaults when first needed.
     sample_shapes: dict | None = None
+    # Model-level notes for inspect and prune: where analysis could not follow the model
+    # (shape inference stopping, weights no group covers); other analyses append their own.
+    notes: list[str] = field(default_factory=list)
+    # weights (constants read by a node, rank >= 2) that no group covers, with why: shown and
+    # counted by inspect beside the blocked groups
+    unanalysed: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -146,6 +158,33 @@ class DependencyGraph:
             for kind in dict.fromkeys(reason_kind(r) for r in g.reasons):
                 counts[kind] = counts.get(kind, 0) + 1
         return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+    def unanalysed_counts(self) -> dict[str, int]:
+        """How many weights outside any group each reason leaves there, most first."""
+        counts: dict[str, int] = {}
+        for reasons in self.unanalysed.values():
+            for kind in dict.fromkeys(reason_kind(r) for r in reasons):
+                counts[kind] = counts.get(kind, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+    def why_nothing(self) -> str:
+        """One line on why no group is prunable ("" if one is): what blocks the groups, or
+        why there are none."""
+        if self.prunable_groups():
+            return ""
+        if self.groups:
+            counts = ", ".join(f"{k} ({v})" for k, v in self.blocked_counts().items())
+            why = f"all {len(self.groups)} groups are blocked: {counts}"
+        else:
+            why = "0 groups: no weight tensor has a channel axis that analysis could follow"
+        if self.unanalysed:
+            why += "; " + "; ".join(
+                f"{n} weight{'s' if n > 1 else ''} outside any group: {kind}"
+                for kind, n in self.unanalysed_counts().items()
+            )
+        elif not self.groups and self.notes:
+            why += "; " + "; ".join(self.notes)
+        return why
 
     def group_of(self, tensor: str, axis: int) -> Group | None:
         """The group one of whose members is ``tensor``'s ``axis`` (first match)."""
@@ -169,13 +208,89 @@ def analyze(model: onnx.ModelProto | ModelView, *, inexact: bool = False) -> Dep
         collector.run_rule(i, node)
     collector.check_boundaries()
     groups = _resolve(collector)
-    return DependencyGraph(
+    deps = DependencyGraph(
         view=mv,
         graph=collector.graph,
         groups=groups,
         forbidden=collector.forbidden,
         contractions=collector.contractions,
     )
+    _note_what_analysis_missed(deps, collector.unknown)
+    return deps
+
+
+def node_label(mv: ModelView, index: int) -> str:
+    """``"Conv 'conv1'"``, or ``"ai.onnx.ml.Scaler 'scaler'"`` for an op of another domain."""
+    node = mv.nodes[index]
+    op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+    return f"{op} '{mv.node_names[index]}'"
+
+
+def unknown_shapes(mv: ModelView) -> dict[str, str]:
+    """Where each tensor without a known shape lost it: ``"after ai.onnx.ml.Scaler 'scaler'"``
+    names the node where shape inference stopped (the first on its way whose inputs all had
+    shapes), ``"from graph input 'x', which declares none"`` an input without a shape."""
+    why: dict[str, str] = {}
+    for name in mv.graph_inputs:
+        if mv.shapes.get(name) is None:
+            why[name] = f"from graph input '{name}', which declares none"
+    for i, node in enumerate(mv.nodes):
+        lost = next((why[t] for t in node.input if t in why), None)
+        for t in node.output:
+            if t and mv.shapes.get(t) is None:
+                why[t] = lost or f"after {node_label(mv, i)}"
+    return why
+
+
+def _unanalysed(deps: DependencyGraph, tensor: str, reason: Reason, readers: dict[str, list[str]]) -> None:
+    reasons = deps.unanalysed.setdefault(tensor, [])
+    if reason not in reasons:
+        reasons.append(reason)
+        readers[reason.why].append(reason.where)
+
+
+def _note_what_analysis_missed(deps: DependencyGraph, unknown: dict[str, str]) -> None:
+    """Fill ``deps.unanalysed`` and ``deps.notes``: every weight no group covers because the
+    node reading it has no rule or reads a tensor of unknown shape, and every place shape
+    inference stopped. Nothing the analysis could not follow is left unsaid."""
+    mv = deps.view
+    covered = {m.tensor for g in deps.groups for m in g.members}
+    readers: dict[str, list[str]] = defaultdict(list)  # reason kind -> labels of the nodes
+    for i, node in enumerate(mv.nodes):
+        for t in node.input:
+            source = mv.weight_source(t) if t else None
+            shape = mv.shapes.get(source) if source else None
+            if source is None or shape is None or len(shape) < 2 or t in covered or source in covered:
+                continue
+            if rule_for(node) is None:
+                op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+                reason = Reason(mv.node_names[i], f"no rule for {op}")
+            else:
+                lost = next((unknown[x] for x in node.input if x in unknown), None)
+                if lost is None:
+                    continue
+                reason = Reason(mv.node_names[i], f"{node.op_type} reads a tensor of unknown shape ({lost})")
+            _unanalysed(deps, source, reason, readers)
+    for t, uses in mv.consumers.items():  # weights of the main graph that only a subgraph reads
+        shape = mv.shapes.get(t)
+        if t in covered or not mv.is_constant(t) or shape is None or len(shape) < 2:
+            continue
+        for i, pos in uses:
+            if pos < 0:
+                op = mv.nodes[i].op_type
+                _unanalysed(deps, t, Reason(mv.node_names[i], f"{op} reads it inside a subgraph"), readers)
+    readers = {why: list(dict.fromkeys(names)) for why, names in readers.items()}
+    stops: dict[str, int] = {}
+    for t, why in unknown.items():
+        if t in mv.producer:
+            stops[why] = stops.get(why, 0) + 1
+    for why, n in stops.items():
+        deps.notes.append(f"shape unknown {why}: {n} tensor{'s have' if n > 1 else ' has'} no shape")
+    counts = deps.unanalysed_counts()
+    for why, names in readers.items():
+        shown = ", ".join(repr(x) for x in names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
+        n = counts.get(why, len(names))
+        deps.notes.append(f"{n} weight{'s' if n > 1 else ''} outside any group: {why} (at {shown})")
 
 
 class _Collector:
@@ -193,6 +308,7 @@ class _Collector:
         self.tags: dict[Dim, dict] = {}
         self._node_index = -1
         self._node: onnx.NodeProto | None = None
+        self.unknown = unknown_shapes(mv)
 
     # --- RuleContext -------------------------------------------------------------
     def run_rule(self, index: int, node: onnx.NodeProto) -> None:
@@ -303,7 +419,10 @@ class _Collector:
             # One side has no known shape: the other side must not lose entries alone.
             known = a if b is None else b
             if known is not None and self._node is not None:
-                self.forbid(known, f"{self._node.op_type} couples it to a tensor of unknown shape")
+                ports = list(self._node.input) + list(self._node.output)
+                lost = next((self.unknown[t] for t in ports if t in self.unknown), None)
+                where = f" ({lost})" if lost else ""
+                self.forbid(known, f"{self._node.op_type} couples it to a tensor of unknown shape{where}")
             return
         if a == b:
             return

@@ -88,6 +88,11 @@ def describe(deps: DependencyGraph) -> dict[str, Any]:
         "groups_blocked": len(deps.blocked_groups()),
         "prunable_channels": int(sum(g.size for g in deps.prunable_groups())),
         "blocked_reasons": deps.blocked_counts(),
+        # where analysis could not follow the model: weights outside any group, and notes
+        "unanalysed": [{"tensor": t, "reasons": list(rs)} for t, rs in deps.unanalysed.items()],
+        "unanalysed_reasons": deps.unanalysed_counts(),
+        "notes": list(deps.notes),
+        "nothing_prunable": deps.why_nothing() or None,
         "groups": groups,
         "blocks": blocks(deps),
         **costs(deps),
@@ -114,6 +119,11 @@ def table(deps: DependencyGraph) -> str:
     if summary["blocked_reasons"]:
         counts = ", ".join(f"{k} ({v})" for k, v in summary["blocked_reasons"].items())
         table += f"\n\nblocked groups by rule: {counts}"
+    if summary["unanalysed_reasons"]:
+        counts = ", ".join(f"{k} ({v})" for k, v in summary["unanalysed_reasons"].items())
+        table += f"\n\nweights outside any group, by reason: {counts}"
+    if summary["notes"]:
+        table += "\n\nnotes:\n" + "\n".join(f"- {n}" for n in summary["notes"])
     found = summary["blocks"]
     if found:
         block_rows = [
@@ -125,4 +135,6 @@ def table(deps: DependencyGraph) -> str:
     if summary["assumed_shapes"]:
         shown = " at " + ", ".join(f"{k} {'x'.join(map(str, d))}" for k, d in summary["assumed_shapes"].items())
     table += f"\n\n{summary['params']} parameters, {summary['macs_per_sample']} MACs per sample{shown}"
+    if not summary["groups_total"]:
+        foot = summary["nothing_prunable"]  # never "0 groups" without why
     return table + "\n" + foot

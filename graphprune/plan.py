@@ -132,3 +132,38 @@ def plan_from_json(data: dict, deps: DependencyGraph, source: str = "plan") -> P
         if len(js) >= deps.groups[gid].size:
             raise InputError(f"{source}: plan removes every channel of group {deps.groups[gid].label}")
     return Plan({gid: np.array(sorted(js), dtype=np.int64) for gid, js in removals.items()})
+
+
+def compose(steps: list[dict], deps: DependencyGraph, source: str = "plan") -> dict:
+    """One plan, in the indices of ``deps``'s model, that removes what ``steps`` (plans' JSON
+    objects, oldest first, each addressing the model the previous ones made) removed in turn.
+
+    Surgery keeps tensor names, so a later step's anchor is a tensor of the first model too:
+    its indices are positions among the entries the earlier steps kept, mapped back here.
+    Raises ``InputError`` if a step does not fit the model the earlier ones leave.
+    """
+    from .surgery import removed_entries  # surgery reads plans: imported here, not at the top
+
+    entries: list[dict] = []
+    for k, step in enumerate(steps):
+        groups = step.get("groups") if isinstance(step, dict) else None
+        if not isinstance(groups, list):
+            raise InputError(f'{source}: step {k + 1} has no "groups" list')
+        if k == 0:
+            entries = list(groups)
+            continue
+        removed = removed_entries(deps, plan_from_json({"groups": entries}, deps, source=source))
+        for n, entry in enumerate(groups):
+            anchor, axis = entry.get("anchor"), entry.get("axis")
+            shape = deps.view.shapes.get(anchor) if isinstance(anchor, str) else None
+            if shape is None or not isinstance(axis, int) or not 0 <= axis < len(shape):
+                raise InputError(f"{source}: step {k + 1} groups[{n}]: {anchor!r} axis {axis!r} is not in the model")
+            kept = np.setdiff1d(np.arange(shape[axis]), removed.get((anchor, axis), np.zeros(0, np.int64)))
+            remove = entry.get("remove")
+            if not isinstance(remove, list) or not all(isinstance(i, int) and 0 <= i < len(kept) for i in remove):
+                raise InputError(
+                    f"{source}: step {k + 1} groups[{n}]: indices do not fit the {len(kept)} entries of"
+                    f" {anchor} axis {axis} the earlier steps kept"
+                )
+            entries.append({"anchor": anchor, "axis": axis, "remove": kept[remove].tolist()})
+    return {"groups": entries}

@@ -108,6 +108,7 @@ class Report:
                 f"groups: {p.get('groups_pruned', 0)} pruned of {p.get('groups_prunable', 0)} prunable,"
                 f" {p.get('groups_blocked', 0)} blocked, {p.get('channels_removed', 0)} channels removed"
             )
+        lines.extend(f"note: {n}" for n in p.get("notes") or [])  # where analysis could not follow the model
         if p.get("target"):
             t = p["target"]
             how = " (measured)" if "latency_measured" in p else ""
@@ -138,6 +139,12 @@ class Report:
         if self.exact.checked:
             verdict = "passed" if self.exact.passed else "FAILED"
             per_step = f", {self.exact.note}" if self.exact.note else ""
+            e = self.exact
+            if e.tolerance_steps is not None and e.quant_step is not None and e.max_step_diff is not None:
+                per_step = f", {e.max_step_diff:.0f} of {e.tolerance_steps} quantization steps of {e.quant_step:.3g}"
+                if e.float_max_rel_diff is not None:
+                    per_step += f", {e.float_max_rel_diff:.2e} with fake quantization bypassed"
+                per_step += f"; {e.note}" if e.note else ""
             lines.append(
                 f"exactness vs masked reference: {verdict} (max rel diff {self.exact.max_rel_diff:.2e}{per_step})"
             )

@@ -12,7 +12,10 @@ The contract (DESIGN.md):
    path it takes ends in such a weight or the group would have been blocked). When
    compensation changed weights, the reference is built from the compensated original
    (same removed channels, same new weights), so exactness still means "the surgery did
-   what the plan says";
+   what the plan says". On a quantized graph, where a float rounding difference can flip a
+   requantized value by one step, an output may differ by a few of its quantization steps,
+   and the comparison is repeated, held to float tolerance, with the activations' fake
+   quantization bypassed (:func:`quantized_exactness`, :mod:`graphprune.quantized`);
 4. fidelity against the original: cosine similarity, relative L2 error, top-1 agreement;
    sequence and map outputs (ZipMap) are compared leaf by leaf (:func:`leaves`), a different
    structure being a total mismatch;
@@ -27,6 +30,7 @@ without weights beside the original's data.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +41,7 @@ from .dependency import DependencyGraph
 from .errors import InputError
 from .masking import masked_bytes
 from .plan import Plan
+from .quantized import QUANT_STEPS, fake_quant_bypassed, is_quantized, output_steps, step_diffs
 from .surgery import removed_entries
 from .weights import DIR_KEY, has_lazy, runnable
 
@@ -51,6 +56,14 @@ class Exactness:
     skipped_groups: list[str] = field(default_factory=list)
     note: str = ""
     tolerance: float = EXACT_RTOL  # what max_rel_diff was held to (see exact_tolerance)
+    # Quantized graphs (graphprune.quantized): outputs may differ by tolerance_steps of their
+    # quantization step; quant_step is the step of the output nearest its bound, max_step_diff
+    # the largest difference in steps, float_max_rel_diff the comparison with the activations'
+    # fake quantization bypassed (held to the float tolerance). None on float graphs.
+    tolerance_steps: int | None = None
+    quant_step: float | None = None
+    max_step_diff: float | None = None
+    float_max_rel_diff: float | None = None
 
 
 _HALF_ULP = {"float16": 2.0**-10, "bfloat16": 2.0**-7}  # unit in the last place at 1.0
@@ -230,6 +243,66 @@ def rel_diff(a: list, b: list, scale_of: list | None = None) -> float:
     return worst
 
 
+def quantized_exactness(
+    base: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    reference: Callable[[], bytes],
+    feeds: dict[str, np.ndarray],
+    pruned_out: list[np.ndarray],
+    ref_out: list[np.ndarray],
+    original_out: list[np.ndarray],
+    *,
+    value: Callable[[str], np.ndarray | None] | None = None,
+) -> Exactness:
+    """Exactness of a quantized graph (rules in :mod:`graphprune.quantized`): each output
+    within ``QUANT_STEPS`` of its quantization step (or the float tolerance), and the same
+    comparison with the activations' fake quantization bypassed within the float tolerance.
+
+    ``reference()`` builds the reference's bytes from ``base`` as it is when called (it is
+    called again with ``base`` bypassed); ``value`` gives constants' values (default: read
+    from ``base``)."""
+    tol = exact_tolerance(pruned_out)
+    steps = output_steps(base, value)
+    in_steps = step_diffs(pruned_out, ref_out, steps)
+    rels, bounds = [], []
+    for p, r, o, step in zip(pruned_out, ref_out, original_out, steps):
+        rels.append(rel_diff([p], [r], scale_of=[o]))
+        scale = max(float(np.max(np.abs(np.asarray(a, np.float64)), initial=0.0)) for a in (r, o))
+        bounds.append(tol if step is None else max(tol, QUANT_STEPS * step / max(scale, 1e-12)))
+    float_diff, note = None, ""
+    try:
+        with fake_quant_bypassed(base) as bypassed:
+            if bypassed:
+                ref_float = run(reference(), feeds)
+                base_float = run(base, feeds)
+        if bypassed:
+            with fake_quant_bypassed(pruned):
+                float_diff = rel_diff(run(pruned, feeds), ref_float, scale_of=base_float)
+    except Exception as exc:  # a quantizer the bypass cannot read as float (types): say so
+        note = f"fake quantization could not be bypassed ({str(exc).strip().splitlines()[0][:200]})"
+    held = [k for k in range(len(rels)) if steps[k] is not None or float_diff is None]
+    unheld = [k for k in range(len(rels)) if k not in held]
+    if unheld:
+        names = ", ".join(repr(o.name) for k, o in enumerate(base.graph.output) if k in unheld)
+        note = f"outputs {names} have no quantization step: held by the bypassed comparison only"
+    worst = max(held, key=lambda k: rels[k] / bounds[k], default=None)
+    passed = all(rels[k] <= bounds[k] for k in held) and (float_diff is None or float_diff <= tol)
+    if float_diff is not None and float_diff > tol:
+        note = f"with fake quantization bypassed: max rel diff {float_diff:.2e} over {tol:.0e}"
+    known = [s for s in in_steps if s is not None]
+    return Exactness(
+        checked=True,
+        passed=passed,
+        max_rel_diff=max(rels, default=0.0),
+        tolerance=bounds[worst] if worst is not None else tol,
+        note=note,
+        tolerance_steps=QUANT_STEPS,
+        quant_step=steps[worst] if worst is not None else None,
+        max_step_diff=max(known) if known else None,
+        float_max_rel_diff=float_diff,
+    )
+
+
 def fidelity(pruned_out: list, original_out: list) -> Fidelity:
     """Cosine, relative L2 and top-1 agreement over every numeric leaf of the outputs; a run whose
     outputs differ in structure from the original's has cosine 0 and relative error 1."""
@@ -319,9 +392,21 @@ def check_pruned(
         elif deps is not None and plan is not None:
             base = original if reference is None else reference
             ref_out = run(masked_reference_bytes(base, deps, plan), feeds)  # lazy: beside the data
-            diff = rel_diff(pruned_out, ref_out, scale_of=original_out)
-            tol = exact_tolerance(pruned_out)
-            exact = Exactness(checked=True, passed=diff <= tol, max_rel_diff=diff, tolerance=tol)
+            if is_quantized(base):
+                exact = quantized_exactness(
+                    base,
+                    pruned,
+                    lambda: masked_reference_bytes(base, deps, plan),
+                    feeds,
+                    pruned_out,
+                    ref_out,
+                    original_out,
+                    value=deps.view.value,
+                )
+            else:
+                diff = rel_diff(pruned_out, ref_out, scale_of=original_out)
+                tol = exact_tolerance(pruned_out)
+                exact = Exactness(checked=True, passed=diff <= tol, max_rel_diff=diff, tolerance=tol)
         else:
             exact.note = "no plan: exactness needs the plan the model was pruned with"
     return Validation(

@@ -3,10 +3,18 @@
 The pruned model carries its plan (``graphprune.plan``) and, when weights were compensated,
 the method (``graphprune.compensate``): a later ``graphprune validate`` against the plain
 original then knows that exactness cannot be checked without the calibration data.
+
+A pruned model pruned again keeps every step (``graphprune.history``: ``{"steps": [{"pass",
+"plan", "input"}, ...]}``, oldest first, each plan addressing its own step's input, ``input``
+a fingerprint of that input's weights: :func:`fingerprint`), so ``validate ORIGINAL LATEST``
+can compose the plans into the original's indices; ``graphprune.plan`` stays the last step's
+plan (``validate PREVIOUS LATEST`` reads it as before). A model pruned once has no history:
+its plan is its history.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import onnx
@@ -22,6 +30,8 @@ from . import PruneOutcome
 
 PLAN_METADATA_KEY = "graphprune.plan"
 COMPENSATE_METADATA_KEY = "graphprune.compensate"
+HISTORY_METADATA_KEY = "graphprune.history"
+_EARLIER_KEYS = frozenset({"graphprune.pipeline", "graphprune.layer_plan"})  # what a history takes in
 
 
 def check_data_options(name: str, compensate: str, calib, needs_data: bool, batch_size: int, calib_samples) -> None:
@@ -89,11 +99,46 @@ def finish(
         notes["compensate"] = comp.summary()
     if stats is not None:
         notes["calibration"] = stats.summary()
+    earlier, key = history_of(model), fingerprint(model)  # before an in-place surgery changes the model
     pruned = apply_plan(reference, ref_deps, ref_plan, inplace=inplace)
-    set_metadata(pruned, PLAN_METADATA_KEY, json.dumps(ref_plan.to_json(ref_deps), separators=(",", ":")))
+    plan_json = ref_plan.to_json(ref_deps)
+    set_metadata(pruned, PLAN_METADATA_KEY, json.dumps(plan_json, separators=(",", ":")))
+    if earlier:
+        steps = [*earlier, {"pass": type(pass_).__name__, "plan": plan_json, "input": key}]
+        keep = [(p.key, p.value) for p in pruned.metadata_props if p.key not in _EARLIER_KEYS]
+        del pruned.metadata_props[:]  # the earlier steps' own keys now live in the history
+        for k, v in keep:
+            set_metadata(pruned, k, v)
+        set_metadata(pruned, HISTORY_METADATA_KEY, json.dumps({"steps": steps}, separators=(",", ":")))
     if reference is not model:
         set_metadata(pruned, COMPENSATE_METADATA_KEY, method)
     return PruneOutcome(pruned, ref_plan, ref_deps, reference), notes
+
+
+def fingerprint(model: onnx.ModelProto) -> str:
+    """A short hash of the names, shapes and types of ``model``'s initializers: which step of
+    a history a given model is the input of (weights are not read)."""
+    h = hashlib.sha256()
+    for t in sorted(model.graph.initializer, key=lambda t: t.name):
+        h.update(f"{t.name}:{list(t.dims)}:{t.data_type};".encode())
+    return h.hexdigest()[:16]
+
+
+def history_of(model: onnx.ModelProto) -> list[dict]:
+    """The pruning steps that made ``model`` (oldest first; [] for a model graphprune did not
+    prune): its history, or the single plan, pipeline or layer plan older files carry (their
+    ``input`` fingerprint is then unknown: None)."""
+    text = get_metadata(model, HISTORY_METADATA_KEY)
+    if text:
+        return list(json.loads(text)["steps"])
+    text = get_metadata(model, "graphprune.pipeline")
+    if text:
+        return [{"pass": s.get("pass"), "plan": s.get("plan"), "input": None} for s in json.loads(text)["steps"]]
+    for key, name in ((PLAN_METADATA_KEY, None), ("graphprune.layer_plan", "LayerPruning")):
+        text = get_metadata(model, key)
+        if text:
+            return [{"pass": name, "plan": json.loads(text), "input": None}]
+    return []
 
 
 def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
@@ -119,4 +164,6 @@ def group_report(deps, plan, ignore, units) -> dict:
         "channels_removed": plan.total_removed,
         "blocked": [{"group": g.label, "size": g.size, "reasons": g.reasons} for g in blocked],
         "blocked_reasons": deps.blocked_counts(),
+        "unanalysed_reasons": deps.unanalysed_counts(),  # weights outside any group, by reason
+        "notes": list(deps.notes),  # where analysis could not follow the model
     }
