@@ -88,7 +88,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from graphprune.graph import infer_shapes
+from graphprune.graph import declared_dim, infer_shapes
 from graphprune.rules.reduce import REDUCE
 
 __all__ = [
@@ -391,7 +391,7 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]
             raise ValueError(f"input {vi.name!r} is not a tensor; pass feeds explicitly")
         if tt.HasField("shape"):
             dims = tuple(
-                d.dim_value if d.HasField("dim_value") else (1 if ax == 0 else DYNAMIC_DIM)
+                (1 if ax == 0 else DYNAMIC_DIM) if declared_dim(d) is None else declared_dim(d)
                 for ax, d in enumerate(tt.shape.dim)
             )
         else:

@@ -26,6 +26,7 @@ import onnx
 from onnx import helper
 
 from .errors import InputError
+from .graph import declared_dim
 
 DEFAULT_BATCH = 32
 
@@ -51,7 +52,7 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if vi.name in inits:
             continue
         tt = vi.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        dims = tuple(declared_dim(d) for d in tt.shape.dim)
         specs.append(InputSpec(vi.name, dims, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))))
     return specs
 

@@ -328,7 +328,13 @@ def _shape_of_value_info(vi: onnx.ValueInfoProto) -> Shape | None:
     t = vi.type
     if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
         return None
-    return tuple(d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim)
+    return tuple(declared_dim(d) for d in t.tensor_type.shape.dim)
+
+
+def declared_dim(d: onnx.TensorShapeProto.Dimension) -> int | None:
+    """The size a declared dim gives, or None for a symbolic or missing one. Some exporters
+    (paddle2onnx) write a dynamic dim as ``dim_value: -1``: that is not a size either."""
+    return d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
 
 
 def _is_large(t: onnx.TensorProto) -> bool:

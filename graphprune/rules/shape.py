@@ -75,6 +75,8 @@ def split(node: onnx.NodeProto, ctx: RuleContext) -> None:
 @rewriter("Split")
 def rewrite_split(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
     xs = ctx.old_shape(node.input[0])
+    if xs is None:
+        return  # the rule declared nothing on a tensor of unknown shape: no member lost entries
     axis = _axis(next((a.i for a in node.attribute if a.name == "axis"), 0), len(xs))
     old = [ctx.old_shape(y)[axis] for y in node.output]
     new = [ctx.new_shape(y)[axis] for y in node.output]
@@ -153,8 +155,8 @@ def rewrite_slice(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
     x = node.input[0]
     xs = ctx.old_shape(x)
     params = _slice_params(node, ctx)
-    if params is None:
-        return
+    if params is None or xs is None:
+        return  # the rule declared nothing here, so no member lost entries
     starts, ends, axes, steps = params
     changed = False
     for i, a in enumerate(axes):
