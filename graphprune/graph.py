@@ -48,6 +48,7 @@ class ModelView:
     dtypes: dict[str, int]  # element types (TensorProto data types) where known
     folded: dict[str, np.ndarray]  # shape arithmetic that static shapes decide (see shapefold)
     opset: int
+    dim_params: dict[str, tuple] = field(default_factory=dict)  # symbolic dim names (None where unnamed)
     _values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def is_constant(self, name: str) -> bool:
@@ -134,7 +135,7 @@ def view(model: onnx.ModelProto) -> ModelView:
                 constant_nodes[node.output[0]] = i
     initializers = {t.name: t for t in g.initializer}
     init_names = set(initializers)
-    shapes, dtypes, folded = infer_with_folding(model)
+    shapes, dtypes, folded, params = infer_with_folding(model)
     graph_inputs = [v.name for v in g.input if v.name not in init_names]
     return ModelView(
         model=model,
@@ -150,6 +151,7 @@ def view(model: onnx.ModelProto) -> ModelView:
         dtypes=dtypes,
         folded=folded,
         opset=opset_of(model),
+        dim_params=params,
     )
 
 
@@ -238,7 +240,8 @@ def fresh_name(taken: set[str], base: str) -> str:
 
 
 def infer_with_folding(model: onnx.ModelProto, rounds: int = 64):
-    """Shapes, element types and folded shape values (see :mod:`graphprune.shapefold`).
+    """Shapes, element types, folded shape values (see :mod:`graphprune.shapefold`) and the
+    names of symbolic dims (``dim_param``, None where a dim has no name).
 
     Shape inference runs on a light copy; where tensors are left without a shape, the shape
     arithmetic that static shapes decide is folded into constants of the light copy and
@@ -249,7 +252,7 @@ def infer_with_folding(model: onnx.ModelProto, rounds: int = 64):
     light = light_copy(model)
     small = _small_constants(model)
     folded: dict[str, np.ndarray] = {}
-    shapes, types = _infer(light, model)
+    shapes, types, params = _infer(light, model)
     for _ in range(rounds):
         # Always fold once (rules read folded Resize sizes or Slice bounds even when every
         # shape is known); infer again only while tensors are left without shapes.
@@ -259,8 +262,8 @@ def infer_with_folding(model: onnx.ModelProto, rounds: int = 64):
         if not fresh or not any(o not in shapes or None in shapes[o] for n in model.graph.node for o in n.output if o):
             break
         _substitute(light, fresh)
-        shapes, types = _infer(light, model)
-    return shapes, types, folded
+        shapes, types, params = _infer(light, model)
+    return shapes, types, folded, params
 
 
 def _small_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -296,11 +299,15 @@ def _infer(light: onnx.ModelProto, model: onnx.ModelProto):
         inferred = light
     shapes: dict[str, Shape] = {}
     types: dict[str, int] = {}
+    params: dict[str, tuple] = {}
     g = inferred.graph
     for vi in list(g.value_info) + list(g.input) + list(g.output):
         s = _shape_of_value_info(vi)
         if s is not None:
             shapes[vi.name] = s
+            names = tuple(d.dim_param or None for d in vi.type.tensor_type.shape.dim)
+            if any(names):
+                params[vi.name] = names
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
             types[vi.name] = vi.type.tensor_type.elem_type
     for t in model.graph.initializer:
@@ -312,7 +319,7 @@ def _infer(light: onnx.ModelProto, model: onnx.ModelProto):
                 if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                     shapes[node.output[0]] = tuple(int(d) for d in attr.t.dims)
                     types[node.output[0]] = attr.t.data_type
-    return shapes, types
+    return shapes, types, params
 
 
 def _to_array(t: onnx.TensorProto) -> np.ndarray:

@@ -1,0 +1,244 @@
+"""Small models written the way real exporters write them, not the way a person would.
+
+* :func:`dynamic_attention`: a BERT-style self-attention block with dynamic batch and
+  sequence, whose head split is ``Reshape(q, Concat(Shape(q)[0], Shape(q)[1], [H], [D]))``
+  (Gather/Unsqueeze of Shape, as torch's classic exporter writes ``x.size()[:-1] + (H, D)``)
+  and whose merge is ``Reshape(c, Concat(Shape(c)[0:2], [H*D]))`` (Slice of Shape).
+* :func:`constant_cnn`: a small CNN whose weights are ``Constant`` nodes (paddle2onnx,
+  tf2onnx), some read through ``Identity`` or ``Cast``; :func:`initializers_of` turns it into
+  the same model with initializers, for comparisons.
+* :func:`unknown_shapes`: Slice, Reshape and Expand on a tensor of unknown shape, next to a
+  prunable conv chain.
+* :func:`conv_in_if`: a model whose Conv weights sit inside the branches of an ``If``.
+
+All use opset 17 and IR version 8; float32 tensors; seeded weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def _model(nodes, inputs, outputs, inits=(), name="graph") -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, name, inputs, outputs, list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model
+
+
+def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], name=f"{name}/Constant", value=numpy_helper.from_array(value, name))
+
+
+def dynamic_attention(hidden: int = 32, heads: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """Self-attention ``[batch, sequence, hidden] -> [batch, sequence, hidden]`` with run-time
+    head-split and merge shapes (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    d = hidden // heads
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+
+    def w(name, shape, scale=0.2):
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name))
+        return name
+
+    inits += [
+        numpy_helper.from_array(np.array(0, np.int64), "idx0"),
+        numpy_helper.from_array(np.array(1, np.int64), "idx1"),
+        numpy_helper.from_array(np.array([0], np.int64), "axes0"),
+        numpy_helper.from_array(np.array([d], np.int64), "head_dim"),
+        numpy_helper.from_array(np.array([0], np.int64), "start0"),
+        numpy_helper.from_array(np.array([2], np.int64), "end2"),
+        numpy_helper.from_array(np.array([hidden], np.int64), "all_head_size"),
+        numpy_helper.from_array(np.array(np.sqrt(d), np.float32), "scale"),
+    ]
+    nodes.append(_const("num_heads", np.array([heads], np.int64)))  # one as a Constant node, as exporters mix
+
+    def split_heads(x: str, p: str, perm: list[int]) -> str:
+        nodes.extend(
+            [
+                helper.make_node("Shape", [x], [f"{p}/shape"], name=f"/{p}/Shape"),
+                helper.make_node("Gather", [f"{p}/shape", "idx0"], [f"{p}/b"], name=f"/{p}/Gather", axis=0),
+                helper.make_node("Gather", [f"{p}/shape", "idx1"], [f"{p}/s"], name=f"/{p}/Gather_1", axis=0),
+                helper.make_node("Unsqueeze", [f"{p}/b", "axes0"], [f"{p}/b1"], name=f"/{p}/Unsqueeze"),
+                helper.make_node("Unsqueeze", [f"{p}/s", "axes0"], [f"{p}/s1"], name=f"/{p}/Unsqueeze_1"),
+                helper.make_node(
+                    "Concat",
+                    [f"{p}/b1", f"{p}/s1", "num_heads", "head_dim"],
+                    [f"{p}/new_shape"],
+                    name=f"/{p}/Concat",
+                    axis=0,
+                ),
+                helper.make_node("Reshape", [x, f"{p}/new_shape"], [f"{p}/heads"], name=f"/{p}/Reshape"),
+                helper.make_node("Transpose", [f"{p}/heads"], [f"{p}/t"], name=f"/{p}/Transpose", perm=perm),
+            ]
+        )
+        return f"{p}/t"
+
+    proj = {}
+    for p in ("query", "key", "value"):
+        nodes.append(
+            helper.make_node("MatMul", ["input", w(f"{p}.weight", (hidden, hidden))], [f"{p}/mm"], name=f"/{p}/MatMul")
+        )
+        nodes.append(helper.make_node("Add", [f"{p}/mm", w(f"{p}.bias", (hidden,))], [f"{p}/out"], name=f"/{p}/Add"))
+        proj[p] = split_heads(f"{p}/out", p, [0, 2, 3, 1] if p == "key" else [0, 2, 1, 3])
+    nodes += [
+        helper.make_node("MatMul", [proj["query"], proj["key"]], ["scores"], name="/MatMul"),
+        helper.make_node("Div", ["scores", "scale"], ["scaled"], name="/Div"),
+        helper.make_node("Softmax", ["scaled"], ["probs"], name="/Softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", proj["value"]], ["context"], name="/MatMul_1"),
+        helper.make_node("Transpose", ["context"], ["context_t"], name="/Transpose", perm=[0, 2, 1, 3]),
+        helper.make_node("Shape", ["context_t"], ["ctx_shape"], name="/Shape"),
+        helper.make_node("Slice", ["ctx_shape", "start0", "end2"], ["ctx_bs"], name="/Slice"),
+        helper.make_node("Concat", ["ctx_bs", "all_head_size"], ["merge_shape"], name="/Concat", axis=0),
+        helper.make_node("Reshape", ["context_t", "merge_shape"], ["merged"], name="/Reshape"),
+        helper.make_node("MatMul", ["merged", w("output.weight", (hidden, hidden))], ["o_mm"], name="/output/MatMul"),
+        helper.make_node("Add", ["o_mm", w("output.bias", (hidden,))], ["output"], name="/output/Add"),
+    ]
+    io = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", "sequence", hidden]) for n in ("input", "output")
+    ]
+    return _model(nodes, io[:1], io[1:], inits, "dynamic_attention")
+
+
+def constant_cnn(seed: int = 0) -> onnx.ModelProto:
+    """Conv -> Relu -> Conv -> Relu -> Conv ``[1, 3, 16, 16] -> [1, 8, 16, 16]`` with every
+    weight a Constant node; the second conv reads its weight through Identity, the third
+    through Cast (from float16)."""
+    rng = np.random.default_rng(seed)
+    nodes = []
+
+    def conv(x, cin, cout, name, via=None):
+        weight = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
+        bias = (rng.standard_normal(cout) * 0.1).astype(np.float32)
+        wname = f"{name}.weight"
+        if via == "Cast":
+            nodes.append(_const(f"{wname}_fp16", weight.astype(np.float16)))
+            nodes.append(
+                helper.make_node("Cast", [f"{wname}_fp16"], [wname], name=f"/{name}/Cast", to=TensorProto.FLOAT)
+            )
+        elif via == "Identity":
+            nodes.append(_const(f"{wname}_const", weight))
+            nodes.append(helper.make_node("Identity", [f"{wname}_const"], [wname], name=f"/{name}/Identity"))
+        else:
+            nodes.append(_const(wname, weight))
+        nodes.append(_const(f"{name}.bias", bias))
+        out = f"/{name}/Conv_output_0"
+        nodes.append(
+            helper.make_node("Conv", [x, wname, f"{name}.bias"], [out], name=f"/{name}/Conv", pads=[1, 1, 1, 1])
+        )
+        return out
+
+    x = conv("input", 3, 16, "conv1")
+    nodes.append(helper.make_node("Relu", [x], ["relu1"], name="/relu1/Relu"))
+    x = conv("relu1", 16, 16, "conv2", via="Identity")
+    nodes.append(helper.make_node("Relu", [x], ["relu2"], name="/relu2/Relu"))
+    x = conv("relu2", 16, 8, "conv3", via="Cast")
+    nodes.append(helper.make_node("Identity", [x], ["output"], name="/output/Identity"))
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 16, 16])],
+        name="constant_cnn",
+    )
+
+
+def initializers_of(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model with every Constant node's value moved to an initializer of its output's name."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = []
+    for node in out.graph.node:
+        if node.op_type == "Constant":
+            out.graph.initializer.append(
+                numpy_helper.from_array(numpy_helper.to_array(node.attribute[0].t), node.output[0])
+            )
+        else:
+            keep.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    return out
+
+
+def unknown_shapes(seed: int = 0) -> onnx.ModelProto:
+    """A prunable Conv -> Relu -> Conv chain whose middle also feeds a third conv and a
+    Reshape to a shape given at run time (input ``target``), plus a second input ``aux``
+    reshaped to ``target`` (a tensor of unknown rank) and then sliced and expanded. Run it
+    with ``target = [2, -1]`` and ``aux`` of 6 elements: ``flat`` is ``[2, 64]``, ``aux_out`` ``[2, 3]``."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "conv1.weight"),
+        numpy_helper.from_array((rng.standard_normal((4, 8, 3, 3)) * 0.3).astype(np.float32), "conv2.weight"),
+        numpy_helper.from_array((rng.standard_normal((2, 8, 1, 1)) * 0.3).astype(np.float32), "conv3.weight"),
+        numpy_helper.from_array(np.array([0], np.int64), "starts"),
+        numpy_helper.from_array(np.array([2], np.int64), "ends"),
+        numpy_helper.from_array(np.array([1, 1], np.int64), "expand_to"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "conv1.weight"], ["c1"], name="/conv1/Conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="/relu1/Relu"),
+        helper.make_node("Conv", ["r1", "conv2.weight"], ["output"], name="/conv2/Conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["r1", "conv3.weight"], ["c3"], name="/conv3/Conv"),
+        helper.make_node("Reshape", ["c3", "target"], ["flat"], name="/flat/Reshape"),
+        helper.make_node("Reshape", ["aux", "target"], ["aux_r"], name="/aux/Reshape"),
+        helper.make_node("Slice", ["aux_r", "starts", "ends"], ["aux_s"], name="/aux/Slice"),
+        helper.make_node("Expand", ["aux_s", "expand_to"], ["aux_out"], name="/aux/Expand"),
+    ]
+    return _model(
+        nodes,
+        [
+            helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8]),
+            helper.make_tensor_value_info("aux", TensorProto.FLOAT, ["n"]),
+            helper.make_tensor_value_info("target", TensorProto.INT64, [2]),
+        ],
+        [
+            helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 8, 8]),
+            helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["p", "q"]),
+            helper.make_tensor_value_info("aux_out", TensorProto.FLOAT, ["p", "r"]),
+        ],
+        inits,
+        "unknown_shapes",
+    )
+
+
+def conv_in_if(seed: int = 0) -> onnx.ModelProto:
+    """``If(flag)`` choosing between two Conv -> Relu -> Conv branches (weights inside the
+    branches: 2 x (8*3*9 + 8 + 3*8*9)), after a conv of the main graph."""
+    rng = np.random.default_rng(seed)
+
+    def branch(name: str) -> onnx.GraphProto:
+        w1 = numpy_helper.from_array(
+            (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), f"{name}.conv1.weight"
+        )
+        b1 = numpy_helper.from_array(np.zeros(8, np.float32), f"{name}.conv1.bias")
+        w2 = (rng.standard_normal((3, 8, 3, 3)) * 0.3).astype(np.float32)
+        nodes = [
+            helper.make_node("Conv", ["x0", w1.name, b1.name], [f"{name}_c1"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"{name}_c1"], [f"{name}_r1"]),
+            _const(f"{name}.conv2.weight", w2),  # one weight a Constant node inside the body
+            helper.make_node("Conv", [f"{name}_r1", f"{name}.conv2.weight"], [f"{name}_out"], pads=[1, 1, 1, 1]),
+        ]
+        out = helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [1, 3, 8, 8])
+        return helper.make_graph(nodes, name, [], [out], [w1, b1])
+
+    stem = numpy_helper.from_array((rng.standard_normal((3, 3, 1, 1)) * 0.3).astype(np.float32), "stem.weight")
+    nodes = [
+        helper.make_node("Conv", ["input", "stem.weight"], ["x0"], name="/stem/Conv"),
+        helper.make_node(
+            "If", ["flag"], ["output"], name="/branches/If", then_branch=branch("then"), else_branch=branch("else")
+        ),
+    ]
+    return _model(
+        nodes,
+        [
+            helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [stem],
+        "conv_in_if",
+    )
