@@ -153,6 +153,20 @@ class DependencyGraph:
         return None
 
 
+def body_notes(model: onnx.ModelProto) -> list[str]:
+    """Why weights inside control flow are not pruned, one line per If/Loop/Scan node whose
+    bodies hold parameters: the analysis reads the main graph only, so those weights are in
+    no group (they do count in the model's parameters)."""
+    from .cost import body_params
+
+    notes = []
+    for i, n in body_params(model.graph):
+        node = model.graph.node[i]
+        name, where = node.name or f"{node.op_type}_{i}", "branches" if node.op_type == "If" else "body"
+        notes.append(f"{n} parameters inside {node.op_type} '{name}' {where} are not analysed")
+    return notes
+
+
 def analyze(model: onnx.ModelProto | ModelView, *, inexact: bool = False) -> DependencyGraph:
     """Trace the channel dependencies of ``model`` and return its groups.
 
@@ -490,7 +504,7 @@ def _with_unit(c: _Collector, group: Group) -> Group:
     if "inexact" in group.facts:
         group.unit = "hidden"
         return group
-    makers = {c.view.nodes[i].op_type for m in group.weights("out") for i, _ in c.view.consumers.get(m.tensor, [])}
+    makers = {c.view.nodes[i].op_type for m in group.weights("out") for i, _ in c.view.weight_readers(m.tensor)}
     by_matrices = bool(makers) and makers <= _MATRIX_OPS | {"Cast", "DequantizeLinear", "Identity"}
     if "heads" in group.facts and by_matrices:  # projections make heads; a patch grid is not one
         group.unit = "heads"

@@ -87,6 +87,23 @@ class ModelView:
             name, seen = node.input[0], seen + 1
         return name
 
+    def weight_readers(self, name: str) -> list[tuple[int, int]]:
+        """The (node index, input position) of the nodes that read a weight, past the Cast,
+        Identity and DequantizeLinear nodes that only convert it (the Conv, not its Cast)."""
+        out: list[tuple[int, int]] = []
+        todo, seen = [name], set()
+        while todo:
+            t = todo.pop()
+            for i, pos in self.consumers.get(t, []):
+                node = self.nodes[i]
+                if pos == 0 and node.op_type in _WEIGHT_PASSTHROUGH and node.domain in ("", "ai.onnx"):
+                    if node.output[0] not in seen and len(seen) < 16:
+                        seen.add(node.output[0])
+                        todo.append(node.output[0])
+                elif (i, pos) not in out:
+                    out.append((i, pos))
+        return out
+
     def is_weight(self, name: str) -> bool:
         """A constant, or computed from one as :meth:`weight_source` says."""
         return self.weight_source(name) is not None

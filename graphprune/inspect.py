@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .dependency import DependencyGraph, Group
+from .dependency import DependencyGraph, Group, body_notes
 from .report import grid
 
 
@@ -13,7 +13,7 @@ def producers(deps: DependencyGraph, group: Group) -> list[str]:
     mv = deps.view
     names = []
     for m in group.weights("out"):
-        for i, _ in mv.consumers.get(m.tensor, []):
+        for i, _ in mv.weight_readers(m.tensor):
             if mv.node_names[i] not in names:
                 names.append(mv.node_names[i])
     return names
@@ -68,6 +68,7 @@ def describe(deps: DependencyGraph) -> dict[str, Any]:
         "blocked_reasons": deps.blocked_counts(),
         "groups": groups,
         "blocks": blocks(deps),
+        "notes": body_notes(deps.model),
     }
 
 
@@ -98,4 +99,5 @@ def table(deps: DependencyGraph) -> str:
         ]
         table += f"\n\n{len(found)} residual blocks y = x + f(x), removable with --pass layer:\n"
         table += grid(("block", "add", "x -> y", "params", "MACs"), block_rows)
-    return table + "\n" + foot
+    notes = "".join(f"\nnote: {n}" for n in summary["notes"])
+    return table + "\n" + foot + notes
