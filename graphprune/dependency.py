@@ -154,17 +154,35 @@ class DependencyGraph:
 
 
 def body_notes(model: onnx.ModelProto) -> list[str]:
-    """Why weights inside control flow are not pruned, one line per If/Loop/Scan node whose
-    bodies hold parameters: the analysis reads the main graph only, so those weights are in
-    no group (they do count in the model's parameters)."""
+    """Why weights used inside control flow are not pruned, one line per If/Loop/Scan node
+    whose bodies hold parameters or read main-graph weights that no main-graph node reads:
+    the analysis follows the main graph only, so those weights are in no group (they do count
+    in the model's parameters)."""
     from .cost import body_params
+    from .graph import _subgraph_inputs
 
+    g = model.graph
+    held = dict(body_params(g))
+    weights = {t.name: t for t in g.initializer if t.data_type in _FLOAT_TENSORS}
+    for node in g.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].t.data_type in _FLOAT_TENSORS:
+            weights[node.output[0]] = node.attribute[0].t
+    read_in_main = {i for node in g.node for i in node.input}
     notes = []
-    for i, n in body_params(model.graph):
-        node = model.graph.node[i]
+    for i, node in enumerate(g.node):
+        outer = [weights[n] for n in _subgraph_inputs(node) if n in weights and n not in read_in_main]
         name, where = node.name or f"{node.op_type}_{i}", "branches" if node.op_type == "If" else "body"
-        notes.append(f"{n} parameters inside {node.op_type} '{name}' {where} are not analysed")
+        if held.get(i):
+            notes.append(f"{held[i]} parameters inside {node.op_type} '{name}' {where} are not analysed")
+        if outer:
+            n = sum(int(np.prod(t.dims, dtype=np.int64)) for t in outer)
+            notes.append(f"{n} parameters read inside {node.op_type} '{name}' {where} are not analysed")
     return notes
+
+
+_FLOAT_TENSORS = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+)
 
 
 def analyze(model: onnx.ModelProto | ModelView, *, inexact: bool = False) -> DependencyGraph:

@@ -193,7 +193,7 @@ def unknown_shapes(seed: int = 0) -> onnx.ModelProto:
         [
             helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8]),
             helper.make_tensor_value_info("aux", TensorProto.FLOAT, ["n"]),
-            helper.make_tensor_value_info("target", TensorProto.INT64, [2]),
+            helper.make_tensor_value_info("target", TensorProto.INT64, ["k"]),  # of unknown length: unknown rank
         ],
         [
             helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 8, 8]),
