@@ -154,7 +154,7 @@ def view(model: onnx.ModelProto) -> ModelView:
     init_names = set(initializers)
     shapes, dtypes, folded, params = infer_with_folding(model)
     graph_inputs = [v.name for v in g.input if v.name not in init_names]
-    return ModelView(
+    mv = ModelView(
         model=model,
         nodes=nodes,
         node_names=names,
@@ -170,6 +170,56 @@ def view(model: onnx.ModelProto) -> ModelView:
         opset=opset_of(model),
         dim_params=params,
     )
+    hints: dict = {}
+    for _ in range(16):  # inference gave up at a Reshape whose shape is computed: tell it, infer again
+        new = _reshape_hints(mv)
+        if not new:
+            break
+        hints.update(new)
+        mv.shapes, mv.dtypes, mv.folded, mv.dim_params = infer_with_folding(model, hints=hints)
+        mv._values.clear()
+    return mv
+
+
+def _reshape_hints(mv: ModelView) -> dict[str, tuple[int, tuple]]:
+    """Output types ``(element type, dims)`` of the Reshapes that shape inference left without
+    a shape but whose shape vector :func:`~graphprune.shapefold.shape_elements` can trace
+    (``Concat(Shape(x)[0:2], [-1])`` of a dynamic ``x``): a dim is its size, the ``dim_param``
+    of the dim it is read from, or a fresh name."""
+    from .shapefold import shape_elements
+
+    hints = {}
+    for i, node in enumerate(mv.nodes):
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        x, y = node.input[0], node.output[0]
+        xs = mv.shapes.get(x)
+        if mv.shapes.get(y) is not None or xs is None or x not in mv.dtypes:
+            continue
+        elements = shape_elements(mv, node.input[1], (i, 1))
+        if elements is None:
+            continue
+        dims: list = []
+        for j, el in enumerate(elements):
+            if el.source is not None:
+                t, k = el.source
+                size = mv.shapes[t][k]
+                names = mv.dim_params.get(t) or ()
+                dims.append(size if size is not None else (names[k] if k < len(names) and names[k] else None))
+            elif el.value == 0 and j < len(xs):
+                names = mv.dim_params.get(x) or ()
+                dims.append(xs[j] if xs[j] is not None else (names[j] if j < len(names) and names[j] else None))
+            elif el.value is not None and el.value > 0:
+                dims.append(el.value)
+            else:
+                dims.append(None)
+        if dims.count(None) == 1 and None not in xs and all(isinstance(d, int) for d in dims if d is not None):
+            known = int(np.prod([d for d in dims if d is not None], dtype=np.int64))
+            total = int(np.prod(xs, dtype=np.int64))
+            if known and total % known == 0:
+                dims[dims.index(None)] = total // known
+        hints[y] = (mv.dtypes[x], tuple(d if d is not None else f"{y}[{j}]" for j, d in enumerate(dims)))
+    return hints
 
 
 def find_cycle(model: onnx.ModelProto) -> list[str] | None:
@@ -256,17 +306,20 @@ def fresh_name(taken: set[str], base: str) -> str:
     return name
 
 
-def infer_with_folding(model: onnx.ModelProto, rounds: int = 64):
+def infer_with_folding(model: onnx.ModelProto, rounds: int = 64, hints: dict | None = None):
     """Shapes, element types, folded shape values (see :mod:`graphprune.shapefold`) and the
     names of symbolic dims (``dim_param``, None where a dim has no name).
 
     Shape inference runs on a light copy; where tensors are left without a shape, the shape
     arithmetic that static shapes decide is folded into constants of the light copy and
-    inference runs again, up to ``rounds`` times.
+    inference runs again, up to ``rounds`` times. ``hints`` (tensor -> (element type, dims))
+    are given to inference as declared types (see :func:`view`).
     """
     from .shapefold import fold
 
     light = light_copy(model)
+    for name, (elem, dims) in (hints or {}).items():
+        light.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, list(dims)))
     small = _small_constants(model)
     folded: dict[str, np.ndarray] = {}
     shapes, types, params = _infer(light, model)

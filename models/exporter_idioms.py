@@ -11,7 +11,10 @@
   prunable conv chain.
 * :func:`conv_in_if`: a model whose Conv weights sit inside the branches of an ``If``.
 
-All use opset 17 and IR version 8; float32 tensors; seeded weights.
+* :func:`flatten_to_sequence`: paddle2onnx's ``flatten(x, 2)`` in opset 12, whose output
+  shape ONNX inference does not find.
+
+All use opset 17 (unless noted) and IR version 8; float32 tensors; seeded weights.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from onnx import TensorProto, helper, numpy_helper
 OPSET = 17
 
 
-def _model(nodes, inputs, outputs, inits=(), name="graph") -> onnx.ModelProto:
+def _model(nodes, inputs, outputs, inits=(), name="graph", opset=OPSET) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, name, inputs, outputs, list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     return model
 
@@ -241,4 +244,41 @@ def conv_in_if(seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 8, 8])],
         [stem],
         "conv_in_if",
+    )
+
+
+def flatten_to_sequence(channels: int = 8, hidden: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """paddle2onnx's ``flatten(x, 2)`` before a transformer neck: Conv ``[N, C, H, W]`` (H and
+    W dynamic) -> ``Reshape(c, Concat(Slice(Shape(c), 0, 2), [-1]))`` -> Transpose -> MatMul ->
+    Relu -> MatMul ``[N, H*W, 4]``, with every index a Constant node, in opset 12, as
+    paddle2onnx writes them. ONNX shape inference gives up at the Reshape (it propagates no
+    values through Slice before opset 13)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((channels, 3, 3, 3)) * 0.3).astype(np.float32), "conv.weight"),
+        numpy_helper.from_array((rng.standard_normal((channels, hidden)) * 0.3).astype(np.float32), "fc1.weight"),
+        numpy_helper.from_array((rng.standard_normal((hidden, 4)) * 0.3).astype(np.float32), "fc2.weight"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "conv.weight"], ["c"], name="/conv/Conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Shape", ["c"], ["shape"], name="/Shape"),
+        _const("zero", np.array([0], np.int64)),
+        _const("two", np.array([2], np.int64)),
+        _const("axis0", np.array([0], np.int64)),
+        _const("minus_one", np.array([-1], np.int64)),
+        helper.make_node("Slice", ["shape", "zero", "two", "axis0"], ["nc"], name="/Slice"),
+        helper.make_node("Concat", ["nc", "minus_one"], ["flat_shape"], name="/Concat", axis=0),
+        helper.make_node("Reshape", ["c", "flat_shape"], ["flat"], name="/Reshape"),
+        helper.make_node("Transpose", ["flat"], ["seq"], name="/Transpose", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["seq", "fc1.weight"], ["h"], name="/fc1/MatMul"),
+        helper.make_node("Relu", ["h"], ["r"], name="/Relu"),
+        helper.make_node("MatMul", ["r", "fc2.weight"], ["output"], name="/fc2/MatMul"),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", "L", 4])],
+        inits,
+        "flatten_to_sequence",
+        opset=12,
     )

@@ -14,7 +14,7 @@ from graphprune.cost import count_params, random_feeds
 from graphprune.criteria import CRITERIA, ScoreContext
 from graphprune.data import open_dataset
 from graphprune.dependency import analyze, body_notes
-from graphprune.graph import view
+from graphprune.graph import infer_shapes, view
 from graphprune.inspect import table
 from graphprune.shapefold import shape_elements
 from graphprune.validation import run
@@ -66,6 +66,20 @@ def test_heads_pruned_through_run_time_shapes_are_exact_and_stay_dynamic():
     # batch and sequence are still read at run time: other sizes run
     (out,) = run(result.model, _feeds(batch=3, seq=7))
     assert out.shape == (3, 7, 32)
+
+
+def test_a_flatten_that_shape_inference_gives_up_on_is_traced_and_prunes_exactly():
+    model = exporter_idioms.flatten_to_sequence(channels=8, hidden=6)
+    assert infer_shapes(model).get("h") is None  # ONNX inference alone gives up at the Reshape
+    assert view(model).shapes["h"] == (None, None, 6)
+    deps = analyze(model)
+    assert deps.group_of("conv.weight", 0).prunable and deps.group_of("fc1.weight", 1).prunable
+    feeds = {"input": np.random.default_rng(0).standard_normal((2, 3, 5, 7)).astype(np.float32)}
+    result = graphprune.prune(model, ratio=0.5, latency=False, feeds=feeds)
+    assert result.report.passed and result.report.exact.checked and result.report.exact.passed
+    assert result.report.groups_pruned == 2
+    other = {"input": np.zeros((1, 3, 4, 9), np.float32)}
+    assert run(result.model, other)[0].shape == (1, 36, 4)
 
 
 # --- unknown shapes -----------------------------------------------------------------------

@@ -374,10 +374,25 @@ def _selected_later(ctx: RuleContext, tensor: str, axis: int, depth: int = 0) ->
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type in ("Gather", "Split") and _axis(attrs.get("axis", 0), rank) == axis:
             return True
+        if node.op_type == "Slice" and _slices_axis(node, ctx, rank, axis):
+            return True  # paddle2onnx selects q, k and v with Slice
         if node.op_type not in _AXIS_MOVERS:
             continue
         moved = _moved_axis(node, attrs, mv, rank, axis)
         if moved is not None and _selected_later(ctx, node.output[0], moved, depth + 1):
+            return True
+    return False
+
+
+def _slices_axis(node: onnx.NodeProto, ctx: RuleContext, rank: int, axis: int) -> bool:
+    """True if a Slice with constant bounds cuts ``axis`` short (keeps fewer entries than it has)."""
+    params = _slice_params(node, ctx)
+    size = (ctx.view.shapes.get(node.input[0]) or (None,) * rank)[axis] if rank else None
+    if params is None or size is None:
+        return False
+    starts, ends, axes, steps = params
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        if _axis(a, rank) == axis and st == 1 and _clamp(e, size) - _clamp(s, size) < size:
             return True
     return False
 
