@@ -282,3 +282,35 @@ def flatten_to_sequence(channels: int = 8, hidden: int = 6, seed: int = 0) -> on
         "flatten_to_sequence",
         opset=12,
     )
+
+
+def expanded_token(hidden: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """A learned token expanded to the batch and prepended to a sequence (ViT's class token):
+    ``Expand(token[1, 1, C], Concat(Shape(x)[0], [1], [C]))`` with a dynamic batch, then
+    ``Concat`` with ``Relu(x @ W1)`` and ``@ W2``: ``[B, 4, 8] -> [B, 5, 4]``."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((8, hidden)) * 0.3).astype(np.float32), "fc1.weight"),
+        numpy_helper.from_array((rng.standard_normal((1, 1, hidden)) * 0.3).astype(np.float32), "token"),
+        numpy_helper.from_array((rng.standard_normal((hidden, 4)) * 0.3).astype(np.float32), "fc2.weight"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+        numpy_helper.from_array(np.array([hidden], np.int64), "width"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["input", "fc1.weight"], ["h"], name="/fc1/MatMul"),
+        helper.make_node("Relu", ["h"], ["r"], name="/Relu"),
+        helper.make_node("Shape", ["input"], ["shape"], name="/Shape"),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"], name="/Gather", axis=0),
+        helper.make_node("Concat", ["batch", "one", "width"], ["token_shape"], name="/Concat", axis=0),
+        helper.make_node("Expand", ["token", "token_shape"], ["tokens"], name="/Expand"),
+        helper.make_node("Concat", ["tokens", "r"], ["seq"], name="/Concat_1", axis=1),
+        helper.make_node("MatMul", ["seq", "fc2.weight"], ["output"], name="/fc2/MatMul"),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 5, 4])],
+        inits,
+        "expanded_token",
+    )

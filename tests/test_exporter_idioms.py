@@ -82,6 +82,19 @@ def test_a_flatten_that_shape_inference_gives_up_on_is_traced_and_prunes_exactly
     assert run(result.model, other)[0].shape == (1, 36, 4)
 
 
+def test_a_token_expanded_to_a_run_time_batch_prunes_with_its_width_rewritten():
+    model = exporter_idioms.expanded_token(hidden=8)
+    group = analyze(model).group_of("fc1.weight", 1)
+    assert group.prunable and ("token", 2) in {(m.tensor, m.axis) for m in group.members}
+    result = graphprune.prune(
+        model, ratio=0.5, latency=False, feeds={"input": np.random.default_rng(0).random((3, 4, 8), np.float32)}
+    )
+    assert result.report.passed and result.report.exact.checked and result.report.exact.passed
+    inits = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    assert inits["width"].tolist() == [4] and inits["token"].shape == (1, 1, 4)
+    assert run(result.model, {"input": np.zeros((5, 4, 8), np.float32)})[0].shape == (5, 5, 4)
+
+
 # --- unknown shapes -----------------------------------------------------------------------
 
 

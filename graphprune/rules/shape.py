@@ -596,16 +596,17 @@ def rewrite_resize(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
         ctx.set_constant_input(node, 3, sizes)
 
 
-def rewrite_elements(ctx: SurgeryContext, shape: str, consumer: tuple[int, int], old, new) -> None:
+def rewrite_elements(ctx: SurgeryContext, shape: str, consumer: tuple[int, int], old, new, keep=(0, -1)) -> None:
     """Rewrite, where they are held, the constant elements of a shape computed at run time
-    whose axis changed size (elements read by Shape follow the pruned tensor by themselves;
-    the rule blocked every axis whose constant cannot be rewritten in place)."""
+    whose axis changed size (elements read by Shape follow the pruned tensor by themselves, so
+    do the values in ``keep``, Reshape's 0 and -1 or Expand's 1; the rule coupled no axis
+    whose constant cannot be rewritten in place)."""
     elements = shape_elements(ctx.view, shape, consumer)
     for ax, (o, n) in enumerate(zip(old, new)):
         if o == n:
             continue
         el = elements[ax]
-        if el.source is not None or el.value in (0, -1):
+        if el.source is not None or el.value in keep:
             continue
         node_index, pos, k = el.where
         holder = ctx.model.graph.node[node_index]
@@ -643,12 +644,28 @@ def gather(node: onnx.NodeProto, ctx: RuleContext) -> None:
 
 @rule("Expand")
 def expand(node: onnx.NodeProto, ctx: RuleContext) -> None:
-    """Axes that keep their size pass through (repeat_kv's kv-heads axis); broadcast ones do not."""
+    """Axes that keep their size pass through (repeat_kv's kv-heads axis); broadcast ones do not.
+    A target shape computed at run time is read element by element (see ``_symbolic_reshape``):
+    an axis passes through where its element is 1, is read by Shape from the same axis of the
+    input, or is a constant equal to its size that surgery can rewrite in place."""
     x, y = node.input[0], node.output[0]
     xs, ys = ctx.shape(x), ctx.shape(y)
-    if xs is None or ys is None or ctx.value(node.input[1]) is None:
+    if xs is None or ys is None:
         return
     shift = len(ys) - len(xs)
+    if ctx.value(node.input[1]) is None:
+        elements = shape_elements(ctx.view, node.input[1], (ctx.view.producer[y], 1))
+        if elements is None or len(elements) != len(ys):
+            return
+        for ax, size in enumerate(xs):
+            el = elements[ax + shift]
+            if (
+                el.value == 1
+                or el.source == (x, ax)
+                or (el.where is not None and size is not None and el.value == size)
+            ):
+                ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax + shift))
+        return
     for ax, size in enumerate(xs):
         if size is not None and size == ys[ax + shift]:
             ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax + shift))
@@ -659,7 +676,11 @@ def rewrite_expand(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
     old, new = ctx.old_shape(node.output[0]), ctx.new_shape(node.output[0])
     if old == new:
         return
-    target = [int(v) for v in ctx.view.value(node.input[1]).ravel()]
+    value = ctx.view.value(node.input[1])
+    if value is None:  # 1 broadcasts the input's own (pruned) size: only other constants change
+        rewrite_elements(ctx, node.input[1], (ctx.view.producer[node.output[0]], 1), old, new, keep=(1,))
+        return
+    target = [int(v) for v in value.ravel()]
     shift = len(old) - len(target)
     for ax in range(len(target)):
         if target[ax] != 1 and old[ax + shift] != new[ax + shift]:
