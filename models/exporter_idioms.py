@@ -314,3 +314,42 @@ def expanded_token(hidden: int = 8, seed: int = 0) -> onnx.ModelProto:
         inits,
         "expanded_token",
     )
+
+
+def resize_to_skip(channels: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """A U-Net step with dynamic H and W: ``Resize(conv2(x), sizes=Concat(Shape(c2)[0:2],
+    Shape(c1)[2:4]))`` (``F.interpolate(x, size=skip.shape[2:])``), concatenated with the skip
+    ``c1`` and read by a last conv: ``[N, 3, H, W] -> [N, 4, H, W]``."""
+    rng = np.random.default_rng(seed)
+
+    def w(name, shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    inits = [
+        w("conv1.weight", (channels, 3, 3, 3)),
+        w("conv2.weight", (channels, channels, 3, 3)),
+        w("conv3.weight", (4, 2 * channels, 3, 3)),
+        numpy_helper.from_array(np.array([0], np.int64), "start0"),
+        numpy_helper.from_array(np.array([2], np.int64), "end2"),
+        numpy_helper.from_array(np.array([4], np.int64), "end4"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "conv1.weight"], ["c1"], name="/conv1/Conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="/relu1/Relu"),
+        helper.make_node("Conv", ["r1", "conv2.weight"], ["c2"], name="/conv2/Conv", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Shape", ["c2"], ["s2"], name="/Shape"),
+        helper.make_node("Slice", ["s2", "start0", "end2"], ["nc"], name="/Slice"),
+        helper.make_node("Shape", ["r1"], ["s1"], name="/Shape_1"),
+        helper.make_node("Slice", ["s1", "end2", "end4"], ["hw"], name="/Slice_1"),
+        helper.make_node("Concat", ["nc", "hw"], ["sizes"], name="/Concat", axis=0),
+        helper.make_node("Resize", ["c2", "", "", "sizes"], ["up"], name="/Resize", mode="nearest"),
+        helper.make_node("Concat", ["up", "r1"], ["cat"], name="/Concat_1", axis=1),
+        helper.make_node("Conv", ["cat", "conv3.weight"], ["output"], name="/conv3/Conv", pads=[1, 1, 1, 1]),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4, "H", "W"])],
+        inits,
+        "resize_to_skip",
+    )

@@ -95,6 +95,17 @@ def test_a_token_expanded_to_a_run_time_batch_prunes_with_its_width_rewritten():
     assert run(result.model, {"input": np.zeros((5, 4, 8), np.float32)})[0].shape == (5, 5, 4)
 
 
+def test_a_resize_to_the_size_of_a_skip_read_at_run_time_prunes_exactly():
+    model = exporter_idioms.resize_to_skip(channels=8)
+    deps = analyze(model)
+    assert deps.group_of("conv2.weight", 0).prunable, deps.group_of("conv2.weight", 0).reasons
+    feeds = {"input": np.random.default_rng(0).random((2, 3, 9, 10), np.float32)}
+    result = graphprune.prune(model, ratio=0.5, latency=False, feeds=feeds)
+    assert result.report.passed and result.report.exact.checked and result.report.exact.passed
+    assert result.report.groups_pruned == 2
+    assert run(result.model, {"input": np.zeros((1, 3, 6, 7), np.float32)})[0].shape == (1, 4, 6, 7)
+
+
 # --- unknown shapes -----------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ Rules:
    Concat holds them; a shape that cannot be traced this way blocks.
 5. Transpose, Squeeze, Unsqueeze renumber axes.
 6. Pad and Resize: axes that are not padded or resized pass through; a Resize ``sizes``
-   constant is rewritten.
+   constant is rewritten (sizes computed at run time are read as in 4b).
 7. Shape only reads sizes: the runtime value follows the pruned tensor, so it does not
    block; ops that build tensors from such values have no rule and block on their own.
 """
@@ -569,7 +569,15 @@ def resize(node: onnx.NodeProto, ctx: RuleContext) -> None:
     if xs is None or ys is None or len(xs) != len(ys):
         return
     if len(node.input) > 3 and node.input[3] and ctx.value(node.input[3]) is None:
-        _forbid_all(ctx, node, f"{node.op_type} with sizes computed at run time")
+        # F.interpolate(x, size=skip.shape[2:]): Concat(Shape(x)[0:2], Shape(skip)[2:4]). An
+        # axis whose size is read from x itself (or is a constant that can be rewritten) passes.
+        elements = shape_elements(ctx.view, node.input[3], (ctx.view.producer[y], 3))
+        if elements is None or len(elements) != len(xs) or ctx.attr("axes") is not None:
+            _forbid_all(ctx, node, f"{node.op_type} with sizes computed at run time")
+            return
+        for ax, el in enumerate(elements):
+            if el.source == (x, ax) or (el.where is not None and xs[ax] is not None and el.value == xs[ax]):
+                ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax))
         return
     for ax, (a, b) in enumerate(zip(xs, ys)):
         if a is not None and a == b:
@@ -583,7 +591,11 @@ def rewrite_resize(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
     old, new = ctx.old_shape(node.output[0]), ctx.new_shape(node.output[0])
     if old == new:
         return
-    sizes = ctx.view.value(node.input[3]).astype(np.int64).copy()
+    value = ctx.view.value(node.input[3])
+    if value is None:  # sizes computed at run time: the rule passed only axes it can follow
+        rewrite_elements(ctx, node.input[3], (ctx.view.producer[node.output[0]], 3), old, new, keep=())
+        return
+    sizes = value.astype(np.int64).copy()
     # sizes lists every axis, or (opset 18) only those named by the axes attribute
     listed = next((list(a.ints) for a in node.attribute if a.name == "axes"), list(range(len(old))))
     listed = [a + len(old) if a < 0 else a for a in listed]
