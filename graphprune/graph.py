@@ -182,43 +182,52 @@ def view(model: onnx.ModelProto) -> ModelView:
 
 
 def _reshape_hints(mv: ModelView) -> dict[str, tuple[int, tuple]]:
-    """Output types ``(element type, dims)`` of the Reshapes that shape inference left without
-    a shape but whose shape vector :func:`~graphprune.shapefold.shape_elements` can trace
-    (``Concat(Shape(x)[0:2], [-1])`` of a dynamic ``x``): a dim is its size, the ``dim_param``
-    of the dim it is read from, or a fresh name."""
+    """Output types ``(element type, dims)`` of the Reshapes whose shape inference left dims
+    unknown that their shape vector, traced by :func:`~graphprune.shapefold.shape_elements`,
+    tells (``Concat(Shape(x)[0:2], [-1])`` of a dynamic ``x``, or a ``-1`` head count next to
+    dynamic batch and sequence): a dim is its size, or the ``dim_param`` of the dim it is
+    read from (or is left to), else a fresh name."""
+    from .rules.shape import _product, _quotient
     from .shapefold import shape_elements
+
+    def symbol(t: str, k: int):
+        size = mv.shapes[t][k]
+        names = mv.dim_params.get(t) or ()
+        name = names[k] if k < len(names) and names[k] and names[k] != "?" else f"{t}[{k}]"
+        return (int(size), ()) if size is not None else (1, (name,))
 
     hints = {}
     for i, node in enumerate(mv.nodes):
         if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
             continue
         x, y = node.input[0], node.output[0]
-        xs = mv.shapes.get(x)
-        if mv.shapes.get(y) is not None or xs is None or x not in mv.dtypes:
+        xs, ys = mv.shapes.get(x), mv.shapes.get(y)
+        if xs is None or x not in mv.dtypes or (ys is not None and None not in ys):
             continue
         elements = shape_elements(mv, node.input[1], (i, 1))
-        if elements is None:
+        if elements is None or (ys is not None and len(ys) != len(elements)):
             continue
         dims: list = []
         for j, el in enumerate(elements):
             if el.source is not None:
-                t, k = el.source
-                size = mv.shapes[t][k]
-                names = mv.dim_params.get(t) or ()
-                dims.append(size if size is not None else (names[k] if k < len(names) and names[k] else None))
+                dims.append(symbol(*el.source))
             elif el.value == 0 and j < len(xs):
-                names = mv.dim_params.get(x) or ()
-                dims.append(xs[j] if xs[j] is not None else (names[j] if j < len(names) and names[j] else None))
+                dims.append(symbol(x, j))
             elif el.value is not None and el.value > 0:
-                dims.append(el.value)
+                dims.append((el.value, ()))
             else:
                 dims.append(None)
-        if dims.count(None) == 1 and None not in xs and all(isinstance(d, int) for d in dims if d is not None):
-            known = int(np.prod([d for d in dims if d is not None], dtype=np.int64))
-            total = int(np.prod(xs, dtype=np.int64))
-            if known and total % known == 0:
-                dims[dims.index(None)] = total // known
-        hints[y] = (mv.dtypes[x], tuple(d if d is not None else f"{y}[{j}]" for j, d in enumerate(dims)))
+        if dims.count(None) == 1:
+            rest = _quotient(_product(symbol(x, k) for k in range(len(xs))), _product(d for d in dims if d is not None))
+            dims[dims.index(None)] = rest if rest is not None and len(rest[1]) <= 1 else None
+        out = tuple(
+            ys[j] if ys is not None and ys[j] is not None
+            else f"{y}[{j}]" if d is None or (d[1] and d[0] != 1)
+            else d[1][0] if d[1] else d[0]
+            for j, d in enumerate(dims)
+        )  # fmt: skip
+        if ys is None or any(old is None and isinstance(new, int) for old, new in zip(ys, out)):
+            hints[y] = (mv.dtypes[x], out)
     return hints
 
 

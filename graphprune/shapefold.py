@@ -266,7 +266,19 @@ class ShapeElement:
 _SHAPE_PASS = frozenset({"Identity", "Cast", "Unsqueeze", "Squeeze"})
 
 
-def shape_elements(mv, name: str, consumer: tuple[int, int], depth: int = 0) -> list[ShapeElement] | None:
+def shape_elements(mv, name: str, consumer: tuple[int, int]) -> list[ShapeElement] | None:
+    """The elements of the 1-D (or scalar) integer tensor ``name`` read by input ``consumer``,
+    see :func:`_elements`. An entry of a constant that two elements share (a Gather picking it
+    twice) has no ``where``: rewriting it for one would change the other."""
+    out = _elements(mv, name, consumer, 0)
+    if out is not None:
+        wheres = [e.where for e in out if e.where is not None]
+        twice = {w for w in wheres if wheres.count(w) > 1}
+        out = [ShapeElement(e.value, e.source, None) if e.where in twice else e for e in out]
+    return out
+
+
+def _elements(mv, name: str, consumer: tuple[int, int], depth: int) -> list[ShapeElement] | None:
     """The elements of the 1-D (or scalar) integer tensor ``name``, read by input ``consumer``
     = (node index, position), traced through Shape, Gather, Slice, Concat, Unsqueeze, Squeeze,
     Cast and Identity; None if it is not such a tensor. Elements of anything else are unknown.
@@ -291,7 +303,7 @@ def shape_elements(mv, name: str, consumer: tuple[int, int], depth: int = 0) -> 
     def inner(pos: int) -> list[ShapeElement] | None:
         if pos >= len(node.input) or not node.input[pos]:
             return None
-        out = shape_elements(mv, node.input[pos], (i, pos), depth + 1)
+        out = _elements(mv, node.input[pos], (i, pos), depth + 1)
         if out is not None and not exclusive:
             out = [ShapeElement(e.value, e.source, None) for e in out]
         return out

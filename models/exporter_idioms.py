@@ -37,9 +37,12 @@ def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [name], name=f"{name}/Constant", value=numpy_helper.from_array(value, name))
 
 
-def dynamic_attention(hidden: int = 32, heads: int = 4, seed: int = 0) -> onnx.ModelProto:
+def dynamic_attention(hidden: int = 32, heads: int = 4, seed: int = 0, style: str = "classic") -> onnx.ModelProto:
     """Self-attention ``[batch, sequence, hidden] -> [batch, sequence, hidden]`` with run-time
-    head-split and merge shapes (see the module docstring)."""
+    head-split and merge shapes (see the module docstring). ``style="hf"`` writes them as
+    recent transformers do instead: one ``Concat(Shape(input)[0:2], [-1, D])`` shared by q, k
+    and v, and ``Concat(Shape(input)[0:2], [-1])`` for the merge (sizes read from another
+    tensor, the head count left to -1)."""
     rng = np.random.default_rng(seed)
     d = hidden // heads
     nodes: list[onnx.NodeProto] = []
@@ -102,6 +105,23 @@ def dynamic_attention(hidden: int = 32, heads: int = 4, seed: int = 0) -> onnx.M
         helper.make_node("MatMul", ["merged", w("output.weight", (hidden, hidden))], ["o_mm"], name="/output/MatMul"),
         helper.make_node("Add", ["o_mm", w("output.bias", (hidden,))], ["output"], name="/output/Add"),
     ]
+    if style == "hf":
+        inits.append(numpy_helper.from_array(np.array([-1, d], np.int64), "heads_and_dim"))
+        inits.append(numpy_helper.from_array(np.array([-1], np.int64), "minus_one"))
+        nodes[:0] = [
+            helper.make_node("Shape", ["input"], ["input_shape"], name="/hf/Shape"),
+            helper.make_node("Slice", ["input_shape", "start0", "end2"], ["input_bs"], name="/hf/Slice"),
+            helper.make_node("Concat", ["input_bs", "heads_and_dim"], ["hidden_shape"], name="/hf/Concat", axis=0),
+            helper.make_node("Concat", ["input_bs", "minus_one"], ["out_shape"], name="/hf/Concat_1", axis=0),
+        ]
+        for node in nodes:
+            if node.op_type == "Reshape":
+                node.input[1] = "out_shape" if node.name == "/Reshape" else "hidden_shape"
+        used = {i for n in nodes for i in n.input} | {"output"}
+        while any(not set(n.output) & used for n in nodes):  # drop the classic shape arithmetic
+            nodes = [n for n in nodes if set(n.output) & used]
+            used = {i for n in nodes for i in n.input} | {"output"}
+        inits = [t for t in inits if t.name in used]
     io = [
         helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", "sequence", hidden]) for n in ("input", "output")
     ]

@@ -106,6 +106,16 @@ def test_a_resize_to_the_size_of_a_skip_read_at_run_time_prunes_exactly():
     assert run(result.model, {"input": np.zeros((1, 3, 6, 7), np.float32)})[0].shape == (1, 4, 6, 7)
 
 
+def test_heads_split_with_sizes_of_another_tensor_and_a_minus_one_head_count_prune_exactly():
+    model = exporter_idioms.dynamic_attention(hidden=32, heads=4, style="hf")
+    heads = [g for g in analyze(model).groups if g.unit == "heads"]
+    assert len(heads) == 1 and heads[0].prunable and heads[0].size == 4
+    result = graphprune.prune(model, ratio=0.5, units=("heads",), latency=False, feeds=_feeds())
+    assert result.report.passed and result.report.exact.checked and result.report.exact.passed
+    assert result.report.params_after == result.report.params_before - 4 * 16 * 32 - 3 * 16
+    assert run(result.model, _feeds(batch=3, seq=7))[0].shape == (3, 7, 32)
+
+
 # --- unknown shapes -----------------------------------------------------------------------
 
 

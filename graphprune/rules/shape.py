@@ -256,8 +256,10 @@ def _symbolic_reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
         if el.source is not None and el.source[0] == x:
             ym.append(xm[el.source[1]])
         elif el.source is not None:
+            # the size of another tensor: neither it nor this axis may change alone
             t, k = el.source
             ctx.forbid(ctx.dim(t, k), f"Reshape reads its size at run time for another tensor {x!r}")
+            ctx.forbid(ctx.dim(y, j), f"Reshape takes the size of axis {j} from another tensor {t!r}")
             ym.append(_symbol(mv, t, k, el.value))
         elif el.value == 0 and not allowzero and j < len(xm):
             ym.append(xm[j])
