@@ -268,7 +268,8 @@ def _symbolic_reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
         else:
             ym.append((el.value, ()))
         if not (el.source is not None or el.value in (0, -1) or el.where is not None):
-            ctx.forbid(ctx.dim(y, j), f"Reshape with a size computed at run time at axis {j}")
+            why = "computed at run time" if el.value is None else "held where other nodes read it too, or computed"
+            ctx.forbid(ctx.dim(y, j), f"Reshape with a size at axis {j} {why}: it cannot be rewritten")
     rest = _quotient(_product(xm), _product([m for m in ym if m is not None]))
     if ym.count(None) == 1 and rest is not None:
         ym[ym.index(None)] = rest
