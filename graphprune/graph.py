@@ -182,12 +182,11 @@ def view(model: onnx.ModelProto) -> ModelView:
 
 
 def _reshape_hints(mv: ModelView) -> dict[str, tuple[int, tuple]]:
-    """Output types ``(element type, dims)`` of the Reshapes whose shape inference left dims
+    """Output types ``(element type, dims)`` of the Reshapes (and Tiles) whose shape inference left dims
     unknown that their shape vector, traced by :func:`~graphprune.shapefold.shape_elements`,
     tells (``Concat(Shape(x)[0:2], [-1])`` of a dynamic ``x``, or a ``-1`` head count next to
     dynamic batch and sequence): a dim is its size, or the ``dim_param`` of the dim it is
     read from (or is left to), else a fresh name."""
-    from .rules.shape import _product, _quotient
     from .shapefold import shape_elements
 
     def symbol(t: str, k: int):
@@ -198,7 +197,7 @@ def _reshape_hints(mv: ModelView) -> dict[str, tuple[int, tuple]]:
 
     hints = {}
     for i, node in enumerate(mv.nodes):
-        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+        if node.op_type not in ("Reshape", "Tile") or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
             continue
         x, y = node.input[0], node.output[0]
         xs, ys = mv.shapes.get(x), mv.shapes.get(y)
@@ -207,28 +206,45 @@ def _reshape_hints(mv: ModelView) -> dict[str, tuple[int, tuple]]:
         elements = shape_elements(mv, node.input[1], (i, 1))
         if elements is None or (ys is not None and len(ys) != len(elements)):
             continue
-        dims: list = []
-        for j, el in enumerate(elements):
-            if el.source is not None:
-                dims.append(symbol(*el.source))
-            elif el.value == 0 and j < len(xs):
-                dims.append(symbol(x, j))
-            elif el.value is not None and el.value > 0:
-                dims.append((el.value, ()))
-            else:
-                dims.append(None)
-        if dims.count(None) == 1:
-            rest = _quotient(_product(symbol(x, k) for k in range(len(xs))), _product(d for d in dims if d is not None))
-            dims[dims.index(None)] = rest if rest is not None and len(rest[1]) <= 1 else None
+        if node.op_type == "Tile":  # repeats: an axis repeated a known number of times
+            if len(elements) != len(xs):
+                continue
+            dims = [
+                (symbol(x, j)[0] * e.value, symbol(x, j)[1]) if e.source is None and e.value is not None else None
+                for j, e in enumerate(elements)
+            ]
+        else:
+            dims = _reshape_dims(mv, x, elements, symbol)
         out = tuple(
             ys[j] if ys is not None and ys[j] is not None
-            else f"{y}[{j}]" if d is None or (d[1] and d[0] != 1)
+            else f"{y}[{j}]" if d is None or (d[1] and d[0] != 1) or len(d[1]) > 1
             else d[1][0] if d[1] else d[0]
             for j, d in enumerate(dims)
         )  # fmt: skip
         if ys is None or any(old is None and isinstance(new, int) for old, new in zip(ys, out)):
             hints[y] = (mv.dtypes[x], out)
     return hints
+
+
+def _reshape_dims(mv: ModelView, x: str, elements, symbol) -> list:
+    """The output sizes of a Reshape of ``x`` to ``elements``, as monomials (None if unknown)."""
+    from .rules.shape import _product, _quotient
+
+    xs = mv.shapes[x]
+    dims: list = []
+    for j, el in enumerate(elements):
+        if el.source is not None:
+            dims.append(symbol(*el.source))
+        elif el.value == 0 and j < len(xs):
+            dims.append(symbol(x, j))
+        elif el.value is not None and el.value > 0:
+            dims.append((el.value, ()))
+        else:
+            dims.append(None)
+    if dims.count(None) == 1:
+        rest = _quotient(_product(symbol(x, k) for k in range(len(xs))), _product(d for d in dims if d is not None))
+        dims[dims.index(None)] = rest if rest is not None and len(rest[1]) <= 1 else None
+    return dims
 
 
 def find_cycle(model: onnx.ModelProto) -> list[str] | None:

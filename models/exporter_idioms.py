@@ -304,10 +304,12 @@ def flatten_to_sequence(channels: int = 8, hidden: int = 6, seed: int = 0) -> on
     )
 
 
-def expanded_token(hidden: int = 8, seed: int = 0) -> onnx.ModelProto:
+def expanded_token(hidden: int = 8, seed: int = 0, op: str = "Expand") -> onnx.ModelProto:
     """A learned token expanded to the batch and prepended to a sequence (ViT's class token):
     ``Expand(token[1, 1, C], Concat(Shape(x)[0], [1], [C]))`` with a dynamic batch, then
-    ``Concat`` with ``Relu(x @ W1)`` and ``@ W2``: ``[B, 4, 8] -> [B, 5, 4]``."""
+    ``Concat`` with ``Relu(x @ W1)`` and ``@ W2``: ``[B, 4, 8] -> [B, 5, 4]``. With
+    ``op="Tile"`` the token is ``Tile(token, Concat(Shape(x)[0], [1], [1]))`` and the sequence
+    is ``Relu(x @ W1) + ConstantOfShape(Shape(Relu(...)))`` (a zero of the run-time shape)."""
     rng = np.random.default_rng(seed)
     inits = [
         numpy_helper.from_array((rng.standard_normal((8, hidden)) * 0.3).astype(np.float32), "fc1.weight"),
@@ -325,6 +327,19 @@ def expanded_token(hidden: int = 8, seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Concat", ["batch", "one", "width"], ["token_shape"], name="/Concat", axis=0),
         helper.make_node("Expand", ["token", "token_shape"], ["tokens"], name="/Expand"),
         helper.make_node("Concat", ["tokens", "r"], ["seq"], name="/Concat_1", axis=1),
+    ]
+    if op == "Tile":
+        nodes[4:6] = [
+            helper.make_node("Concat", ["batch", "one", "one"], ["repeats"], name="/Concat", axis=0),
+            helper.make_node("Tile", ["token", "repeats"], ["tokens"], name="/Tile"),
+        ]
+        nodes[6:6] = [
+            helper.make_node("Shape", ["r"], ["r_shape"], name="/Shape_1"),
+            helper.make_node("ConstantOfShape", ["r_shape"], ["zeros"], name="/ConstantOfShape"),
+            helper.make_node("Add", ["r", "zeros"], ["r0"], name="/Add"),
+        ]
+        nodes[-1].input[1] = "r0"
+    nodes += [
         helper.make_node("MatMul", ["seq", "fc2.weight"], ["output"], name="/fc2/MatMul"),
     ]
     return _model(

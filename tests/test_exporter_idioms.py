@@ -116,6 +116,19 @@ def test_heads_split_with_sizes_of_another_tensor_and_a_minus_one_head_count_pru
     assert run(result.model, _feeds(batch=3, seq=7))[0].shape == (3, 7, 32)
 
 
+def test_tile_by_run_time_repeats_and_constant_of_a_run_time_shape_follow_the_pruned_width():
+    model = exporter_idioms.expanded_token(hidden=8, op="Tile")
+    group = analyze(model).group_of("fc1.weight", 1)
+    members = {(m.tensor, m.axis) for m in group.members}
+    assert group.prunable and {("token", 2), ("tokens", 2), ("zeros", 2)} <= members
+    result = graphprune.prune(
+        model, ratio=0.5, latency=False, feeds={"input": np.random.default_rng(0).random((3, 4, 8), np.float32)}
+    )
+    assert result.report.passed and result.report.exact.checked and result.report.exact.passed
+    assert result.report.groups_pruned == 1
+    assert run(result.model, {"input": np.zeros((5, 4, 8), np.float32)})[0].shape == (5, 5, 4)
+
+
 # --- unknown shapes -----------------------------------------------------------------------
 
 

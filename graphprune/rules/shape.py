@@ -708,3 +708,35 @@ def shape_read(node: onnx.NodeProto, ctx: RuleContext) -> None:
     xs = ctx.shape(node.input[0])
     for ax in range(len(xs or ())):
         ctx.dim(node.input[0], ax)  # declared: Shape reads the sizes at run time
+
+
+@rule("Tile")
+def tile(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Axes repeated once pass through; the repeats may be computed at run time
+    (``Concat(Shape(x)[0], [1], [1])``), an axis passes if its element is the constant 1."""
+    x, y = node.input[0], node.output[0]
+    xs = ctx.shape(x)
+    if xs is None or len(node.input) < 2:
+        return
+    value = ctx.value(node.input[1])
+    if value is not None:
+        repeats = [int(r) for r in value.ravel()]
+    else:
+        elements = shape_elements(ctx.view, node.input[1], (ctx.view.producer[y], 1))
+        repeats = [e.value if e.source is None else None for e in elements or ()]
+    if len(repeats) != len(xs):
+        return
+    for ax, r in enumerate(repeats):
+        if r == 1:
+            ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax))
+
+
+@rule("ConstantOfShape")
+def constant_of_shape(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """An axis whose size is read by Shape from another tensor's axis at run time follows that
+    axis: its entries are all the same constant, so removing some keeps the rest as they were."""
+    y = node.output[0]
+    elements = shape_elements(ctx.view, node.input[0], (ctx.view.producer[y], 0)) or ()
+    for j, el in enumerate(elements):
+        if el.source is not None:
+            ctx.identity(ctx.dim(*el.source), ctx.dim(y, j))
