@@ -18,9 +18,9 @@ Rules:
    with ``Σ`` the input covariance and ``λ = ridge · trace(Σₖₖ) / |k|``. A consumer with no
    bias slot (MatMul not followed by a bias Add) is fit without a bias, on ``E[x xᵀ]``. A
    consumer without a Gram (too wide) falls back to ``bias``.
-3. Weights keep their dtype (float16 is solved in float64 and stored back); consumers whose
-   weight is computed at run time (QDQ, Cast) or shared between nodes are left alone and
-   listed in the notes.
+3. Weights keep their dtype (float16 is solved in float64 and stored back) and their place
+   (an initializer, or a ``Constant`` node's value); consumers whose weight is computed at
+   run time (QDQ, bfloat16 Cast) or shared between nodes are left alone and listed in the notes.
 4. Removed columns keep their values: the surgery drops them, the reference masks them.
 """
 
@@ -81,7 +81,7 @@ def compensate(
     if method == "none":
         return result
     removed = removed_entries(deps, plan)
-    inits = {t.name: t for t in out.graph.initializer}
+    inits = _constant_tensors(out)
     taken = set(inits) | {o for n in out.graph.node for o in n.output}
     for i, c in sorted(stats.consumers.items()):
         gone = removed.get((c.data, c.axis))
@@ -117,6 +117,18 @@ def compensate(
             result.added_bias |= _write_bias(out, c, inits, taken, b_new, dtype)
         result.changed.append(c.name)
     return result
+
+
+def _constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """The tensor protos that hold the main graph's constants, by name: initializers and the
+    ``value`` of Constant nodes (rewritten in place, so a Constant weight stays one)."""
+    out = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            for a in node.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    out[node.output[0]] = a.t
+    return out
 
 
 def _refit(c: Consumer, m, b, moment, mean, gone, ridge: float):

@@ -8,10 +8,11 @@ channel pass read its weight as a matrix ``M [O, C * taps]``, compensation write
 Rules:
 1. Feature ``c * taps + t`` is tap ``t`` of input channel ``c`` (a Conv weight
    ``[O, C, kh, kw]`` reshaped to ``[O, C*kh*kw]``; ``taps == 1`` for Gemm/MatMul).
-2. A consumer is *refittable* when its weight is a float initializer (float32/float16/
-   float64), directly or through one ``Cast`` (weights stored in half precision), read by
-   this node alone: weights computed otherwise (DequantizeLinear of a QDQ model) or tied
-   between nodes are left alone, with a note.
+2. A consumer is *refittable* when its weight is a float constant (float32/float16/float64;
+   an initializer or a ``Constant`` node, as paddle2onnx and tf2onnx write weights),
+   directly or through one ``Cast`` (weights stored in half precision) or ``Identity``, read
+   by this node alone: weights computed otherwise (DequantizeLinear of a QDQ model) or tied
+   between nodes are left alone, with a note naming what computes them.
 3. Its bias slot: Conv input 2 and Gemm C (which compensation may add, zero-initialised),
    or the constant of the one Add that follows a MatMul (either stored like the weight);
    otherwise there is none.
@@ -42,9 +43,9 @@ class Consumer:
     axis: int  # the contracted axis of ``data``
     channels: int
     taps: int = 1
-    weight: str | None = None  # the initializer holding the weight, if refittable
+    weight: str | None = None  # the constant (initializer or Constant node) holding the weight, if refittable
     layout: str = ""  # "conv", "kn" (weight [K, N]) or "nk" (weight [N, K])
-    bias: str | None = None  # the bias initializer (Conv input 2, Gemm C, MatMul's Add)
+    bias: str | None = None  # the bias constant (Conv input 2, Gemm C, MatMul's Add)
     bias_slot: str = ""  # "input" (Conv/Gemm: input 2 may be added), "add" (MatMul + Add), "" none
     conv: dict = field(default_factory=dict)  # kernel, strides, pads, dilations (2-D form)
     note: str = ""  # why it is not refittable
@@ -132,18 +133,18 @@ def _conv_geometry(attrs: dict, wshape: tuple, xshape: tuple) -> dict | None:
 
 
 def stored(deps: DependencyGraph, name: str) -> str | None:
-    """The float initializer that ``name`` is, or that one ``Cast`` turns into ``name``, if
-    nothing else reads it on the way; else None."""
+    """The float constant (initializer or Constant node output) that ``name`` is, or that one
+    ``Cast`` or ``Identity`` turns into ``name``, if nothing else reads it on the way; else None."""
     mv = deps.view
-    if name in mv.initializers and name not in mv.graph_inputs:
+    if mv.is_constant(name):
         source = name
-    elif name in mv.producer and mv.nodes[mv.producer[name]].op_type == "Cast":
+    elif name in mv.producer and mv.nodes[mv.producer[name]].op_type in ("Cast", "Identity"):
         source = mv.nodes[mv.producer[name]].input[0]
-        if source not in mv.initializers or source in mv.graph_inputs or len(mv.consumers.get(source, [])) != 1:
+        if not mv.is_constant(source) or len(mv.consumers.get(source, [])) != 1:
             return None
     else:
         return None
-    if mv.initializers[source].data_type not in _FLOAT_WEIGHTS or len(mv.consumers.get(name, [])) != 1:
+    if mv.constant_tensor(source).data_type not in _FLOAT_WEIGHTS or len(mv.consumers.get(name, [])) != 1:
         return None
     return source
 
@@ -155,9 +156,14 @@ def _own_weight(deps: DependencyGraph, i: int, name: str) -> tuple[str | None, s
         return source, ""
     if len(mv.consumers.get(name, [])) != 1:
         return None, "weight shared with other nodes: left as it is"
-    if name in mv.initializers:
-        return None, f"weight of type {onnx.TensorProto.DataType.Name(mv.initializers[name].data_type)}: left as it is"
-    return None, "weight is computed at run time (DequantizeLinear, bfloat16 Cast...): left as it is"
+    op = None if mv.is_constant(name) or name not in mv.producer else mv.nodes[mv.producer[name]].op_type
+    source = name if op is None else mv.nodes[mv.producer[name]].input[0]
+    if op in (None, "Cast", "Identity") and mv.is_constant(source):
+        if len(mv.consumers.get(source, [])) != 1:
+            return None, "weight shared with other nodes: left as it is"
+        kind = onnx.TensorProto.DataType.Name(mv.constant_tensor(source).data_type)
+        return None, f"weight of type {kind}: left as it is"
+    return None, f"weight is computed at run time ({op or 'a graph input'}): left as it is"
 
 
 def _input_bias(deps: DependencyGraph, i: int, node: onnx.NodeProto, position: int) -> tuple[str | None, str]:
@@ -250,7 +256,7 @@ def tap_sums(c: Consumer, x: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def weight_value(deps: DependencyGraph, c: Consumer) -> np.ndarray | None:
-    """The consumer's weight as stored (its initializer, before any Cast), or None."""
+    """The consumer's weight as stored (its constant, before any Cast), or None."""
     return deps.view.value(c.weight or deps.view.nodes[c.node].input[1])
 
 

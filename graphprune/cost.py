@@ -1,13 +1,15 @@
 """Cost of an ONNX model: parameter count, multiply-accumulates and measured latency.
 
-Everything here looks at the *main graph* only. Subgraphs (bodies of ``If``, ``Loop``,
-``Scan``) and model-local functions are opaque: their nodes count 0 and their constants are
-not parameters. Only nodes of the default ONNX domain (``""`` / ``"ai.onnx"``) are counted;
-custom-domain nodes (e.g. ``com.microsoft``) count 0.
+MACs and latency look at the *main graph* only: subgraphs (bodies of ``If``, ``Loop``,
+``Scan``) and model-local functions are opaque, their nodes count 0. Parameters count the
+constants of the bodies too (one If branch runs, but both are stored). Only nodes of the
+default ONNX domain (``""`` / ``"ai.onnx"``) are counted; custom-domain nodes (e.g.
+``com.microsoft``) count 0.
 
 Parameters (:func:`count_params`)
 ---------------------------------
-The number of *elements* of every floating-point constant tensor of the main graph:
+The number of *elements* of every floating-point constant tensor of the main graph and of
+every If/Loop/Scan body in it:
 
 * each initializer of type FLOAT, FLOAT16, BFLOAT16 or DOUBLE, counted once by name, however
   many nodes use it (also when it is unused, and also when it doubles as a graph input);
@@ -130,12 +132,31 @@ class Cost:
 
 
 def count_params(model: onnx.ModelProto) -> int:
-    """Number of elements of the float constant tensors of ``model``'s main graph, and of
-    the integer weights that a ``DequantizeLinear`` reads (quantized models).
+    """Number of elements of the float constant tensors of ``model``'s main graph and of the
+    bodies of its If/Loop/Scan nodes (weights exporters put in branches are parameters too),
+    and of the integer weights that a ``DequantizeLinear`` reads (quantized models).
 
     Reads ``dims`` only, so it works on models loaded without their (external) data.
     """
-    g = model.graph
+    return graph_params(model.graph) + sum(n for _, n in body_params(model.graph))
+
+
+def body_params(g: onnx.GraphProto) -> list[tuple[int, int]]:
+    """``(node index, parameters)`` of every node of ``g`` whose bodies (If branches, Loop or
+    Scan body, nested bodies included) hold parameters."""
+    out = []
+    for i, node in enumerate(g.node):
+        n = 0
+        for attr in node.attribute:
+            bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            n += sum(graph_params(b) + sum(k for _, k in body_params(b)) for b in bodies)
+        if n:
+            out.append((i, n))
+    return out
+
+
+def graph_params(g: onnx.GraphProto) -> int:
+    """The parameters of one graph (see :func:`count_params`), not of its nodes' bodies."""
     total = 0
     seen: set[str] = set()
     # Quantized weights (QDQ models) are integer tensors read by DequantizeLinear: they are

@@ -26,6 +26,7 @@ import onnx
 from onnx import helper
 
 from .errors import InputError
+from .graph import declared_dim
 
 DEFAULT_BATCH = 32
 
@@ -51,8 +52,7 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if vi.name in inits:
             continue
         tt = vi.type.tensor_type
-        # a dim_value of -1 is some exporters' "dynamic"
-        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in tt.shape.dim)
+        dims = tuple(declared_dim(d) for d in tt.shape.dim)
         specs.append(InputSpec(vi.name, dims, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))))
     return specs
 

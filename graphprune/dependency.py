@@ -195,6 +195,39 @@ class DependencyGraph:
         return None
 
 
+def body_notes(model: onnx.ModelProto, *, outer: bool = True) -> list[str]:
+    """Why weights used inside control flow are not pruned, one line per If/Loop/Scan node
+    whose bodies hold parameters or read main-graph weights that no main-graph node reads:
+    the analysis follows the main graph only, so those weights are in no group (they do count
+    in the model's parameters). ``outer=False`` leaves out the main-graph weights read inside
+    bodies (analysis lists them itself, weight by weight, in ``unanalysed``)."""
+    from .cost import body_params
+    from .graph import _subgraph_inputs
+
+    g = model.graph
+    held = dict(body_params(g))
+    weights = {t.name: t for t in g.initializer if t.data_type in _FLOAT_TENSORS}
+    for node in g.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].t.data_type in _FLOAT_TENSORS:
+            weights[node.output[0]] = node.attribute[0].t
+    read_in_main = {i for node in g.node for i in node.input}
+    notes = []
+    for i, node in enumerate(g.node):
+        outside = [weights[n] for n in _subgraph_inputs(node) if n in weights and n not in read_in_main]
+        name, where = node.name or f"{node.op_type}_{i}", "branches" if node.op_type == "If" else "body"
+        if held.get(i):
+            notes.append(f"{held[i]} parameters inside {node.op_type} '{name}' {where} are not analysed")
+        if outer and outside:
+            n = sum(int(np.prod(t.dims, dtype=np.int64)) for t in outside)
+            notes.append(f"{n} parameters read inside {node.op_type} '{name}' {where} are not analysed")
+    return notes
+
+
+_FLOAT_TENSORS = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+)
+
+
 def analyze(model: onnx.ModelProto | ModelView, *, inexact: bool = False) -> DependencyGraph:
     """Trace the channel dependencies of ``model`` and return its groups.
 
@@ -216,6 +249,7 @@ def analyze(model: onnx.ModelProto | ModelView, *, inexact: bool = False) -> Dep
         contractions=collector.contractions,
     )
     _note_what_analysis_missed(deps, collector.unknown)
+    deps.notes.extend(body_notes(mv.model, outer=False))
     return deps
 
 
@@ -255,6 +289,7 @@ def _note_what_analysis_missed(deps: DependencyGraph, unknown: dict[str, str]) -
     inference stopped. Nothing the analysis could not follow is left unsaid."""
     mv = deps.view
     covered = {m.tensor for g in deps.groups for m in g.members}
+    versions = opsets(mv.model)
     readers: dict[str, list[str]] = defaultdict(list)  # reason kind -> labels of the nodes
     for i, node in enumerate(mv.nodes):
         for t in node.input:
@@ -262,7 +297,7 @@ def _note_what_analysis_missed(deps: DependencyGraph, unknown: dict[str, str]) -
             shape = mv.shapes.get(source) if source else None
             if source is None or shape is None or len(shape) < 2 or t in covered or source in covered:
                 continue
-            if rule_for(node) is None:
+            if rule_for(node, versions) is None:
                 op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
                 reason = Reason(mv.node_names[i], f"no rule for {op}")
             else:
@@ -613,7 +648,7 @@ def _with_unit(c: _Collector, group: Group) -> Group:
     if "inexact" in group.facts:
         group.unit = "hidden"
         return group
-    makers = {c.view.nodes[i].op_type for m in group.weights("out") for i, _ in c.view.consumers.get(m.tensor, [])}
+    makers = {c.view.nodes[i].op_type for m in group.weights("out") for i, _ in c.view.weight_readers(m.tensor)}
     by_matrices = bool(makers) and makers <= _MATRIX_OPS | {"Cast", "DequantizeLinear", "Identity"}
     if "heads" in group.facts and by_matrices:  # projections make heads; a patch grid is not one
         group.unit = "heads"

@@ -48,6 +48,7 @@ class ModelView:
     dtypes: dict[str, int]  # element types (TensorProto data types) where known
     folded: dict[str, np.ndarray]  # shape arithmetic that static shapes decide (see shapefold)
     opset: int
+    dim_params: dict[str, tuple] = field(default_factory=dict)  # symbolic dim names (None where unnamed)
     _values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def is_constant(self, name: str) -> bool:
@@ -85,6 +86,23 @@ class ModelView:
                 return None
             name, seen = node.input[0], seen + 1
         return name
+
+    def weight_readers(self, name: str) -> list[tuple[int, int]]:
+        """The (node index, input position) of the nodes that read a weight, past the Cast,
+        Identity and DequantizeLinear nodes that only convert it (the Conv, not its Cast)."""
+        out: list[tuple[int, int]] = []
+        todo, seen = [name], set()
+        while todo:
+            t = todo.pop()
+            for i, pos in self.consumers.get(t, []):
+                node = self.nodes[i]
+                if pos == 0 and node.op_type in _WEIGHT_PASSTHROUGH and node.domain in ("", "ai.onnx"):
+                    if node.output[0] not in seen and len(seen) < 16:
+                        seen.add(node.output[0])
+                        todo.append(node.output[0])
+                elif (i, pos) not in out:
+                    out.append((i, pos))
+        return out
 
     def is_weight(self, name: str) -> bool:
         """A constant, or computed from one as :meth:`weight_source` says."""
@@ -134,9 +152,9 @@ def view(model: onnx.ModelProto) -> ModelView:
                 constant_nodes[node.output[0]] = i
     initializers = {t.name: t for t in g.initializer}
     init_names = set(initializers)
-    shapes, dtypes, folded = infer_with_folding(model)
+    shapes, dtypes, folded, params = infer_with_folding(model)
     graph_inputs = [v.name for v in g.input if v.name not in init_names]
-    return ModelView(
+    mv = ModelView(
         model=model,
         nodes=nodes,
         node_names=names,
@@ -150,7 +168,83 @@ def view(model: onnx.ModelProto) -> ModelView:
         dtypes=dtypes,
         folded=folded,
         opset=opset_of(model),
+        dim_params=params,
     )
+    hints: dict = {}
+    for _ in range(16):  # inference gave up at a Reshape whose shape is computed: tell it, infer again
+        new = _reshape_hints(mv)
+        if not new:
+            break
+        hints.update(new)
+        mv.shapes, mv.dtypes, mv.folded, mv.dim_params = infer_with_folding(model, hints=hints)
+        mv._values.clear()
+    return mv
+
+
+def _reshape_hints(mv: ModelView) -> dict[str, tuple[int, tuple]]:
+    """Output types ``(element type, dims)`` of the Reshapes (and Tiles) whose shape inference left dims
+    unknown that their shape vector, traced by :func:`~graphprune.shapefold.shape_elements`,
+    tells (``Concat(Shape(x)[0:2], [-1])`` of a dynamic ``x``, or a ``-1`` head count next to
+    dynamic batch and sequence): a dim is its size, or the ``dim_param`` of the dim it is
+    read from (or is left to), else a fresh name."""
+    from .shapefold import shape_elements
+
+    def symbol(t: str, k: int):
+        size = mv.shapes[t][k]
+        names = mv.dim_params.get(t) or ()
+        name = names[k] if k < len(names) and names[k] and names[k] != "?" else f"{t}[{k}]"
+        return (int(size), ()) if size is not None else (1, (name,))
+
+    hints = {}
+    for i, node in enumerate(mv.nodes):
+        if node.op_type not in ("Reshape", "Tile") or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        x, y = node.input[0], node.output[0]
+        xs, ys = mv.shapes.get(x), mv.shapes.get(y)
+        if xs is None or x not in mv.dtypes or (ys is not None and None not in ys):
+            continue
+        elements = shape_elements(mv, node.input[1], (i, 1))
+        if elements is None or (ys is not None and len(ys) != len(elements)):
+            continue
+        if node.op_type == "Tile":  # repeats: an axis repeated a known number of times
+            if len(elements) != len(xs):
+                continue
+            dims = [
+                (symbol(x, j)[0] * e.value, symbol(x, j)[1]) if e.source is None and e.value is not None else None
+                for j, e in enumerate(elements)
+            ]
+        else:
+            dims = _reshape_dims(mv, x, elements, symbol)
+        out = tuple(
+            ys[j] if ys is not None and ys[j] is not None
+            else f"{y}[{j}]" if d is None or (d[1] and d[0] != 1) or len(d[1]) > 1
+            else d[1][0] if d[1] else d[0]
+            for j, d in enumerate(dims)
+        )  # fmt: skip
+        if ys is None or any(old is None and isinstance(new, int) for old, new in zip(ys, out)):
+            hints[y] = (mv.dtypes[x], out)
+    return hints
+
+
+def _reshape_dims(mv: ModelView, x: str, elements, symbol) -> list:
+    """The output sizes of a Reshape of ``x`` to ``elements``, as monomials (None if unknown)."""
+    from .rules.shape import _product, _quotient
+
+    xs = mv.shapes[x]
+    dims: list = []
+    for j, el in enumerate(elements):
+        if el.source is not None:
+            dims.append(symbol(*el.source))
+        elif el.value == 0 and j < len(xs):
+            dims.append(symbol(x, j))
+        elif el.value is not None and el.value > 0:
+            dims.append((el.value, ()))
+        else:
+            dims.append(None)
+    if dims.count(None) == 1:
+        rest = _quotient(_product(symbol(x, k) for k in range(len(xs))), _product(d for d in dims if d is not None))
+        dims[dims.index(None)] = rest if rest is not None and len(rest[1]) <= 1 else None
+    return dims
 
 
 def find_cycle(model: onnx.ModelProto) -> list[str] | None:
@@ -237,19 +331,23 @@ def fresh_name(taken: set[str], base: str) -> str:
     return name
 
 
-def infer_with_folding(model: onnx.ModelProto, rounds: int = 64):
-    """Shapes, element types and folded shape values (see :mod:`graphprune.shapefold`).
+def infer_with_folding(model: onnx.ModelProto, rounds: int = 64, hints: dict | None = None):
+    """Shapes, element types, folded shape values (see :mod:`graphprune.shapefold`) and the
+    names of symbolic dims (``dim_param``, None where a dim has no name).
 
     Shape inference runs on a light copy; where tensors are left without a shape, the shape
     arithmetic that static shapes decide is folded into constants of the light copy and
-    inference runs again, up to ``rounds`` times.
+    inference runs again, up to ``rounds`` times. ``hints`` (tensor -> (element type, dims))
+    are given to inference as declared types (see :func:`view`).
     """
     from .shapefold import fold
 
     light = light_copy(model)
+    for name, (elem, dims) in (hints or {}).items():
+        light.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, list(dims)))
     small = _small_constants(model)
     folded: dict[str, np.ndarray] = {}
-    shapes, types = _infer(light, model)
+    shapes, types, params = _infer(light, model)
     for _ in range(rounds):
         # Always fold once (rules read folded Resize sizes or Slice bounds even when every
         # shape is known); infer again only while tensors are left without shapes.
@@ -259,8 +357,8 @@ def infer_with_folding(model: onnx.ModelProto, rounds: int = 64):
         if not fresh or not any(o not in shapes or None in shapes[o] for n in model.graph.node for o in n.output if o):
             break
         _substitute(light, fresh)
-        shapes, types = _infer(light, model)
-    return shapes, types, folded
+        shapes, types, params = _infer(light, model)
+    return shapes, types, folded, params
 
 
 def _small_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -296,11 +394,15 @@ def _infer(light: onnx.ModelProto, model: onnx.ModelProto):
         inferred = light
     shapes: dict[str, Shape] = {}
     types: dict[str, int] = {}
+    params: dict[str, tuple] = {}
     g = inferred.graph
     for vi in list(g.value_info) + list(g.input) + list(g.output):
         s = _shape_of_value_info(vi)
         if s is not None:
             shapes[vi.name] = s
+            names = tuple(d.dim_param or None for d in vi.type.tensor_type.shape.dim)
+            if any(names):
+                params[vi.name] = names
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
             types[vi.name] = vi.type.tensor_type.elem_type
     for t in model.graph.initializer:
@@ -312,7 +414,7 @@ def _infer(light: onnx.ModelProto, model: onnx.ModelProto):
                 if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                     shapes[node.output[0]] = tuple(int(d) for d in attr.t.dims)
                     types[node.output[0]] = attr.t.data_type
-    return shapes, types
+    return shapes, types, params
 
 
 def _to_array(t: onnx.TensorProto) -> np.ndarray:
@@ -328,7 +430,13 @@ def _shape_of_value_info(vi: onnx.ValueInfoProto) -> Shape | None:
     t = vi.type
     if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
         return None
-    return tuple(d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim)
+    return tuple(declared_dim(d) for d in t.tensor_type.shape.dim)
+
+
+def declared_dim(d: onnx.TensorShapeProto.Dimension) -> int | None:
+    """The size a declared dim gives, or None for a symbolic or missing one. Some exporters
+    (paddle2onnx) write a dynamic dim as ``dim_value: -1``: that is not a size either."""
+    return d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
 
 
 def _is_large(t: onnx.TensorProto) -> bool:

@@ -14,7 +14,7 @@ def producers(deps: DependencyGraph, group: Group) -> list[str]:
     mv = deps.view
     names = []
     for m in group.weights("out"):
-        for i, _ in mv.consumers.get(m.tensor, []):
+        for i, _ in mv.weight_readers(m.tensor):
             if mv.node_names[i] not in names:
                 names.append(mv.node_names[i])
     return names

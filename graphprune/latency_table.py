@@ -139,7 +139,7 @@ def find_layers(deps: DependencyGraph, cm: CostModel) -> list[Layer]:
     for i, node in enumerate(mv.nodes):
         if node.domain not in ("", "ai.onnx") or node.op_type not in ("Conv", "Gemm", "MatMul"):
             continue
-        if len(node.input) < 2 or node.input[1] not in mv.initializers:
+        if len(node.input) < 2 or not mv.is_weight(node.input[1]):  # an initializer or a Constant node, maybe Cast
             continue
         x, w, y = node.input[0], node.input[1], node.output[0]
         xs, ws, ys = mv.shapes.get(x), mv.shapes.get(w), mv.shapes.get(y)

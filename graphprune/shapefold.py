@@ -17,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -244,3 +245,99 @@ def fold(model: onnx.ModelProto, shapes: Shapes, constants: Callable[[str], np.n
         if out is not None and np.asarray(out).size <= _MAX_ELEMENTS:
             values[node.output[0]] = np.asarray(out)
     return values
+
+
+@dataclass(frozen=True)
+class ShapeElement:
+    """One element of a shape vector computed at run time (``Concat(Shape(x)[0:2], [12, 64])``).
+
+    ``value`` is its integer value where known before the model runs (a constant, or a static
+    dim); ``source`` is ``(tensor, axis)`` when it is read from a tensor's shape by Shape at run
+    time (its value then follows that tensor's size, pruned or not); ``where`` is
+    ``(node index, input position, flat index)`` of the constant that holds it, when surgery
+    can rewrite it there without changing any other tensor (None if not).
+    """
+
+    value: int | None
+    source: tuple[str, int] | None = None
+    where: tuple[int, int, int] | None = None
+
+
+_SHAPE_PASS = frozenset({"Identity", "Cast", "Unsqueeze", "Squeeze"})
+
+
+def shape_elements(mv, name: str, consumer: tuple[int, int]) -> list[ShapeElement] | None:
+    """The elements of the 1-D (or scalar) integer tensor ``name`` read by input ``consumer``,
+    see :func:`_elements`. An entry of a constant that two elements share (a Gather picking it
+    twice) has no ``where``: rewriting it for one would change the other."""
+    out = _elements(mv, name, consumer, 0)
+    if out is not None:
+        wheres = [e.where for e in out if e.where is not None]
+        twice = {w for w in wheres if wheres.count(w) > 1}
+        out = [ShapeElement(e.value, e.source, None) if e.where in twice else e for e in out]
+    return out
+
+
+def _elements(mv, name: str, consumer: tuple[int, int], depth: int) -> list[ShapeElement] | None:
+    """The elements of the 1-D (or scalar) integer tensor ``name``, read by input ``consumer``
+    = (node index, position), traced through Shape, Gather, Slice, Concat, Unsqueeze, Squeeze,
+    Cast and Identity; None if it is not such a tensor. Elements of anything else are unknown.
+
+    A constant element gets a ``where`` only if every tensor between it and the consumer has
+    no other reader: rewriting it then changes nothing else.
+    """
+    if depth > 16:
+        return None
+    if mv.is_constant(name):
+        arr = mv.value(name)
+        if arr is None or arr.ndim > 1 or arr.size > _MAX_ELEMENTS or not np.issubdtype(arr.dtype, np.number):
+            return None
+        return [ShapeElement(int(v), None, (consumer[0], consumer[1], k)) for k, v in enumerate(arr.ravel())]
+    i = mv.producer.get(name)
+    node = None if i is None else mv.nodes[i]
+    shape = mv.shapes.get(name)
+    if node is None or node.domain not in ("", "ai.onnx") or (shape is not None and len(shape) > 1):
+        return None
+    exclusive = len(mv.consumers.get(name, [])) == 1 and name not in mv.graph_outputs
+
+    def inner(pos: int) -> list[ShapeElement] | None:
+        if pos >= len(node.input) or not node.input[pos]:
+            return None
+        out = _elements(mv, node.input[pos], (i, pos), depth + 1)
+        if out is not None and not exclusive:
+            out = [ShapeElement(e.value, e.source, None) for e in out]
+        return out
+
+    attrs = _attrs(node)
+    out: list[ShapeElement] | None = None
+    if node.op_type == "Shape":
+        s = mv.shapes.get(node.input[0])
+        if s is not None:
+            axes = list(range(len(s)))[attrs.get("start", 0) : attrs.get("end", None)]
+            out = [ShapeElement(s[a], (node.input[0], a)) for a in axes]
+    elif node.op_type in _SHAPE_PASS:
+        out = inner(0)
+    elif node.op_type == "Concat":
+        parts = [inner(p) for p in range(len(node.input))]
+        out = None if any(p is None for p in parts) else [e for p in parts for e in p]
+    elif node.op_type == "Gather" and attrs.get("axis", 0) == 0:
+        data, idx = inner(0), mv.value(node.input[1])
+        if data is not None and idx is not None and idx.ndim <= 1:
+            out = [data[int(k)] for k in idx.ravel()] if all(-len(data) <= k < len(data) for k in idx.ravel()) else None
+    elif node.op_type == "Slice":
+        data = inner(0)
+        bounds = [mv.value(node.input[p]) if p < len(node.input) and node.input[p] else None for p in range(1, 5)]
+        if data is not None and bounds[0] is not None and bounds[1] is not None:
+            axes, steps = bounds[2], bounds[3]
+            if (axes is None or list(axes.ravel()) in ([0], [-1])) and (steps is None or int(steps.ravel()[0]) == 1):
+                out = data[int(bounds[0].ravel()[0]) : _end(int(bounds[1].ravel()[0]))]
+    if out is None:
+        folded = mv.folded.get(name)
+        if folded is not None and folded.ndim <= 1:
+            return [ShapeElement(int(v)) for v in folded.ravel()]
+    return out
+
+
+def _end(e: int) -> int | None:
+    """A Slice end as a Python slice end (INT64_MAX-style ends mean 'to the end')."""
+    return None if e >= 2**31 else e

@@ -190,6 +190,15 @@ class _Surgery:
                 break
         node.attribute.append(onnx.helper.make_attribute(name, value))
 
+    def current_value(self, name: str) -> np.ndarray | None:
+        if name in self._inits:
+            return numpy_helper.to_array(self._inits[name])
+        if name in self.view.constant_nodes:
+            for a in self.model.graph.node[self.view.constant_nodes[name]].attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+        return self.view.value(name)
+
     def set_constant_input(self, node: onnx.NodeProto, position: int, value: np.ndarray) -> None:
         while len(node.input) <= position:
             node.input.append("")

@@ -86,6 +86,7 @@ class SurgeryContext(Protocol):
     """What a rewriter may ask and do while surgery updates one node."""
 
     view: ModelView
+    model: onnx.ModelProto  # the model being rewritten (its nodes are in the view's order)
 
     def removed(self, tensor: str, axis: int) -> np.ndarray:
         """Sorted indices removed from ``tensor``'s ``axis`` (empty if none)."""
@@ -98,6 +99,9 @@ class SurgeryContext(Protocol):
 
     def set_constant_input(self, node: onnx.NodeProto, position: int, value: np.ndarray) -> None:
         """Replace a constant input of ``node`` (a new initializer if the old one is shared)."""
+
+    def current_value(self, name: str) -> np.ndarray | None:
+        """The value of a constant as surgery has left it so far (rewrites included)."""
 
 
 Rule = Callable[[onnx.NodeProto, RuleContext], None]

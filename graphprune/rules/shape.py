@@ -9,10 +9,14 @@ Rules:
 4. Flatten and Reshape (constant shape): axes are matched by running products; where one
    axis becomes several (``[B, S, H*D] -> [B, S, H, D]``) or several become one
    (``[N, C, H, W] -> [N, C*H*W]``) the major axis owns a block of the single axis.
-   The Reshape shape constant is rewritten; a shape computed at run time blocks.
+   The Reshape shape constant is rewritten.
+4b. A Reshape shape computed at run time from the input's own sizes and constants
+   (``Concat(Shape(x)[0:2], [12, 64])``, as exporters write dynamic axes) is read element
+   by element: sizes read by Shape follow the input, constants are rewritten where the
+   Concat holds them; a shape that cannot be traced this way blocks.
 5. Transpose, Squeeze, Unsqueeze renumber axes.
 6. Pad and Resize: axes that are not padded or resized pass through; a Resize ``sizes``
-   constant is rewritten.
+   constant is rewritten (sizes computed at run time are read as in 4b).
 7. Shape only reads sizes: the runtime value follows the pruned tensor, so it does not
    block; ops that build tensors from such values have no rule and block on their own.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..shapefold import shape_elements
 from . import RuleContext, SurgeryContext, rewriter, rule
 
 
@@ -75,6 +80,8 @@ def split(node: onnx.NodeProto, ctx: RuleContext) -> None:
 @rewriter("Split")
 def rewrite_split(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
     xs = ctx.old_shape(node.input[0])
+    if xs is None:
+        return  # the rule declared nothing on a tensor of unknown shape: no member lost entries
     axis = _axis(next((a.i for a in node.attribute if a.name == "axis"), 0), len(xs))
     old = [ctx.old_shape(y)[axis] for y in node.output]
     new = [ctx.new_shape(y)[axis] for y in node.output]
@@ -153,8 +160,8 @@ def rewrite_slice(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
     x = node.input[0]
     xs = ctx.old_shape(x)
     params = _slice_params(node, ctx)
-    if params is None:
-        return
+    if params is None or xs is None:
+        return  # the rule declared nothing here, so no member lost entries
     starts, ends, axes, steps = params
     changed = False
     for i, a in enumerate(axes):
@@ -200,11 +207,10 @@ def _major_block(ctx: RuleContext, x: str, lo: int, hi: int, y: str, out_ax: int
 @rule("Reshape")
 def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
     x, y = node.input[0], node.output[0]
-    if ctx.view.value(node.input[1]) is None:
-        _forbid_all(ctx, node, "Reshape with a shape computed at run time")
-        return
     xs, ys = ctx.shape(x), ctx.shape(y)
-    if xs is None or ys is None or None in xs or None in ys:
+    static = ctx.view.value(node.input[1]) is not None and None not in (xs or (None,)) + (ys or (None,))
+    if not static:
+        _symbolic_reshape(node, ctx)
         return
     for (i0, i1), (j0, j1) in _matched_segments(xs, ys):
         ins = [i for i in range(i0, i1) if xs[i] != 1]
@@ -221,6 +227,108 @@ def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
     for ax, size in enumerate(xs):
         if size == 1:
             ctx.dim(x, ax)
+
+
+def _symbolic_reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """A Reshape whose shape or sizes are partly known only at run time (rule 4b).
+
+    Sizes are monomials: an integer times symbols for unknown dims. An input dim is its own
+    symbol (or its ``dim_param``); an element of the target read by Shape from the input (or
+    from a tensor whose dim has the same ``dim_param``) is that symbol, a constant is a number,
+    ``0`` copies the input dim and ``-1`` is what is left. Axes are then matched as in the
+    static case, by running products that divide each other. An output axis whose size is a
+    constant that surgery cannot rewrite in place (computed, or shared with another tensor)
+    blocks.
+    """
+    mv = ctx.view
+    x, y = node.input[0], node.output[0]
+    xs = ctx.shape(x)
+    index = mv.producer[y]
+    elements = shape_elements(mv, node.input[1], (index, 1)) if len(node.input) > 1 else None
+    if xs is None or elements is None:
+        why = "of a tensor of unknown shape" if xs is None else "with a shape computed at run time"
+        _forbid_all(ctx, node, f"Reshape {why}")
+        return
+    xm = [_symbol(mv, x, k, xs[k]) for k in range(len(xs))]
+    allowzero = ctx.attr("allowzero", 0)
+    ym: list = []
+    for j, el in enumerate(elements):
+        if el.source is not None and el.source[0] == x:
+            ym.append(xm[el.source[1]])
+        elif el.source is not None:
+            # the size of another tensor: neither it nor this axis may change alone
+            t, k = el.source
+            ctx.forbid(ctx.dim(t, k), f"Reshape reads its size at run time for another tensor {x!r}")
+            ctx.forbid(ctx.dim(y, j), f"Reshape takes the size of axis {j} from another tensor {t!r}")
+            ym.append(_symbol(mv, t, k, el.value))
+        elif el.value == 0 and not allowzero and j < len(xm):
+            ym.append(xm[j])
+        elif el.value is None or el.value < 0:
+            ym.append(None)
+        else:
+            ym.append((el.value, ()))
+        if not (el.source is not None or el.value in (0, -1) or el.where is not None):
+            why = "computed at run time" if el.value is None else "held where other nodes read it too, or computed"
+            ctx.forbid(ctx.dim(y, j), f"Reshape with a size at axis {j} {why}: it cannot be rewritten")
+    rest = _quotient(_product(xm), _product([m for m in ym if m is not None]))
+    if ym.count(None) == 1 and rest is not None:
+        ym[ym.index(None)] = rest
+    if None in ym:
+        _forbid_all(ctx, node, "Reshape with a shape computed at run time")
+        return
+    one = (1, ())
+    ints_x = [m[0] if not m[1] else None for m in xm]
+    ints_y = [m[0] if not m[1] else None for m in ym]
+    for (i0, i1), (j0, j1) in _matched_segments(xm, ym, mul=_mul, divides=_divides):
+        ins = [i for i in range(i0, i1) if xm[i] != one]
+        outs = [j for j in range(j0, j1) if ym[j] != one]
+        if len(ins) == 1 and len(outs) == 1:
+            ctx.identity(ctx.dim(x, ins[0]), ctx.dim(y, outs[0]))
+        elif len(ins) == 1 and len(outs) > 1 and None not in [ints_y[j] for j in outs]:
+            _unit(ctx, y, ints_y, outs, x, ins[0], selectors=True)
+        elif len(outs) == 1 and len(ins) > 1 and None not in [ints_x[i] for i in ins]:
+            _unit(ctx, x, ints_x, ins, y, outs[0], selectors=False)
+    for t, ms in ((y, ym), (x, xm)):
+        for ax, m in enumerate(ms):
+            if m == one:
+                ctx.dim(t, ax)
+
+
+def _symbol(mv, tensor: str, axis: int, size: int | None):
+    """A dim's size as a monomial ``(integer, sorted symbols)``: its value, or a symbol (its
+    ``dim_param`` name when it has one, so that two tensors' batch dims meet)."""
+    if size is not None:
+        return (int(size), ())
+    names = mv.dim_params.get(tensor) or ()
+    name = names[axis] if axis < len(names) else None
+    return (1, (name if name and name != "?" else f"{tensor}[{axis}]",))
+
+
+def _mul(a, b):
+    return (a[0] * b[0], tuple(sorted(a[1] + b[1])))
+
+
+def _product(ms):
+    out = (1, ())
+    for m in ms:
+        out = _mul(out, m)
+    return out
+
+
+def _quotient(a, b):
+    """``a / b`` as a monomial, or None if ``b`` does not divide ``a``."""
+    if b[0] == 0 or a[0] % b[0]:
+        return None
+    rest = list(a[1])
+    for s in b[1]:
+        if s not in rest:
+            return None
+        rest.remove(s)
+    return (a[0] // b[0], tuple(rest))
+
+
+def _divides(a, b) -> bool:
+    return a != b and _quotient(b, a) is not None
 
 
 def _unit(ctx: RuleContext, many: str, shape, axes: list[int], one: str, axis: int, *, selectors: bool) -> None:
@@ -269,10 +377,25 @@ def _selected_later(ctx: RuleContext, tensor: str, axis: int, depth: int = 0) ->
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type in ("Gather", "Split") and _axis(attrs.get("axis", 0), rank) == axis:
             return True
+        if node.op_type == "Slice" and _slices_axis(node, ctx, rank, axis):
+            return True  # paddle2onnx selects q, k and v with Slice
         if node.op_type not in _AXIS_MOVERS:
             continue
         moved = _moved_axis(node, attrs, mv, rank, axis)
         if moved is not None and _selected_later(ctx, node.output[0], moved, depth + 1):
+            return True
+    return False
+
+
+def _slices_axis(node: onnx.NodeProto, ctx: RuleContext, rank: int, axis: int) -> bool:
+    """True if a Slice with constant bounds cuts ``axis`` short (keeps fewer entries than it has)."""
+    params = _slice_params(node, ctx)
+    size = (ctx.view.shapes.get(node.input[0]) or (None,) * rank)[axis] if rank else None
+    if params is None or size is None:
+        return False
+    starts, ends, axes, steps = params
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        if _axis(a, rank) == axis and st == 1 and _clamp(e, size) - _clamp(s, size) < size:
             return True
     return False
 
@@ -329,8 +452,9 @@ def _moved_axis(node: onnx.NodeProto, attrs: dict, mv, rank: int, axis: int) -> 
     return axis - sum(1 for g in gone if g < axis)
 
 
-def _matched_segments(xs, ys):
-    """Pairs of axis ranges with equal size products, in order."""
+def _matched_segments(xs, ys, mul=lambda a, b: a * b, divides=lambda a, b: a < b):
+    """Pairs of axis ranges with equal size products, in order (sizes are integers, or
+    monomials with their own ``mul`` and ``divides``)."""
     i = j = 0
     out = []
     while i < len(xs) and j < len(ys):
@@ -338,11 +462,11 @@ def _matched_segments(xs, ys):
         pi, pj = xs[i], ys[j]
         i, j = i + 1, j + 1
         while pi != pj:
-            if pi < pj and i < len(xs):
-                pi *= xs[i]
+            if divides(pi, pj) and i < len(xs):
+                pi = mul(pi, xs[i])
                 i += 1
-            elif pj < pi and j < len(ys):
-                pj *= ys[j]
+            elif divides(pj, pi) and j < len(ys):
+                pj = mul(pj, ys[j])
                 j += 1
             else:
                 return out
@@ -356,7 +480,11 @@ def rewrite_reshape(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
     old, new = ctx.old_shape(y), ctx.new_shape(y)
     if old == new:
         return
-    target = [int(v) for v in ctx.view.value(node.input[1]).ravel()]
+    value = ctx.view.value(node.input[1])
+    if value is None:
+        rewrite_elements(ctx, node.input[1], (ctx.view.producer[y], 1), old, new)
+        return
+    target = [int(v) for v in value.ravel()]
     for ax, (o, n) in enumerate(zip(old, new)):
         if o != n and target[ax] not in (-1, 0):
             target[ax] = n
@@ -444,7 +572,15 @@ def resize(node: onnx.NodeProto, ctx: RuleContext) -> None:
     if xs is None or ys is None or len(xs) != len(ys):
         return
     if len(node.input) > 3 and node.input[3] and ctx.value(node.input[3]) is None:
-        _forbid_all(ctx, node, f"{node.op_type} with sizes computed at run time")
+        # F.interpolate(x, size=skip.shape[2:]): Concat(Shape(x)[0:2], Shape(skip)[2:4]). An
+        # axis whose size is read from x itself (or is a constant that can be rewritten) passes.
+        elements = shape_elements(ctx.view, node.input[3], (ctx.view.producer[y], 3))
+        if elements is None or len(elements) != len(xs) or ctx.attr("axes") is not None:
+            _forbid_all(ctx, node, f"{node.op_type} with sizes computed at run time")
+            return
+        for ax, el in enumerate(elements):
+            if el.source == (x, ax) or (el.where is not None and xs[ax] is not None and el.value == xs[ax]):
+                ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax))
         return
     for ax, (a, b) in enumerate(zip(xs, ys)):
         if a is not None and a == b:
@@ -458,7 +594,11 @@ def rewrite_resize(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
     old, new = ctx.old_shape(node.output[0]), ctx.new_shape(node.output[0])
     if old == new:
         return
-    sizes = ctx.view.value(node.input[3]).astype(np.int64).copy()
+    value = ctx.view.value(node.input[3])
+    if value is None:  # sizes computed at run time: the rule passed only axes it can follow
+        rewrite_elements(ctx, node.input[3], (ctx.view.producer[node.output[0]], 3), old, new, keep=())
+        return
+    sizes = value.astype(np.int64).copy()
     # sizes lists every axis, or (opset 18) only those named by the axes attribute
     listed = next((list(a.ints) for a in node.attribute if a.name == "axes"), list(range(len(old))))
     listed = [a + len(old) if a < 0 else a for a in listed]
@@ -469,6 +609,25 @@ def rewrite_resize(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
             changed = True
     if changed:
         ctx.set_constant_input(node, 3, sizes)
+
+
+def rewrite_elements(ctx: SurgeryContext, shape: str, consumer: tuple[int, int], old, new, keep=(0, -1)) -> None:
+    """Rewrite, where they are held, the constant elements of a shape computed at run time
+    whose axis changed size (elements read by Shape follow the pruned tensor by themselves, so
+    do the values in ``keep``, Reshape's 0 and -1 or Expand's 1; the rule coupled no axis
+    whose constant cannot be rewritten in place)."""
+    elements = shape_elements(ctx.view, shape, consumer)
+    for ax, (o, n) in enumerate(zip(old, new)):
+        if o == n:
+            continue
+        el = elements[ax]
+        if el.source is not None or el.value in keep:
+            continue
+        node_index, pos, k = el.where
+        holder = ctx.model.graph.node[node_index]
+        arr = np.array(ctx.current_value(holder.input[pos]), copy=True)
+        arr.flat[k] = n
+        ctx.set_constant_input(holder, pos, arr)
 
 
 def _forbid_all(ctx: RuleContext, node: onnx.NodeProto, reason: str) -> None:
@@ -500,12 +659,28 @@ def gather(node: onnx.NodeProto, ctx: RuleContext) -> None:
 
 @rule("Expand")
 def expand(node: onnx.NodeProto, ctx: RuleContext) -> None:
-    """Axes that keep their size pass through (repeat_kv's kv-heads axis); broadcast ones do not."""
+    """Axes that keep their size pass through (repeat_kv's kv-heads axis); broadcast ones do not.
+    A target shape computed at run time is read element by element (see ``_symbolic_reshape``):
+    an axis passes through where its element is 1, is read by Shape from the same axis of the
+    input, or is a constant equal to its size that surgery can rewrite in place."""
     x, y = node.input[0], node.output[0]
     xs, ys = ctx.shape(x), ctx.shape(y)
-    if xs is None or ys is None or ctx.value(node.input[1]) is None:
+    if xs is None or ys is None:
         return
     shift = len(ys) - len(xs)
+    if ctx.value(node.input[1]) is None:
+        elements = shape_elements(ctx.view, node.input[1], (ctx.view.producer[y], 1))
+        if elements is None or len(elements) != len(ys):
+            return
+        for ax, size in enumerate(xs):
+            el = elements[ax + shift]
+            if (
+                el.value == 1
+                or el.source == (x, ax)
+                or (el.where is not None and size is not None and el.value == size)
+            ):
+                ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax + shift))
+        return
     for ax, size in enumerate(xs):
         if size is not None and size == ys[ax + shift]:
             ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax + shift))
@@ -516,7 +691,11 @@ def rewrite_expand(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
     old, new = ctx.old_shape(node.output[0]), ctx.new_shape(node.output[0])
     if old == new:
         return
-    target = [int(v) for v in ctx.view.value(node.input[1]).ravel()]
+    value = ctx.view.value(node.input[1])
+    if value is None:  # 1 broadcasts the input's own (pruned) size: only other constants change
+        rewrite_elements(ctx, node.input[1], (ctx.view.producer[node.output[0]], 1), old, new, keep=(1,))
+        return
+    target = [int(v) for v in value.ravel()]
     shift = len(old) - len(target)
     for ax in range(len(target)):
         if target[ax] != 1 and old[ax + shift] != new[ax + shift]:
@@ -529,3 +708,35 @@ def shape_read(node: onnx.NodeProto, ctx: RuleContext) -> None:
     xs = ctx.shape(node.input[0])
     for ax in range(len(xs or ())):
         ctx.dim(node.input[0], ax)  # declared: Shape reads the sizes at run time
+
+
+@rule("Tile")
+def tile(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Axes repeated once pass through; the repeats may be computed at run time
+    (``Concat(Shape(x)[0], [1], [1])``), an axis passes if its element is the constant 1."""
+    x, y = node.input[0], node.output[0]
+    xs = ctx.shape(x)
+    if xs is None or len(node.input) < 2:
+        return
+    value = ctx.value(node.input[1])
+    if value is not None:
+        repeats = [int(r) for r in value.ravel()]
+    else:
+        elements = shape_elements(ctx.view, node.input[1], (ctx.view.producer[y], 1))
+        repeats = [e.value if e.source is None else None for e in elements or ()]
+    if len(repeats) != len(xs):
+        return
+    for ax, r in enumerate(repeats):
+        if r == 1:
+            ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax))
+
+
+@rule("ConstantOfShape")
+def constant_of_shape(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """An axis whose size is read by Shape from another tensor's axis at run time follows that
+    axis: its entries are all the same constant, so removing some keeps the rest as they were."""
+    y = node.output[0]
+    elements = shape_elements(ctx.view, node.input[0], (ctx.view.producer[y], 0)) or ()
+    for j, el in enumerate(elements):
+        if el.source is not None:
+            ctx.identity(ctx.dim(*el.source), ctx.dim(y, j))
