@@ -105,20 +105,27 @@ def sample_sizes(
     return resolve(model, input_shapes, data_shapes, probe=runs if probe else None)
 
 
-def _inputs(original, input_shapes, feeds, data, batch_size, *, validate: bool):
+def _inputs(original, input_shapes, feeds, data, batch_size, *, validate: bool, check: bool = True):
     """``(sizes, feeds, what the feeds are)`` for a prune or a validation: the feeds given, else
-    the data's first batch, else seeded random inputs at the resolved sizes."""
+    the data's first batch, else seeded random inputs at the resolved sizes. ``check``: when no
+    default size runs the original, raise its error now (see :func:`_check_inputs`)."""
     inputs_from = "given feeds"
     if feeds is None and data is not None:
         feeds, inputs_from = first_batch(original, data, batch_size), "data's first batch"
     sizes = sample_sizes(original, input_shapes, feeds, probe=validate)
     if feeds is None and validate:
         feeds, inputs_from = random_feeds(original, shapes=sizes.dims), "generated inputs"
-        if sizes.runs is False:  # no default size works: say so now, not after pruning
-            from .validation import run_original
-
-            run_original(original, feeds, inputs_from)
+        if check:
+            _check_inputs(original, sizes, feeds, inputs_from)
     return sizes, feeds, inputs_from
+
+
+def _check_inputs(original, sizes: InputSizes, feeds, inputs_from: str) -> None:
+    """When no default size runs the original, say so before pruning, not after it."""
+    if sizes.runs is False:
+        from .validation import run_original
+
+        run_original(original, feeds, inputs_from)
 
 
 def sample_cost(model: onnx.ModelProto, sizes: InputSizes | None = None, shapes: dict | None = None) -> Cost:
@@ -239,8 +246,10 @@ def prune(
         data = open_dataset(data)
         pass_ = replace(pass_, calib=data)  # indexed once, read by every step
     batch = getattr(pass_, "batch_size", None) or DEFAULT_BATCH
-    sizes, feeds, inputs_from = _inputs(original, input_shapes, feeds, data, batch, validate=validate)
+    sizes, feeds, inputs_from = _inputs(original, input_shapes, feeds, data, batch, validate=validate, check=False)
     deps = _analyze(original, inexact=getattr(pass_, "inexact", False))
+    if validate and (deps.prunable_groups() or plan is not None):  # else "nothing to prune" says more
+        _check_inputs(original, sizes, feeds, inputs_from)
     deps.sample_shapes = count_shapes(original, sizes) or deps.view.shapes
     before = cost_of(original, deps.sample_shapes)
     if hasattr(pass_, "prune"):
@@ -250,6 +259,8 @@ def prune(
         outcome = PruneOutcome(pruned, chosen, deps, original, details)
     if outcome.plan.total_removed == 0:  # said, not pretended: the CLI writes nothing then
         outcome.report = {**outcome.report, "nothing_pruned": nothing_pruned(outcome.deps, from_plan=plan is not None)}
+        # nothing to check the original against on inputs it rejects: the model is unchanged
+        validate = validate and sizes.runs is not False
     report = _report(
         original,
         outcome.pruned,

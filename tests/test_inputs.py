@@ -408,9 +408,35 @@ def test_a_batch_declared_minus_one_is_symbolic_for_data_random_inputs_and_costs
 
 
 def test_when_no_default_size_runs_the_error_comes_before_any_pruning(monkeypatch):
-    import graphprune.api
+    from graphprune.passes.filter import FilterPruning
 
     # the last dim must be 7 to broadcast with the constant: no default length is
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["x", "c"], ["a"]),
+            helper.make_node("MatMul", ["a", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[
+            onnx.numpy_helper.from_array(np.ones(7, np.float32), "c"),
+            onnx.numpy_helper.from_array(rng.standard_normal((7, 8)).astype(np.float32), "w1"),
+            onnx.numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "w2"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    monkeypatch.setattr(FilterPruning, "prune", lambda *a, **k: pytest.fail("pruned before the error"))
+    with pytest.raises(InputError, match=r"does not run on the generated inputs \(x: 1x16\)"):
+        graphprune.prune(model, ratio=0.5, latency=False)
+    sizes = resolve(model, probe=lambda dims: False)
+    assert sizes.runs is False and sizes.dims["x"] == (1, 16)
+
+
+def test_a_model_with_nothing_to_prune_says_so_even_when_its_inputs_cannot_be_guessed():
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "c"], ["y"])],
         "g",
@@ -419,11 +445,9 @@ def test_when_no_default_size_runs_the_error_comes_before_any_pruning(monkeypatc
         initializer=[onnx.numpy_helper.from_array(np.ones(7, np.float32), "c")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    monkeypatch.setattr(graphprune.api, "_analyze", lambda *a, **k: pytest.fail("analysed before the error"))
-    with pytest.raises(InputError, match=r"does not run on the generated inputs \(x: 1x16\)"):
-        graphprune.prune(model, ratio=0.5, latency=False)
-    sizes = resolve(model, probe=lambda dims: False)
-    assert sizes.runs is False and sizes.dims["x"] == (1, 16)
+    result = graphprune.prune(model, ratio=0.5, latency=False)
+    assert result.plan.total_removed == 0 and result.report.prune["nothing_pruned"]
+    assert not result.report.validated  # nothing to check, on inputs the original rejects
 
 
 def test_a_map_input_is_fed_a_dict():
