@@ -508,7 +508,12 @@ def internal_map(results: list[Outcome]) -> list[dict]:
 def internal_text(rows: list[dict]) -> str:
     if not rows:
         return "\ninternal errors: none"
-    lines = [f"\ninternal errors by exception and message ({sum(r['count'] for r in rows)}):"]
+    sites = Counter()
+    for r in rows:
+        sites[r["where"] or r["message"].split(" during ")[0]] += r["count"]
+    lines = [f"\ninternal errors by where graphprune raised them ({sum(sites.values())}):"]
+    lines += [f"  {n:>4} x {site}" for site, n in sites.most_common()]
+    lines.append(f"\ninternal errors by exception and message ({sum(r['count'] for r in rows)}):")
     for r in rows:
         lines.append(f"  {r['count']:>4} x {r['message'][:160]}")
         lines.append(

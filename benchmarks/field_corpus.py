@@ -117,7 +117,11 @@ def _save_feeds(path: Path, feeds: dict) -> None:
 
 
 def load_feeds(cache: Path, entry: Entry) -> dict | None:
-    return None if entry.feeds is None else pickle.loads((cache / entry.feeds).read_bytes())
+    """The entry's feeds; numpy scalars (some node cases hold them) become 0-d arrays, as a user passes them."""
+    if entry.feeds is None:
+        return None
+    feeds = pickle.loads((cache / entry.feeds).read_bytes())
+    return {k: np.asarray(v) if isinstance(v, np.generic) else v for k, v in feeds.items()}
 
 
 # ---------------------------------------------------------------------------- pypi
