@@ -78,6 +78,7 @@ class Outcome:
     exception: str = ""  # internal errors: exception type
     where: str = ""  # internal errors: innermost graphprune frame (file:line in function)
     innermost: str = ""  # internal errors: innermost frame of all
+    chain: list[str] = field(default_factory=list)  # internal errors: the last graphprune frames, outermost first
     args: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -112,11 +113,11 @@ def _last_line(text: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def _frames(stderr: str) -> tuple[str, str]:
-    """(innermost graphprune frame, innermost frame) of the last traceback in ``stderr``."""
+def _frames(stderr: str) -> tuple[str, str, list[str]]:
+    """(innermost graphprune frame, innermost frame, last graphprune frames) of the last traceback."""
     frames = _FRAME.findall(stderr.rsplit("Traceback (most recent call last)", 1)[-1])
     if not frames:
-        return "", ""
+        return "", "", []
 
     def short(f):
         path = f[0]
@@ -124,7 +125,7 @@ def _frames(stderr: str) -> tuple[str, str]:
         return f"{path[i:] if i >= 0 else Path(path).name}:{f[1]} in {f[2]}"
 
     ours = [f for f in frames if "/graphprune/" in f[0] and "/benchmarks/" not in f[0]]
-    return (short(ours[-1]) if ours else ""), short(frames[-1])
+    return (short(ours[-1]) if ours else ""), short(frames[-1]), [short(f) for f in ours[-4:]]
 
 
 def _internal(stderr: str) -> tuple[str, str] | None:
@@ -221,23 +222,38 @@ def _generated(model) -> dict | None:
 
 
 def original_runs(model_path: Path, feeds: dict | None) -> str | None:
-    """None if onnxruntime runs the original on ``feeds`` (or generated ones), else its error."""
+    """None if onnxruntime runs the original on ``feeds`` (or generated ones), else its error.
+
+    Tensors go in as OrtValues and come back as OrtValues, so that types numpy lacks (bfloat16,
+    float8, 4-bit: ml_dtypes arrays here) are fed and returned by their ONNX type."""
     import onnx
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)
     try:
+        model = onnx.load(str(model_path), load_external_data=False)
         if feeds is None:
-            feeds = _generated(onnx.load(str(model_path), load_external_data=False))
+            feeds = _generated(model)
             if feeds is None:
                 return None  # nothing to feed it with: unknown, not blamed
         so = ort.SessionOptions()
         so.log_severity_level = 3
         sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-        sess.run(None, feeds)
+        if all(isinstance(v, np.ndarray) and v.dtype.kind != "O" for v in feeds.values()):
+            types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.input}
+            sess.run_with_ort_values(None, {k: _ortvalue(ort, v, types.get(k)) for k, v in feeds.items()})
+        else:  # sequences, optionals, strings: the python API's own conversions
+            sess.run(None, feeds)
     except Exception as exc:
         return f"{type(exc).__name__}: {_last_line(str(exc)) or exc!r}"[:300]
     return None
+
+
+def _ortvalue(ort, value: np.ndarray, elem_type: int | None):
+    if value.dtype.kind == "V" and elem_type:  # ml_dtypes: hand over the bits with the ONNX type
+        bits = np.ascontiguousarray(value).view(np.uint16 if value.dtype.itemsize == 2 else np.uint8)
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, elem_type)
+    return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
 
 
 def classify(
@@ -251,9 +267,9 @@ def classify(
 
     def internal(command: str, stderr: str) -> Outcome:
         exc, msg = _internal(stderr)
-        where, inner = _frames(stderr)
+        where, inner, chain = _frames(stderr)
         result.klass, result.command, result.exception = INTERNAL, command, exc
-        result.message, result.where, result.innermost = f"{exc}: {msg}", where, inner
+        result.message, result.where, result.innermost, result.chain = f"{exc}: {msg}", where, inner, chain
         return result
 
     phase("inspect")
@@ -497,6 +513,7 @@ def internal_map(results: list[Outcome]) -> list[dict]:
                 "count": len(rs),
                 "where": where,
                 "innermost": rs[0].innermost,
+                "chain": rs[0].chain,
                 "command": sorted({r.command for r in rs}),
                 "sources": dict(Counter(r.source for r in rs)),
                 "examples": [f"{r.source}:{r.name}" for r in rs[:6]],
@@ -519,6 +536,8 @@ def internal_text(rows: list[dict]) -> str:
         lines.append(
             f"         raised at {r['where'] or '-'} (innermost {r['innermost'] or '-'}); {'/'.join(r['command'])}"
         )
+        if len(r["chain"]) > 1:
+            lines.append(f"         via {' > '.join(r['chain'][:-1])}")
         lines.append(f"         e.g. {', '.join(r['examples'][:4])}")
     return "\n".join(lines)
 

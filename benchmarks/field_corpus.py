@@ -117,11 +117,20 @@ def _save_feeds(path: Path, feeds: dict) -> None:
 
 
 def load_feeds(cache: Path, entry: Entry) -> dict | None:
-    """The entry's feeds; numpy scalars (some node cases hold them) become 0-d arrays, as a user passes them."""
+    """The entry's feeds as a user holds them: numpy scalars become 0-d arrays and TensorProtos (node
+    cases of small float and 4-bit types) arrays, of ml_dtypes types where numpy has none."""
     if entry.feeds is None:
         return None
     feeds = pickle.loads((cache / entry.feeds).read_bytes())
-    return {k: np.asarray(v) if isinstance(v, np.generic) else v for k, v in feeds.items()}
+    return {k: _array(v) for k, v in feeds.items()}
+
+
+def _array(value):
+    if isinstance(value, np.generic):
+        return np.asarray(value)
+    if isinstance(value, onnx.TensorProto):
+        return onnx.numpy_helper.to_array(value)
+    return value
 
 
 # ---------------------------------------------------------------------------- pypi

@@ -204,4 +204,23 @@ def test_frames_name_the_innermost_graphprune_line():
         '  File "/usr/lib/numpy/core.py", line 5, in f\n'
         "TypeError: boom\n"
     )
-    assert field._frames(stderr) == ("graphprune/rules/shape.py:161 in rewrite_slice", "core.py:5 in f")
+    where, innermost, chain = field._frames(stderr)
+    assert (where, innermost) == ("graphprune/rules/shape.py:161 in rewrite_slice", "core.py:5 in f")
+    assert chain == ["graphprune/cli.py:10 in _main", "graphprune/rules/shape.py:161 in rewrite_slice"]
+
+
+def test_input_shape_flag_is_used_when_the_parser_has_it(tmp_path):
+    """Dynamic dims are named with --input-shape NAME:D1,D2,... once the CLI takes that flag."""
+    import argparse
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "h", "w"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, "h", "w"])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])), path)
+    parser = argparse.ArgumentParser()
+    prune = parser.add_subparsers(dest="command").add_parser("prune")
+    prune.add_argument("--input-shape", nargs="+")
+    feeds = {"x": np.zeros((1, 3, 64, 32), np.float32)}
+    flags = field.data_flags(path, feeds, tmp_path, parser=parser)
+    assert flags[:2] == ["--input-shape", "x:1,3,64,32"]
+    assert "--calib" in flags
