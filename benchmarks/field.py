@@ -134,8 +134,22 @@ def _internal(stderr: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
+def _exotic(value: np.ndarray) -> bool:
+    """An ml_dtypes array (bfloat16, float8, int4, ...): onnx's own type for what numpy lacks."""
+    return value.dtype.type.__module__ == "ml_dtypes"
+
+
 def _is_plain(value) -> bool:
-    return isinstance(value, np.ndarray) and value.dtype.kind in "fiub" and value.ndim >= 1
+    return isinstance(value, np.ndarray) and value.ndim >= 1 and (value.dtype.kind in "fiub" or _exotic(value))
+
+
+def _portable(value: np.ndarray) -> np.ndarray:
+    """What a user's .npz holds for an input of a type numpy lacks: float32 or (u)int8, cast by graphprune."""
+    if not _exotic(value):
+        return value
+    if "int" in value.dtype.name:
+        return value.astype(np.uint8 if value.dtype.name.startswith("u") else np.int8)
+    return value.astype(np.float32)
 
 
 def data_flags(model_path: Path, feeds: dict | None, workdir: Path, parser=None) -> list[str]:
@@ -179,7 +193,7 @@ def data_flags(model_path: Path, feeds: dict | None, workdir: Path, parser=None)
         fits = fits and v.ndim == len(want) and all(w is None or w == h for w, h in zip(want[1:], v.shape[1:]))
     if fits:
         data = workdir / "data.npz"
-        np.savez(data, **feeds)
+        np.savez(data, **{k: _portable(v) for k, v in feeds.items()})
         flags += ["--calib", str(data)]
     return flags
 
@@ -239,7 +253,7 @@ def original_runs(model_path: Path, feeds: dict | None) -> str | None:
         so = ort.SessionOptions()
         so.log_severity_level = 3
         sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-        if all(isinstance(v, np.ndarray) and v.dtype.kind != "O" for v in feeds.values()):
+        if all(isinstance(v, np.ndarray) and v.dtype.kind not in "OSU" for v in feeds.values()):
             types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.input}
             sess.run_with_ort_values(None, {k: _ortvalue(ort, v, types.get(k)) for k, v in feeds.items()})
         else:  # sequences, optionals, strings: the python API's own conversions
@@ -250,7 +264,7 @@ def original_runs(model_path: Path, feeds: dict | None) -> str | None:
 
 
 def _ortvalue(ort, value: np.ndarray, elem_type: int | None):
-    if value.dtype.kind == "V" and elem_type:  # ml_dtypes: hand over the bits with the ONNX type
+    if _exotic(value) and elem_type:  # ml_dtypes: hand over the bits with the ONNX type
         bits = np.ascontiguousarray(value).view(np.uint16 if value.dtype.itemsize == 2 else np.uint8)
         return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, elem_type)
     return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
