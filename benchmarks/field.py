@@ -483,7 +483,7 @@ def table(results: list[Outcome], sources) -> str:
 
 def _pattern(message: str) -> str:
     """A message with its names and numbers blanked, so that one cause groups its models."""
-    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", message)
+    text = re.sub(r"'[^'\s]{1,80}'", "'…'", message)  # quoted names, not whole quoted messages
     text = re.sub(r"/\S+", "<path>", text)
     text = re.sub(r"\b\d+(\.\d+)?(e[-+]?\d+)?\b", "N", text)
     return text[:160]

@@ -228,3 +228,12 @@ def test_input_shape_flag_is_used_when_the_parser_has_it(tmp_path):
     flags = field.data_flags(path, feeds, tmp_path, parser=parser)
     assert flags[:2] == ["--input-shape", "x:1,3,64,32"]
     assert "--calib" in flags
+
+
+def test_message_patterns_blank_names_but_keep_the_cause():
+    assert field._pattern("input 'X' has unsupported element type object") == field._pattern(
+        "input 'like' has unsupported element type object"
+    )
+    einsum = "InvalidArgument: \"[ONNXRuntimeError] : 2 : running Einsum node. Name:''\""
+    split = "InvalidArgument: \"[ONNXRuntimeError] : 2 : running SplitToSequence node. Name:''\""
+    assert field._pattern(einsum) != field._pattern(split)
