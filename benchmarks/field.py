@@ -259,7 +259,8 @@ def original_runs(model_path: Path, feeds: dict | None) -> str | None:
         else:  # sequences, optionals, strings: the python API's own conversions
             sess.run(None, feeds)
     except Exception as exc:
-        return f"{type(exc).__name__}: {_last_line(str(exc)) or exc!r}"[:300]
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), repr(exc))
+        return f"{type(exc).__name__}: {first}"[:300]
     return None
 
 
@@ -346,8 +347,10 @@ def _done(result: Outcome, t0: float) -> Outcome:
 
 def _worker(conn, cache: str) -> None:
     """Child process: classify the models it is sent, one at a time, saying which phase it is in."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import faulthandler
     import warnings
+
+    faulthandler.disable()  # a crash is recorded by the parent; no dump over the table
 
     warnings.simplefilter("ignore")
     devnull = os.open(os.devnull, os.O_WRONLY)

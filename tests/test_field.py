@@ -237,3 +237,28 @@ def test_message_patterns_blank_names_but_keep_the_cause():
     einsum = "InvalidArgument: \"[ONNXRuntimeError] : 2 : running Einsum node. Name:''\""
     split = "InvalidArgument: \"[ONNXRuntimeError] : 2 : running SplitToSequence node. Name:''\""
     assert field._pattern(einsum) != field._pattern(split)
+
+
+def _fake_classify(model_path, feeds, workdir, *, source="", name="", phase=None):
+    """Stands in for field.classify in the workers (forked, so the patch reaches them)."""
+    import os
+    import signal
+    import time
+
+    phase("prune")
+    if name == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if name == "hang":
+        time.sleep(60)
+    return field.Outcome(source, name, field.NOTHING, "no channel groups")
+
+
+def test_a_crash_or_a_hang_costs_one_model_and_the_run_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(field, "classify", _fake_classify)
+    names = ["fine", "segfault", "hang", "after"]
+    entries = [field_corpus.Entry("node", n, f"{n}.onnx") for n in names]
+    results = field.run_all(entries, tmp_path, workers=2, timeout_scale=0.05)  # node: 3 s
+    got = {r.name: (r.klass, r.message) for r in results}
+    assert got["fine"] == got["after"] == (field.NOTHING, "no channel groups")
+    assert got["segfault"] == (field.INTERNAL, "crash (signal 11) during prune")
+    assert got["hang"][0] == field.INTERNAL and got["hang"][1].startswith("timeout after 3s during prune")
