@@ -170,7 +170,8 @@ def data_flags(model_path: Path, feeds: dict | None, workdir: Path, parser=None)
         if vi.name in inits or not vi.type.HasField("tensor_type"):
             continue
         dims = vi.type.tensor_type.shape.dim
-        declared[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        # dynamic: a dim_param, no value, or -1 (paddle2onnx's way)
+        declared[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in dims]
     flags = []
     action = _input_shape_action(parser)
     if action is not None:
@@ -222,7 +223,7 @@ def _generated(model) -> dict | None:
         if not vi.type.HasField("tensor_type"):
             return None
         tt = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else 1 for d in tt.shape.dim]
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
         if dtype.kind == "f":
             feeds[vi.name] = rng.standard_normal(shape).astype(dtype)

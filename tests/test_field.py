@@ -262,3 +262,20 @@ def test_a_crash_or_a_hang_costs_one_model_and_the_run_goes_on(tmp_path, monkeyp
     assert got["fine"] == got["after"] == (field.NOTHING, "no channel groups")
     assert got["segfault"] == (field.INTERNAL, "crash (signal 11) during prune")
     assert got["hang"][0] == field.INTERNAL and got["hang"][1].startswith("timeout after 3s during prune")
+
+
+def test_dims_declared_minus_one_are_dynamic_for_the_input_shape_flag(tmp_path):
+    import argparse
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, -1, -1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 3, -1, -1])
+    path = tmp_path / "m.onnx"
+    path.write_bytes(
+        helper.make_model(
+            helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+        ).SerializeToString()
+    )
+    parser = argparse.ArgumentParser()
+    parser.add_subparsers(dest="command").add_parser("prune").add_argument("--input-shape", action="append")
+    flags = field.data_flags(path, {"x": np.zeros((1, 3, 48, 192), np.float32)}, tmp_path, parser=parser)
+    assert flags[:2] == ["--input-shape", "x:1,3,48,192"]
