@@ -560,6 +560,23 @@ def internal_text(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def compare(results: list[Outcome], old: dict) -> str:
+    """How the classes moved since an earlier ``--json`` run (models in both runs)."""
+    before = {(m["source"], m["name"]): m for m in old.get("models", [])}
+    moves = defaultdict(list)
+    for r in results:
+        was = before.get((r.source, r.name))
+        if was is not None and was["klass"] != r.klass:
+            moves[(was["klass"], r.klass)].append(r)
+    if not moves:
+        return "\ncompared with the earlier run: no model changed class"
+    lines = [f"\ncompared with the earlier run ({sum(len(v) for v in moves.values())} models changed class):"]
+    for (a, b), rs in sorted(moves.items(), key=lambda kv: -len(kv[1])):
+        examples = ", ".join(f"{r.source}:{r.name}" for r in rs[:4]) + (" …" if len(rs) > 4 else "")
+        lines.append(f"  {len(rs):>4} x {a} -> {b}  [{examples}]")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -585,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply the per-model timeouts")
     p.add_argument("--verbose", action="store_true", help="list every model with its class and message")
+    p.add_argument(
+        "--compare", type=Path, metavar="OLD.json", help="also show which models changed class since that run"
+    )
     args = p.parse_args(argv)
 
     def log(msg):
@@ -599,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(messages(results, args.verbose))
     print(internal_text(imap))
+    if args.compare:
+        print(compare(results, json.loads(args.compare.read_text())))
     print(f"\n{len(results)} models in {time.perf_counter() - t0:.0f}s")
     if args.json:
         args.json.write_text(

@@ -279,3 +279,15 @@ def test_dims_declared_minus_one_are_dynamic_for_the_input_shape_flag(tmp_path):
     parser.add_subparsers(dest="command").add_parser("prune").add_argument("--input-shape", action="append")
     flags = field.data_flags(path, {"x": np.zeros((1, 3, 48, 192), np.float32)}, tmp_path, parser=parser)
     assert flags[:2] == ["--input-shape", "x:1,3,48,192"]
+
+
+def test_compare_lists_the_models_that_changed_class():
+    old = {
+        "models": [
+            {"source": "node", "name": "a", "klass": field.INTERNAL},
+            {"source": "node", "name": "b", "klass": field.NOTHING},
+        ]
+    }
+    now = [field.Outcome("node", "a", field.NOTHING), field.Outcome("node", "b", field.NOTHING)]
+    text = field.compare(now, old)
+    assert f"1 x {field.INTERNAL} -> {field.NOTHING}  [node:a]" in text
