@@ -24,6 +24,7 @@ from .activations import session_with_outputs
 from .data import DEFAULT_BATCH, Dataset, input_specs, open_dataset
 from .errors import InputError
 from .progress import progress
+from .runtime import run as run_session
 from .validation import Fidelity, leaves, numeric
 
 
@@ -75,8 +76,8 @@ def evaluate(
     top1 = True
     for feeds in progress(ds.batches(specs, batch_size=batch_size, limit=limit, extra=extra), "evaluating", total):
         inputs = {s.name: feeds[s.name] for s in specs}
-        out_o = sessions[0].run(names[0], inputs)
-        out_p = sessions[1].run(names[1], inputs)
+        # runtime.run: bfloat16, float8 and 4-bit inputs and outputs as onnxruntime takes them
+        out_o, out_p = run_session(sessions[0], inputs), run_session(sessions[1], inputs)
         lo, lp = leaves(out_o), leaves(out_p)  # sequence and map outputs (ZipMap) element by element
         if [k for k, _ in lo] != [k for k, _ in lp]:
             raise InputError(f"{ds.path}: the pruned model's outputs differ in structure from the original's")
