@@ -1,0 +1,88 @@
+"""Shapes through onnxruntime's contrib ops, where ONNX shape inference stops.
+
+ONNX shape inference does not know the ``com.microsoft`` ops that onnxruntime's transformer
+optimizer writes (``Attention``, ``SkipLayerNormalization``, ``BiasGelu``, ``MatMulNBits``,
+...): every tensor after the first fused op is left without a shape, and every dim it
+touches blocks. onnxruntime's own symbolic shape inference
+(``onnxruntime.tools.symbolic_shape_infer``) knows them.
+
+Rules:
+1. The fallback runs only when the graph has nodes of a non-default domain and ONNX
+   inference left some of their outputs (or what follows them) without a shape.
+2. It runs on the light copy (large weights are stubs without data: symbolic inference
+   needs their dims only, and the small integer constants it computes with are kept).
+3. It only adds: a tensor that ONNX inference shaped keeps its shape; a tensor it left
+   unshaped takes the symbolic one (a symbolic dim, e.g. ``batch``, stays unknown).
+4. If onnxruntime is missing or symbolic inference fails on the graph, nothing changes; where
+   it finishes only part of the graph, the part it finished is used (and no file is written).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def needs_fallback(inferred: onnx.ModelProto) -> bool:
+    """True if the graph has a non-default-domain node and some node output has no shape."""
+    g = inferred.graph
+    if not any(n.domain not in _DEFAULT_DOMAINS for n in g.node):
+        return False
+    known = {vi.name for vi in list(g.value_info) + list(g.output) if _has_shape(vi)}
+    known |= {t.name for t in g.initializer}
+    return any(o and o not in known for n in g.node if n.op_type != "Constant" for o in n.output)
+
+
+def complete(inferred: onnx.ModelProto, light: onnx.ModelProto) -> onnx.ModelProto:
+    """``inferred`` (ONNX's result on ``light``) with the value_info of the tensors it left
+    unshaped filled in by onnxruntime's symbolic shape inference, when :func:`needs_fallback`."""
+    if not needs_fallback(inferred):
+        return inferred
+    symbolic = _symbolic(light)
+    if symbolic is None:
+        return inferred
+    g = inferred.graph
+    known = {vi.name for vi in list(g.value_info) + list(g.output) if _has_shape(vi)}
+    out = onnx.ModelProto()
+    out.CopyFrom(inferred)
+    for vi in symbolic.graph.value_info:
+        if vi.name not in known and _has_shape(vi):
+            out.graph.value_info.append(vi)
+            known.add(vi.name)
+    outputs = {vi.name: vi for vi in symbolic.graph.output}
+    for vi in out.graph.output:  # declared outputs without a shape
+        if vi.name not in known and vi.name in outputs and _has_shape(outputs[vi.name]):
+            vi.CopyFrom(outputs[vi.name])
+    return out
+
+
+def _symbolic(light: onnx.ModelProto) -> onnx.ModelProto | None:
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except Exception:  # onnxruntime without its tools: nothing more to learn
+        return None
+    log = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level = log.level
+    log.setLevel(logging.ERROR)  # it warns about every op it guesses; the rules report what stays unknown
+    try:
+        # SymbolicShapeInference.infer_shapes(light, auto_merge=True, guess_output_rank=True),
+        # step by step: on a graph it cannot finish, infer_shapes writes the partial model to
+        # "sym_shape_infer_temp.onnx" in the working directory and raises; here the partial
+        # result is kept (what it did find is still true) and nothing is written.
+        sym = SymbolicShapeInference(2**31 - 1, True, True, 0)
+        sym._preprocess(light)
+        while sym.run_:
+            sym._infer_impl()
+        sym._update_output_from_vi()
+        return sym.out_mp_
+    except Exception:  # a graph it cannot follow: keep what ONNX inference found
+        return None
+    finally:
+        log.setLevel(level)
+
+
+def _has_shape(vi: onnx.ValueInfoProto) -> bool:
+    return vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")
