@@ -69,7 +69,7 @@ onnxruntime's ``com.microsoft`` ops (what its transformer optimizer and 4-bit qu
 op type                                     MACs
 ==========================================  ===================================================
 FusedConv, FusedGemm                        as Conv, Gemm (the fused activation not counted)
-FusedMatMul                                 ``elems(Y) * K``, K = A's last axis (second last
+FusedMatMul, TransposeMatMul               ``elems(Y) * K``, K = A's last axis (second last
                                             with ``transA``)
 MatMulNBits                                 ``elems(Y) * K`` (attribute ``K``): K per row and
                                             output column, as the float MatMul it replaces
@@ -230,7 +230,7 @@ _MS = "com.microsoft"
 # onnxruntime contrib ops counted as the ONNX op they fuse (its activation is not counted)
 _CONTRIB_AS = {"FusedConv": "Conv", "FusedGemm": "Gemm"}
 # contrib ops with a count of their own (see _contrib_macs)
-_CONTRIB_OWN = frozenset({"Attention", "MultiHeadAttention", "MatMulNBits", "FusedMatMul"})
+_CONTRIB_OWN = frozenset({"Attention", "MultiHeadAttention", "MatMulNBits", "FusedMatMul", "TransposeMatMul"})
 # contrib ops counted one MAC per output element
 _CONTRIB_ELEMENTWISE = frozenset(
     {
@@ -383,7 +383,7 @@ def _contrib_macs(node: onnx.NodeProto, shape) -> int | None:
     if op == "MatMulNBits":  # K (attribute) per output element
         k = _attr(node, "K", None)
         return None if k is None else _numel(y) * int(k)
-    if op == "FusedMatMul":
+    if op in ("FusedMatMul", "TransposeMatMul"):
         a = shape(0)
         if a is None or len(a) < 2:
             return None

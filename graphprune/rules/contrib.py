@@ -7,8 +7,8 @@ Rules:
    bias is sliced with the last one.
 2. ``BiasSplitGelu(X [.., 2D], bias [2D]) -> Y [.., D]`` is ``(X+b)[.., :D] * gelu((X+b)[.., D:])``:
    output channel ``i`` owns input (and bias) channels ``i`` and ``D + i``.
-3. ``FusedMatMul`` is MatMul with ``transA``/``transB`` (last two axes swapped) and ``alpha``;
-   ``transBatchA``/``transBatchB`` block. ``FusedGemm`` is Gemm and ``FusedConv`` is Conv
+3. ``FusedMatMul`` (and its older name ``TransposeMatMul``) is MatMul with ``transA``/``transB``
+   (last two axes swapped) and ``alpha``; ``transBatchA``/``transBatchB`` block. ``FusedGemm`` is Gemm and ``FusedConv`` is Conv
    (plus an activation, and ``Z`` added to the output axis for axis) with their rules.
 4. ``SkipLayerNormalization`` / ``SkipSimplifiedLayerNormalization``: ``input``, ``skip``, the
    ``bias`` and the ``input_skip_bias_sum`` output are one elementwise sum (every axis
@@ -115,7 +115,7 @@ def bias_split_gelu(node: onnx.NodeProto, ctx: RuleContext) -> None:
 # --------------------------------------------------------------------------- matrix products
 
 
-@rule("FusedMatMul", domain=MS)
+@rule("FusedMatMul", "TransposeMatMul", domain=MS)
 def fused_matmul(node: onnx.NodeProto, ctx: RuleContext) -> None:
     if ctx.attr("transBatchA", 0) or ctx.attr("transBatchB", 0):
         reason = "FusedMatMul with transBatchA/transBatchB moves the batch axes"
