@@ -8,8 +8,9 @@ Rules:
 2. ``BiasSplitGelu(X [.., 2D], bias [2D]) -> Y [.., D]`` is ``(X+b)[.., :D] * gelu((X+b)[.., D:])``:
    output channel ``i`` owns input (and bias) channels ``i`` and ``D + i``.
 3. ``FusedMatMul`` (and its older name ``TransposeMatMul``) is MatMul with ``transA``/``transB``
-   (last two axes swapped) and ``alpha``; ``transBatchA``/``transBatchB`` block. ``FusedGemm`` is Gemm and ``FusedConv`` is Conv
-   (plus an activation, and ``Z`` added to the output axis for axis) with their rules.
+   (last two axes swapped) and ``alpha``; ``transBatchA``/``transBatchB`` block. ``FusedGemm``
+   is Gemm and ``FusedConv`` is Conv (plus an activation, and ``Z`` added to the output axis
+   for axis) with their rules.
 4. ``SkipLayerNormalization`` / ``SkipSimplifiedLayerNormalization``: ``input``, ``skip``, the
    ``bias`` and the ``input_skip_bias_sum`` output are one elementwise sum (every axis
    coupled, exactly); the normalisation over the last axis then behaves as
