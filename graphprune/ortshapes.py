@@ -10,7 +10,9 @@ Rules:
 1. The fallback runs only when the graph has nodes of a non-default domain and ONNX
    inference left some of their outputs (or what follows them) without a shape.
 2. It runs on the light copy (large weights are stubs without data: symbolic inference
-   needs their dims only, and the small integer constants it computes with are kept).
+   needs their dims only, and the small integer constants it computes with are kept), in
+   which ``FusedConv`` and ``FusedGemm``, which it does not know, are written as the Conv
+   and Gemm of the same shapes.
 3. It only adds: a tensor that ONNX inference shaped keeps its shape; a tensor it left
    unshaped takes the symbolic one (a symbolic dim, e.g. ``batch``, stays unknown).
 4. If onnxruntime is missing or symbolic inference fails on the graph, nothing changes; where
@@ -59,7 +61,34 @@ def complete(inferred: onnx.ModelProto, light: onnx.ModelProto) -> onnx.ModelPro
     return out
 
 
+# Contrib ops whose output shape is a standard op's: (that op, its inputs, the attributes to drop).
+# Symbolic inference does not know FusedConv and FusedGemm; ONNX inference knows Conv and Gemm.
+_STANDARD = {
+    "FusedConv": ("Conv", 3, ("activation", "activation_params")),
+    "FusedGemm": ("Gemm", 3, ("activation", "activation_alpha", "activation_beta", "activation_gamma")),
+}
+
+
+def _as_standard(light: onnx.ModelProto) -> onnx.ModelProto:
+    """``light`` with the ops of ``_STANDARD`` written as the standard op of the same shape."""
+    if not any(n.domain == "com.microsoft" and n.op_type in _STANDARD for n in light.graph.node):
+        return light
+    out = onnx.ModelProto()
+    out.CopyFrom(light)
+    for node in out.graph.node:
+        if node.domain == "com.microsoft" and node.op_type in _STANDARD:
+            op, n_inputs, drop = _STANDARD[node.op_type]
+            kept = [a for a in node.attribute if a.name not in drop]
+            inputs = list(node.input[:n_inputs])
+            del node.attribute[:], node.input[:]
+            node.attribute.extend(kept)
+            node.input.extend(inputs)
+            node.op_type, node.domain = op, ""
+    return out
+
+
 def _symbolic(light: onnx.ModelProto) -> onnx.ModelProto | None:
+    light = _as_standard(light)
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     except Exception:  # onnxruntime without its tools: nothing more to learn

@@ -4,11 +4,16 @@
   scale written as BERT exports it (``Div`` by sqrt(D) instead of ``Mul`` by 1/sqrt(D)), which
   is the form onnxruntime's transformer optimizer fuses into ``Attention``;
   :func:`optimizer_fused_bert` runs that optimizer on it (``model_type="bert"``, opt_level 0,
-  offline) and gives ``Attention``, ``SkipLayerNormalization`` and ``BiasGelu``.
+  offline) and gives ``Attention``, ``SkipLayerNormalization`` and ``BiasGelu``; :func:`optimize`
+  runs it on any model (``"gpt2"`` on a Llama-style decoder gives
+  ``SkipSimplifiedLayerNormalization``, ``"vit"`` on a ViT ``SkipLayerNormalization`` and
+  ``BiasGelu``).
 * :func:`mha_block`: q/k/v projections -> (``RotaryEmbedding`` on q and k) ->
   ``MultiHeadAttention`` -> out projection, built directly.
-* :func:`fused_matmul_mlp`, :func:`bias_split_gelu_mlp`: an MLP through ``FusedMatMul``
-  (transB) or ``BiasSplitGelu``.
+* :func:`fused_matmul_mlp`, :func:`bias_split_gelu_mlp`, :func:`activation_mlp`: an MLP
+  through ``FusedMatMul`` (transB), ``BiasSplitGelu`` or a fused activation (``Gelu``,
+  ``QuickGelu``, ``FastGelu``, ``BiasGelu``); :func:`fused_conv_gemm`: ``FusedConv`` ->
+  Flatten -> ``FusedGemm`` -> Gemm.
 * :func:`nbits_mlp`: up -> Relu -> down quantized to 4 bits by onnxruntime's
   ``MatMulNBitsQuantizer`` (``quantize`` names the layers to quantize).
 
@@ -49,14 +54,19 @@ def optimizer_fused_bert(
     embed: int = 32, heads: int = 4, mlp: int = 64, seq: int = 8, norm: str = "post", seed: int = 0
 ) -> onnx.ModelProto:
     """:func:`bert_block_for_optimizer` after ``onnxruntime.transformers.optimizer.optimize_model``."""
+    return optimize(bert_block_for_optimizer(embed, heads, mlp, seq, norm, seed), "bert", heads, embed)
+
+
+def optimize(model: onnx.ModelProto, model_type: str, num_heads: int, hidden_size: int) -> onnx.ModelProto:
+    """``model`` after onnxruntime's transformer optimizer (``opt_level=0``: its fusions only,
+    no onnxruntime graph optimizations), e.g. ``model_type="bert"``, ``"gpt2"``, ``"vit"``."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    model = bert_block_for_optimizer(embed, heads, mlp, seq, norm, seed)
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "bert.onnx")
+        path = os.path.join(tmp, "model.onnx")
         onnx.save(model, path)
-        opt = optimize_model(path, model_type="bert", num_heads=heads, hidden_size=embed, opt_level=0)
+        opt = optimize_model(path, model_type=model_type, num_heads=num_heads, hidden_size=hidden_size, opt_level=0)
         # written and read back as users do: saving adds the com.microsoft opset import
         opt.save_model_to_file(path)
         return onnx.load(path)
@@ -175,3 +185,46 @@ def nbits_mlp(
     q = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=symmetric, nodes_to_exclude=exclude)
     q.process()
     return q.model.model
+
+
+def activation_mlp(op: str, hidden: int = 16, ffn: int = 32, seq: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """``input`` -> MatMul(up) -> com.microsoft ``op`` (with the bias ``up.bias`` for
+    ``FastGelu``/``BiasGelu``) -> MatMul(down) -> ``output``."""
+    rng = np.random.default_rng(seed)
+    inits = [_w(rng, "up.weight", (hidden, ffn)), _w(rng, "down.weight", (ffn, hidden))]
+    inputs = ["h"]
+    if op in ("FastGelu", "BiasGelu"):
+        inits.append(_w(rng, "up.bias", (ffn,), 0.1))
+        inputs.append("up.bias")
+    nodes = [
+        helper.make_node("MatMul", ["input", "up.weight"], ["h"], name="up"),
+        helper.make_node(op, inputs, ["a"], name="act", domain=MS),
+        helper.make_node("MatMul", ["a", "down.weight"], ["output"], name="down"),
+    ]
+    return _model(nodes, inits, [1, seq, hidden], [1, seq, hidden], f"{op}_mlp")
+
+
+def fused_conv_gemm(channels: int = 8, size: int = 6, features: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """``input`` [1, 3, size, size] -> FusedConv(conv1, Relu) -> FusedConv(conv2, Relu, + Z = its
+    input) -> Flatten -> FusedGemm(fc1, transB=1, Relu) -> Gemm(fc2) -> ``output`` [1, 4]."""
+    rng = np.random.default_rng(seed)
+    flat = channels * size * size
+    inits = [
+        _w(rng, "conv1.weight", (channels, 3, 3, 3), 0.3),
+        _w(rng, "conv1.bias", (channels,), 0.1),
+        _w(rng, "conv2.weight", (channels, channels, 3, 3), 0.2),
+        _w(rng, "fc1.weight", (features, flat), flat**-0.5),
+        _w(rng, "fc1.bias", (features,), 0.1),
+        _w(rng, "fc2.weight", (features, 4)),
+    ]
+    conv = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "activation": "Relu"}
+    nodes = [
+        helper.make_node("FusedConv", ["input", "conv1.weight", "conv1.bias"], ["c1"], name="conv1", domain=MS, **conv),
+        helper.make_node("FusedConv", ["c1", "conv2.weight", "", "c1"], ["c2"], name="conv2", domain=MS, **conv),
+        helper.make_node("Flatten", ["c2"], ["f"], name="flatten"),
+        helper.make_node(
+            "FusedGemm", ["f", "fc1.weight", "fc1.bias"], ["g"], name="fc1", domain=MS, transB=1, activation="Relu"
+        ),
+        helper.make_node("Gemm", ["g", "fc2.weight"], ["output"], name="fc2"),
+    ]
+    return _model(nodes, inits, [1, 3, size, size], [1, 4], "fused_conv_gemm")

@@ -262,3 +262,55 @@ def test_group_query_attention_blocks_with_a_reason():
     heads = analyze(model).group_of("q_proj.weight", 1)
     assert not heads.prunable
     assert any("GroupQueryAttention heads are not handled" in r for r in heads.reasons)
+
+
+@pytest.mark.parametrize("op", ["Gelu", "QuickGelu", "FastGelu", "BiasGelu"])
+def test_an_mlp_through_a_fused_activation_prunes_exactly(op):
+    model = fused.activation_mlp(op, hidden=16, ffn=32)
+    result = graphprune.prune(model, ratio=0.5, latency=False)
+    assert result.report.passed and result.report.exact.checked
+    w = _weights(result.model)
+    assert w["up.weight"].shape == (16, 16) and w["down.weight"].shape == (16, 16)
+    if op in ("FastGelu", "BiasGelu"):
+        assert w["up.bias"].shape == (16,)
+
+
+def test_fused_conv_and_fused_gemm_prune_like_conv_and_gemm():
+    """FusedConv's Z input (a residual added before the activation) joins its output channels;
+    shapes through FusedConv/FusedGemm come from their standard ops."""
+    model = fused.fused_conv_gemm(channels=8, size=6, features=16)
+    deps = analyze(model)
+    channels = deps.group_of("conv1.weight", 0)
+    assert channels.prunable and channels.size == 8
+    assert {"conv2.weight", "c1", "c2", "fc1.weight"} <= {m.tensor for m in channels.members}
+    result = graphprune.prune(model, ratio=0.5, latency=False)
+    assert result.report.passed and result.report.exact.checked
+    w = _weights(result.model)
+    assert w["conv2.weight"].shape == (4, 4, 3, 3) and w["fc1.weight"].shape == (8, 144)
+
+
+def test_a_gpt2_optimized_decoder_prunes_heads_and_mlp_exactly():
+    """The gpt2 optimizer fuses RMSNorm + residual into SkipSimplifiedLayerNormalization and
+    writes SimplifiedLayerNormalization in the default domain (onnxruntime registers it there;
+    onnx's checker rejects it, in the original model too, so only the run and exactness are
+    asserted here)."""
+    from models.transformers import decoder_block
+
+    model = fused.optimize(decoder_block(embed=32, heads=8, kv_heads=8, mlp=48), "gpt2", 8, 32)
+    assert "SkipSimplifiedLayerNormalization" in _ops(model)
+    units = sorted(g.unit for g in analyze(model).prunable_groups())
+    assert units == ["heads", "mlp"]
+    result = graphprune.prune(model, ratio=0.5, units=("heads", "mlp"), latency=False)
+    assert result.report.runtime["passed"] and result.report.exact.checked and result.report.exact.passed
+    assert result.report.flops_after < result.report.flops_before
+
+
+def test_a_vit_optimized_vit_prunes_heads_and_mlp_exactly():
+    from models.transformers import tiny_vit
+
+    model = fused.optimize(tiny_vit(layers=2), "vit", 4, 32)
+    assert {"SkipLayerNormalization", "BiasGelu"} <= _ops(model)
+    units = sorted(g.unit for g in analyze(model).prunable_groups())
+    assert units == ["heads", "heads", "mlp", "mlp"]
+    result = graphprune.prune(model, ratio=0.5, units=("heads", "mlp"), latency=False)
+    assert result.report.passed and result.report.exact.checked
