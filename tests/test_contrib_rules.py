@@ -314,3 +314,48 @@ def test_a_vit_optimized_vit_prunes_heads_and_mlp_exactly():
     assert units == ["heads", "heads", "mlp", "mlp"]
     result = graphprune.prune(model, ratio=0.5, units=("heads", "mlp"), latency=False)
     assert result.report.passed and result.report.exact.checked
+
+
+def _attention_block(qkv_sizes=(32, 32, 16), heads: int = 4) -> onnx.ModelProto:
+    """input [1, 8, 32] -> Attention(packed [32, q+k+v], qkv_hidden_sizes, mask) -> out_proj [v, 32]."""
+    rng = np.random.default_rng(3)
+    total, v = sum(qkv_sizes), qkv_sizes[2]
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((32, total)) / 6).astype(np.float32), "qkv.weight"),
+        numpy_helper.from_array((rng.standard_normal(total) / 10).astype(np.float32), "qkv.bias"),
+        numpy_helper.from_array((rng.standard_normal((v, 32)) / 4).astype(np.float32), "out_proj.weight"),
+    ]
+    nodes = [
+        helper.make_node(
+            "Attention", ["input", "qkv.weight", "qkv.bias", "mask"], ["ctx"], name="attn", domain=MS,
+            num_heads=heads, qkv_hidden_sizes=list(qkv_sizes),
+        ),
+        helper.make_node("MatMul", ["ctx", "out_proj.weight"], ["output"], name="out_proj"),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "attention",
+        [
+            helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 32]),
+            helper.make_tensor_value_info("mask", TensorProto.INT32, [1, 8]),
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 32])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=fused.OPSETS)
+
+
+def test_attention_with_qkv_hidden_sizes_prunes_heads_of_every_segment():
+    model = _attention_block(qkv_sizes=(32, 32, 16), heads=4)
+    heads = analyze(model).group_of("out_proj.weight", 0)
+    assert heads.prunable and heads.unit == "heads" and heads.size == 4
+    packed = next(m for m in heads.members if m.tensor == "qkv.weight" and m.axis == 1)
+    # head 1: q columns 8..15, k columns 32+8..32+15, v columns 64+4..64+7
+    assert packed.indices[1].tolist() == [*range(8, 16), *range(40, 48), *range(68, 72)]
+    feeds = {"input": np.random.default_rng(0).standard_normal((1, 8, 32)).astype(np.float32)}
+    feeds["mask"] = np.ones((1, 8), np.int32)
+    result = graphprune.prune(model, ratio=0.5, latency=False, feeds=feeds)
+    assert result.report.passed and result.report.exact.checked
+    assert _attr(result.model, "Attention", "num_heads") == 2
+    assert _attr(result.model, "Attention", "qkv_hidden_sizes") == [16, 16, 8]
+    assert _weights(result.model)["qkv.weight"].shape == (32, 40)
