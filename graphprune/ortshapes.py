@@ -11,8 +11,9 @@ Rules:
    inference left some of their outputs (or what follows them) without a shape.
 2. It runs on the light copy (large weights are stubs without data: symbolic inference
    needs their dims only, and the small integer constants it computes with are kept), in
-   which ``FusedConv`` and ``FusedGemm``, which it does not know, are written as the Conv
-   and Gemm of the same shapes.
+   which ``FusedConv``, ``FusedGemm`` and ``FusedMatMul``, which it does not know, are
+   written as the Conv, Gemm and Einsum of the same shapes. An op it does not know either
+   leaves its outputs unshaped (no guessed ranks): what depends on them blocks.
 3. It only adds: a tensor that ONNX inference shaped keeps its shape; a tensor it left
    unshaped takes the symbolic one (a symbolic dim, e.g. ``batch``, stays unknown).
 4. If onnxruntime is missing or symbolic inference fails on the graph, nothing changes; where
@@ -62,10 +63,19 @@ def complete(inferred: onnx.ModelProto, light: onnx.ModelProto) -> onnx.ModelPro
 
 
 # Contrib ops whose output shape is a standard op's: (that op, its inputs, the attributes to drop).
-# Symbolic inference does not know FusedConv and FusedGemm; ONNX inference knows Conv and Gemm.
+# Symbolic inference does not know FusedConv, FusedGemm, FusedMatMul; ONNX inference knows
+# Conv, Gemm and Einsum (a FusedMatMul with transA/transB is the Einsum of _EINSUM).
 _STANDARD = {
     "FusedConv": ("Conv", 3, ("activation", "activation_params")),
     "FusedGemm": ("Gemm", 3, ("activation", "activation_alpha", "activation_beta", "activation_gamma")),
+    "FusedMatMul": ("Einsum", 2, None),
+    "TransposeMatMul": ("Einsum", 2, None),
+}
+_EINSUM = {
+    (0, 0): "...ij,...jk->...ik",
+    (0, 1): "...ij,...kj->...ik",
+    (1, 0): "...ji,...jk->...ik",
+    (1, 1): "...ji,...kj->...ik",
 }
 
 
@@ -76,14 +86,21 @@ def _as_standard(light: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(light)
     for node in out.graph.node:
-        if node.domain == "com.microsoft" and node.op_type in _STANDARD:
-            op, n_inputs, drop = _STANDARD[node.op_type]
+        if node.domain != "com.microsoft" or node.op_type not in _STANDARD:
+            continue
+        op, n_inputs, drop = _STANDARD[node.op_type]
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if op == "Einsum":
+            if attrs.get("transBatchA", 0) or attrs.get("transBatchB", 0):
+                continue  # left unknown: its rule blocks it
+            kept = [onnx.helper.make_attribute("equation", _EINSUM[attrs.get("transA", 0), attrs.get("transB", 0)])]
+        else:
             kept = [a for a in node.attribute if a.name not in drop]
-            inputs = list(node.input[:n_inputs])
-            del node.attribute[:], node.input[:]
-            node.attribute.extend(kept)
-            node.input.extend(inputs)
-            node.op_type, node.domain = op, ""
+        inputs = list(node.input[:n_inputs])
+        del node.attribute[:], node.input[:]
+        node.attribute.extend(kept)
+        node.input.extend(inputs)
+        node.op_type, node.domain = op, ""
     return out
 
 
@@ -97,11 +114,13 @@ def _symbolic(light: onnx.ModelProto) -> onnx.ModelProto | None:
     level = log.level
     log.setLevel(logging.ERROR)  # it warns about every op it guesses; the rules report what stays unknown
     try:
-        # SymbolicShapeInference.infer_shapes(light, auto_merge=True, guess_output_rank=True),
-        # step by step: on a graph it cannot finish, infer_shapes writes the partial model to
-        # "sym_shape_infer_temp.onnx" in the working directory and raises; here the partial
-        # result is kept (what it did find is still true) and nothing is written.
-        sym = SymbolicShapeInference(2**31 - 1, True, True, 0)
+        # SymbolicShapeInference.infer_shapes(light, auto_merge=True), step by step: on a graph
+        # it cannot finish, infer_shapes writes the partial model to "sym_shape_infer_temp.onnx"
+        # in the working directory and raises; here the partial result is kept (what it did
+        # find is still true) and nothing is written. guess_output_rank stays off: it would
+        # give an op it does not know the rank of its first input, which may be wrong, and the
+        # tensors after it shapes computed from that guess.
+        sym = SymbolicShapeInference(2**31 - 1, True, False, 0)
         sym._preprocess(light)
         while sym.run_:
             sym._infer_impl()
