@@ -192,6 +192,7 @@ def test_matmul_nbits_output_axis_prunes_exactly():
     assert _ops(model) == {"MatMulNBits"}
     group = analyze(model).group_of("up_Q4", 0)
     assert group.prunable and group.unit == "mlp" and group.size == 256
+    assert group.anchor.tensor == "up_scales"  # scored by the scales, not by B's packed codes
     result = graphprune.prune(model, ratio=0.5, latency=False)
     assert result.report.passed and result.report.exact.checked
     w = _weights(result.model)

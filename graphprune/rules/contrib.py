@@ -43,7 +43,7 @@ Rules:
     quantization blocks: one unit is ``8 // bits`` blocks when zero points are packed
     (their nibbles share a byte), else one block; it needs ``K % block_size == 0`` and 2-D
     scales. Otherwise (1-D scales, ``g_idx``) K blocks with the reason. Attribute ``K`` is
-    rewritten.
+    rewritten. The scales, not the packed codes of B, carry the "out"/"in" roles criteria read.
 """
 
 from __future__ import annotations
@@ -429,9 +429,11 @@ def matmul_nbits(node: onnx.NodeProto, ctx: RuleContext) -> None:
     for ax in range(len(as_) - 1):
         ctx.identity(ctx.dim(a, ax), ctx.dim(y, ax))
     n_blocks = bs[1]
-    # output axis N: rows of B, scales, zero points, bias
+    # output axis N: rows of B, scales, zero points, bias. The scales carry the roles that
+    # criteria read (a block's scale is its largest magnitude / 2^(bits-1)): B holds packed
+    # codes, whose bytes say little about the weights' size.
     ctx.identity(ctx.dim(b, 0), ctx.dim(y, -1))
-    ctx.role(ctx.dim(b, 0), "out")
+    ctx.role(ctx.dim(b, 0), "param")
     for p in (scales, zp):
         ps = ctx.shape(p) if p else None
         if ps is None:
@@ -440,7 +442,7 @@ def matmul_nbits(node: onnx.NodeProto, ctx: RuleContext) -> None:
             ctx.identity(ctx.dim(p, 0), ctx.dim(y, -1))
         else:  # [N * per_row], flattened
             ctx.block(ctx.dim(y, -1), ctx.dim(p, 0), ps[0] // ys[-1] if ys[-1] else 0)
-        ctx.role(ctx.dim(p, 0), "param")
+        ctx.role(ctx.dim(p, 0), "out" if p == scales else "param")
     _last_param(ctx, bias, y)
     # input axis K: whole quantization blocks only
     k, bits, block = ctx.attr("K"), ctx.attr("bits", 4), ctx.attr("block_size")
@@ -461,9 +463,9 @@ def matmul_nbits(node: onnx.NodeProto, ctx: RuleContext) -> None:
     units = ctx.virtual(f"{node.name or y}:kblocks", n_blocks // per)
     ctx.block(units, ctx.dim(a, -1), per * block)
     ctx.block(units, ctx.dim(b, 1), per)
-    ctx.role(ctx.dim(b, 1), "in")
+    ctx.role(ctx.dim(b, 1), "param")
     ctx.block(units, ctx.dim(scales, 1), per)
-    ctx.role(ctx.dim(scales, 1), "param")
+    ctx.role(ctx.dim(scales, 1), "in")
     if zs is not None:
         ctx.block(units, ctx.dim(zp, 1), 1 if packed else per)
         ctx.role(ctx.dim(zp, 1), "param")
