@@ -2,9 +2,9 @@
 
 MACs and latency look at the *main graph* only: subgraphs (bodies of ``If``, ``Loop``,
 ``Scan``) and model-local functions are opaque, their nodes count 0. Parameters count the
-constants of the bodies too (one If branch runs, but both are stored). Only nodes of the
-default ONNX domain (``""`` / ``"ai.onnx"``) are counted; custom-domain nodes (e.g.
-``com.microsoft``) count 0.
+constants of the bodies too (one If branch runs, but both are stored). Nodes of the default
+ONNX domain (``""`` / ``"ai.onnx"``) and onnxruntime's fused ``com.microsoft`` ops listed
+below are counted; other custom-domain nodes count 0.
 
 Parameters (:func:`count_params`)
 ---------------------------------
@@ -65,7 +65,31 @@ Concat, Slice, Gather, Shape, Cast,
 Identity, Dropout, Resize, Pad, ...)
 ==========================================  ===================================================
 
-The exact op sets are ``_ELEMENTWISE_OPS``, ``_REDUCE_OPS`` and the rest of the module's
+onnxruntime's ``com.microsoft`` ops (what its transformer optimizer and 4-bit quantizer write):
+
+==========================================  ===================================================
+op type                                     MACs
+==========================================  ===================================================
+FusedConv, FusedGemm                        as Conv, Gemm (the fused activation not counted)
+FusedMatMul, TransposeMatMul               ``elems(Y) * K``, K = A's last axis (second last
+                                            with ``transA``)
+MatMulNBits                                 ``elems(Y) * K`` (attribute ``K``): K per row and
+                                            output column, as the float MatMul it replaces
+Attention                                   projection ``B·S·in·(q+k+v)`` + scores ``B·S·T·q``
+                                            + context ``B·S·T·v``, with ``q, k, v`` the packed
+                                            widths (``qkv_hidden_sizes`` or thirds of the
+                                            weight's columns) and ``T = S`` + past length
+MultiHeadAttention                          scores + context ``B·S·L·(k + v)`` (L keys; the
+                                            q/k/v projections are MatMuls of their own)
+Gelu, FastGelu, BiasGelu, QuickGelu,        ``elems(Y)``
+BiasAdd, BiasSplitGelu, RotaryEmbedding,
+SkipLayerNormalization,
+SkipSimplifiedLayerNormalization,
+SimplifiedLayerNormalization,
+EmbedLayerNormalization
+==========================================  ===================================================
+
+The exact op sets are ``_ELEMENTWISE_OPS``, ``_CONTRIB_OPS``, ``_REDUCE_OPS`` and the rest of the module's
 tables. When a shape a counted node needs is unknown (missing, or with a symbolic dim such as
 a dynamic batch), that node counts 0 and is counted in :attr:`Cost.unknown_nodes` instead;
 pass ``shapes`` with concrete dims (or fix the model's input dims) to count it.
@@ -217,11 +241,26 @@ _ELEMENTWISE_OPS = frozenset(
         # normalizations and softmax
         "BatchNormalization", "InstanceNormalization", "LayerNormalization",
         "GroupNormalization", "LpNormalization", "LRN", "MeanVarianceNormalization",
-        "RMSNormalization", "Softmax", "LogSoftmax", "Hardmax",
+        "RMSNormalization", "SimplifiedLayerNormalization", "Softmax", "LogSoftmax", "Hardmax",
     }
 )  # fmt: skip
 
 Shapes = dict[str, tuple]  # name -> tuple[int | None, ...]
+
+_MS = "com.microsoft"
+# onnxruntime contrib ops counted as the ONNX op they fuse (its activation is not counted)
+_CONTRIB_AS = {"FusedConv": "Conv", "FusedGemm": "Gemm"}
+# contrib ops with a count of their own (see _contrib_macs)
+_CONTRIB_OWN = frozenset({"Attention", "MultiHeadAttention", "MatMulNBits", "FusedMatMul", "TransposeMatMul"})
+# contrib ops counted one MAC per output element
+_CONTRIB_ELEMENTWISE = frozenset(
+    {
+        "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "BiasAdd", "BiasSplitGelu", "SkipLayerNormalization",
+        "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "EmbedLayerNormalization",
+        "RotaryEmbedding",
+    }
+)  # fmt: skip
+_CONTRIB_OPS = frozenset(_CONTRIB_AS) | _CONTRIB_OWN | _CONTRIB_ELEMENTWISE
 
 
 def count_flops(model: onnx.ModelProto, shapes: dict | None = None) -> tuple[int, dict[str, int]]:
@@ -252,7 +291,7 @@ def _count(model: onnx.ModelProto, shapes: dict | None) -> tuple[int, dict[str, 
     by_op: dict[str, int] = {}
     unknown = 0
     for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx") or not _is_counted(node.op_type):
+        if not _counted_node(node):
             continue
         macs = node_macs(node, shapes)
         if macs is None:
@@ -262,6 +301,12 @@ def _count(model: onnx.ModelProto, shapes: dict | None) -> tuple[int, dict[str, 
             total += macs
             by_op[node.op_type] = by_op.get(node.op_type, 0) + macs
     return total, by_op, unknown
+
+
+def _counted_node(node: onnx.NodeProto) -> bool:
+    if node.domain == _MS:
+        return node.op_type in _CONTRIB_OPS
+    return node.domain in ("", "ai.onnx") and _is_counted(node.op_type)
 
 
 def _is_counted(op: str) -> bool:
@@ -290,6 +335,10 @@ def node_macs(node: onnx.NodeProto, shapes: Shapes) -> int | None:
             return None
         return tuple(int(d) for d in s)
 
+    if node.domain == _MS:
+        op = _CONTRIB_AS.get(op, op)
+        if op in _CONTRIB_OWN:
+            return _contrib_macs(node, shape)
     if op in _CONV_OPS:
         _, w_idx = _CONV_OPS[op]
         y, w = shape(0, outputs=True), shape(w_idx)
@@ -344,6 +393,40 @@ def node_macs(node: onnx.NodeProto, shapes: Shapes) -> int | None:
     # elementwise / normalization / softmax
     y = shape(0, outputs=True)
     return None if y is None else _numel(y)
+
+
+def _contrib_macs(node: onnx.NodeProto, shape) -> int | None:
+    """MACs of the com.microsoft ops with a count of their own (see the module docstring)."""
+    op = node.op_type
+    y = shape(0, outputs=True)
+    if y is None:
+        return None
+    if op == "MatMulNBits":  # K (attribute) per output element
+        k = _attr(node, "K", None)
+        return None if k is None else _numel(y) * int(k)
+    if op in ("FusedMatMul", "TransposeMatMul"):
+        a = shape(0)
+        if a is None or len(a) < 2:
+            return None
+        return _numel(y) * (a[-2] if _attr(node, "transA", 0) else a[-1])
+    if op == "Attention":  # projection + scores + context
+        x, w = shape(0), shape(1)
+        if x is None or w is None or len(w) != 2:
+            return None
+        sizes = list(_attr(node, "qkv_hidden_sizes", None) or [w[1] // 3] * 3)
+        past = shape(4)
+        tokens = _numel(x[:-1])  # B * S
+        total = x[-2] + (past[3] if past is not None and len(past) == 5 else 0)
+        return tokens * w[0] * w[1] + tokens * total * (sizes[0] + sizes[2])
+    if op == "MultiHeadAttention":  # scores + context; the projections are MatMuls of their own
+        q, k, v = shape(0), shape(1), shape(2)
+        if q is None or k is None or v is None or len(q) != 3:
+            return None
+        keys = k[-2]  # [B, L, Dk] or [B, heads, L, D]
+        dk = k[-1] if len(k) == 3 else k[1] * k[3]
+        dv = v[-1] if len(v) == 3 else v[1] * v[3]
+        return q[0] * q[1] * keys * (dk + dv)
+    return None
 
 
 def _einsum_macs(equation: str, in_shapes: Sequence[tuple]) -> int | None:

@@ -635,7 +635,8 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
     ]
 
 
-_MATRIX_OPS = frozenset({"MatMul", "Gemm", "Gather"})
+# onnxruntime contrib ops that make channels from a weight as MatMul does (rules/contrib.py)
+_MATRIX_OPS = frozenset({"MatMul", "Gemm", "Gather", "Attention", "FusedMatMul", "FusedGemm", "MatMulNBits"})
 
 
 def _with_unit(c: _Collector, group: Group) -> Group:

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from . import weights
+from . import ortshapes, weights
 
 _WEIGHT_PASSTHROUGH = frozenset({"Cast", "Identity", "DequantizeLinear"})
 _CACHE_LIMIT = 4096  # elements; constants up to this size are cached by ModelView.value
@@ -392,6 +392,7 @@ def _infer(light: onnx.ModelProto, model: onnx.ModelProto):
         inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # inference fails on exotic graphs: fall back to the declared shapes
         inferred = light
+    inferred = ortshapes.complete(inferred, light)  # com.microsoft ops: onnxruntime's symbolic inference
     shapes: dict[str, Shape] = {}
     types: dict[str, int] = {}
     params: dict[str, tuple] = {}
