@@ -120,6 +120,17 @@ def _inputs(original, input_shapes, feeds, data, batch_size, *, validate: bool, 
     return sizes, feeds, inputs_from
 
 
+def _runs(original, feeds) -> bool:
+    """Whether ``original`` runs on ``feeds``."""
+    from .validation import run_original
+
+    try:
+        run_original(original, feeds)
+    except InputError:
+        return False
+    return True
+
+
 def _check_inputs(original, sizes: InputSizes, feeds, inputs_from: str) -> None:
     """When no default size runs the original, say so before pruning, not after it."""
     if sizes.runs is False:
@@ -259,8 +270,8 @@ def prune(
         outcome = PruneOutcome(pruned, chosen, deps, original, details)
     if outcome.plan.total_removed == 0:  # said, not pretended: the CLI writes nothing then
         outcome.report = {**outcome.report, "nothing_pruned": nothing_pruned(outcome.deps, from_plan=plan is not None)}
-        # nothing to check the original against on inputs it rejects: the model is unchanged
-        validate = validate and sizes.runs is not False
+        # the model is unchanged: inputs its original rejects leave it unvalidated, not an error
+        validate = validate and sizes.runs is not False and _runs(original, feeds)
     report = _report(
         original,
         outcome.pruned,

@@ -172,13 +172,44 @@ def view(model: onnx.ModelProto) -> ModelView:
     )
     hints: dict = {}
     for _ in range(16):  # inference gave up at a Reshape whose shape is computed: tell it, infer again
-        new = _reshape_hints(mv)
+        new = {**_reshape_hints(mv), **_ml_hints(mv)}
         if not new:
             break
         hints.update(new)
         mv.shapes, mv.dtypes, mv.folded, mv.dim_params = infer_with_folding(model, hints=hints)
         mv._values.clear()
     return mv
+
+
+# ai.onnx.ml ops that keep their input's shape (ONNX has no shape inference for them, so an
+# skl2onnx pipeline's Scaler hides every shape after it): op -> output element type (None: the input's)
+_ML_SAME_SHAPE = {
+    "Scaler": onnx.TensorProto.FLOAT,
+    "Normalizer": onnx.TensorProto.FLOAT,
+    "Imputer": None,
+    "Binarizer": None,
+}
+
+
+def _ml_hints(mv: ModelView) -> dict[str, tuple[int, tuple]]:
+    """Output types of the shape-keeping ``ai.onnx.ml`` ops that inference left without a shape."""
+    hints = {}
+    for node in mv.nodes:
+        if node.domain != "ai.onnx.ml" or node.op_type not in _ML_SAME_SHAPE or not node.input or not node.output:
+            continue
+        x, y = node.input[0], node.output[0]
+        xs, elem = mv.shapes.get(x), _ML_SAME_SHAPE[node.op_type] or mv.dtypes.get(x)
+        if xs is None or elem is None or mv.shapes.get(y) is not None:
+            continue
+        names = mv.dim_params.get(x) or ()
+        hints[y] = (
+            elem,
+            tuple(
+                d if d is not None else names[k] if k < len(names) and names[k] and names[k] != "?" else f"{x}[{k}]"
+                for k, d in enumerate(xs)
+            ),
+        )
+    return hints
 
 
 def _reshape_hints(mv: ModelView) -> dict[str, tuple[int, tuple]]:
@@ -317,8 +348,9 @@ def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def infer_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
-    """Shapes of every tensor that ONNX shape inference can tell (None for unknown dims)."""
-    return infer_with_folding(model)[0]
+    """Shapes of every tensor that ONNX shape inference can tell (None for unknown dims), with
+    the hints :func:`view` gives it (computed Reshape shapes, shape-keeping ai.onnx.ml ops)."""
+    return view(model).shapes
 
 
 def fresh_name(taken: set[str], base: str) -> str:

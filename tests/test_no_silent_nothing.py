@@ -14,11 +14,14 @@ import graphprune
 from graphprune.cli import main
 from models import builders
 
+STOP = "ai.onnx.ml.FeatureVectorizer 'FeatureVectorizer'"  # where shape inference stops
 
-def scaler_mlp() -> onnx.ModelProto:
-    """What skl2onnx writes for StandardScaler + MLPClassifier (without the ZipMap):
-    ``ai.onnx.ml.Scaler -> MatMul -> Add -> Relu -> MatMul``. onnx shape inference does not
-    follow the Scaler, so nothing after it has a shape."""
+
+def scaler_mlp(front: str = "FeatureVectorizer") -> onnx.ModelProto:
+    """What skl2onnx writes for a feature step + MLPClassifier (without the ZipMap):
+    ``ai.onnx.ml.<front> -> MatMul -> Add -> Relu -> MatMul``. onnx shape inference does not
+    follow ai.onnx.ml ops; graphprune tells it the shape-keeping ones (``front="Scaler"``), not
+    a FeatureVectorizer, so then nothing after it has a shape."""
     rng = np.random.default_rng(0)
     inits = [
         numpy_helper.from_array(rng.standard_normal((4, 16)).astype(np.float32), "coefficient"),
@@ -28,6 +31,10 @@ def scaler_mlp() -> onnx.ModelProto:
     nodes = [
         helper.make_node(
             "Scaler", ["X"], ["variable"], name="Scaler", domain="ai.onnx.ml", offset=[0.1] * 4, scale=[2.0] * 4
+        )
+        if front == "Scaler"
+        else helper.make_node(
+            "FeatureVectorizer", ["X"], ["variable"], name=front, domain="ai.onnx.ml", inputdimensions=[4]
         ),
         helper.make_node("MatMul", ["variable", "coefficient"], ["mul_result"], name="MatMul"),
         helper.make_node("Add", ["mul_result", "intercepts"], ["add_result"], name="Add"),
@@ -81,9 +88,9 @@ def test_weights_after_a_shape_inference_stop_get_a_reason_each():
     assert deps.groups == []
     assert set(deps.unanalysed) == {"coefficient", "coefficient1"}
     for reasons in deps.unanalysed.values():
-        assert reasons == [r for r in reasons if "unknown shape (after ai.onnx.ml.Scaler 'Scaler')" in r]
-    assert any(n.startswith("shape unknown after ai.onnx.ml.Scaler 'Scaler': 4 tensors") for n in deps.notes)
-    assert deps.unanalysed_counts() == {"MatMul reads a tensor of unknown shape (after ai.onnx.ml.Scaler 'Scaler')": 2}
+        assert reasons == [r for r in reasons if f"unknown shape (after {STOP})" in r]
+    assert any(n.startswith(f"shape unknown after {STOP}: 4 tensors") for n in deps.notes)
+    assert deps.unanalysed_counts() == {f"MatMul reads a tensor of unknown shape (after {STOP})": 2}
 
 
 def test_inspect_never_says_0_groups_without_why(tmp_path, capsys):
@@ -93,7 +100,7 @@ def test_inspect_never_says_0_groups_without_why(tmp_path, capsys):
     out = capsys.readouterr().out
     foot = out.strip().splitlines()[-1]
     assert foot.startswith("0 groups: no weight tensor has a channel axis that analysis could follow;"), foot
-    assert "2 weights outside any group: MatMul reads a tensor of unknown shape (after ai.onnx.ml.Scaler" in foot
+    assert f"2 weights outside any group: MatMul reads a tensor of unknown shape (after {STOP}" in foot
     assert "weights outside any group, by reason:" in out  # beside the blocked summary
     assert main(["inspect", str(path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -111,7 +118,7 @@ def test_prune_with_nothing_to_prune_says_why_in_one_line_and_writes_nothing(tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith(f"graphprune: nothing to prune in {path}: 0 groups:")
-    assert "ai.onnx.ml.Scaler 'Scaler'" in err[0] and err[0].endswith("; nothing written")
+    assert STOP in err[0] and err[0].endswith("; nothing written")
     assert not out.exists() and not report.exists()
 
 
@@ -124,7 +131,12 @@ def test_prune_whose_plan_removes_nothing_says_so(tmp_path, capsys, tiny_model_p
     assert not out.exists()
 
 
-def test_a_contrib_op_in_a_cnn_is_named_for_every_weight_it_hides():
+def test_a_contrib_op_in_a_cnn_is_named_for_every_weight_it_hides(monkeypatch):
+    from graphprune import ortshapes, rules
+
+    # an op graphprune knows nothing of: no rule, and no shape inference through it
+    monkeypatch.delitem(rules.DOMAIN_RULES, ("com.microsoft", "Gelu"))
+    monkeypatch.setattr(ortshapes, "needs_fallback", lambda inferred: False)
     model = cnn_with_contrib_op()
     deps = graphprune.analyze(model)
     assert any(n.startswith("shape unknown after com.microsoft.Gelu 'gelu'") for n in deps.notes), deps.notes
@@ -168,3 +180,14 @@ def test_the_api_says_why_a_prune_removed_nothing():
     assert result.report.prune["nothing_pruned"].startswith("0 groups: no weight tensor has a channel axis")
     empty = graphprune.prune(builders.residual_net(width=8, blocks=1), plan={"groups": []}, latency=False)
     assert empty.report.prune["nothing_pruned"].startswith("the plan leaves every one of the")
+
+
+def test_an_skl2onnx_scaler_keeps_its_shape_so_the_mlp_behind_it_prunes_exactly():
+    model = scaler_mlp(front="Scaler")
+    deps = graphprune.analyze(model)
+    assert [g.size for g in deps.prunable_groups()] == [16] and not deps.unanalysed
+    result = graphprune.prune(model, ratio=0.5, latency=False)
+    assert result.report.passed and result.report.exact.checked
+    # per sample: both MatMuls, and the bias Add and Relu at one MAC per element
+    assert result.report.flops_before == 4 * 16 + 16 + 16 + 16 * 3
+    assert result.report.flops_after == 4 * 8 + 8 + 8 + 8 * 3
