@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import html
 import json
-import re
-import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
 import onnx
 import pytest
 
 import graphprune
-from graphprune.inspect import describe
 from graphprune import html as page_html
+from graphprune.inspect import describe
 from models import builders, zoo
 
 
@@ -46,7 +44,8 @@ def parse(page: str) -> _Tags:
 
 
 def data_of(page: str) -> dict:
-    start = page.index('<script type="application/json" id="gp-data">') + len('<script type="application/json" id="gp-data">')
+    tag = '<script type="application/json" id="gp-data">'
+    start = page.index(tag) + len(tag)
     return json.loads(page[start : page.index("</script>", start)])
 
 
