@@ -42,6 +42,7 @@ from .dependency import DependencyGraph
 from .inspect import describe
 
 FLAT_MAX = 250  # drawn nodes; up to this the graph is one view
+FLAT_BLOCK = 60  # nodes; a scope box this small shows its nodes, not its sub-scopes
 MAX_ITEMS = 80  # items of a view above which it is cut into chunks
 CHUNK = 32  # items per chunk, about
 MEMBERS_SHOWN = 30  # member tensors listed per group in the table
@@ -86,6 +87,7 @@ class _Index:
         self.deps = deps
         self.by_tensor: dict[str, dict[int, list[tuple[int, int, int]]]] = defaultdict(lambda: defaultdict(list))
         self.prunable = {g.id: g.prunable for g in deps.groups}
+        self._all: dict[str, set[int]] = {}
         for g in deps.groups:
             for m in g.members:
                 first = int(m.indices.min()) if m.indices.size else 0
@@ -95,8 +97,11 @@ class _Index:
                 entries.sort()
 
     def all_groups(self, tensor: str) -> set[int]:
-        axes = self.by_tensor.get(tensor)
-        return {gid for entries in axes.values() for _, gid, _ in entries} if axes else set()
+        got = self._all.get(tensor)
+        if got is None:
+            axes = self.by_tensor.get(tensor)
+            got = self._all[tensor] = {gid for entries in axes.values() for _, gid, _ in entries} if axes else set()
+        return got
 
     def channel_axis(self, tensor: str) -> int:
         """Axis 1, or the last axis of a 1-D/2-D/3-D tensor; when no group owns it
@@ -199,20 +204,49 @@ class _Graph:
         else:
             self._scopes()
         self._chunk_all()
+        self._compact()
         self._count(0)
+
+    def _compact(self) -> None:
+        """Keep only the views reachable from the model's, numbered depth first."""
+        keep, todo = [], [0]
+        while todo:
+            v = todo.pop()
+            keep.append(v)
+            todo.extend(reversed([ref for kind, ref in self.views[v].children if kind == BLOCK]))
+        new = {v: j for j, v in enumerate(keep)}
+        views = [self.views[v] for v in keep]
+        for view in views:
+            view.parent = new.get(view.parent, -1)
+            view.children = [(kind, new[ref] if kind == BLOCK else ref) for kind, ref in view.children]
+        self.views = views
 
     # -- the tree
 
     def _scopes(self) -> None:
         """Views from exporter scopes: ``/a/b.1/c/Op`` is drawn in view a > b.1 > c."""
         child: dict[tuple[int, str], int] = {}
-        for k, i in enumerate(self.order):
+        scopes: list[list[str]] = []
+        for i in self.order:
             name = self.mv.node_names[i]
-            parts = name.split("/")[1:-1] if name.startswith("/") else []
+            scopes.append([p for p in name.split("/")[1:-1] if p] if name.startswith("/") else [])
+        # A node without a scope (shape arithmetic the exporter leaves unnamed) joins the
+        # deepest scope shared by its readers.
+        for k in range(len(self.order) - 1, -1, -1):
+            if self.mv.node_names[self.order[k]].startswith("/"):
+                continue
+            readers = [scopes[r] for t in self._outputs[k] for r in self.readers[t] if r >= 0]
+            if readers:
+                common = readers[0]
+                for other in readers[1:]:
+                    n = 0
+                    while n < len(common) and n < len(other) and common[n] == other[n]:
+                        n += 1
+                    common = common[:n]
+                scopes[k] = common
+        for k, parts in enumerate(scopes):
             v = 0
             for p in parts:
-                if not p:
-                    continue
                 key = (v, p)
                 if key not in child:
                     child[key] = len(self.views)
@@ -221,6 +255,18 @@ class _Graph:
                 v = child[key]
             self.views[v].children.append((OP, k))
         self._simplify(0)
+        self._flatten(0)
+
+    def _flatten(self, v: int) -> None:
+        """A box of at most :data:`FLAT_BLOCK` nodes draws them all at once (one decoder layer is one view)."""
+        for kind, ref in self.views[v].children:
+            if kind != BLOCK:
+                continue
+            inside = list(self._nodes_of((BLOCK, ref)))
+            if len(inside) <= FLAT_BLOCK:
+                self.views[ref].children = [(OP, k) for k in inside]
+            else:
+                self._flatten(ref)
 
     def _simplify(self, v: int) -> None:
         """A box of one node is that node; a box whose only child is a box takes its children."""
@@ -563,14 +609,25 @@ def _lay_out(g: _Graph) -> None:
                 connect(v, t, in_view(v, p), port)
             for v in cr[d + 1 :]:
                 connect(v, t, item(v, PORT_IN, t, -1), in_view(v, r))
+    done: dict[tuple, tuple] = {}
     for v, view in enumerate(views):
         view.routes = [r for r in routes[v].values() if r.dsts]
         view.out_groups = list(dict.fromkeys(view.out_groups))[:12]
         for it in view.items:
             it.width = _item_width(g, it)
         _layers(view)
-        if view.items:
+        if not view.items:
+            continue
+        # repeated layers have the same drawing: lay it out once
+        key = (
+            tuple((it.kind, it.width, it.layer) for it in view.items),
+            tuple((r.src, tuple(r.dsts)) for r in view.routes),
+        )
+        if key in done:
+            view.xs, view.ways, view.width, view.height = done[key]
+        else:
             _place(view)
+            done[key] = view.xs, view.ways, view.width, view.height
 
 
 def _item_width(g: _Graph, it: _Item) -> int:
