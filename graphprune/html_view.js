@@ -320,8 +320,8 @@
     return best;
   }
   function revealGroup(g) {
-    var here = (byGroup[g] || []).filter(function (el) { return el.classList.contains("op") || el.classList.contains("blk"); });
-    if (here.length) { center(cur.items[+here[0].getAttribute("data-i")]); return; }
+    var here = (byGroup[g] || []).filter(function (el) { return el.classList.contains("op"); });
+    if (here.length) { center(cur.items[+here[0].getAttribute("data-i")]); return; }  // its nodes are drawn here
     var k = firstNodeOf(g);
     if (k >= 0) { jump(k); show(g); }
   }

@@ -187,3 +187,39 @@ def test_the_table_sorts_by_size(open_page):
     o.page.click("th[data-sort=size]")
     sizes = o.js("[...document.querySelectorAll('tr[data-gid]:not(.folded)')].map(r => +r.dataset.size)")
     assert sizes == sorted(sizes)
+
+
+def test_clicking_a_row_pins_its_group_and_shows_its_nodes(open_page):
+    o = open_page("swin_t")
+    gid = o.js(
+        "+[...document.querySelectorAll('tr.ok[data-gid]')].sort((a, b) => b.dataset.size - a.dataset.size)[0]"
+        ".dataset.gid"
+    )
+    o.page.click(f"#g{gid} td.made")
+    assert o.state()["pinned"] == gid and o.state()["view"] != 0  # went into the box that holds it
+    assert o.js("document.querySelectorAll('#vp .n.op.on').length") > 0  # its nodes, lit
+    assert o.errors == []
+
+
+def test_synthetic_decoder_screenshots(browser, tmp_path):
+    """Default view, one box opened and one group pinned of a ~1500-node decoder, as PNGs."""
+    from benchmarks.html_view import decoder_stack, shots
+
+    path = tmp_path / "decoder.html"
+    path.write_text(page_html.render(graphprune.analyze(decoder_stack(1500)), "decoder"), encoding="utf-8")
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(path.as_uri())
+    page.wait_for_selector("html[data-ready]")
+
+    class B:  # what shots() needs of benchmarks.html_view.Browser
+        pass
+
+    b = B()
+    b.page = page
+    taken = shots(b, tmp_path, "decoder")
+    page.close()
+    assert [p.name for p in taken] == ["decoder_default.png", "decoder_expanded.png", "decoder_pinned.png"]
+    assert all(p.stat().st_size > 10_000 for p in taken)
+    assert errors == []
