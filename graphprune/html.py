@@ -105,11 +105,25 @@ class _Index:
 
     def channel_axis(self, tensor: str) -> int:
         """Axis 1, or the last axis of a 1-D/2-D/3-D tensor; when no group owns it
-        (channels-last layouts), the last axis a group owns."""
+        (channels-last layouts), the last axis a group owns; and when only blocked groups own
+        it while a prunable group owns another axis (NHWC in swin: H blocked, C prunable),
+        the last axis a prunable group owns."""
         shape = self.deps.view.shapes.get(tensor)
         preferred = len(shape) - 1 if shape and len(shape) <= 3 else 1
         axes = self.by_tensor.get(tensor)
-        return max(axes) if axes and preferred not in axes else preferred
+        if not axes:
+            return preferred
+        if preferred not in axes:
+            return max(axes)
+
+        def prunable(axis: int) -> bool:
+            return any(self.prunable[gid] for _, gid, _ in axes[axis])
+
+        if not prunable(preferred):
+            others = [a for a in axes if a != preferred and prunable(a)]
+            if others:
+                return max(others)
+        return preferred
 
     def channel_groups(self, tensor: str) -> list[tuple[int, int]]:
         """(group, channels) of the tensor's channel axis, in channel order."""

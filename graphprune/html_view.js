@@ -114,7 +114,8 @@
         (o.length ? "channels leaving it: group " + o.map(function (g) { return "#" + g; }).join(", ") : "no group leaves it");
       var bar = "", bw = (w - 10) / Math.max(o.length, 1);
       o.forEach(function (g, j) {
-        bar += '<rect class="f' + g + '" x="' + (5 + j * bw).toFixed(1) + '" y="' + (BH - 5) + '" width="' + bw.toFixed(1) + '" height="3"/>';
+        var seg = '" x="' + (5 + j * bw).toFixed(1) + '" y="' + (BH - 6) + '" width="' + bw.toFixed(1) + '" height="4"/>';
+        bar += '<rect class="f' + g + seg + (blocked[g] ? '<rect fill="url(#hatch)' + seg : "");  // blocked: hatched
       });
       head = '<rect class="back" x="3" y="3" width="' + w + '" height="' + BH + '" rx="4"/>' +
         '<rect class="box' + stroke + '" width="' + w + '" height="' + BH + '" rx="4"/>' + bar;

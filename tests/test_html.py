@@ -149,6 +149,9 @@ def test_large_graph_is_folded_into_small_views_that_hold_every_node():
     labels = {v["l"] for v in data["views"]}
     assert any(label.startswith("features.1") for label in labels)  # exporter scopes are boxes
     assert len(page.encode()) < 500 * len(deps.view.nodes)
+    # NHWC: the MLP's output is coloured by its prunable channels (axis 3), not the blocked H axis
+    mlp = next(n for n in data["nodes"] if n[0] == "/features/features.7/features.7.0/mlp/mlp.0/MatMul")
+    assert mlp[3] and mlp[3][0] not in data["blocked"] and mlp[2] == "3072"
 
 
 def test_a_graph_without_scopes_is_cut_where_few_tensors_cross():
