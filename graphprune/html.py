@@ -988,6 +988,9 @@ def render(deps: DependencyGraph, title: str) -> str:
         '<div class="note" id="hint">Top to bottom. Wheel or +/− zooms, drag or arrows pan. Hover for names and'
         " shapes; click a node to pin its group, a box to open it.</div>"
     )
+    if not g.order:
+        hint = '<div class="note" id="hint">The graph has no nodes to draw (only constants).</div>'
+
     left = (
         f'<section id="left" class="pane">{bar}{_legend()}{hint}'
         '<div id="scroll" tabindex="0"><svg id="graph" class="graph" xmlns="http://www.w3.org/2000/svg">'

@@ -191,3 +191,15 @@ def test_cli_writes_the_page(run_cli, tiny_model_path, tmp_path):
     code, stdout, err = run_cli("inspect", tiny_model_path, "--json", "--html", out)
     assert code == 0, err
     assert json.loads(stdout)["groups_total"] > 0  # stdout stays pure JSON
+
+
+def test_a_graph_of_only_constants_says_there_is_nothing_to_draw():
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    const = helper.make_node("Constant", [], ["y"], value=numpy_helper.from_array(np.ones(2, np.float32)))
+    graph = helper.make_graph([const], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    deps = graphprune.analyze(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    page = page_html.render(deps, "constants")
+    assert "no nodes to draw" in page
+    assert data_of(page)["views"][0]["i"] == []
