@@ -5,7 +5,8 @@
 Models: a synthetic Llama-style decoder of about N nodes per ``--nodes`` (the 6000-node one is
 the zoo's swin_t skeleton when N is 6000), and any ``--model`` file. For each page: bytes per
 model node, seconds to analyse and to write the page, and seconds from navigation until the
-page's script has drawn its first view in Debian's Chromium (``/usr/bin/chromium``, driven by
+page's script has drawn its first view in Debian's Chromium, and the height of the smallest
+label on screen at the default view (``/usr/bin/chromium``, driven by
 Playwright; the browser column is left out when either is missing). With ``--shots DIR`` three
 screenshots per model: the default view, one box opened, one group pinned.
 """
@@ -72,6 +73,15 @@ class Browser:
         self.page.evaluate("1")
         return time.perf_counter() - t
 
+    def smallest_text(self) -> float:
+        """Height in px of the smallest label visible in the graph pane."""
+        return self.page.evaluate(
+            "(() => { const b = document.getElementById('scroll').getBoundingClientRect();"
+            " const h = [...document.querySelectorAll('#vp text')].map(t => t.getBoundingClientRect())"
+            ".filter(r => r.bottom > b.top && r.top < b.bottom && r.right > b.left && r.left < b.right)"
+            ".map(r => r.height); return h.length ? Math.min(...h) : 0; })()"
+        )
+
     def close(self) -> None:
         self._browser.close()
         self._pw.stop()
@@ -134,19 +144,21 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(page, encoding="utf-8")
             n = len(model.graph.node)
             size = len(page.encode())
-            tti = ""
+            tti = text = ""
             if browser:
                 browser.errors.clear()
                 tti = f"{browser.open(path):.2f}"
+                text = f"{browser.smallest_text():.1f}"
                 if browser.errors:
                     tti += f" ({len(browser.errors)} console errors: {browser.errors[0]})"
                 if out:
                     shots(browser, out, name)
-            rows.append((name, n, f"{size / 1e6:.2f}", f"{size / n:.0f}", f"{t_analyse:.1f}", f"{t_write:.2f}", tti))
+            sizes = (f"{size / 1e6:.2f}", f"{size / n:.0f}")
+            rows.append((name, n, *sizes, f"{t_analyse:.1f}", f"{t_write:.2f}", tti, text))
             print(f"{name}: done", file=sys.stderr)
     if browser:
         browser.close()
-    print(grid(("model", "nodes", "page MB", "bytes/node", "analyse s", "write s", "interactive s"), rows))
+    print(grid(("model", "nodes", "page MB", "bytes/node", "analyse s", "write s", "interactive s", "text px"), rows))
     if not exe:
         print("\nno browser column: needs `pip install playwright` and Debian's chromium (apt-get install chromium)")
     return 0

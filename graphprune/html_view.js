@@ -356,7 +356,8 @@
       W = Math.max(W, rowsAt[it.layer]); L = Math.max(L, it.layer);
     });
     var back = cur.id >= 0 ? cur.id : cur.back;
-    groupView = {id: -1, back: back, l: "group #" + g + ": " + n + " nodes and their neighbours", w: W + M, h: top(L) + BH + M,
+    var what = ks.length < Object.keys(sel).length ? " (the first " + ks.length + " drawn)" : "";
+    groupView = {id: -1, back: back, l: "group #" + g + ": " + n + " nodes and their neighbours" + what, w: W + M, h: top(L) + BH + M,
                  items: items, routes: routes};
     pinned = g;
     go(groupView);
