@@ -211,6 +211,7 @@
   var drag = null, moved = false;
   box.addEventListener("mousedown", function (ev) {
     if (ev.button !== 0 || ev.target === mini) return;
+    box.focus({preventScroll: true});
     drag = [ev.clientX, ev.clientY, tx, ty]; moved = false;
   });
   window.addEventListener("mousemove", function (ev) {
@@ -224,6 +225,7 @@
   document.addEventListener("keydown", function (ev) {
     var tag = (ev.target.tagName || "").toLowerCase();
     if (tag === "input" || tag === "select" || tag === "textarea" || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    if (!box.matches(":hover") && document.activeElement !== box) return;  // the page keeps its own keys
     var k = ev.key, cw = box.clientWidth, ch = box.clientHeight, used = true;
     if (k === "ArrowLeft") tx += 60; else if (k === "ArrowRight") tx -= 60;
     else if (k === "ArrowUp") ty += 60; else if (k === "ArrowDown") ty -= 60;

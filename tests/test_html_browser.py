@@ -175,8 +175,13 @@ def test_wheel_zooms_and_drag_pans(open_page):
     o.page.mouse.up()
     after = o.state()
     assert after["tx"] == pytest.approx(mid["tx"] + 80) and after["ty"] == pytest.approx(mid["ty"] + 40)
+    o.page.keyboard.press("ArrowLeft")  # keys act on the drawing under the pointer
+    assert o.state()["tx"] == pytest.approx(after["tx"] + 60)
     o.page.keyboard.press("0")  # fit again
     assert o.state()["s"] == pytest.approx(before["s"])
+    o.page.mouse.click(5, 5)  # elsewhere on the page the keys are the page's
+    o.page.keyboard.press("ArrowLeft")
+    assert o.state()["s"] == pytest.approx(before["s"]) and o.state()["tx"] == pytest.approx(before["tx"])
 
 
 def test_the_table_sorts_by_size(open_page):
