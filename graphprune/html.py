@@ -1,32 +1,50 @@
 """A self-contained HTML page of a model's channel dependencies (``graphprune inspect --html``).
 
 The page has three parts: a summary (groups, prunable channels, why groups are blocked),
-an SVG drawing of the op graph whose nodes and edges are coloured by the group their
-channels belong to, and the table of groups. Hovering or clicking a row lights up the
-group in the drawing. Everything (CSS, JS, SVG) is inline: the page works offline.
+a drawing of the op graph whose nodes and edges are coloured by the group their channels
+belong to, and the table of groups. Everything (CSS, JS, data) is inline: the page works
+offline. The drawing is made in the browser by ``html_view.js`` from a JSON description
+written here; the layout is computed here, once.
 
-The drawing is a layered layout computed here (no graphviz): nodes are put in layers by
-longest path from the graph inputs, long edges pass through one invisible waypoint per
-layer they cross (shared by every consumer of the same tensor, so a tensor read far down
-the graph is one "bus" line), waypoints and nodes are ordered by barycenter sweeps and
-placed by isotonic regression towards their neighbours. Constant nodes are not drawn.
-Above :data:`MAX_DRAWN` drawn nodes only the nodes that touch a group's tensors are
-kept, the rest are folded into dotted edges; above that again the drawing is skipped.
+Rules:
+1. Legible at any size. A graph of up to :data:`FLAT_MAX` drawn nodes is one view. A larger
+   one is a tree of views: exporter scopes taken from node names (``/layers.3/mlp/...``)
+   are boxes; a view that still has more than :data:`MAX_ITEMS` items is cut into
+   consecutive chunks of about :data:`CHUNK` items, at the places the fewest tensors cross
+   (between residual blocks, between layers), recursively. A box opens its view; the
+   tensors that enter or leave a view are drawn as ports. Every view is small, so its
+   text stays readable when it fits the pane.
+2. Each view has a layered layout computed here (no graphviz): layers by longest path in
+   graph order (an edge against it, possible between scope boxes, does not count), long
+   edges pass through one waypoint per layer they cross (shared by every reader of the
+   tensor), waypoints and boxes are ordered by barycenter sweeps and placed by isotonic
+   regression towards their neighbours. Constant nodes are not drawn.
+3. Groups are told apart by more than hue: a box of one group carries the group's number,
+   every tooltip names its groups, blocked groups are hatched; a scope box is outlined in
+   the group of the channels that leave it.
+4. The table of groups sorts by size, unit, status and reason; a group that is one
+   parameter vector (a single constant member) is folded under the group of the node that
+   reads it.
+5. Size stays proportional to the graph: node and tensor names once each (a tensor named
+   after its producer is stored as the suffix), coordinates as integers.
 """
 
 from __future__ import annotations
 
+import heapq
 import html
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-
-import networkx as nx
+from importlib import resources
 
 from .dependency import DependencyGraph
 from .inspect import describe
 
-MAX_DRAWN = 1500  # nodes; above this, only nodes touching a group's tensors are drawn
-MAX_WAYPOINTS = 40000  # above this many waypoints long edges are drawn as direct curves
+FLAT_MAX = 250  # drawn nodes; up to this the graph is one view
+FLAT_BLOCK = 60  # nodes; a scope box this small shows its nodes, not its sub-scopes
+MAX_ITEMS = 80  # items of a view above which it is cut into chunks
+CHUNK = 32  # items per chunk, about
 MEMBERS_SHOWN = 30  # member tensors listed per group in the table
 REASONS_SHOWN = 4  # reasons listed per blocked group before "more"
 
@@ -36,6 +54,10 @@ MARGIN = 24
 NODE_GAP = 14
 WAY_GAP = 7
 WAY_W = 2
+MAX_WAYPOINTS = 40000  # per view; above this long edges are drawn as direct curves
+
+# item kinds in a view (the JS reads the same numbers)
+OP, BLOCK, PORT_IN, PORT_OUT, INPUT, OUTPUT = range(6)
 
 
 def _esc(s: object) -> str:
@@ -48,27 +70,14 @@ def _shape_text(shape) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-@dataclass
-class _Box:
-    kind: str  # op | input | output
-    label: str
-    title: str
-    stripes: list[tuple[int, int]]  # (group id, channels) in channel order: the fill
-    groups: set[int]  # every group the box touches: what lights it up
-    channels: str = ""  # the output's channel count, shown after the label
-    layer: int = 0
-    width: int = 0
+def _short(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
 
 
-@dataclass
-class _Route:
-    """One tensor from its source box to every drawn reader (or a path through hidden ops)."""
-
-    src: int
-    dsts: list[int] = field(default_factory=list)
-    tensor: str | None = None  # None: a path through nodes that are not drawn
-    colour: list[int] = field(default_factory=list)
-    groups: set[int] = field(default_factory=set)
+def _text_width(*parts: str) -> int:
+    """Pixel width of a box whose text is ``parts`` (the first at 11 px, the others at 10 px)."""
+    main, rest = parts[0], [p for p in parts[1:] if p]
+    return max(44, int(6.6 * len(main) + sum(5.8 * (len(p) + 1) for p in rest)) + 16)
 
 
 class _Index:
@@ -78,6 +87,7 @@ class _Index:
         self.deps = deps
         self.by_tensor: dict[str, dict[int, list[tuple[int, int, int]]]] = defaultdict(lambda: defaultdict(list))
         self.prunable = {g.id: g.prunable for g in deps.groups}
+        self._all: dict[str, set[int]] = {}
         for g in deps.groups:
             for m in g.members:
                 first = int(m.indices.min()) if m.indices.size else 0
@@ -87,16 +97,33 @@ class _Index:
                 entries.sort()
 
     def all_groups(self, tensor: str) -> set[int]:
-        axes = self.by_tensor.get(tensor)
-        return {gid for entries in axes.values() for _, gid, _ in entries} if axes else set()
+        got = self._all.get(tensor)
+        if got is None:
+            axes = self.by_tensor.get(tensor)
+            got = self._all[tensor] = {gid for entries in axes.values() for _, gid, _ in entries} if axes else set()
+        return got
 
     def channel_axis(self, tensor: str) -> int:
         """Axis 1, or the last axis of a 1-D/2-D/3-D tensor; when no group owns it
-        (channels-last layouts), the last axis a group owns."""
+        (channels-last layouts), the last axis a group owns; and when only blocked groups own
+        it while a prunable group owns another axis (NHWC in swin: H blocked, C prunable),
+        the last axis a prunable group owns."""
         shape = self.deps.view.shapes.get(tensor)
         preferred = len(shape) - 1 if shape and len(shape) <= 3 else 1
         axes = self.by_tensor.get(tensor)
-        return max(axes) if axes and preferred not in axes else preferred
+        if not axes:
+            return preferred
+        if preferred not in axes:
+            return max(axes)
+
+        def prunable(axis: int) -> bool:
+            return any(self.prunable[gid] for _, gid, _ in axes[axis])
+
+        if not prunable(preferred):
+            others = [a for a in axes if a != preferred and prunable(a)]
+            if others:
+                return max(others)
+        return preferred
 
     def channel_groups(self, tensor: str) -> list[tuple[int, int]]:
         """(group, channels) of the tensor's channel axis, in channel order."""
@@ -111,167 +138,298 @@ class _Index:
 
 
 # --------------------------------------------------------------------------------------
-# The picture
+# The views: which items each one draws
 
 
 @dataclass
-class _Picture:
-    svg: str = ""
-    note: str = ""
-    condensed: bool = False
+class _Item:
+    kind: int
+    ref: int  # node, child view, or tensor
+    order: float  # graph order, for layers
     width: int = 0
+    layer: int = 0
 
 
-def _build(deps: DependencyGraph, idx: _Index) -> tuple[list[_Box], list[_Route], bool] | None:
-    mv = deps.view
-    nodes = mv.nodes
-    hidden_const = {i for i, n in enumerate(nodes) if n.op_type == "Constant" and n.domain in ("", "ai.onnx")}
-    shown = [i for i in range(len(nodes)) if i not in hidden_const]
-    condensed = False
-    if len(shown) > MAX_DRAWN:
-        condensed = True
-        shown = [i for i in shown if any(t in idx.by_tensor for t in list(nodes[i].input) + list(nodes[i].output) if t)]
-        if len(shown) > MAX_DRAWN:
-            return None
-    shown_set = set(shown)
-    constants = set(mv.initializers) | set(mv.constant_nodes)
+@dataclass
+class _Route:
+    src: int
+    dsts: list[int] = field(default_factory=list)
+    tensor: int = -1
 
-    boxes: list[_Box] = []
-    box_of_node: dict[int, int] = {}
-    for i in shown:
-        node = nodes[i]
-        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-        outs = [t for t in node.output if t]
-        stripes = idx.channel_groups(outs[0]) if outs else []
-        touched: set[int] = set()
-        for t in list(node.input) + outs:
-            if t:
-                touched |= idx.all_groups(t)
-        lines = [f"{mv.node_names[i]} ({op})"]
-        lines += [f"out {t} {_shape_text(mv.shapes.get(t))}" for t in outs]
-        lines += _group_lines(stripes, idx)
-        label = op if len(op) <= 22 else op[:21] + "…"
-        box_of_node[i] = len(boxes)
-        boxes.append(_Box("op", label, "\n".join(lines), stripes, touched, channels=_channels(mv, idx, outs)))
 
-    io_box: dict[tuple[str, str], int] = {}
+@dataclass
+class _View:
+    label: str
+    parent: int
+    depth: int
+    children: list[tuple[int, int]] = field(default_factory=list)  # (OP, node) or (BLOCK, view)
+    items: list[_Item] = field(default_factory=list)
+    routes: list[_Route] = field(default_factory=list)
+    nodes: int = 0  # drawn nodes inside
+    first: int = 0  # first node inside, in graph order
+    out_groups: list[int] = field(default_factory=list)
+    width: int = 0
+    height: int = 0
+    xs: list[int] = field(default_factory=list)
+    ways: list[list[int]] = field(default_factory=list)
 
-    def io(kind: str, tensor: str) -> int:
-        key = (kind, tensor)
-        if key not in io_box:
-            stripes = idx.channel_groups(tensor)
-            label = tensor if len(tensor) <= 20 else tensor[:19] + "…"
-            title = f"graph {kind} {tensor} {_shape_text(mv.shapes.get(tensor))}"
-            title = "\n".join([title, *_group_lines(stripes, idx)])
-            io_box[key] = len(boxes)
-            boxes.append(_Box(kind, label, title, stripes, idx.all_groups(tensor)))
-        return io_box[key]
 
-    graph_inputs = set(mv.graph_inputs)
+class _Graph:
+    """The drawn nodes in graph order, their tensors, and the tree of views over them."""
 
-    def direct_source(t: str) -> int | None:
-        p = mv.producer.get(t)
-        if p is not None and p in shown_set:
-            return box_of_node[p]
-        if t in graph_inputs:
-            return io("input", t)
-        return None
-
-    # Where a tensor made by a node that is not drawn comes from: the nearest drawn boxes.
-    frontier: dict[int, set[int]] = {}
-    if condensed:
-        for i, node in enumerate(nodes):
-            if i in shown_set or i in hidden_const:
-                continue
-            srcs: set[int] = set()
-            for t in node.input:
-                if not t or t in constants:
-                    continue
-                s = direct_source(t)
-                if s is not None:
-                    srcs.add(s)
-                elif mv.producer.get(t) in frontier:
-                    srcs |= frontier[mv.producer[t]]
-                if len(srcs) > 6:
-                    break
-            frontier[i] = srcs
-
-    routes: dict[str, _Route] = {}
-    indirect: set[tuple[int, int]] = set()
-
-    def connect(t: str, dst: int) -> None:
-        s = direct_source(t)
-        if s is not None:
-            if t not in routes:
-                colour = [g for g, _ in idx.channel_groups(t)]
-                routes[t] = _Route(s, tensor=t, colour=colour, groups=idx.all_groups(t))
-            if dst not in routes[t].dsts and dst != s:
-                routes[t].dsts.append(dst)
+    def __init__(self, deps: DependencyGraph, idx: _Index):
+        mv = deps.view
+        self.mv, self.idx = mv, idx
+        drawn = [i for i, n in enumerate(mv.nodes) if not (n.op_type == "Constant" and n.domain in ("", "ai.onnx"))]
+        self.order = _graph_order(mv, drawn)  # node index -> model node index
+        self.rank = {i: k for k, i in enumerate(self.order)}
+        constants = set(mv.initializers) | set(mv.constant_nodes)
+        # tensors: graph inputs first, then outputs of drawn nodes in order
+        self.tensors: list[str] = []
+        self.tid: dict[str, int] = {}
+        self.producer: list[int] = []  # node, or -1 for a graph input
+        for t in mv.graph_inputs:
+            if t not in constants and t not in self.tid:
+                self.tid[t] = len(self.tensors)
+                self.tensors.append(t)
+                self.producer.append(-1)
+        for k, i in enumerate(self.order):
+            for t in mv.nodes[i].output:
+                if t and t not in self.tid:
+                    self.tid[t] = len(self.tensors)
+                    self.tensors.append(t)
+                    self.producer.append(k)
+        self.readers: list[list[int]] = [[] for _ in self.tensors]  # nodes; -1: a graph output
+        for k, i in enumerate(self.order):
+            seen = set()
+            for t in mv.nodes[i].input:
+                j = self.tid.get(t)
+                if j is not None and j not in seen:
+                    seen.add(j)
+                    self.readers[j].append(k)
+        for t in mv.graph_outputs:
+            j = self.tid.get(t)
+            if j is not None:
+                self.readers[j].append(-1)
+        self.views: list[_View] = [_View("model", -1, 0)]
+        self.leaf: list[int] = [0] * len(self.order)  # node -> the view it is drawn in
+        if len(self.order) <= FLAT_MAX:
+            self.views[0].children = [(OP, k) for k in range(len(self.order))]
         else:
-            for s in frontier.get(mv.producer.get(t, -1), ()):
-                if s != dst:
-                    indirect.add((s, dst))
+            self._scopes()
+        self._chunk_all()
+        self._compact()
+        self._count(0)
 
-    for t, readers in mv.consumers.items():
-        if t in constants:
-            continue
-        for i, _ in readers:
-            if i in shown_set:
-                connect(t, box_of_node[i])
-    for t in mv.graph_outputs:
-        if t in mv.producer or t in graph_inputs:
-            connect(t, io("output", t))
+    def _compact(self) -> None:
+        """Keep only the views reachable from the model's, numbered depth first."""
+        keep, todo = [], [0]
+        while todo:
+            v = todo.pop()
+            keep.append(v)
+            todo.extend(reversed([ref for kind, ref in self.views[v].children if kind == BLOCK]))
+        new = {v: j for j, v in enumerate(keep)}
+        views = [self.views[v] for v in keep]
+        for view in views:
+            view.parent = new.get(view.parent, -1)
+            view.children = [(kind, new[ref] if kind == BLOCK else ref) for kind, ref in view.children]
+        self.views = views
 
-    out = [r for r in routes.values() if r.dsts]
-    direct_pairs = {(r.src, d) for r in out for d in r.dsts}
-    out += [_Route(s, [d]) for s, d in sorted(indirect) if (s, d) not in direct_pairs]
-    return boxes, out, condensed
+    # -- the tree
+
+    def _scopes(self) -> None:
+        """Views from exporter scopes: ``/a/b.1/c/Op`` is drawn in view a > b.1 > c."""
+        child: dict[tuple[int, str], int] = {}
+        scopes: list[list[str]] = []
+        for i in self.order:
+            name = self.mv.node_names[i]
+            scopes.append([p for p in name.split("/")[1:-1] if p] if name.startswith("/") else [])
+        # A node without a scope (shape arithmetic the exporter leaves unnamed) joins the
+        # deepest scope shared by its readers.
+        for k in range(len(self.order) - 1, -1, -1):
+            if self.mv.node_names[self.order[k]].startswith("/"):
+                continue
+            readers = [scopes[r] for t in self._outputs[k] for r in self.readers[t] if r >= 0]
+            if readers:
+                common = readers[0]
+                for other in readers[1:]:
+                    n = 0
+                    while n < len(common) and n < len(other) and common[n] == other[n]:
+                        n += 1
+                    common = common[:n]
+                scopes[k] = common
+        for k, parts in enumerate(scopes):
+            v = 0
+            for p in parts:
+                key = (v, p)
+                if key not in child:
+                    child[key] = len(self.views)
+                    self.views.append(_View(p, v, self.views[v].depth + 1))
+                    self.views[v].children.append((BLOCK, child[key]))
+                v = child[key]
+            self.views[v].children.append((OP, k))
+        self._simplify(0)
+        self._flatten(0)
+
+    def _flatten(self, v: int) -> None:
+        """A box of at most :data:`FLAT_BLOCK` nodes draws them all at once (one decoder layer is one view)."""
+        for kind, ref in self.views[v].children:
+            if kind != BLOCK:
+                continue
+            inside = list(self._nodes_of((BLOCK, ref)))
+            if len(inside) <= FLAT_BLOCK:
+                self.views[ref].children = [(OP, k) for k in inside]
+            else:
+                self._flatten(ref)
+
+    def _simplify(self, v: int) -> None:
+        """A box of one node is that node; a box whose only child is a box takes its children."""
+        view = self.views[v]
+        out = []
+        for kind, ref in view.children:
+            if kind == BLOCK:
+                self._simplify(ref)
+                sub = self.views[ref]
+                while len(sub.children) == 1 and sub.children[0][0] == BLOCK:
+                    inner = self.views[sub.children[0][1]]
+                    sub.label, sub.children = f"{sub.label}/{inner.label}", inner.children
+                    inner.children = []
+                if len(sub.children) == 1:
+                    out.append(sub.children[0])
+                    sub.children = []
+                    continue
+                for c in sub.children:
+                    if c[0] == BLOCK:
+                        self.views[c[1]].parent = ref
+            out.append((kind, ref))
+        view.children = out
+
+    def _first(self, c: tuple[int, int]) -> int:
+        return c[1] if c[0] == OP else self.views[c[1]].first
+
+    def _count(self, v: int) -> None:
+        """Nodes, first node, depth and the leaf view of every node, from the children."""
+        view = self.views[v]
+        view.nodes, firsts = 0, []
+        for kind, ref in view.children:
+            if kind == OP:
+                view.nodes += 1
+                self.leaf[ref] = v
+                firsts.append(ref)
+            else:
+                self.views[ref].parent, self.views[ref].depth = v, view.depth + 1
+                self._count(ref)
+                view.nodes += self.views[ref].nodes
+                firsts.append(self.views[ref].first)
+        view.first = min(firsts, default=0)
+        view.children.sort(key=self._first)
+
+    def _chunk_all(self) -> None:
+        todo = [0]
+        while todo:
+            v = todo.pop()
+            self._count(v)
+            if len(self.views[v].children) > MAX_ITEMS:
+                self._chunk(v)
+            todo.extend(ref for kind, ref in self.views[v].children if kind == BLOCK)
+
+    def _chunk(self, v: int) -> None:
+        """Cut the children of ``v`` into consecutive chunks at the boundaries the fewest tensors cross."""
+        view = self.views[v]
+        kids = view.children
+        n = len(kids)
+        pos_of_node: dict[int, int] = {}
+        for p, c in enumerate(kids):
+            for k in self._nodes_of(c):
+                pos_of_node[k] = p
+        diff = [0] * (n + 1)
+        for p, c in enumerate(kids):
+            for k in self._nodes_of(c):
+                for t in self._outputs[k]:
+                    last = max((pos_of_node.get(r, -1) for r in self.readers[t]), default=-1)
+                    if last > p:
+                        diff[p] += 1
+                        diff[last] -= 1
+        crossing, run = [], 0
+        for p in range(n):
+            run += diff[p]
+            crossing.append(run)  # tensors crossing the boundary after child p
+        chunks: list[list[tuple[int, int]]] = []
+        start = 0
+        while start < n:
+            if n - start <= CHUNK * 3 // 2:
+                end = n
+            else:
+                lo, hi = start + CHUNK // 2, min(n - 1, start + CHUNK * 3 // 2)
+                best = min(range(lo, hi), key=lambda b: (crossing[b], abs(b - start - CHUNK)))
+                end = best + 1
+            chunks.append(kids[start:end])
+            start = end
+        view.children = []
+        for part in chunks:
+            if len(part) == 1:
+                view.children.append(part[0])
+                continue
+            sub = len(self.views)
+            label = f"{self._name(part[0])} – {self._name(part[-1])}"
+            self.views.append(_View(label, v, view.depth + 1, children=part))
+            for c in part:
+                if c[0] == BLOCK:
+                    self.views[c[1]].parent = sub
+            view.children.append((BLOCK, sub))
+        self._count(v)
+        if len(view.children) > MAX_ITEMS:
+            self._chunk(v)
+
+    def _name(self, c: tuple[int, int]) -> str:
+        if c[0] == BLOCK:
+            return self.views[c[1]].label.split(" – ")[0]
+        name = self.mv.node_names[self.order[c[1]]]
+        return name.rsplit("/", 1)[-1] or self.mv.nodes[self.order[c[1]]].op_type
+
+    def _nodes_of(self, c: tuple[int, int]):
+        if c[0] == OP:
+            yield c[1]
+            return
+        for cc in self.views[c[1]].children:
+            yield from self._nodes_of(cc)
+
+    @property
+    def _outputs(self) -> list[list[int]]:
+        if not hasattr(self, "_outs"):
+            self._outs: list[list[int]] = [[] for _ in self.order]
+            for t, p in enumerate(self.producer):
+                if p >= 0:
+                    self._outs[p].append(t)
+        return self._outs
 
 
-def _channels(mv, idx: _Index, outs: list[str]) -> str:
-    """The size of the output's channel axis, for the box label ("" if unknown or a vector)."""
-    shape = mv.shapes.get(outs[0]) if outs else None
-    if not shape or len(shape) < 2:
-        return ""
-    n = shape[idx.channel_axis(outs[0])]
-    return "" if n is None else str(n)
-
-
-def _group_lines(stripes: list[tuple[int, int]], idx: _Index) -> list[str]:
-    if not stripes:
-        return ["channels: no group"]
-    parts = [f"{g} ({'prunable' if idx.prunable[g] else 'blocked'}, {n} ch)" for g, n in stripes[:8]]
-    more = f" +{len(stripes) - 8} more" if len(stripes) > 8 else ""
-    return ["channels: group " + ", ".join(parts) + more]
-
-
-def _layers(boxes: list[_Box], routes: list[_Route]) -> bool:
-    """Longest-path layers from the inputs; sources not fed by an input sit just above their readers."""
-    g = nx.DiGraph()
-    g.add_nodes_from(range(len(boxes)))
-    for r in routes:
-        for d in r.dsts:
-            g.add_edge(r.src, d)
-    try:
-        order = list(nx.topological_sort(g))
-    except nx.NetworkXUnfeasible:
-        return False
-    for v in order:
-        preds = list(g.predecessors(v))
-        boxes[v].layer = 1 + max(boxes[p].layer for p in preds) if preds else 0
-    fed: set[int] = set()
-    for v, b in enumerate(boxes):
-        if b.kind == "input":
-            fed.add(v)
-            fed |= nx.descendants(g, v)
-    for v in reversed(order):
-        succ = list(g.successors(v))
-        if v not in fed and succ:
-            boxes[v].layer = min(boxes[s].layer for s in succ) - 1
-    low = min((b.layer for b in boxes), default=0)
-    for b in boxes:
-        b.layer -= low
-    return True
+def _graph_order(mv, drawn: list[int]) -> list[int]:
+    """``drawn`` in a topological order, as near the file's order as possible."""
+    drawn_set = set(drawn)
+    deps: dict[int, set[int]] = {i: set() for i in drawn}
+    readers: dict[int, list[int]] = defaultdict(list)
+    for i in drawn:
+        for t in mv.nodes[i].input:
+            p = mv.producer.get(t)
+            if p is not None and p in drawn_set and p != i and p not in deps[i]:
+                deps[i].add(p)
+                readers[p].append(i)
+    missing = {i: len(d) for i, d in deps.items()}
+    ready = [i for i in drawn if not missing[i]]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        i = heapq.heappop(ready)
+        out.append(i)
+        for r in readers[i]:
+            missing[r] -= 1
+            if not missing[r]:
+                heapq.heappush(ready, r)
+    if len(out) < len(drawn):  # a cycle: the file's order for what is left
+        done = set(out)
+        out += [i for i in drawn if i not in done]
+    return out
 
 
 def _pava(target: list[float], weight: list[float]) -> list[float]:
@@ -293,7 +451,7 @@ def _pava(target: list[float], weight: list[float]) -> list[float]:
 class _Layout:
     """Layer assignment, waypoints, ordering and x placement of boxes and routes."""
 
-    def __init__(self, boxes: list[_Box], routes: list[_Route]):
+    def __init__(self, boxes: list[_Item], routes: list[_Route]):
         self.boxes, self.routes = boxes, routes
         nb = len(boxes)
         self.n_layers = 1 + max((b.layer for b in boxes), default=0)
@@ -330,10 +488,11 @@ class _Layout:
         self.up, self.down = up, down
         self.rows: list[list[int]] = [[] for _ in range(self.n_layers)]
         # First order: sources in graph order, waypoints right after the box they leave.
-        start: list[float] = list(range(nb)) + [0.0] * (len(self.layer_of) - nb)
+        rank = {v: float(k) for k, v in enumerate(sorted(range(nb), key=lambda v: boxes[v].order))}
+        start: list[float] = [rank[v] for v in range(nb)] + [0.0] * (len(self.layer_of) - nb)
         for r, chain in zip(routes, self.chain):
             for k, w in enumerate(chain.values()):
-                start[w] = r.src + 0.5 + 1e-6 * k
+                start[w] = rank[r.src] + 0.5 + 1e-6 * k
         for v in sorted(range(len(self.layer_of)), key=lambda v: start[v]):
             self.rows[self.layer_of[v]].append(v)
         self._order()
@@ -404,131 +563,220 @@ class _Layout:
         self.svg_height = int(self.n_layers * LAYER_H - (LAYER_H - BOX_H) + 2 * MARGIN)
 
 
-def _top(layer: int) -> int:
-    return MARGIN + layer * LAYER_H
+def _lay_out(g: _Graph) -> None:
+    """Items, routes, layers and coordinates of every view."""
+    views = g.views
+    chains: dict[int, list[int]] = {}
 
+    def chain(v: int) -> list[int]:
+        if v not in chains:
+            p = views[v].parent
+            chains[v] = ([] if p < 0 else chain(p)) + [v]
+        return chains[v]
 
-def _curve(x0: float, y0: float, x1: float, y1: float) -> str:
-    m = (y0 + y1) / 2
-    return f"C{x0:g} {m:g} {x1:g} {m:g} {x1:g} {y1:g}"
+    item_at: list[dict[tuple[int, int], int]] = [{} for _ in views]
 
+    def item(v: int, kind: int, ref: int, order: float) -> int:
+        key = (kind, ref)
+        at = item_at[v]
+        if key not in at:
+            at[key] = len(views[v].items)
+            views[v].items.append(_Item(kind, ref, order))
+        return at[key]
 
-def _text_width(label: str, channels: str = "") -> int:
-    return max(44, int(6.6 * len(label) + 5.8 * (len(channels) + 1 if channels else 0)) + 16)
+    for v, view in enumerate(views):
+        for kind, ref in view.children:
+            item(v, kind, ref, ref if kind == OP else views[ref].first)
 
+    def in_view(v: int, k: int) -> int:
+        """The item of view ``v`` that holds node ``k`` (``v`` is an ancestor of its leaf)."""
+        leaf = g.leaf[k]
+        if leaf == v:
+            return item_at[v][(OP, k)]
+        return item_at[v][(BLOCK, chain(leaf)[views[v].depth + 1])]
 
-def _picture(deps: DependencyGraph, idx: _Index) -> _Picture:
-    built = _build(deps, idx)
-    if built is None:
-        shown = sum(1 for n in deps.view.nodes if n.op_type != "Constant")
-        return _Picture(note=f"graph too large to draw ({shown} nodes); the table below lists every group")
-    boxes, routes, condensed = built
-    if not boxes:
-        return _Picture(note="the graph has no nodes to draw")
-    for b in boxes:
-        b.width = _text_width(b.label, b.channels)
-    if not _layers(boxes, routes):
-        return _Picture(note="the graph has a cycle; not drawn")
-    lay = _Layout(boxes, routes)
-    nb = len(boxes)
+    routes: list[dict[int, _Route]] = [{} for _ in views]
 
-    # Input ports: spread the edges entering a box along its top, in the order they come from.
-    ports: dict[tuple[int, int], float] = {}
-    incoming: dict[int, list[tuple[float, int]]] = defaultdict(list)
-    for ri, (r, chain) in enumerate(zip(routes, lay.chain)):
-        for d in r.dsts:
-            before = chain.get(boxes[d].layer - 1, r.src)
-            incoming[d].append((lay.x[before], ri))
-    for d, ins in incoming.items():
-        ins.sort()
-        step = min(10.0, (lay.width[d] - 12) / max(len(ins), 1))
-        for k, (_, ri) in enumerate(ins):
-            ports[(ri, d)] = round(lay.x[d] + (k - (len(ins) - 1) / 2) * step, 1)
+    def connect(v: int, t: int, src: int, dst: int) -> None:
+        r = routes[v].get(t)
+        if r is None:
+            r = routes[v][t] = _Route(src, tensor=t)
+        if dst != src and dst not in r.dsts:
+            r.dsts.append(dst)
 
-    edges: list[str] = []
-    for ri, (r, chain) in enumerate(zip(routes, lay.chain)):
-        xs, ys = lay.x[r.src], _top(boxes[r.src].layer) + BOX_H
-        d_parts = [f"M{xs:g} {ys}"]
-        px, py = xs, ys
-        for layer, w in chain.items():
-            wx, top = lay.x[w], _top(layer)
-            d_parts.append(f"{_curve(px, py, wx, top)}L{wx:g} {top + BOX_H}")
-            px, py = wx, top + BOX_H
-        for d in r.dsts:
-            before = chain.get(boxes[d].layer - 1)
-            bx, by = (lay.x[before], _top(boxes[d].layer - 1) + BOX_H) if before is not None else (xs, ys)
-            d_parts.append(f"M{bx:g} {by}{_curve(bx, by, ports[(ri, d)], _top(boxes[d].layer))}")
-        path = "".join(d_parts)
-        edges.append(_edge_svg(r, path, idx, deps))
-
-    nodes_svg = [_box_svg(b, lay.x[v] - lay.width[v] / 2, _top(b.layer), idx) for v, b in enumerate(boxes)]
-    w, h = lay.svg_width, lay.svg_height
-    svg = (
-        f'<svg id="graph" class="graph" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}"'
-        f' viewBox="0 0 {w} {h}" data-w="{w}" data-h="{h}">'
-        "<defs>"
-        '<pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
-        '<rect width="2.2" height="6" fill="#d62728" fill-opacity=".55"/></pattern>'
-        '<clipPath id="rc" clipPathUnits="objectBoundingBox"><rect width="1" height="1" rx=".05" ry=".23"/></clipPath>'
-        "</defs>"
-        f'<g class="edges">{"".join(edges)}</g><g class="nodes">{"".join(nodes_svg)}</g></svg>'
-    )
-    note = ""
-    if condensed:
-        note = (
-            f"large graph: only the {nb - sum(b.kind != 'op' for b in boxes)} nodes that touch a group's tensors"
-            " are drawn; dotted grey lines are paths through the others"
+    big = float(len(g.order) + 1)
+    for t, p in enumerate(g.producer):
+        cs = chain(g.leaf[p]) if p >= 0 else [0]
+        for r in g.readers[t]:
+            cr = chain(g.leaf[r]) if r >= 0 else [0]
+            d = 0
+            while d + 1 < len(cs) and d + 1 < len(cr) and cs[d + 1] == cr[d + 1]:
+                d += 1
+            top = cs[d]
+            src = in_view(top, p) if p >= 0 else item(0, INPUT, t, -1)
+            dst = in_view(top, r) if r >= 0 else item(0, OUTPUT, t, big)
+            connect(top, t, src, dst)
+            for v in cs[d + 1 :]:
+                port = item(v, PORT_OUT, t, big)
+                if (PORT_OUT, t) not in routes[v] and t not in routes[v]:
+                    views[v].out_groups.extend(gid for gid, _ in g.idx.channel_groups(g.tensors[t]))
+                connect(v, t, in_view(v, p), port)
+            for v in cr[d + 1 :]:
+                connect(v, t, item(v, PORT_IN, t, -1), in_view(v, r))
+    done: dict[tuple, tuple] = {}
+    for v, view in enumerate(views):
+        view.routes = [r for r in routes[v].values() if r.dsts]
+        view.out_groups = list(dict.fromkeys(view.out_groups))[:12]
+        for it in view.items:
+            it.width = _item_width(g, it)
+        _layers(view)
+        if not view.items:
+            continue
+        # repeated layers have the same drawing: lay it out once
+        key = (
+            tuple((it.kind, it.width, it.layer) for it in view.items),
+            tuple((r.src, tuple(r.dsts)) for r in view.routes),
         )
-    return _Picture(svg=svg, note=note, condensed=condensed, width=w)
+        if key in done:
+            view.xs, view.ways, view.width, view.height = done[key]
+        else:
+            _place(view)
+            done[key] = view.xs, view.ways, view.width, view.height
 
 
-def _gattr(groups: set[int]) -> str:
-    return " ".join(str(g) for g in sorted(groups))
+def _item_width(g: _Graph, it: _Item) -> int:
+    if it.kind == OP:
+        op, chans, tag = _op_text(g, it.ref)
+        return _text_width(op, chans, tag)
+    if it.kind == BLOCK:
+        sub = g.views[it.ref]
+        return _text_width(_short(sub.label, 34), f"{sub.nodes} ops") + 8
+    return _text_width("↑ " + _short(g.tensors[it.ref], 20))
 
 
-def _edge_svg(r: _Route, path: str, idx: _Index, deps: DependencyGraph) -> str:
-    if r.tensor is None:
-        return f'<path class="e via" d="{path}"><title>through nodes not drawn</title></path>'
-    shape = _shape_text(deps.view.shapes.get(r.tensor))
-    title = _esc("\n".join([f"{r.tensor} {shape}", *_group_lines(idx.channel_groups(r.tensor), idx)]))
-    data = _gattr(r.groups)
-    k = len(r.colour)
-    if k == 0:
-        return f'<path class="e s-" data-g="{data}" d="{path}"><title>{title}</title></path>'
-    if k == 1:
-        return f'<path class="e s{r.colour[0]}" data-g="{data}" d="{path}"><title>{title}</title></path>'
-    if k > 4:  # many segments (a wide concat): one neutral line
-        return f'<path class="e mix" data-g="{data}" d="{path}"><title>{title}</title></path>'
-    # a few segments: one dashed copy per group, the dashes interleaved
-    inner = "".join(f'<path class="s{g} d{k}-{j}" d="{path}"/>' for j, g in enumerate(r.colour))
-    return f'<g class="e" data-g="{data}"><title>{title}</title>{inner}</g>'
+def _op_text(g: _Graph, k: int) -> tuple[str, str, str]:
+    """The label of node ``k``'s box: op type, channels of its output, '#group' if it has one group."""
+    node = g.mv.nodes[g.order[k]]
+    op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+    outs = [t for t in node.output if t]
+    chans = _channels(g.mv, g.idx, outs)
+    stripes = g.idx.channel_groups(outs[0]) if outs else []
+    tag = f"#{stripes[0][0]}" if len(stripes) == 1 else ""
+    return _short(op, 22), chans, tag
 
 
-def _box_svg(b: _Box, left: float, top: int, idx: _Index) -> str:
-    w = int(round(b.width))
-    title = _esc(b.title)
-    data = _gattr(b.groups)
-    label = _esc(b.label)
-    head = f'<g class="n {b.kind}" data-g="{data}" transform="translate({left:g} {top})"><title>{title}</title>'
-    count = f'<tspan class="c"> {_esc(b.channels)}</tspan>' if b.channels else ""
-    text = f'<text x="{w / 2:g}" y="15">{label}{count}</text></g>'
-    if b.kind != "op":
-        first = b.stripes[0][0] if b.stripes else None
-        cls = f" s{first}" if first is not None else ""
-        return f'{head}<rect class="io{cls}" width="{w}" height="{BOX_H}" rx="11"/>{text}'
-    blocked = any(not idx.prunable[g] for g, _ in b.stripes)
-    over = f'<rect class="hat" width="{w}" height="{BOX_H}" rx="5"/>' if blocked else ""
-    if len(b.stripes) <= 1:
-        fill = f"f{b.stripes[0][0]} s{b.stripes[0][0]}" if b.stripes else "f- s-"
-        return f'{head}<rect class="box {fill}" width="{w}" height="{BOX_H}" rx="5"/>{over}{text}'
-    total = sum(n for _, n in b.stripes) or 1
-    at, parts = 0.0, []
-    for g, n in b.stripes:
-        sw = w * n / total
-        parts.append(f'<rect class="f{g}" x="{at:.1f}" width="{sw + 0.6:.1f}" height="{BOX_H}"/>')
-        at += sw
-    outline = f'<rect class="box multi" width="{w}" height="{BOX_H}" rx="5"/>'
-    return f'{head}<g clip-path="url(#rc)">{"".join(parts)}</g>{outline}{over}{text}'
+def _channels(mv, idx: _Index, outs: list[str]) -> str:
+    """The size of the output's channel axis, for the box label ("" if unknown or a vector)."""
+    shape = mv.shapes.get(outs[0]) if outs else None
+    if not shape or len(shape) < 2:
+        return ""
+    n = shape[idx.channel_axis(outs[0])]
+    return "" if n is None else str(n)
+
+
+def _layers(view: _View) -> None:
+    """Longest-path layers in graph order (an edge against the order is drawn, not counted);
+    a source not fed from above sits just above its first reader, and so does an entering port."""
+    items = view.items
+    preds: list[list[int]] = [[] for _ in items]
+    succs: list[list[int]] = [[] for _ in items]
+    for r in view.routes:
+        for d in r.dsts:
+            if items[r.src].order < items[d].order:
+                preds[d].append(r.src)
+                succs[r.src].append(d)
+    order = sorted(range(len(items)), key=lambda i: items[i].order)
+    fed = [it.kind in (INPUT, PORT_IN) for it in items]
+    for v in order:
+        if preds[v]:
+            items[v].layer = 1 + max(items[p].layer for p in preds[v])
+            fed[v] = any(fed[p] for p in preds[v])
+    for v in reversed(order):
+        if succs[v] and (not fed[v] or items[v].kind == PORT_IN):
+            items[v].layer = min(items[s].layer for s in succs[v]) - 1
+    low = min((it.layer for it in items), default=0)
+    for it in items:
+        it.layer -= low
+
+
+def _place(view: _View) -> None:
+    lay = _Layout(view.items, view.routes)
+    view.xs = [int(round(x)) for x in lay.x[: len(view.items)]]
+    view.ways = [[int(round(lay.x[w])) for w in chain.values()] for chain in lay.chain]
+    view.width, view.height = lay.svg_width, lay.svg_height
+
+
+# --------------------------------------------------------------------------------------
+# The data the page draws from
+
+
+def _data(g: _Graph, deps: DependencyGraph) -> dict:
+    mv, idx = g.mv, g.idx
+    nodes = []
+    for i in g.order:
+        node = mv.nodes[i]
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        outs = [t for t in node.output if t]
+        stripes = idx.channel_groups(outs[0]) if outs else []
+        touched: set[int] = set()
+        for t in list(node.input) + outs:
+            if t:
+                touched |= idx.all_groups(t)
+        nodes.append([mv.node_names[i], op, _channels(mv, idx, outs), _flat(stripes), sorted(touched)])
+    tensors = []
+    for t, name in enumerate(g.tensors):
+        p = g.producer[t]
+        pname = mv.node_names[g.order[p]] if p >= 0 else ""
+        stored = "\x01" + name[len(pname) :] if pname and name.startswith(pname) else name
+        shape = _shape_text(mv.shapes.get(name))
+        stripes = _flat(idx.channel_groups(name))
+        tensors.append([stored, shape, stripes, sorted(idx.all_groups(name)), p, g.readers[t]])
+    consts = []
+    for name in list(mv.initializers) + list(mv.constant_nodes):
+        readers = [g.rank[i] for i, _ in mv.consumers.get(name, []) if i in g.rank]
+        if readers:
+            consts.append([name, min(readers)])
+    views = []
+    for v in g.views:
+        items = []
+        for it in v.items:
+            items += [it.kind, it.ref, it.layer, it.width]
+        routes = [[r.tensor, r.src, r.dsts, w] for r, w in zip(v.routes, v.ways)]
+        views.append(
+            {
+                "l": v.label,
+                "p": v.parent,
+                "n": v.nodes,
+                "o": v.out_groups,
+                "w": v.width,
+                "h": v.height,
+                "i": items,
+                "x": v.xs,
+                "r": routes,
+            }
+        )
+    return {
+        "nodes": nodes,
+        "tensors": tensors,
+        "consts": consts,
+        "views": views,
+        "blocked": sorted(gr.id for gr in deps.blocked_groups()),
+        "geo": {"boxH": BOX_H, "layerH": LAYER_H, "margin": MARGIN},
+    }
+
+
+def _flat(stripes: list[tuple[int, int]]) -> list[int]:
+    return [x for pair in stripes for x in pair]
+
+
+def _json_script(data: dict) -> str:
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    text = text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+    return f'<script type="application/json" id="gp-data">{text}</script>'
+
+
+def _asset(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------
@@ -540,173 +788,23 @@ def _hue(gid: int) -> float:
 
 
 def _group_css(deps: DependencyGraph) -> str:
+    """Fill, stroke and swatch of each group: the golden-angle hue, and three lightness and
+    saturation steps so that neighbouring ids differ in more than hue."""
     rules = []
     for g in deps.groups:
         h = _hue(g.id)
-        light = 84 if g.id % 2 else 77
+        light = (84, 76, 68)[g.id % 3]
+        sat = (72, 58, 80)[(g.id // 3) % 3]
+        dark = (40, 30, 48)[g.id % 3]
         rules.append(
-            f".f{g.id}{{fill:hsl({h:.0f},72%,{light}%)}}.s{g.id}{{stroke:hsl({h:.0f},62%,40%)}}"
-            f".b{g.id}{{background:hsl({h:.0f},72%,{light}%);border-color:hsl({h:.0f},62%,40%)}}"
+            f".f{g.id}{{fill:hsl({h:.0f},{sat}%,{light}%)}}.s{g.id}{{stroke:hsl({h:.0f},62%,{dark}%)}}"
+            f".t{g.id}{{fill:hsl({h:.0f},70%,{dark - 8}%)}}"
+            f".b{g.id}{{background:hsl({h:.0f},{sat}%,{light}%);border-color:hsl({h:.0f},62%,{dark}%)}}"
         )
     return "".join(rules)
 
 
-_CSS = """
-*{box-sizing:border-box}
-body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1f2328;
-background:#f6f7f9}
-header{padding:18px 24px 12px;background:#fff;border-bottom:1px solid #d8dde3}
-h1{font-size:20px;margin:0 0 10px;word-break:break-all}
-h2{font-size:15px;margin:0 0 8px}
-.cards{display:flex;flex-wrap:wrap;gap:10px;margin-bottom:10px}
-.card{border:1px solid #d8dde3;border-radius:8px;padding:6px 14px;background:#fbfcfd;min-width:110px}
-.card b{display:block;font-size:20px}
-.card span{color:#59636e;font-size:12px}
-.card.ok b{color:#1a7f37}.card.bad b{color:#cf222e}
-.reasons{border-collapse:collapse;font-size:13px}
-.reasons td{padding:1px 10px 1px 0;vertical-align:top}
-.reasons td.num{text-align:right;color:#cf222e;font-weight:600}
-main{display:flex;gap:16px;padding:16px;align-items:flex-start}
-.pane{background:#fff;border:1px solid #d8dde3;border-radius:8px}
-#left{flex:0 1 auto;max-width:58%;min-width:340px;position:sticky;top:8px;display:flex;flex-direction:column;
-max-height:calc(100vh - 16px)}
-#right{flex:1 1 0;min-width:480px;padding:12px 14px}
-.bar{display:flex;gap:6px;align-items:center;padding:8px 10px;border-bottom:1px solid #e5e8ec;font-size:12px;
-color:#59636e;flex-wrap:wrap}
-.bar .zoom{margin-left:auto;white-space:nowrap;display:flex;gap:4px}
-.bar button{font:inherit;border:1px solid #c8cdd3;background:#fff;border-radius:5px;padding:1px 8px;cursor:pointer}
-#scroll{overflow:auto;flex:1 1 auto;min-height:200px}
-.note{padding:10px 12px;color:#59636e;font-size:13px}
-.legend{display:flex;flex-wrap:wrap;gap:4px 14px;padding:8px 10px;border-bottom:1px solid #e5e8ec;font-size:12px;
-color:#3d444d}
-.legend svg{vertical-align:middle;margin-right:4px}
-svg.graph{display:block;margin:0 auto}
-.n text{font:11px system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;text-anchor:middle;
-fill:#1f2328;paint-order:stroke;stroke:#fff;stroke-width:2.5px;stroke-linejoin:round;pointer-events:none}
-.n{cursor:pointer}
-.box{stroke-width:1.3}
-.box.multi{fill:none;stroke:#3d444d}
-.f-{fill:#eef0f2}.s-{stroke:#a3abb4}
-.hat{fill:url(#hatch);stroke:#d62728;stroke-width:2}
-.io{fill:#3d444d;stroke-width:2.5}
-.n.input text,.n.output text{fill:#fff;stroke:none}
-.e{fill:none;stroke-width:1.6}
-.e path{fill:none}
-.e.mix{stroke:#57606a;stroke-width:2.2}
-.e.via{stroke:#b4bcc5;stroke-width:1.2;stroke-dasharray:2 3}
-.n text .c{fill:#59636e;font-size:10px}
-.d2-0{stroke-dasharray:6 6}.d2-1{stroke-dasharray:6 6;stroke-dashoffset:6}
-.d3-0{stroke-dasharray:6 12}.d3-1{stroke-dasharray:6 12;stroke-dashoffset:6}
-.d3-2{stroke-dasharray:6 12;stroke-dashoffset:12}
-.d4-0{stroke-dasharray:6 18}.d4-1{stroke-dasharray:6 18;stroke-dashoffset:6}
-.d4-2{stroke-dasharray:6 18;stroke-dashoffset:12}.d4-3{stroke-dasharray:6 18;stroke-dashoffset:18}
-svg.focus .n:not(.on){opacity:.16}
-svg.focus .e:not(.on){opacity:.07}
-svg.focus .e.on{stroke-width:3}
-svg.focus .n.on .box,svg.focus .n.on .io{stroke-width:2.6}
-.filters{display:flex;gap:8px;margin-bottom:8px;align-items:center;flex-wrap:wrap}
-.filters input{font:inherit;padding:3px 8px;border:1px solid #c8cdd3;border-radius:5px;min-width:220px}
-.filters select{font:inherit;padding:2px 4px}
-table.groups{border-collapse:collapse;width:100%;font-size:13px}
-.groups th{position:sticky;top:0;background:#f0f2f4;text-align:left;padding:5px 6px;border-bottom:1px solid #d8dde3;
-z-index:1}
-.groups td{padding:4px 6px;border-bottom:1px solid #eceff2;vertical-align:top}
-.groups tr{cursor:pointer}
-.groups tr:hover td,.groups tr.on td{background:#fff8c5}
-.groups td.num{text-align:right;white-space:nowrap}
-.made{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:11.5px;word-break:break-all}
-.anchor{color:#59636e}
-.groups td.st{min-width:140px}
-.sw{display:inline-block;width:12px;height:12px;border-radius:3px;border:1.5px solid;margin-right:6px;
-vertical-align:-1px}
-.badge{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;font-weight:600}
-.badge.ok{background:#dafbe1;color:#116329}.badge.bad{background:#ffebe9;color:#a40e26}
-ul.why{margin:2px 0 0;padding-left:16px;color:#3d444d;font-size:12px;word-break:break-word}
-details summary{cursor:pointer}
-details ul{margin:2px 0;padding-left:16px;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
-font-size:11px;word-break:break-all;text-align:left}
-footer{padding:6px 24px 18px;color:#59636e;font-size:12px}
-@media (max-width:1000px){main{flex-direction:column}#left{max-width:100%;position:static}#right{min-width:0}}
-"""
-
-_JS = """
-(function () {
-  var svg = document.getElementById("graph"), box = document.getElementById("scroll");
-  var rows = document.querySelectorAll("tr[data-gid]");
-  var byGroup = {}, pinned = null;
-  if (svg) {
-    svg.querySelectorAll("[data-g]").forEach(function (el) {
-      el.getAttribute("data-g").split(" ").forEach(function (g) {
-        if (g) (byGroup[g] = byGroup[g] || []).push(el);
-      });
-    });
-  }
-  function show(g) {
-    if (svg) {
-      svg.querySelectorAll(".on").forEach(function (el) { el.classList.remove("on"); });
-      svg.classList.toggle("focus", g !== null);
-      if (g !== null) (byGroup[g] || []).forEach(function (el) { el.classList.add("on"); });
-    }
-    rows.forEach(function (r) { r.classList.toggle("on", r.getAttribute("data-gid") === g); });
-  }
-  function reveal(g) {  // scroll the drawing (not the page) to the group's first node
-    var els = (byGroup[g] || []).filter(function (el) { return el.classList.contains("n"); });
-    if (!els.length || !box) return;
-    var r = els[0].getBoundingClientRect(), b = box.getBoundingClientRect();
-    box.scrollBy({top: r.top - b.top - box.clientHeight / 2, left: r.left - b.left - box.clientWidth / 2,
-                  behavior: "smooth"});
-  }
-  rows.forEach(function (r) {
-    var g = r.getAttribute("data-gid");
-    r.addEventListener("mouseenter", function () { show(g); });
-    r.addEventListener("mouseleave", function () { show(pinned); });
-    r.addEventListener("click", function (ev) {
-      if (ev.target.closest("summary")) return;
-      pinned = pinned === g ? null : g;
-      show(pinned);
-      if (pinned !== null) reveal(g);
-    });
-  });
-  if (svg) {
-    svg.addEventListener("click", function (ev) {  // a node of several groups: each click, the next
-      var el = ev.target.closest(".n,.e");
-      if (!el) { pinned = null; show(null); return; }
-      var gs = (el.getAttribute("data-g") || "").split(" ").filter(Boolean);
-      if (!gs.length) return;
-      pinned = gs[(gs.indexOf(pinned) + 1) % gs.length];
-      show(pinned);
-      var row = document.getElementById("g" + pinned);
-      if (row) row.scrollIntoView({block: "nearest", behavior: "smooth"});
-    });
-    var scale = 1, W = +svg.getAttribute("data-w"), H = +svg.getAttribute("data-h");
-    function zoom(s) {
-      scale = Math.max(0.05, Math.min(4, s));
-      svg.setAttribute("width", W * scale);
-      svg.setAttribute("height", H * scale);
-    }
-    document.querySelectorAll("[data-zoom]").forEach(function (b) {
-      b.addEventListener("click", function () {
-        var z = b.getAttribute("data-zoom");
-        if (z === "fit") zoom(Math.min(box.clientWidth / W, box.clientHeight / H));
-        else if (z === "1") zoom(1);
-        else zoom(scale * +z);
-      });
-    });
-  }
-  var q = document.getElementById("q"), st = document.getElementById("st");
-  function filter() {
-    var t = q.value.toLowerCase(), s = st.value;
-    rows.forEach(function (r) {
-      var ok = (!t || r.textContent.toLowerCase().indexOf(t) >= 0) && (s === "all" || r.classList.contains(s));
-      r.style.display = ok ? "" : "none";
-    });
-  }
-  if (q) { q.addEventListener("input", filter); st.addEventListener("change", filter); }
-})();
-"""
-
-
-def _legend(pic: _Picture) -> str:
+def _legend() -> str:
     def swatch(inner: str, w: int = 26, h: int = 14) -> str:
         return f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}">{inner}</svg>'
 
@@ -717,11 +815,11 @@ def _legend(pic: _Picture) -> str:
             f' stroke="hsl({h1:.0f},62%,40%)"/><rect x="14" y="1" width="11" height="12" rx="3"'
             f' fill="hsl({h2:.0f},72%,80%)" stroke="hsl({h2:.0f},62%,40%)"/>'
         )
-        + "one colour per group (its output channels)",
+        + "one colour and number (#) per group",
         swatch('<rect x="1" y="1" width="24" height="12" rx="3" fill="#eef0f2" stroke="#a3abb4"/>') + "no group",
         swatch(
             '<rect x="1" y="1" width="24" height="12" rx="3" fill="hsl(200,72%,80%)"/>'
-            '<rect x="1" y="1" width="24" height="12" rx="3" fill="url(#hatch)" stroke="#d62728" stroke-width="2"/>'
+            '<rect x="1" y="1" width="24" height="12" rx="3" fill="url(#hatch-l)" stroke="#d62728" stroke-width="2"/>'
         )
         + "blocked group",
         swatch(
@@ -730,18 +828,24 @@ def _legend(pic: _Picture) -> str:
             '<rect x="17" y="1" width="8" height="12" fill="hsl(60,72%,80%)"/>'
             '<rect x="1" y="1" width="24" height="12" rx="3" fill="none" stroke="#3d444d"/>'
         )
-        + "several groups (concat), in channel order",
-        swatch('<rect x="1" y="1" width="24" height="12" rx="6" fill="#3d444d"/>') + "graph input / output",
-        swatch(f'<path d="M1 7H25" stroke="hsl({h1:.0f},62%,40%)" stroke-width="2"/>')
-        + "edge: the group of the channels it carries",
-        swatch('<path d="M1 7H25" stroke="#57606a" stroke-width="2.4"/>') + "edge of many groups",
-    ]
-    if pic.condensed:
-        items.append(
-            swatch('<path d="M1 7H25" stroke="#9aa3ad" stroke-width="1.5" stroke-dasharray="2 3"/>')
-            + "through nodes not drawn"
+        + "several groups (concat)",
+        swatch(
+            '<rect x="3" y="3" width="22" height="10" rx="3" fill="#fff" stroke="#8c959f"/>'
+            f'<rect x="1" y="1" width="22" height="10" rx="3" fill="#f6f8fa" stroke="hsl({h1:.0f},62%,40%)"'
+            ' stroke-width="2"/>'
         )
-    return '<div class="legend">' + "".join(f"<span>{i}</span>" for i in items) + "</div>"
+        + "box: a scope or a run of layers; click to open",
+        swatch('<rect x="1" y="1" width="24" height="12" rx="6" fill="#3d444d"/>') + "graph input / output",
+        swatch('<rect x="1" y="1" width="24" height="12" rx="6" fill="#fff" stroke="#57606a" stroke-dasharray="3 2"/>')
+        + "tensor entering / leaving the box",
+        swatch(f'<path d="M1 7H25" stroke="hsl({h1:.0f},62%,40%)" stroke-width="2"/>') + "edge: its channels' group",
+    ]
+    defs = (
+        '<svg width="0" height="0" style="position:absolute"><defs><pattern id="hatch-l" width="6" height="6"'
+        ' patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="2.2" height="6" fill="#d62728"'
+        ' fill-opacity=".55"/></pattern></defs></svg>'
+    )
+    return '<div class="legend">' + defs + "".join(f"<span>{i}</span>" for i in items) + "</div>"
 
 
 def _summary(summary: dict, title: str) -> str:
@@ -771,15 +875,44 @@ def _summary(summary: dict, title: str) -> str:
     return "".join(out)
 
 
-def _table(summary: dict) -> str:
+def _owners(deps: DependencyGraph, summary: dict, idx: _Index) -> dict[int, int]:
+    """Trivial group -> the group it is folded under: a group whose one member is a constant
+    (a parameter vector) belongs to the group of the output of the first node reading it."""
+    mv = deps.view
+    out: dict[int, int] = {}
+    for g in summary["groups"]:
+        ms = g["members"]
+        if len(ms) != 1 or ms[0]["kind"] != "constant":
+            continue
+        for i, _ in mv.consumers.get(ms[0]["tensor"], []):
+            outs = [t for t in mv.nodes[i].output if t]
+            stripes = idx.channel_groups(outs[0]) if outs else []
+            owner = next((gid for gid, _ in stripes if gid != g["id"]), None)
+            if owner is not None:
+                out[g["id"]] = owner
+                break
+    # an owner that is itself folded: fold under its owner's owner
+    for gid in list(out):
+        seen = {gid}
+        while out[gid] in out and out[gid] not in seen:
+            seen.add(out[gid])
+            out[gid] = out[out[gid]]
+    return out
+
+
+def _table(summary: dict, owners: dict[int, int]) -> str:
+    folded = Counter(owners.values())
     head = (
         '<div class="filters"><h2 style="margin:0">Groups</h2>'
         '<input id="q" type="search" placeholder="filter: layer, tensor, reason…">'
         '<select id="st"><option value="all">all</option><option value="ok">prunable</option>'
         '<option value="bad">blocked</option></select>'
-        '<span style="color:#59636e;font-size:12px">hover a row to light up its group; click to pin</span></div>'
-        '<table class="groups"><thead><tr><th>group</th><th>size</th><th>members</th>'
-        "<th>made by</th><th>status</th></tr></thead><tbody>"
+        f'<label class="tiny"><input type="checkbox" id="trivial"> show {len(owners)} folded parameter groups</label>'
+        '<span style="color:#59636e;font-size:12px">hover a row to light up its group; click to pin;'
+        " click a header to sort</span></div>"
+        '<table class="groups"><thead><tr><th data-sort="id" data-num="1">group</th>'
+        '<th data-sort="size" data-num="1">size</th><th data-sort="unit">unit</th><th>members</th>'
+        '<th>made by</th><th data-sort="status">status</th><th data-sort="reason">reason</th></tr></thead><tbody>'
     )
     rows = []
     for g in summary["groups"]:
@@ -799,22 +932,35 @@ def _table(summary: dict) -> str:
         if not made:
             made = f'<span class="anchor">— (anchor {_esc(g["label"])})</span>'
         made_title = _esc("\n".join(prods) or g["label"])
+        reason = ""
         if g["prunable"]:
             status = '<span class="badge ok">prunable</span>'
+            why = ""
         else:
             reasons = g["reasons"]
+            reason = reasons[0] if reasons else ""
             shown = "".join(f"<li>{_esc(r)}</li>" for r in reasons[:REASONS_SHOWN])
             more = ""
             if len(reasons) > REASONS_SHOWN:
                 rest = "".join(f"<li>{_esc(r)}</li>" for r in reasons[REASONS_SHOWN:])
                 more = f"<details><summary>{len(reasons) - REASONS_SHOWN} more</summary><ul>{rest}</ul></details>"
-            status = f'<span class="badge bad">blocked</span><ul class="why">{shown}</ul>{more}'
+            status = '<span class="badge bad">blocked</span>'
+            why = f'<ul class="why">{shown}</ul>{more}'
         cls = "ok" if g["prunable"] else "bad"
+        attrs = ""
+        if gid in owners:
+            cls += " folded"
+            attrs = f' data-owner="{owners[gid]}"'
+            made += f'<br><span class="anchor">folded under #{owners[gid]}</span>'
+        elif folded.get(gid):
+            made += f'<br><span class="anchor">+{folded[gid]} parameter groups folded here</span>'
         rows.append(
-            f'<tr id="g{gid}" data-gid="{gid}" class="{cls}">'
-            f'<td class="num" title="{_esc(g["label"])}"><span class="sw b{gid}"></span>{gid}</td>'
-            f'<td class="num">{g["size"]}</td><td class="num">{member_cell}</td>'
-            f'<td class="made" title="{made_title}">{made}</td><td class="st">{status}</td></tr>'
+            f'<tr id="g{gid}" data-gid="{gid}" class="{cls}"{attrs} data-size="{g["size"]}"'
+            f' data-unit="{_esc(g["unit"])}" data-status="{cls.split()[0]}" data-reason="{_esc(reason)}">'
+            f'<td class="num" title="{_esc(g["label"])}"><span class="sw b{gid}"></span>{gid}'
+            f' <button class="gv" title="show only this group and its neighbours">view</button></td>'
+            f'<td class="num">{g["size"]}</td><td>{_esc(g["unit"])}</td><td class="num">{member_cell}</td>'
+            f'<td class="made" title="{made_title}">{made}</td><td class="st">{status}</td><td>{why}</td></tr>'
         )
     return head + "".join(rows) + "</tbody></table>"
 
@@ -823,32 +969,46 @@ def render(deps: DependencyGraph, title: str) -> str:
     """The HTML page of ``deps``'s groups: summary, coloured op graph and table (self-contained)."""
     summary = describe(deps)
     idx = _Index(deps)
-    pic = _picture(deps, idx)
+    g = _Graph(deps, idx)
+    _lay_out(g)
     ops = Counter(n.op_type for n in deps.view.nodes)
     op_list = ", ".join(f"{_esc(op)} ×{n}" for op, n in sorted(ops.items()))
-    if pic.svg:
-        bar = (
-            '<div class="bar"><span><b style="color:#1f2328">Op graph</b>, top to bottom. Hover a node or edge'
-            " for names and shapes; click it to pin its group.</span>"
-            '<span class="zoom"><button data-zoom="0.8" title="zoom out">−</button>'
-            '<button data-zoom="1.25" title="zoom in">+</button>'
-            '<button data-zoom="fit" title="fit the pane">fit</button><button data-zoom="1">1:1</button></span></div>'
-        )
-        note = f'<div class="note">{_esc(pic.note)}</div>' if pic.note else ""
-        basis = max(pic.width + 20, 460)
-        left = (
-            f'<section id="left" class="pane" style="flex-basis:{basis}px">{bar}{_legend(pic)}{note}'
-            f'<div id="scroll">{pic.svg}</div></section>'
-        )
-    else:
-        left = f'<section id="left" class="pane"><div class="note">{_esc(pic.note)}</div></section>'
+    owners = _owners(deps, summary, idx)
+    bar = (
+        '<div class="bar"><nav id="crumbs"></nav>'
+        '<input id="find" type="search" placeholder="find node, tensor, weight…" title="Enter: next match">'
+        '<span id="found"></span>'
+        '<span class="zoom"><button id="up" title="up one level (Esc)">up</button>'
+        '<button data-zoom="0.8" title="zoom out (-)">−</button>'
+        '<button data-zoom="1.25" title="zoom in (+)">+</button>'
+        '<button data-zoom="fit" title="fit the pane, text kept readable (0)">fit</button>'
+        '<button data-zoom="1" title="1:1 (1)">1:1</button></span></div>'
+    )
+    hint = (
+        '<div class="note" id="hint">Top to bottom. Wheel or +/− zooms, drag or arrows pan. Hover for names and'
+        " shapes; click a node to pin its group, a box to open it.</div>"
+    )
+    if not g.order:
+        hint = '<div class="note" id="hint">The graph has no nodes to draw (only constants).</div>'
+
+    left = (
+        f'<section id="left" class="pane">{bar}{_legend()}{hint}'
+        '<div id="scroll" tabindex="0"><svg id="graph" class="graph" xmlns="http://www.w3.org/2000/svg">'
+        "<defs>"
+        '<pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
+        '<rect width="2.2" height="6" fill="#d62728" fill-opacity=".55"/></pattern>'
+        '<clipPath id="rc" clipPathUnits="objectBoundingBox"><rect width="1" height="1" rx=".05" ry=".23"/>'
+        '</clipPath></defs><g id="vp"></g></svg>'
+        '<canvas id="mini" width="150" height="110" title="minimap: click to move there"></canvas></div></section>'
+    )
     return (
         "<!DOCTYPE html>\n"
         f'<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}: channel groups</title>'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<style>{_CSS}{_group_css(deps)}</style></head><body>"
+        f"<style>{_asset('html_view.css')}{_group_css(deps)}</style></head><body>"
         f"<header>{_summary(summary, title)}</header>"
-        f'<main>{left}<section id="right" class="pane">{_table(summary)}</section></main>'
+        f'<main>{left}<section id="right" class="pane">{_table(summary, owners)}</section></main>'
         f"<footer>ops: {op_list}<br>written by graphprune inspect --html</footer>"
-        f"<script>{_JS}</script></body></html>\n"
+        f"{_json_script(_data(g, deps))}"
+        f"<script>{_asset('html_view.js')}</script></body></html>\n"
     )

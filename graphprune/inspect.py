@@ -1,7 +1,14 @@
-"""What ``graphprune inspect`` shows: the groups of a model, as rows and as JSON."""
+"""What ``graphprune inspect`` shows: the groups of a model, as rows and as JSON.
+
+A model of more than :data:`REPEATS_FROM` groups is shown per repeated layer in the
+terminal: groups made by the same node of consecutive layers (``/layers.{i}/mlp/up_proj``,
+``blocks.{i}.conv1``) with the same size, unit and status are one row,
+``layers.0-11: mlp/up_proj/MatMul`` with ``×12``. ``--json`` always lists every group.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .dependency import DependencyGraph, Group
@@ -99,8 +106,70 @@ def describe(deps: DependencyGraph) -> dict[str, Any]:
     }
 
 
+REPEATS_FROM = 40  # groups; above this the terminal table folds repeated layers
+_LAYER = re.compile(r"(?:^|/)([A-Za-z_][\w]*)\.(\d+)(?=[/.])")  # layers.3/ or blocks.3.
+
+
+def _layer_of(name: str) -> tuple[str, int, str] | None:
+    """``/layers.3/mlp/up_proj/MatMul`` -> ("layers", 3, "mlp/up_proj/MatMul"); None without a layer index."""
+    m = _LAYER.search(name)
+    if m is None:
+        return None
+    return m.group(1), int(m.group(2)), name[m.end() :].lstrip("/.")
+
+
+def _layer_of_all(names: list[str]) -> tuple[str, int, str] | None:
+    """The one layer every name is in, and what the names are within it."""
+    found = [_layer_of(n) for n in names]
+    if not found or any(f is None or f[:2] != found[0][:2] for f in found):
+        return None
+    rests = [f[2] for f in found]
+    return found[0][0], found[0][1], ", ".join(rests[:2]) + (f" +{len(rests) - 2}" if len(rests) > 2 else "")
+
+
+def _fold_layers(rows: list[tuple], layers: list, same: tuple[int, ...], fold) -> list[tuple]:
+    """Rows of the same thing in 3 or more layers (equal in the columns ``same``) as one row
+    ``fold(rows, "layers.0-11: what")``, where the first of them was."""
+    out: list[tuple] = []
+    runs: dict[tuple, list[int]] = {}
+    order: list[tuple | int] = []
+    for k, (row, layer) in enumerate(zip(rows, layers)):
+        if layer is None:
+            order.append(k)
+            continue
+        key = (layer[0], layer[2], *(row[c] for c in same))
+        if key not in runs:
+            runs[key] = []
+            order.append(key)
+        runs[key].append(k)
+    for entry in order:
+        if isinstance(entry, int):
+            out.append(rows[entry])
+            continue
+        ks = runs[entry]
+        if len(ks) < 3:
+            out += [rows[k] for k in ks]
+            continue
+        idx = sorted(layers[k][1] for k in ks)
+        span = f"{idx[0]}-{idx[-1]}" if idx == list(range(idx[0], idx[-1] + 1)) else f"{idx[0]},{idx[1]},…,{idx[-1]}"
+        out.append(fold([rows[k] for k in ks], f"{entry[0]}.{span}: {entry[1]}"))
+    return out
+
+
+def _group_run(rows: list[tuple], where: str) -> tuple:
+    members = sorted({r[3] for r in rows})
+    members_text = str(members[0]) if len(members) == 1 else f"{members[0]}-{members[-1]}"
+    first = rows[0]
+    return (f"{first[0]}… ×{len(rows)}", first[1], first[2], members_text, where, first[5])
+
+
+def _block_run(rows: list[tuple], where: str) -> tuple:
+    first = rows[0]
+    return (f"{first[0]}… ×{len(rows)}", where, "(each layer's)", first[3], f"{first[4]} each")
+
+
 def table(deps: DependencyGraph) -> str:
-    rows = []
+    rows, layers = [], []
     for g in deps.groups:
         prods = producers(deps, g)
         shown = ", ".join(prods[:2]) + (f" +{len(prods) - 2}" if len(prods) > 2 else "")
@@ -110,6 +179,9 @@ def table(deps: DependencyGraph) -> str:
             else "blocked: " + g.reasons[0] + (f" (+{len(g.reasons) - 1} more)" if len(g.reasons) > 1 else "")
         )
         rows.append((g.id, g.describe_size, g.unit, len(g.members), shown or "-", status))
+        layers.append(_layer_of_all(prods))
+    if len(rows) > REPEATS_FROM:
+        rows = _fold_layers(rows, layers, (1, 2, 5), _group_run)
     summary = describe(deps)
     foot = (
         f"{summary['groups_total']} groups: {summary['groups_prunable']} prunable"
@@ -129,6 +201,8 @@ def table(deps: DependencyGraph) -> str:
         block_rows = [
             (b["id"], b["add"], f"{b['x']} -> {b['y']}", b["params"], f"{100 * b['macs_share']:.1f}%") for b in found
         ]
+        if len(block_rows) > REPEATS_FROM // 2:
+            block_rows = _fold_layers(block_rows, [_layer_of(b["add"]) for b in found], (3, 4), _block_run)
         table += f"\n\n{len(found)} residual blocks y = x + f(x), removable with --pass layer:\n"
         table += grid(("block", "add", "x -> y", "params", "MACs"), block_rows)
     shown = ""

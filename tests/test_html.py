@@ -1,16 +1,15 @@
 """``graphprune inspect --html``: a self-contained page that draws the groups on the op graph.
 
-Contract under test: the page parses, has an SVG drawing (well-formed XML) and a row per
-group, names every op type and every blocked reason, escapes names, loads nothing from
-the network, stays small for real models, and is written by the CLI.
+Contract under test: the page parses, carries the drawing's data (every drawn node in one
+view, no view too large to read) and a row per group, names every op type and every blocked
+reason, escapes names, loads nothing from the network, stays small for real models, and is
+written by the CLI. What the browser does with it: tests/test_html_browser.py.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import re
-import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
 import onnx
@@ -18,6 +17,7 @@ import pytest
 
 import graphprune
 from graphprune import html as page_html
+from graphprune.inspect import describe
 from models import builders, zoo
 
 
@@ -43,10 +43,15 @@ def parse(page: str) -> _Tags:
     return p
 
 
-def svg_of(page: str) -> ET.Element:
-    start = page.index('<svg id="graph"')
-    end = page.index("</svg>", start) + len("</svg>")
-    return ET.fromstring(page[start:end])
+def data_of(page: str) -> dict:
+    tag = '<script type="application/json" id="gp-data">'
+    start = page.index(tag) + len(tag)
+    return json.loads(page[start : page.index("</script>", start)])
+
+
+def op_items(view: dict) -> list[int]:
+    it = view["i"]
+    return [it[j + 1] for j in range(0, len(it), 4) if it[j] == page_html.OP]
 
 
 def check_page(deps: graphprune.DependencyGraph, page: str) -> _Tags:
@@ -74,16 +79,15 @@ def test_residual_net_page_draws_every_node_and_lists_every_group():
     deps = graphprune.analyze(builders.residual_net())
     page = page_html.render(deps, "residual_net.onnx")
     check_page(deps, page)
-    svg = svg_of(page)  # well-formed XML
-    ns = "{http://www.w3.org/2000/svg}"
-    boxes = [g for g in svg.iter(f"{ns}g") if "n" in g.get("class", "").split()]
-    ops = [b for b in boxes if "op" in b.get("class", "").split()]
-    assert len(ops) == len(deps.view.nodes)
+    data = data_of(page)
+    assert len(data["views"]) == 1  # small: one view, nothing folded
+    assert sorted(op_items(data["views"][0])) == list(range(len(deps.view.nodes)))
     # every group that a node touches lights it up, and the stream of the stem is one colour
     stem = deps.group_of("conv1.weight", 0)
-    lit = [b for b in ops if str(stem.id) in b.get("data-g", "").split()]
+    lit = [n for n in data["nodes"] if stem.id in n[4]]
     assert len(lit) >= 4  # conv1, bn1, relu, the block's convs and Add
-    assert page.count(f"s{stem.id}") >= 3  # edges carrying the stream, in its colour
+    carrying = [t for t in data["tensors"] if t[2][:1] == [stem.id]]
+    assert len(carrying) >= 3  # edges carrying the stream, in its colour
     assert "<h1>residual_net.onnx</h1>" in page
     summary = f"<b>{len(deps.prunable_groups()):,}</b><span>prunable groups</span>"
     assert summary in page
@@ -93,11 +97,11 @@ def test_dense_block_concat_shows_its_segments_in_channel_order():
     deps = graphprune.analyze(builders.dense_block(channels=24, growth=8, layers=3))
     page = page_html.render(deps, "dense_block")
     check_page(deps, page)
-    svg_of(page)
     stem = deps.group_of("features.conv0.weight", 0)
     layer1 = deps.group_of("features.denseblock1.denselayer1.conv2.weight", 0)
     # The last concat's box is striped: stem (24 channels) first, then layer 1 (8)
-    assert re.search(rf'<rect class="f{stem.id}" x="0\.0"[^>]*/><rect class="f{layer1.id}"', page)
+    concats = [n for n in data_of(page)["nodes"] if n[1] == "Concat"]
+    assert concats[-1][3][:4] == [stem.id, 24, layer1.id, 8]
 
 
 def test_names_are_escaped():
@@ -108,7 +112,7 @@ def test_names_are_escaped():
     assert "<script>alert" not in page and "<b>model</b>" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;" in page
     check_page(deps, page)
-    svg_of(page)
+    assert data_of(page)["nodes"][0][0] == '<script>alert("x")</script>&'  # the data keeps the name
 
 
 def test_blocked_reason_of_an_unknown_op_is_shown():
@@ -122,38 +126,55 @@ def test_blocked_reason_of_an_unknown_op_is_shown():
     page = page_html.render(deps, "custom")
     check_page(deps, page)
     assert html.escape(reasons[0]) in page
-    assert 'class="hat"' in page  # blocked groups are hatched in the drawing
+    assert data_of(page)["blocked"] == sorted(g.id for g in deps.blocked_groups())  # hatched in the drawing
 
 
 def test_resnet50_page_is_small(resnet50_deps):
     page = page_html.render(resnet50_deps, "resnet50")
     check_page(resnet50_deps, page)
-    svg_of(page)
     assert len(page.encode()) < 2_000_000
 
 
-def test_large_graph_draws_only_the_nodes_of_groups():
+def test_large_graph_is_folded_into_small_views_that_hold_every_node():
     deps = graphprune.analyze(onnx.load(str(zoo.skeleton_path("swin_t"))))  # ~6000 nodes
-    assert len(deps.view.nodes) > page_html.MAX_DRAWN
     page = page_html.render(deps, "swin_t")
     check_page(deps, page)
-    svg = svg_of(page)
-    ns = "{http://www.w3.org/2000/svg}"
-    drawn = [g for g in svg.iter(f"{ns}g") if "op" in g.get("class", "").split()]
-    assert 0 < len(drawn) <= page_html.MAX_DRAWN
-    assert "only the" in page and "through nodes not drawn" in page
-    assert len(page.encode()) < 2_000_000
+    data = data_of(page)
+    drawn = [k for v in data["views"] for k in op_items(v)]
+    assert sorted(drawn) == list(range(len(data["nodes"])))  # every drawn node, once
+    assert len(data["nodes"]) > page_html.FLAT_MAX
+    for v in data["views"]:
+        children = sum(1 for j in range(0, len(v["i"]), 4) if v["i"][j] in (page_html.OP, page_html.BLOCK))
+        assert children <= page_html.MAX_ITEMS
+    labels = {v["l"] for v in data["views"]}
+    assert any(label.startswith("features.1") for label in labels)  # exporter scopes are boxes
+    assert len(page.encode()) < 500 * len(deps.view.nodes)
+    # NHWC: the MLP's output is coloured by its prunable channels (axis 3), not the blocked H axis
+    mlp = next(n for n in data["nodes"] if n[0] == "/features/features.7/features.7.0/mlp/mlp.0/MatMul")
+    assert mlp[3] and mlp[3][0] not in data["blocked"] and mlp[2] == "3072"
 
 
-def test_too_large_graph_keeps_the_table(monkeypatch):
+def test_a_graph_without_scopes_is_cut_where_few_tensors_cross():
+    from benchmarks.graph_size import residual_stack
+
+    deps = graphprune.analyze(residual_stack(700))
+    data = data_of(page_html.render(deps, "stack"))
+    root = data["views"][0]
+    assert 1 < len(op_items(root)) + sum(1 for j in range(0, len(root["i"]), 4) if root["i"][j] == page_html.BLOCK)
+    # each chunk starts where one tensor crosses: a chunk's first node is a conv of a block or the head
+    first_ops = {data["nodes"][min(op_items(v) or [0])][1] for v in data["views"][1:] if op_items(v)}
+    assert first_ops <= {"Conv", "Relu", "Add"}
+
+
+def test_single_constant_groups_are_folded_under_their_owner():
     deps = graphprune.analyze(builders.residual_net())
-    monkeypatch.setattr(page_html, "MAX_DRAWN", 5)
-    page = page_html.render(deps, "big")
-    tags = parse(page)
-    assert '<svg id="graph"' not in page and "table" in tags.tags
-    assert "too large to draw" in page
-    for g in deps.groups:
-        assert f'data-gid="{g.id}"' in page
+    summary = describe(deps)
+    trivial = {"id": 999, "members": [{"tensor": "bn1.weight", "axis": 0, "kind": "constant"}]}
+    summary["groups"].append(trivial)
+    owners = page_html._owners(deps, summary, page_html._Index(deps))
+    bn1 = next(i for i, n in enumerate(deps.view.nodes) if "bn1.weight" in n.input)
+    out = deps.view.nodes[bn1].output[0]
+    assert owners == {999: page_html._Index(deps).channel_groups(out)[0][0]}
 
 
 def test_cli_writes_the_page(run_cli, tiny_model_path, tmp_path):
@@ -170,3 +191,15 @@ def test_cli_writes_the_page(run_cli, tiny_model_path, tmp_path):
     code, stdout, err = run_cli("inspect", tiny_model_path, "--json", "--html", out)
     assert code == 0, err
     assert json.loads(stdout)["groups_total"] > 0  # stdout stays pure JSON
+
+
+def test_a_graph_of_only_constants_says_there_is_nothing_to_draw():
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    const = helper.make_node("Constant", [], ["y"], value=numpy_helper.from_array(np.ones(2, np.float32)))
+    graph = helper.make_graph([const], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    deps = graphprune.analyze(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    page = page_html.render(deps, "constants")
+    assert "no nodes to draw" in page
+    assert data_of(page)["views"][0]["i"] == []
