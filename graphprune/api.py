@@ -138,7 +138,7 @@ def sample_cost(model: onnx.ModelProto, sizes: InputSizes | None = None, shapes:
 def prune(
     model: ModelLike,
     ratio: float = 0.5,
-    criterion: str = "l2",
+    criterion: str | None = None,
     *,
     global_threshold: bool = False,
     round_to: int = 1,
@@ -167,6 +167,7 @@ def prune(
     compensate: str | None = None,
     selection: str | None = None,
     input_shapes: dict | None = None,
+    remove_blocks: int | None = None,
 ) -> PruneResult:
     """Prune ``model`` and (by default) validate the result against the whole contract.
 
@@ -204,7 +205,48 @@ def prune(
     (:mod:`graphprune.inputs`); ``report.assumed_shapes`` says which. The pruned model keeps its
     symbolic dims. Validation feeds: ``feeds``, else ``calib``'s first batch, else random inputs
     at those sizes; if the original does not run on them, ``InputError``.
+
+    ``criterion`` None is the pass's default (``l2`` for the filter and channel passes).
+    ``pass_="layer"`` removes ``remove_blocks`` (default 1) whole residual blocks ranked by
+    ``criterion`` (``influence``, needing ``calib``, or ``weight-norm``; by default influence with
+    ``calib`` and weight-norm without), validated as :func:`prune_layers` does; its ``plan`` is
+    empty (no channel group loses entries) and the removed blocks are in
+    ``report.prune["blocks_removed"]``.
     """
+    if pass_ == "layer":
+        return _prune_blocks(
+            model,
+            criterion=criterion,
+            remove_blocks=remove_blocks,
+            calib=calib,
+            validate=validate,
+            latency=latency,
+            feeds=feeds,
+            input_shapes=input_shapes,
+            others=dict(
+                ratio=ratio,
+                global_threshold=global_threshold,
+                round_to=round_to,
+                min_keep=min_keep,
+                ignore=tuple(ignore),
+                plan=plan,
+                seed=seed,
+                units=tuple(units),
+                target_flops=target_flops,
+                target_params=target_params,
+                target_latency=target_latency,
+                objective=objective,
+                latency_table=latency_table,
+                latency_model=latency_model,
+                sensitivity=sensitivity,
+                calib_samples=calib_samples,
+                batch_size=batch_size,
+                compensate=compensate,
+                selection=selection,
+            ),
+        )
+    if remove_blocks is not None:
+        raise InputError(f"remove-blocks is an option of the layer pass, not of the {pass_} pass")
     if inplace and validate:
         raise InputError("inplace pruning cannot be validated: the original is needed for the reference")
     original = load_model(model)
@@ -283,6 +325,21 @@ def prune(
     return PruneResult(model=outcome.pruned, report=report, plan=outcome.plan, deps=outcome.deps)
 
 
+def _prune_blocks(model, *, criterion, remove_blocks, calib, validate, latency, feeds, input_shapes, others):
+    """``prune(pass_="layer")``: the layer pass through :func:`run_passes`, the same validation as
+    :func:`prune_layers`, as a :class:`PruneResult`."""
+    from .passes.layer import LayerPruning
+
+    given = [k for k, v in others.items() if v not in (None, False, ()) and v != _prune_defaults().get(k)]
+    if given:
+        raise InputError(f"the layer pass does not take {given[0].replace('_', '-')}")
+    original = load_model(model)
+    criterion = criterion or ("influence" if calib is not None else "weight-norm")
+    step = LayerPruning(remove_blocks=1 if remove_blocks is None else remove_blocks, criterion=criterion, calib=calib)
+    result = run_passes(original, [step], validate=validate, latency=latency, feeds=feeds, input_shapes=input_shapes)
+    return PruneResult(model=result.model, report=result.report, plan=Plan(), deps=_analyze(original))
+
+
 def nothing_pruned(deps: DependencyGraph, *, from_plan: bool = False) -> str:
     """Why a prune removed nothing: what blocks every group, or what kept the prunable ones whole."""
     why = deps.why_nothing()
@@ -291,6 +348,11 @@ def nothing_pruned(deps: DependencyGraph, *, from_plan: bool = False) -> str:
         what = "the plan" if from_plan else "the ratio, round-to, min-keep, ignore or unit"
         why = f"{what} leaves every one of the {n} prunable group{'s' if n > 1 else ''} whole"
     return why
+
+
+def _prune_defaults() -> dict:
+    """:func:`prune`'s keyword defaults: an option left at its default was not given."""
+    return {k: p.default for k, p in inspect.signature(prune).parameters.items()}
 
 
 def make_pass(name: str, **options):
@@ -304,7 +366,7 @@ def make_pass(name: str, **options):
         raise InputError(f"unknown pass {name!r}; choose from {', '.join(PASSES)}")
     cls = PASSES[name]
     names = {f.name for f in fields(cls)}
-    defaults = {k: p.default for k, p in inspect.signature(prune).parameters.items()}
+    defaults = _prune_defaults()
     unsupported = [k for k, v in options.items() if k not in names and v not in (None, False, (), defaults.get(k))]
     if unsupported:
         raise InputError(f"the {name} pass does not take {unsupported[0].replace('_', '-')}")
