@@ -141,7 +141,7 @@ def prune(
     criterion: str | None = None,
     *,
     global_threshold: bool = False,
-    round_to: int = 1,
+    round_to: int | None = 1,
     min_keep: int = 1,
     ignore: tuple[str, ...] | list[str] = (),
     plan: dict | str | os.PathLike | None = None,
@@ -168,6 +168,7 @@ def prune(
     selection: str | None = None,
     input_shapes: dict | None = None,
     remove_blocks: int | None = None,
+    latency_runs: int | None = None,
 ) -> PruneResult:
     """Prune ``model`` and (by default) validate the result against the whole contract.
 
@@ -188,6 +189,8 @@ def prune(
     :class:`~graphprune.sensitivity.Sensitivity` or its JSON file, from ``graphprune
     sensitivity``) prices each group's removals for a target by the drop measured when that
     group alone was pruned, instead of by its scores.
+    Latency is the median of ``latency_runs`` timed runs of each model, or of about two seconds
+    of runs (at least three) when None; ``report.latency_batch`` is the batch it ran at.
     ``report.passed`` says whether validation held. ``inplace=True`` (only without
     validation, which needs the original) edits ``model`` itself instead
     of a copy, to save memory on large models.
@@ -221,6 +224,7 @@ def prune(
             calib=calib,
             validate=validate,
             latency=latency,
+            latency_runs=latency_runs,
             feeds=feeds,
             input_shapes=input_shapes,
             others=dict(
@@ -316,6 +320,7 @@ def prune(
         reference=outcome.reference,
         sizes=sizes,
         inputs_from=inputs_from,
+        latency_runs=latency_runs,
     )
     if validate and data is not None and report.runtime["passed"] and not weights.has_lazy(outcome.pruned):
         # Fidelity over the calibration data rather than its first batch (one sample for a
@@ -325,7 +330,9 @@ def prune(
     return PruneResult(model=outcome.pruned, report=report, plan=outcome.plan, deps=outcome.deps)
 
 
-def _prune_blocks(model, *, criterion, remove_blocks, calib, validate, latency, feeds, input_shapes, others):
+def _prune_blocks(
+    model, *, criterion, remove_blocks, calib, validate, latency, latency_runs, feeds, input_shapes, others
+):
     """``prune(pass_="layer")``: the layer pass through :func:`run_passes`, the same validation as
     :func:`prune_layers`, as a :class:`PruneResult`."""
     from .passes.layer import LayerPruning
@@ -336,7 +343,15 @@ def _prune_blocks(model, *, criterion, remove_blocks, calib, validate, latency, 
     original = load_model(model)
     criterion = criterion or ("influence" if calib is not None else "weight-norm")
     step = LayerPruning(remove_blocks=1 if remove_blocks is None else remove_blocks, criterion=criterion, calib=calib)
-    result = run_passes(original, [step], validate=validate, latency=latency, feeds=feeds, input_shapes=input_shapes)
+    result = run_passes(
+        original,
+        [step],
+        validate=validate,
+        latency=latency,
+        latency_runs=latency_runs,
+        feeds=feeds,
+        input_shapes=input_shapes,
+    )
     return PruneResult(model=result.model, report=result.report, plan=Plan(), deps=_analyze(original))
 
 
@@ -370,7 +385,8 @@ def make_pass(name: str, **options):
     unsupported = [k for k, v in options.items() if k not in names and v not in (None, False, (), defaults.get(k))]
     if unsupported:
         raise InputError(f"the {name} pass does not take {unsupported[0].replace('_', '-')}")
-    return cls(**{k: v for k, v in options.items() if k in names and v is not None})
+    # round_to None is a value: conv channels on the channel step (the CLI's default)
+    return cls(**{k: v for k, v in options.items() if k in names and (v is not None or k == "round_to")})
 
 
 def first_batch(model: onnx.ModelProto, dataset: Dataset, batch_size: int) -> dict[str, np.ndarray] | None:
@@ -398,6 +414,7 @@ def prune_layers(
     validate: bool = True,
     latency: bool = True,
     feeds: dict[str, np.ndarray] | None = None,
+    latency_runs: int | None = None,
 ) -> PipelineResult:
     """Remove the ``remove_blocks`` least important residual blocks ``y = x + f(x)`` of ``model``.
 
@@ -408,7 +425,7 @@ def prune_layers(
 
     criterion = criterion or ("influence" if calib is not None else "weight-norm")
     step = LayerPruning(remove_blocks=remove_blocks, criterion=criterion, calib=calib)
-    return run_passes(model, [step], validate=validate, latency=latency, feeds=feeds)
+    return run_passes(model, [step], validate=validate, latency=latency, feeds=feeds, latency_runs=latency_runs)
 
 
 def run_passes(
@@ -419,6 +436,7 @@ def run_passes(
     latency: bool = True,
     feeds: dict[str, np.ndarray] | None = None,
     input_shapes: dict | None = None,
+    latency_runs: int | None = None,
 ) -> PipelineResult:
     """Run ``passes`` (FilterPruning, LayerPruning, ...) in order and validate.
 
@@ -460,7 +478,7 @@ def run_passes(
     report = _costs_report(before, after, _merge(steps))
     _assumed(report, sizes)
     if validate:
-        _end_to_end(report, original, current, exacts, feeds, latency)
+        _end_to_end(report, original, current, exacts, feeds, latency, latency_runs, inputs_from)
     return PipelineResult(model=current, report=report, steps=steps, plans=plans)
 
 
@@ -516,9 +534,18 @@ def _exactness(before: onnx.ModelProto, after: onnx.ModelProto, reference, skipp
     return Exactness(checked=True, passed=diff <= tol, max_rel_diff=diff, tolerance=tol)
 
 
-def _end_to_end(report: Report, original, final, exacts: list, feeds, latency: bool) -> None:
+def _end_to_end(
+    report: Report,
+    original,
+    final,
+    exacts: list,
+    feeds,
+    latency: bool,
+    latency_runs: int | None = None,
+    inputs_from: str = "generated inputs",
+) -> None:
     """Checker, runtime, fidelity and latency of ``final`` against ``original``; exactness of the steps."""
-    from .validation import Exactness, check, fidelity, run
+    from .validation import Exactness, check, fidelity, on_inputs, run
 
     weights.spill(final)  # a lazy model's sliced weights written once for every check, and for saving
     error = check(final)
@@ -531,12 +558,10 @@ def _end_to_end(report: Report, original, final, exacts: list, feeds, latency: b
         out = None
         report.runtime = {"passed": False, "error": io.one_line(exc)}
     if out is not None:
-        report.fidelity = fidelity(out, run(original, feeds))
+        report.fidelity = on_inputs(fidelity(out, run(original, feeds)), inputs_from)
         if latency:
-            with runnable(original) as source:  # a lazy model: a file beside its data
-                report.latency_ms_before = latency_ms(source, feeds=feeds)
-            with runnable(final) as source:
-                report.latency_ms_after = latency_ms(source, feeds=feeds)
+            with runnable(final) as source:  # a lazy model: a file beside its data
+                _time_both(report, original, source, feeds, latency_runs)
     # the step nearest its bound speaks for the tolerance (quantized steps have their own)
     worst = max(
         (e for e in exacts if e.max_rel_diff is not None), key=lambda e: e.max_rel_diff / e.tolerance, default=None
@@ -631,6 +656,7 @@ def validate(
     labels: str | bool | None = None,
     batch_size: int = DEFAULT_BATCH,
     input_shapes: dict | None = None,
+    latency_runs: int | None = None,
 ) -> Report:
     """Validate ``pruned`` against ``original``.
 
@@ -654,7 +680,7 @@ def validate(
     if dataset is not None and key is not None:
         check_labels(dataset, key)  # before the checks and timings, not after them
     sizes, feeds, inputs_from = _inputs(orig, input_shapes, feeds, dataset, batch_size, validate=True)
-    layers = dict(latency=latency, feeds=feeds, sizes=sizes, inputs_from=inputs_from)
+    layers = dict(latency=latency, feeds=feeds, sizes=sizes, inputs_from=inputs_from, latency_runs=latency_runs)
     steps, through, deps = None, "", None
     if plan is None and get_metadata(new, HISTORY_METADATA_KEY):
         steps = _steps_since(orig, history_of(new))
@@ -697,6 +723,7 @@ def validate(
         before=before,
         sizes=sizes,
         inputs_from=inputs_from,
+        latency_runs=latency_runs,
     )
     if through:  # unchecked: the reason is the history's, not a missing plan
         report.exact.note = (
@@ -729,7 +756,16 @@ def _layer_plan(model: onnx.ModelProto) -> dict | None:
 
 
 def _validate_layers(
-    orig, new, plan: dict, pruned: ModelLike, *, latency: bool, feeds, sizes=None, inputs_from="generated inputs"
+    orig,
+    new,
+    plan: dict,
+    pruned: ModelLike,
+    *,
+    latency: bool,
+    feeds,
+    sizes=None,
+    inputs_from="generated inputs",
+    latency_runs: int | None = None,
 ) -> Report:
     """Validation of a layer-pruned model from the layer plan stored in it."""
     from .blocks import find_blocks, zeroed_reference_bytes
@@ -746,7 +782,7 @@ def _validate_layers(
     _assumed(report, sizes)
     run_original(orig, feeds, inputs_from)
     exact = _exactness(orig, new, _Reference(orig, lambda: zeroed_reference_bytes(orig, chosen)), [], feeds)
-    _end_to_end(report, orig, new, [exact], feeds, latency)
+    _end_to_end(report, orig, new, [exact], feeds, latency, latency_runs, inputs_from)
     return report
 
 
@@ -782,6 +818,7 @@ def _report(
     reference=None,
     sizes: InputSizes | None = None,
     inputs_from: str = "generated inputs",
+    latency_runs: int | None = None,
 ) -> Report:
     # File sizes are filled in by whoever knows the files: measuring an in-memory model
     # would serialize it (a copy of every weight) just for a number.
@@ -811,10 +848,19 @@ def _report(
         report.exact = v.exact
         report.fidelity = v.fidelity
         if latency and v.runtime_ok:
-            with runnable(original) as source:
-                report.latency_ms_before = latency_ms(source, feeds=feeds)
-            report.latency_ms_after = latency_ms(pruned_source, feeds=feeds)
+            _time_both(report, original, pruned_source, feeds, latency_runs)
     return report
+
+
+def _time_both(report: Report, original, pruned_source, feeds: dict, runs: int | None) -> None:
+    """The report's latencies of ``original`` and the pruned model (as runnable) on ``feeds``:
+    ``runs`` timed runs each, or about two seconds of them; the batch they ran at."""
+    batch = next((int(v.shape[0]) for v in feeds.values() if isinstance(v, np.ndarray) and v.ndim), None)
+    at = f" (batch {batch})" if batch is not None else ""
+    with runnable(original) as source:
+        report.latency_ms_before = latency_ms(source, feeds=feeds, repeats=runs, label=f"timing the original{at}")
+    report.latency_ms_after = latency_ms(pruned_source, feeds=feeds, repeats=runs, label=f"timing the pruned model{at}")
+    report.latency_batch = batch
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike) -> Path:

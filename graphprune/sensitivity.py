@@ -208,7 +208,8 @@ def measure(
             raise _not_a_classifier(original[0].shape)
         classes = original[0].shape[1]
         truth = np.concatenate([class_indices(b[labels], classes, dataset.path, labels) for b in batches])
-    n_samples = sum(len(o) for o in original)
+    # samples fed (axis 0 of the inputs), not rows of the first output, whose axis 0 need not be the batch
+    n_samples = sum(len(f[specs[0].name]) for f in feeds) if specs else len(feeds)
     base_acc = _accuracy(original, truth) if truth is not None else None
 
     results = {
