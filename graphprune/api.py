@@ -189,8 +189,8 @@ def prune(
     :class:`~graphprune.sensitivity.Sensitivity` or its JSON file, from ``graphprune
     sensitivity``) prices each group's removals for a target by the drop measured when that
     group alone was pruned, instead of by its scores.
-    Latency is the median of ``latency_runs`` timed runs of each model, or of about two seconds
-    of runs (at least three) when None; ``report.latency_batch`` is the batch it ran at.
+    Latency is the median of ``latency_runs`` timed runs of each model, or when None of 20 runs,
+    fewer (at least three) once they took two seconds; ``report.latency_batch`` is the batch it ran at.
     ``report.passed`` says whether validation held. ``inplace=True`` (only without
     validation, which needs the original) edits ``model`` itself instead
     of a copy, to save memory on large models.
@@ -304,7 +304,8 @@ def prune(
         pruned, chosen, details = pass_.run(original, deps, inplace=inplace)
         outcome = PruneOutcome(pruned, chosen, deps, original, details)
     if outcome.plan.total_removed == 0:  # said, not pretended: the CLI writes nothing then
-        outcome.report = {**outcome.report, "nothing_pruned": nothing_pruned(outcome.deps, from_plan=plan is not None)}
+        why = nothing_pruned(outcome.deps, from_plan=plan is not None, channel_step=outcome.report.get("channel_step"))
+        outcome.report = {**outcome.report, "nothing_pruned": why}
         # nothing to check the original against on inputs it rejects: the model is unchanged
         validate = validate and sizes.runs is not False
     report = _report(
@@ -355,13 +356,20 @@ def _prune_blocks(
     return PruneResult(model=result.model, report=result.report, plan=Plan(), deps=_analyze(original))
 
 
-def nothing_pruned(deps: DependencyGraph, *, from_plan: bool = False) -> str:
-    """Why a prune removed nothing: what blocks every group, or what kept the prunable ones whole."""
+def nothing_pruned(deps: DependencyGraph, *, from_plan: bool = False, channel_step: dict | None = None) -> str:
+    """Why a prune removed nothing: what blocks every group, or what kept the prunable ones whole
+    (``channel_step``: the report's note when convolution channels were kept on it by default)."""
     why = deps.why_nothing()
     if not why:
         n = len(deps.prunable_groups())
         what = "the plan" if from_plan else "the ratio, round-to, min-keep, ignore or unit"
         why = f"{what} leaves every one of the {n} prunable group{'s' if n > 1 else ''} whole"
+        if channel_step and not from_plan:
+            step = channel_step["step"]
+            why += (
+                f" (convolution channels are kept in whole channel steps of {step} by default; --round-to 1 prunes"
+                " them as the ratio asks)"
+            )
     return why
 
 
@@ -603,7 +611,8 @@ def _step(p, model: onnx.ModelProto, sizes: InputSizes | None = None):
         outcome = p.prune(model, deps)
         plan = outcome.plan
         if plan.total_removed == 0:
-            why = nothing_pruned(outcome.deps, from_plan=getattr(p, "plan", None) is not None)
+            step = outcome.report.get("channel_step")
+            why = nothing_pruned(outcome.deps, from_plan=getattr(p, "plan", None) is not None, channel_step=step)
             outcome.report = {**outcome.report, "nothing_pruned": why}
         inexact = [g.label for g in outcome.deps.groups if "inexact" in g.facts and len(plan.removed(g))]
         base = outcome.reference
@@ -854,7 +863,7 @@ def _report(
 
 def _time_both(report: Report, original, pruned_source, feeds: dict, runs: int | None) -> None:
     """The report's latencies of ``original`` and the pruned model (as runnable) on ``feeds``:
-    ``runs`` timed runs each, or about two seconds of them; the batch they ran at."""
+    ``runs`` timed runs each, or up to 20 within about two seconds; the batch they ran at."""
     batch = next((int(v.shape[0]) for v in feeds.values() if isinstance(v, np.ndarray) and v.ndim), None)
     at = f" (batch {batch})" if batch is not None else ""
     with runnable(original) as source:

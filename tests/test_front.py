@@ -285,3 +285,16 @@ def test_a_sample_limit_below_the_batch_size_is_honoured_with_a_dynamic_batch(tm
     data = _renamed_data(model, tmp_path / "c.npz", key=model.graph.input[0].name, n=40)
     batches = list(open_dataset(data).batches(input_specs(model), batch_size=32, limit=16))
     assert [len(b[model.graph.input[0].name]) for b in batches] == [16]
+
+
+def test_a_model_narrower_than_the_channel_step_says_how_to_prune_it_anyway(run_cli, tmp_path):
+    from graphprune.hardware import channel_step
+
+    step = channel_step().step
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(builders.residual_net(width=step // 2, blocks=1, seed=0), src)  # groups of step/2 and step
+    code, _, err = run_cli("prune", src, "-o", out, "--ratio", "0.3", "-q", "--no-latency")
+    assert code == 0 and not out.exists()
+    assert "nothing to prune" in err and f"whole channel steps of {step}" in err and "--round-to 1" in err
+    code, _, err = run_cli("prune", src, "-o", out, "--ratio", "0.3", "--round-to", "1", "-q", "--no-latency")
+    assert code == 0 and out.exists(), err
