@@ -318,6 +318,22 @@ def quantized_exactness(
     )
 
 
+def fidelity_sums(p: np.ndarray, o: np.ndarray) -> tuple[float, float, float, float]:
+    """``(p·o, p·p, o·o, |p-o|²)`` of flattened float64 outputs: what :func:`cosine_and_rel_l2`
+    needs, and what can be added up batch by batch (:func:`graphprune.evaluate.evaluate`)."""
+    d = p - o
+    return float(p @ o), float(p @ p), float(o @ o), float(d @ d)
+
+
+def cosine_and_rel_l2(dot: float, pp: float, oo: float, dd: float) -> tuple[float, float]:
+    """The one definition of fidelity's cosine and relative L2 error, from :func:`fidelity_sums`
+    (of one run, or summed over a dataset): cosine ``p·o / (|p| |o|)`` (1 when both are zero and
+    equal, 0 when one is zero), relative L2 ``|p - o| / |o|``."""
+    denom = float(np.sqrt(pp) * np.sqrt(oo))
+    cosine = dot / denom if denom > 0 else (1.0 if dd == 0 else 0.0)
+    return float(cosine), float(np.sqrt(dd) / max(float(np.sqrt(oo)), 1e-12))
+
+
 def fidelity(pruned_out: list, original_out: list) -> Fidelity:
     """Cosine, relative L2 and top-1 agreement over every numeric leaf of the outputs; a run whose
     outputs differ in structure from the original's has cosine 0 and relative error 1."""
@@ -329,9 +345,7 @@ def fidelity(pruned_out: list, original_out: list) -> Fidelity:
     pairs = [(x, y) for x, y in pairs if x is not None]
     p = np.concatenate([x.ravel() for x, _ in pairs]) if pairs else np.zeros(0)
     o = np.concatenate([y.ravel() for _, y in pairs]) if pairs else np.zeros(0)
-    denom = float(np.linalg.norm(p) * np.linalg.norm(o))
-    cosine = float(p @ o / denom) if denom > 0 else (1.0 if np.array_equal(p, o) else 0.0)
-    rel_l2 = float(np.linalg.norm(p - o) / max(float(np.linalg.norm(o)), 1e-12))
+    cosine, rel_l2 = cosine_and_rel_l2(*fidelity_sums(p, o))
     top1 = None
     first_p, first_o = pruned_out[0], original_out[0]
     if isinstance(first_o, np.ndarray) and isinstance(first_p, np.ndarray):

@@ -298,3 +298,21 @@ def test_a_model_narrower_than_the_channel_step_says_how_to_prune_it_anyway(run_
     assert "nothing to prune" in err and f"whole channel steps of {step}" in err and "--round-to 1" in err
     code, _, err = run_cli("prune", src, "-o", out, "--ratio", "0.3", "--round-to", "1", "-q", "--no-latency")
     assert code == 0 and out.exists(), err
+
+
+def test_fidelity_over_a_dataset_equals_fidelity_of_all_its_outputs_at_once():
+    from graphprune.data import input_specs, open_dataset
+    from graphprune.evaluate import evaluate
+    from graphprune.validation import fidelity, run
+
+    original = api.load_model(DIGITS / "digits_cnn.onnx")
+    pruned = api.prune(original, ratio=0.5, validate=False).model
+    data = open_dataset(DIGITS / "digits_calib.npz")
+    ev = evaluate(original, pruned, data, limit=12)  # 12 batches of the model's fixed batch of 1
+    batches = list(data.batches(input_specs(original), limit=12))
+    outs_o = np.concatenate([run(original, b)[0] for b in batches])
+    outs_p = np.concatenate([run(pruned, b)[0] for b in batches])
+    at_once = fidelity([outs_p], [outs_o])
+    assert ev.fidelity.samples == 12 and at_once.cosine < 0.9999
+    assert ev.fidelity.cosine == pytest.approx(at_once.cosine, rel=1e-6)  # two sessions: float32 rounding
+    assert ev.fidelity.rel_l2 == pytest.approx(at_once.rel_l2, rel=1e-6)

@@ -190,10 +190,9 @@ class FilterPruning(TransformMixin):
             )
         costs = _metric_costs(cm)
         notes: dict = {"target": {"metric": metric, "fraction": fraction}, "objective": objective}
-        round_to, step = round_to_of(self.round_to)
-        if step:
-            notes["channel_step"] = step
-        grids = None
+        # By default a FLOPs or parameter target keeps its precision (met within a fraction of a
+        # percent: whole channel steps are too coarse on small models); latency uses the step below.
+        round_to, grids = self.round_to or 1, None
         if "latency" in (metric, objective):
             lm, notes["latency_table"] = self._latency_model(deps, cm)
             costs["latency"] = lm.fraction
@@ -403,7 +402,7 @@ class FilterPruning(TransformMixin):
             "ratio": None if self.plan is not None or self.target is not None else self.ratio,
             "global": self.global_threshold,
             # the multiple conv channels were kept at (the channel step when it was the default)
-            "round_to": self.round_to if self.round_to is not None else notes.get("channel_step", {}).get("step"),
+            "round_to": self.round_to if self.round_to is not None else notes.get("channel_step", {}).get("step", 1),
             **group_report(deps, plan, self.ignore, self.units or DEFAULT_UNITS),
             **notes,
         }

@@ -39,7 +39,8 @@ def round_to_of(round_to: int | None) -> tuple[int | dict[str, int], dict | None
     default) keeps convolution channels on this machine's channel step (a count between two of
     onnxruntime's NCHWc blocks runs as the next whole block, and off its fast kernels: the digits
     CNN at ratio 0.3 timed 1.2-1.6x slower than unpruned at batch 32) and leaves mlp neurons and
-    heads free; an int applies to every group (``1``: the ratio as asked)."""
+    heads free; an int applies to every group (``1``: the ratio as asked). A FLOPs or parameter
+    target reads None as 1 (its precision is the contract); a latency one as the step."""
     if round_to is not None:
         return round_to, None
     from ..hardware import channel_step
