@@ -443,7 +443,9 @@ def _prune_to(args) -> int:
     _say(args, f"loading {src} ...")
     model = api.load_model(src)
     steps = "analyzing, pruning" + (
-        "" if args.no_validate else ", validating (checker, onnxruntime, exactness, fidelity)"
+        ""
+        if args.no_validate
+        else ", validating (checker, onnxruntime, exactness, fidelity" + ("" if args.no_latency else ", latency") + ")"
     )
     _say(args, f"{steps} ({len(model.graph.node)} nodes) ...")
     result = api.prune(
