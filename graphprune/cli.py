@@ -637,6 +637,7 @@ def _sensitivity(args) -> int:
     from . import api
     from .criteria import CRITERIA
     from .dependency import analyze
+    from .passes.finish import check_scope
     from .sensitivity import measure, plot
 
     for path in [args.output] + ([args.plot] if args.plot else []):
@@ -652,6 +653,8 @@ def _sensitivity(args) -> int:
     dataset = _dataset(args, args.calib)
     model = api.load_model(args.model)
     deps = analyze(model, inexact="hidden" in args.unit)
+    for note in check_scope(deps, (), tuple(args.unit)):  # no group of any unit asked for: an error
+        _say(args, f"note: {note}")
     _say(args, f"measuring {len(deps.prunable_groups())} groups x {len(args.ratios)} ratios on {args.calib} ...")
     sens = measure(
         model,

@@ -316,3 +316,17 @@ def test_fidelity_over_a_dataset_equals_fidelity_of_all_its_outputs_at_once():
     assert ev.fidelity.samples == 12 and at_once.cosine < 0.9999
     assert ev.fidelity.cosine == pytest.approx(at_once.cosine, rel=1e-6)  # two sessions: float32 rounding
     assert ev.fidelity.rel_l2 == pytest.approx(at_once.rel_l2, rel=1e-6)
+
+
+def test_sensitivity_of_a_unit_the_model_does_not_have_is_a_usage_error(run_cli, tmp_path):
+    args = (
+        "sensitivity",
+        DIGITS / "digits_cnn.onnx",
+        "--calib",
+        DIGITS / "digits_calib.npz",
+        "-o",
+        tmp_path / "s.json",
+    )
+    code, _, err = run_cli(*args, "--unit", "heads", "--samples", "4")
+    one_line_error(code, err, "--unit heads", "no prunable group")
+    assert not (tmp_path / "s.json").exists()
