@@ -210,6 +210,10 @@ def prune(
     at those sizes; if the original does not run on them, ``InputError``.
 
     ``criterion`` None is the pass's default (``l2`` for the filter and channel passes).
+    ``round_to`` keeps channel counts multiples of it; None (the CLI's default) keeps convolution
+    channels on this machine's channel step (:func:`graphprune.hardware.channel_step`, where
+    onnxruntime's Conv kernels step in latency) and mlp neurons and heads free; the API's default
+    stays 1, the ratio as asked, so that results do not depend on the machine.
     ``pass_="layer"`` removes ``remove_blocks`` (default 1) whole residual blocks ranked by
     ``criterion`` (``influence``, needing ``calib``, or ``weight-norm``; by default influence with
     ``calib`` and weight-norm without), validated as :func:`prune_layers` does; its ``plan`` is
