@@ -112,6 +112,12 @@ class Report:
                 f"groups: {p.get('groups_pruned', 0)} pruned of {p.get('groups_prunable', 0)} prunable,"
                 f" {p.get('groups_blocked', 0)} blocked, {p.get('channels_removed', 0)} channels removed"
             )
+        if p.get("channel_step"):  # counts kept on it: say so, the ratio asked was rounded
+            s = p["channel_step"]
+            lines.append(
+                f"channel step: {s['step']} ({s['source']}): convolution channel counts kept on its multiples"
+                + ("" if p.get("target") else "; --round-to 1 for the ratio as asked")
+            )
         lines.extend(f"note: {n}" for n in p.get("notes") or [])  # where analysis could not follow the model
         if p.get("target"):
             t = p["target"]

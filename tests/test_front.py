@@ -203,6 +203,9 @@ def test_default_prune_keeps_conv_channels_on_the_channel_step(run_cli, tmp_path
     assert code == 0, err
     r = json.loads(report.read_text())
     assert r["round_to"] == step and r["channel_step"]["step"] == step and r["channels_removed"] > 0
+    code, table, err = run_cli("prune", src, "-o", out, "--ratio", "0.3", "--no-latency", "--force")
+    assert code == 0, err
+    assert f"channel step: {step} (" in table and "--round-to 1 for the ratio as asked" in table
     for t in onnx.load(out).graph.initializer:
         if len(t.dims) == 4:  # conv weights: output channels on the step
             assert t.dims[0] % step == 0, (t.name, list(t.dims))
