@@ -25,9 +25,7 @@ from .progress import progress
 
 def session_with_outputs(model: onnx.ModelProto, tensors: Iterable[str], dtypes: dict[str, int] | None = None):
     """An onnxruntime session of ``model`` whose outputs are its own followed by ``tensors``."""
-    from .runtime import ort as _quiet_ort
-
-    ort = _quiet_ort()  # its default logger set to fatal errors only (graphprune.runtime)
+    from .runtime import options, ort
 
     g = model.graph
     have = {o.name for o in g.output}
@@ -40,9 +38,8 @@ def session_with_outputs(model: onnx.ModelProto, tensors: Iterable[str], dtypes:
         data = model.SerializeToString()
     finally:
         del g.output[n:]
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so = options(threads=0)  # onnxruntime's own intra-op threads (all cores), as calibration always had
+    so.graph_optimization_level = ort().GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.add_session_config_entry("session.disable_quant_qdq", "1")
     sess = weights.session(data, weights.has_lazy(model), so)  # lazy: weights read from their files
     del data

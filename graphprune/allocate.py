@@ -6,7 +6,9 @@ Rules:
    fraction of all indices, so groups lose more or less by their scores.
 3. Then, per group: at least ``min_keep`` indices stay; with ``round_to = R`` the number of
    channels kept is a multiple of R (groups of R units or fewer are left alone); a unit of
-   several channels (a head, a conv group) counts with its width.
+   several channels (a head, a conv group) counts with its width. ``round_to`` may also be one
+   multiple per unit (``{"channels": 16}``: conv channels on the runtime's channel step, the
+   passes' default; a unit it does not name has 1).
 4. Groups with a member the user protects (``ignore``: node or tensor names, glob
    patterns allowed) are not pruned.
 5. Target: instead of a ratio, a fraction of the original FLOPs, parameters or latency to
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,9 +52,14 @@ def protected(deps: DependencyGraph, patterns: Iterable[str]) -> set[int]:
     return out
 
 
-def unit_step(group: Group, round_to: int) -> int:
+RoundTo = int | Mapping[str, int]  # one multiple for every group, or one per unit (rule 3)
+
+
+def unit_step(group: Group, round_to: RoundTo) -> int:
     """``round_to`` in the group's own units: a head of 64 channels, or a conv group of 4,
     already keeps channel counts at multiples of its width, so fewer units per step are needed."""
+    if isinstance(round_to, Mapping):
+        round_to = round_to.get(group.unit, 1)
     if round_to <= 1:
         return 1
     widths = [m.indices.shape[1] for m in group.weights("out")] or [1]

@@ -149,10 +149,10 @@ def sample_cost(model: onnx.ModelProto, sizes: InputSizes | None = None, shapes:
 def prune(
     model: ModelLike,
     ratio: float = 0.5,
-    criterion: str = "l2",
+    criterion: str | None = None,
     *,
     global_threshold: bool = False,
-    round_to: int = 1,
+    round_to: int | None = 1,
     min_keep: int = 1,
     ignore: tuple[str, ...] | list[str] = (),
     plan: dict | str | os.PathLike | None = None,
@@ -178,6 +178,8 @@ def prune(
     compensate: str | None = None,
     selection: str | None = None,
     input_shapes: dict | None = None,
+    remove_blocks: int | None = None,
+    latency_runs: int | None = None,
 ) -> PruneResult:
     """Prune ``model`` and (by default) validate the result against the whole contract.
 
@@ -198,6 +200,8 @@ def prune(
     :class:`~graphprune.sensitivity.Sensitivity` or its JSON file, from ``graphprune
     sensitivity``) prices each group's removals for a target by the drop measured when that
     group alone was pruned, instead of by its scores.
+    Latency is the median of ``latency_runs`` timed runs of each model, or when None of 20 runs,
+    fewer (at least three) once they took two seconds; ``report.latency_batch`` is the batch it ran at.
     ``report.passed`` says whether validation held. ``inplace=True`` (only without
     validation, which needs the original) edits ``model`` itself instead
     of a copy, to save memory on large models.
@@ -215,7 +219,53 @@ def prune(
     (:mod:`graphprune.inputs`); ``report.assumed_shapes`` says which. The pruned model keeps its
     symbolic dims. Validation feeds: ``feeds``, else ``calib``'s first batch, else random inputs
     at those sizes; if the original does not run on them, ``InputError``.
+
+    ``criterion`` None is the pass's default (``l2`` for the filter and channel passes).
+    ``round_to`` keeps channel counts multiples of it; None (the CLI's default) keeps convolution
+    channels on this machine's channel step (:func:`graphprune.hardware.channel_step`, where
+    onnxruntime's Conv kernels step in latency) and mlp neurons and heads free; the API's default
+    stays 1, the ratio as asked, so that results do not depend on the machine.
+    ``pass_="layer"`` removes ``remove_blocks`` (default 1) whole residual blocks ranked by
+    ``criterion`` (``influence``, needing ``calib``, or ``weight-norm``; by default influence with
+    ``calib`` and weight-norm without), validated as :func:`prune_layers` does; its ``plan`` is
+    empty (no channel group loses entries) and the removed blocks are in
+    ``report.prune["blocks_removed"]``.
     """
+    if pass_ == "layer":
+        return _prune_blocks(
+            model,
+            criterion=criterion,
+            remove_blocks=remove_blocks,
+            calib=calib,
+            validate=validate,
+            latency=latency,
+            latency_runs=latency_runs,
+            feeds=feeds,
+            input_shapes=input_shapes,
+            others=dict(
+                ratio=ratio,
+                global_threshold=global_threshold,
+                round_to=round_to,
+                min_keep=min_keep,
+                ignore=tuple(ignore),
+                plan=plan,
+                seed=seed,
+                units=tuple(units),
+                target_flops=target_flops,
+                target_params=target_params,
+                target_latency=target_latency,
+                objective=objective,
+                latency_table=latency_table,
+                latency_model=latency_model,
+                sensitivity=sensitivity,
+                calib_samples=calib_samples,
+                batch_size=batch_size,
+                compensate=compensate,
+                selection=selection,
+            ),
+        )
+    if remove_blocks is not None:
+        raise InputError(f"remove-blocks is an option of the layer pass, not of the {pass_} pass")
     if inplace and validate:
         raise InputError("inplace pruning cannot be validated: the original is needed for the reference")
     original = load_model(model)
@@ -269,7 +319,8 @@ def prune(
         pruned, chosen, details = pass_.run(original, deps, inplace=inplace)
         outcome = PruneOutcome(pruned, chosen, deps, original, details)
     if outcome.plan.total_removed == 0:  # said, not pretended: the CLI writes nothing then
-        outcome.report = {**outcome.report, "nothing_pruned": nothing_pruned(outcome.deps, from_plan=plan is not None)}
+        why = nothing_pruned(outcome.deps, from_plan=plan is not None, channel_step=outcome.report.get("channel_step"))
+        outcome.report = {**outcome.report, "nothing_pruned": why}
         # the model is unchanged: inputs its original rejects leave it unvalidated, not an error
         validate = validate and sizes.runs is not False and _runs(original, feeds)
     report = _report(
@@ -285,6 +336,7 @@ def prune(
         reference=outcome.reference,
         sizes=sizes,
         inputs_from=inputs_from,
+        latency_runs=latency_runs,
     )
     if validate and data is not None and report.runtime["passed"] and not weights.has_lazy(outcome.pruned):
         # Fidelity over the calibration data rather than its first batch (one sample for a
@@ -294,14 +346,51 @@ def prune(
     return PruneResult(model=outcome.pruned, report=report, plan=outcome.plan, deps=outcome.deps)
 
 
-def nothing_pruned(deps: DependencyGraph, *, from_plan: bool = False) -> str:
-    """Why a prune removed nothing: what blocks every group, or what kept the prunable ones whole."""
+def _prune_blocks(
+    model, *, criterion, remove_blocks, calib, validate, latency, latency_runs, feeds, input_shapes, others
+):
+    """``prune(pass_="layer")``: the layer pass through :func:`run_passes`, the same validation as
+    :func:`prune_layers`, as a :class:`PruneResult`."""
+    from .passes.layer import LayerPruning
+
+    given = [k for k, v in others.items() if v not in (None, False, ()) and v != _prune_defaults().get(k)]
+    if given:
+        raise InputError(f"the layer pass does not take {given[0].replace('_', '-')}")
+    original = load_model(model)
+    criterion = criterion or ("influence" if calib is not None else "weight-norm")
+    step = LayerPruning(remove_blocks=1 if remove_blocks is None else remove_blocks, criterion=criterion, calib=calib)
+    result = run_passes(
+        original,
+        [step],
+        validate=validate,
+        latency=latency,
+        latency_runs=latency_runs,
+        feeds=feeds,
+        input_shapes=input_shapes,
+    )
+    return PruneResult(model=result.model, report=result.report, plan=Plan(), deps=_analyze(original))
+
+
+def nothing_pruned(deps: DependencyGraph, *, from_plan: bool = False, channel_step: dict | None = None) -> str:
+    """Why a prune removed nothing: what blocks every group, or what kept the prunable ones whole
+    (``channel_step``: the report's note when convolution channels were kept on it by default)."""
     why = deps.why_nothing()
     if not why:
         n = len(deps.prunable_groups())
         what = "the plan" if from_plan else "the ratio, round-to, min-keep, ignore or unit"
         why = f"{what} leaves every one of the {n} prunable group{'s' if n > 1 else ''} whole"
+        if channel_step and not from_plan:
+            step = channel_step["step"]
+            why += (
+                f" (convolution channels are kept in whole channel steps of {step} by default; --round-to 1 prunes"
+                " them as the ratio asks)"
+            )
     return why
+
+
+def _prune_defaults() -> dict:
+    """:func:`prune`'s keyword defaults: an option left at its default was not given."""
+    return {k: p.default for k, p in inspect.signature(prune).parameters.items()}
 
 
 def make_pass(name: str, **options):
@@ -315,11 +404,12 @@ def make_pass(name: str, **options):
         raise InputError(f"unknown pass {name!r}; choose from {', '.join(PASSES)}")
     cls = PASSES[name]
     names = {f.name for f in fields(cls)}
-    defaults = {k: p.default for k, p in inspect.signature(prune).parameters.items()}
+    defaults = _prune_defaults()
     unsupported = [k for k, v in options.items() if k not in names and v not in (None, False, (), defaults.get(k))]
     if unsupported:
         raise InputError(f"the {name} pass does not take {unsupported[0].replace('_', '-')}")
-    return cls(**{k: v for k, v in options.items() if k in names and v is not None})
+    # round_to None is a value: conv channels on the channel step (the CLI's default)
+    return cls(**{k: v for k, v in options.items() if k in names and (v is not None or k == "round_to")})
 
 
 def first_batch(model: onnx.ModelProto, dataset: Dataset, batch_size: int) -> dict[str, np.ndarray] | None:
@@ -347,6 +437,7 @@ def prune_layers(
     validate: bool = True,
     latency: bool = True,
     feeds: dict[str, np.ndarray] | None = None,
+    latency_runs: int | None = None,
 ) -> PipelineResult:
     """Remove the ``remove_blocks`` least important residual blocks ``y = x + f(x)`` of ``model``.
 
@@ -357,7 +448,7 @@ def prune_layers(
 
     criterion = criterion or ("influence" if calib is not None else "weight-norm")
     step = LayerPruning(remove_blocks=remove_blocks, criterion=criterion, calib=calib)
-    return run_passes(model, [step], validate=validate, latency=latency, feeds=feeds)
+    return run_passes(model, [step], validate=validate, latency=latency, feeds=feeds, latency_runs=latency_runs)
 
 
 def run_passes(
@@ -368,6 +459,7 @@ def run_passes(
     latency: bool = True,
     feeds: dict[str, np.ndarray] | None = None,
     input_shapes: dict | None = None,
+    latency_runs: int | None = None,
 ) -> PipelineResult:
     """Run ``passes`` (FilterPruning, LayerPruning, ...) in order and validate.
 
@@ -409,7 +501,7 @@ def run_passes(
     report = _costs_report(before, after, _merge(steps))
     _assumed(report, sizes)
     if validate:
-        _end_to_end(report, original, current, exacts, feeds, latency)
+        _end_to_end(report, original, current, exacts, feeds, latency, latency_runs, inputs_from)
     return PipelineResult(model=current, report=report, steps=steps, plans=plans)
 
 
@@ -465,9 +557,18 @@ def _exactness(before: onnx.ModelProto, after: onnx.ModelProto, reference, skipp
     return Exactness(checked=True, passed=diff <= tol, max_rel_diff=diff, tolerance=tol)
 
 
-def _end_to_end(report: Report, original, final, exacts: list, feeds, latency: bool) -> None:
+def _end_to_end(
+    report: Report,
+    original,
+    final,
+    exacts: list,
+    feeds,
+    latency: bool,
+    latency_runs: int | None = None,
+    inputs_from: str = "generated inputs",
+) -> None:
     """Checker, runtime, fidelity and latency of ``final`` against ``original``; exactness of the steps."""
-    from .validation import Exactness, check, fidelity, run
+    from .validation import Exactness, check, fidelity, on_inputs, run
 
     weights.spill(final)  # a lazy model's sliced weights written once for every check, and for saving
     error = check(final)
@@ -480,12 +581,10 @@ def _end_to_end(report: Report, original, final, exacts: list, feeds, latency: b
         out = None
         report.runtime = {"passed": False, "error": io.one_line(exc)}
     if out is not None:
-        report.fidelity = fidelity(out, run(original, feeds))
+        report.fidelity = on_inputs(fidelity(out, run(original, feeds)), inputs_from)
         if latency:
-            with runnable(original) as source:  # a lazy model: a file beside its data
-                report.latency_ms_before = latency_ms(source, feeds=feeds)
-            with runnable(final) as source:
-                report.latency_ms_after = latency_ms(source, feeds=feeds)
+            with runnable(final) as source:  # a lazy model: a file beside its data
+                _time_both(report, original, source, feeds, latency_runs)
     # the step nearest its bound speaks for the tolerance (quantized steps have their own)
     worst = max(
         (e for e in exacts if e.max_rel_diff is not None), key=lambda e: e.max_rel_diff / e.tolerance, default=None
@@ -527,7 +626,8 @@ def _step(p, model: onnx.ModelProto, sizes: InputSizes | None = None):
         outcome = p.prune(model, deps)
         plan = outcome.plan
         if plan.total_removed == 0:
-            why = nothing_pruned(outcome.deps, from_plan=getattr(p, "plan", None) is not None)
+            step = outcome.report.get("channel_step")
+            why = nothing_pruned(outcome.deps, from_plan=getattr(p, "plan", None) is not None, channel_step=step)
             outcome.report = {**outcome.report, "nothing_pruned": why}
         inexact = [g.label for g in outcome.deps.groups if "inexact" in g.facts and len(plan.removed(g))]
         base = outcome.reference
@@ -580,6 +680,7 @@ def validate(
     labels: str | bool | None = None,
     batch_size: int = DEFAULT_BATCH,
     input_shapes: dict | None = None,
+    latency_runs: int | None = None,
 ) -> Report:
     """Validate ``pruned`` against ``original``.
 
@@ -603,7 +704,7 @@ def validate(
     if dataset is not None and key is not None:
         check_labels(dataset, key)  # before the checks and timings, not after them
     sizes, feeds, inputs_from = _inputs(orig, input_shapes, feeds, dataset, batch_size, validate=True)
-    layers = dict(latency=latency, feeds=feeds, sizes=sizes, inputs_from=inputs_from)
+    layers = dict(latency=latency, feeds=feeds, sizes=sizes, inputs_from=inputs_from, latency_runs=latency_runs)
     steps, through, deps = None, "", None
     if plan is None and get_metadata(new, HISTORY_METADATA_KEY):
         steps = _steps_since(orig, history_of(new))
@@ -646,6 +747,7 @@ def validate(
         before=before,
         sizes=sizes,
         inputs_from=inputs_from,
+        latency_runs=latency_runs,
     )
     if through:  # unchecked: the reason is the history's, not a missing plan
         report.exact.note = (
@@ -678,7 +780,16 @@ def _layer_plan(model: onnx.ModelProto) -> dict | None:
 
 
 def _validate_layers(
-    orig, new, plan: dict, pruned: ModelLike, *, latency: bool, feeds, sizes=None, inputs_from="generated inputs"
+    orig,
+    new,
+    plan: dict,
+    pruned: ModelLike,
+    *,
+    latency: bool,
+    feeds,
+    sizes=None,
+    inputs_from="generated inputs",
+    latency_runs: int | None = None,
 ) -> Report:
     """Validation of a layer-pruned model from the layer plan stored in it."""
     from .blocks import find_blocks, zeroed_reference_bytes
@@ -695,7 +806,7 @@ def _validate_layers(
     _assumed(report, sizes)
     run_original(orig, feeds, inputs_from)
     exact = _exactness(orig, new, _Reference(orig, lambda: zeroed_reference_bytes(orig, chosen)), [], feeds)
-    _end_to_end(report, orig, new, [exact], feeds, latency)
+    _end_to_end(report, orig, new, [exact], feeds, latency, latency_runs, inputs_from)
     return report
 
 
@@ -731,6 +842,7 @@ def _report(
     reference=None,
     sizes: InputSizes | None = None,
     inputs_from: str = "generated inputs",
+    latency_runs: int | None = None,
 ) -> Report:
     # File sizes are filled in by whoever knows the files: measuring an in-memory model
     # would serialize it (a copy of every weight) just for a number.
@@ -760,10 +872,19 @@ def _report(
         report.exact = v.exact
         report.fidelity = v.fidelity
         if latency and v.runtime_ok:
-            with runnable(original) as source:
-                report.latency_ms_before = latency_ms(source, feeds=feeds)
-            report.latency_ms_after = latency_ms(pruned_source, feeds=feeds)
+            _time_both(report, original, pruned_source, feeds, latency_runs)
     return report
+
+
+def _time_both(report: Report, original, pruned_source, feeds: dict, runs: int | None) -> None:
+    """The report's latencies of ``original`` and the pruned model (as runnable) on ``feeds``:
+    ``runs`` timed runs each, or up to 20 within about two seconds; the batch they ran at."""
+    batch = next((int(v.shape[0]) for v in feeds.values() if isinstance(v, np.ndarray) and v.ndim), None)
+    at = f" (batch {batch})" if batch is not None else ""
+    with runnable(original) as source:
+        report.latency_ms_before = latency_ms(source, feeds=feeds, repeats=runs, label=f"timing the original{at}")
+    report.latency_ms_after = latency_ms(pruned_source, feeds=feeds, repeats=runs, label=f"timing the pruned model{at}")
+    report.latency_batch = batch
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike) -> Path:

@@ -25,21 +25,42 @@ EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's usage dump becomes our one-line error
-        raise InputError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("graphprune").strip()  # "graphprune: error:" is said once, by main
+        raise InputError(f"{command}: {message}" if command else message)
+
+
+def _input_map_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input-map",
+        action="append",
+        default=[],
+        metavar="KEY=INPUT",
+        help="feed the model's input INPUT from the data's array KEY (repeatable; default: keys equal input names)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     from .criteria import CRITERIA
     from .passes import PASSES
 
     p = _Parser(prog="graphprune", description="Structured pruning of ONNX models, with proof.")
+    p.add_argument("--version", action="version", version=f"graphprune {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    # global flags are accepted after the subcommand too (SUPPRESS: absent there keeps the top level's)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    i = sub.add_parser("inspect", help="show the channel groups: size, members, prunable or why not")
+    i = sub.add_parser("inspect", parents=[common], help="show the channel groups: size, members, prunable or why not")
     i.add_argument("model")
     i.add_argument("--json", action="store_true", help="machine-readable output")
-    i.add_argument("--html", metavar="OUT.html", help="also write a page that draws the groups on the op graph")
+    i.add_argument(
+        "--html",
+        metavar="OUT.html",
+        help="also write a page that draws the groups on the op graph (a directory: DIR/<model>.html)",
+    )
+    i.add_argument("--force", action="store_true", help="overwrite an existing --html page")
     i.add_argument(
         "--input-shape",
         action="append",
@@ -48,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sizes of an input with symbolic dims (repeatable), for costs per sample and validation inputs",
     )
 
-    pr = sub.add_parser("prune", help="prune a model and validate the result")
+    pr = sub.add_parser("prune", parents=[common], help="prune a model and validate the result")
     pr.add_argument("model")
     pr.add_argument("-o", "--output", required=True, help="where to write the pruned model")
     pr.add_argument("--ratio", type=float, default=None, help="fraction of each group to remove (default 0.5)")
@@ -88,7 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one threshold over all groups' normalised scores instead of a uniform ratio",
     )
-    pr.add_argument("--round-to", type=int, default=1, help="keep channel counts multiples of N")
+    pr.add_argument(
+        "--round-to",
+        type=int,
+        default=None,
+        help="keep channel counts multiples of N (default: this machine's channel step, the onnxruntime kernels'"
+        " block, for convolution channels; 1 for mlp and heads; --round-to 1 for exact ratios)",
+    )
     pr.add_argument("--min-keep", type=int, default=1, help="keep at least N entries per group")
     pr.add_argument(
         "--ignore",
@@ -155,11 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0, help="seed of the random criterion and inputs")
     pr.add_argument("--no-validate", action="store_true", help="skip validation (faster)")
     pr.add_argument("--no-latency", action="store_true", help="validate but do not time onnxruntime")
+    pr.add_argument(
+        "--latency-runs",
+        type=int,
+        metavar="N",
+        help="timed runs per model for the report's latency (default: 20, fewer once they took 2 s, at least 3)",
+    )
+    _input_map_flag(pr)
     pr.add_argument("--force", action="store_true", help="overwrite an existing output")
     pr.add_argument("--keep-failed", action="store_true", help="write the output even if validation fails")
     pr.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
-    se = sub.add_parser("sensitivity", help="measure what pruning each group alone costs, on calibration data")
+    se = sub.add_parser(
+        "sensitivity", parents=[common], help="measure what pruning each group alone costs, on calibration data"
+    )
     se.add_argument("model")
     se.add_argument("--calib", required=True, metavar="DATA", help=".npz (keys: input names) or a folder of them")
     se.add_argument("-o", "--output", required=True, metavar="OUT.json", help="where to write the result (JSON)")
@@ -179,13 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--no-blocks", action="store_true", help="skip the residual blocks (layer pass)")
     se.add_argument("--force", action="store_true", help="overwrite existing outputs")
     se.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    _input_map_flag(se)
 
-    v = sub.add_parser("validate", help="validate a pruned model against its original")
+    v = sub.add_parser("validate", parents=[common], help="validate a pruned model against its original")
     v.add_argument("original")
     v.add_argument("pruned")
     v.add_argument("--plan", help="the plan used (default: the one graphprune stored in the pruned model)")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--no-latency", action="store_true", help="do not time onnxruntime")
+    v.add_argument(
+        "--latency-runs", type=int, metavar="N", help="timed runs per model (default: 20, fewer once they took 2 s)"
+    )
+    v.add_argument(
+        "-q", "--quiet", action="store_true", help="print nothing but errors (the exit code says the verdict)"
+    )
+    _input_map_flag(v)
     v.add_argument(
         "--data",
         metavar="DATA",
@@ -230,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str], debug: bool) -> int:
     args = None
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help, --version: printed, and done
+            return EXIT_OK if exc.code in (0, None) else EXIT_INPUT
         commands = {"inspect": _inspect, "prune": _prune, "validate": _validate, "sensitivity": _sensitivity}
         return commands[args.command](args)
     except InputError as exc:
@@ -276,16 +323,66 @@ def _inspect(args) -> int:
     from . import api, io
     from .inspect import describe, table
 
+    html = _html_path(args) if args.html else None  # refused before the analysis, not after it
     deps = api.analyze(args.model, input_shapes=_input_shapes(args))
-    if args.html:
+    if html is not None:
         from .html import render
 
-        io.write_text_atomic(args.html, render(deps, title=Path(args.model).name))
+        io.write_text_atomic(html, render(deps, title=Path(args.model).name))
+        print(f"wrote {html}", file=sys.stderr)  # stdout stays the table (or the JSON)
     if args.json:
         print(json.dumps({"model": str(args.model), **describe(deps)}, indent=1))
     else:
         print(table(deps))
     return EXIT_OK
+
+
+def _html_path(args) -> Path:
+    """Where ``inspect --html`` writes: the path given, or ``DIR/<model>.html`` for a directory;
+    an existing page is replaced only with ``--force``."""
+    path = Path(args.html)
+    if path.is_dir():
+        path = path / f"{Path(args.model).stem}.html"
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory")
+    if path.exists() and not args.force:
+        raise InputError(f"{path}: exists; use --force to overwrite")
+    return path
+
+
+def _dataset(args, path):
+    """The dataset at ``path`` with ``--input-map`` applied, opened (so a missing or unreadable
+    file is reported before any analysis); None without ``path``."""
+    if path is None:
+        return None
+    from .data import open_dataset
+
+    return open_dataset(path, _input_map(args))
+
+
+def _input_map(args) -> dict[str, str]:
+    """``--input-map KEY=INPUT`` flags as {key: input}; a key or an input given twice is an error."""
+    mapping: dict[str, str] = {}
+    for text in getattr(args, "input_map", []):
+        key, sep, name = text.partition("=")
+        if not sep or not key or not name:
+            raise InputError(f"--input-map {text}: expected KEY=INPUT (a data key, then the model's input name)")
+        if key in mapping or name in mapping.values():
+            raise InputError(f"--input-map {text}: {'key' if key in mapping else 'input'} mapped twice")
+        mapping[key] = name
+    return mapping
+
+
+def _check_latency_runs(args) -> None:
+    if args.latency_runs is not None and args.latency_runs < 1:
+        raise InputError(f"--latency-runs must be a positive integer, got {args.latency_runs}")
+
+
+def _quiet_progress(args) -> None:
+    """Progress bars (calibration, timing) follow -q; else they draw on a terminal only."""
+    from . import progress
+
+    progress.ENABLED = False if getattr(args, "quiet", False) else None
 
 
 def _say(args, msg: str) -> None:
@@ -306,27 +403,36 @@ def _prune_to(args) -> int:
 
     args.committed_before = len(io.committed())  # what an interrupt finds written is this run's
     src, out = Path(args.model), Path(args.output)
+    if out.is_dir():
+        raise InputError(f"{out}: is a directory; -o names the pruned model's file")
     if out.exists() and src.exists() and os.path.samefile(src, out):
         raise InputError(f"{out}: output is the input file; choose another -o")
     if out.exists() and not args.force:
         raise InputError(f"{out}: output exists; use --force to overwrite")
-    if out.is_dir():
-        raise InputError(f"{out}: output is a directory")
     targets = _targets(args)
     if args.ratio is not None and targets:
-        raise InputError(f"graphprune prune: --ratio and --{targets[0].replace('_', '-')} cannot be combined")
+        raise InputError(f"prune: --ratio and --{targets[0].replace('_', '-')} cannot be combined")
     if args.plan and targets:
-        raise InputError(f"graphprune prune: --plan and --{targets[0].replace('_', '-')} cannot be combined")
+        raise InputError(f"prune: --plan and --{targets[0].replace('_', '-')} cannot be combined")
+    if args.plan and args.ratio is not None:
+        raise InputError("prune: --plan and --ratio cannot be combined: the plan says what is removed")
     if args.objective and not targets:
-        raise InputError("graphprune prune: --objective needs --target-flops, --target-params or --target-latency")
+        raise InputError("prune: --objective needs --target-flops, --target-params or --target-latency")
     if args.sensitivity and not targets:
-        raise InputError("graphprune prune: --sensitivity needs --target-flops, --target-params or --target-latency")
+        raise InputError("prune: --sensitivity needs --target-flops, --target-params or --target-latency")
+    _check_latency_runs(args)
+    _quiet_progress(args)
+    if args.calib is not None:  # a missing or unreadable file is said before the (long) analysis
+        dataset = _dataset(args, args.calib)
+        args.calib = dataset if args.input_map else args.calib
+    elif args.input_map:
+        raise InputError("--input-map needs --calib: it maps the data's keys to the model's inputs")
     if args.ratio is None:
         args.ratio = 0.5
     if len(args.passes) > 1 or "layer" in args.passes or args.remove_blocks is not None:
         if targets and ("filter" not in args.passes or args.target_latency is not None):
             raise InputError(
-                f"graphprune prune: --{targets[0].replace('_', '-')} needs a filter pass (alone, or after layer:"
+                f"prune: --{targets[0].replace('_', '-')} needs a filter pass (alone, or after layer:"
                 " --pass layer filter)"
             )
         return _prune_passes(args, src, out)
@@ -337,7 +443,9 @@ def _prune_to(args) -> int:
     _say(args, f"loading {src} ...")
     model = api.load_model(src)
     steps = "analyzing, pruning" + (
-        "" if args.no_validate else ", validating (checker, onnxruntime, exactness, fidelity)"
+        ""
+        if args.no_validate
+        else ", validating (checker, onnxruntime, exactness, fidelity" + ("" if args.no_latency else ", latency") + ")"
     )
     _say(args, f"{steps} ({len(model.graph.node)} nodes) ...")
     result = api.prune(
@@ -348,6 +456,7 @@ def _prune_to(args) -> int:
         latency=not args.no_latency,
         inplace=args.no_validate,  # nothing needs the original afterwards: save a copy
         input_shapes=_input_shapes(args),
+        latency_runs=args.latency_runs,
     )
     if result.plan.total_removed == 0:  # a copy of the input would pretend: say why, write nothing
         why = result.report.prune["nothing_pruned"]
@@ -409,16 +518,17 @@ def _prune_passes(args, src: Path, out: Path) -> int:
             )
         else:
             passes.append(api.make_pass(name, **_pass_options(args, plan=None)))
-    if args.calib:
-        from .data import open_dataset
-
-        open_dataset(args.calib)
     t0 = time.perf_counter()
     _say(args, f"loading {src} ...")
     model = api.load_model(src)
     _say(args, f"running {' then '.join(args.passes)} ({len(model.graph.node)} nodes) ...")
     result = api.run_passes(
-        model, passes, validate=not args.no_validate, latency=not args.no_latency, input_shapes=_input_shapes(args)
+        model,
+        passes,
+        validate=not args.no_validate,
+        latency=not args.no_latency,
+        input_shapes=_input_shapes(args),
+        latency_runs=args.latency_runs,
     )
     if not result.report.prune.get("channels_removed") and not result.report.prune.get("blocks_removed"):
         why = (
@@ -497,21 +607,26 @@ def _validate(args) -> int:
 
     if args.labels is not None and args.data is None:
         raise InputError("--labels needs --data: the labelled samples to measure accuracy on")
+    if args.input_map and args.data is None:
+        raise InputError("--input-map needs --data: it maps the data's keys to the model's inputs")
+    _check_latency_runs(args)
+    _quiet_progress(args)
     report = api.validate(
         args.original,
         args.pruned,
         plan=args.plan,
         latency=not args.no_latency,
-        data=args.data,
+        data=_dataset(args, args.data),
         labels=args.labels,
         batch_size=args.batch_size,
         input_shapes=_input_shapes(args),
+        latency_runs=args.latency_runs,
     )
     report.file_bytes_before = Path(args.original).stat().st_size
     report.file_bytes_after = Path(args.pruned).stat().st_size
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
-    else:
+    elif not args.quiet:
         print(report.table())
     if not report.passed:
         raise ValidationFailed(_failure(report))
@@ -519,24 +634,27 @@ def _validate(args) -> int:
 
 
 def _sensitivity(args) -> int:
-    from . import api, progress
+    from . import api
     from .criteria import CRITERIA
-    from .data import open_dataset
     from .dependency import analyze
+    from .passes.finish import check_scope
     from .sensitivity import measure, plot
 
     for path in [args.output] + ([args.plot] if args.plot else []):
+        if Path(path).is_dir():
+            raise InputError(f"{path}: is a directory")
         if Path(path).exists() and not args.force:
             raise InputError(f"{path}: output exists; use --force to overwrite")
     if args.criterion not in CRITERIA:
         raise InputError(f"unknown criterion {args.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
     if args.samples < 1:
         raise InputError(f"samples must be a positive integer, got {args.samples}")
-    if args.quiet:
-        progress.ENABLED = False
-    dataset = open_dataset(args.calib)
+    _quiet_progress(args)
+    dataset = _dataset(args, args.calib)
     model = api.load_model(args.model)
     deps = analyze(model, inexact="hidden" in args.unit)
+    for note in check_scope(deps, (), tuple(args.unit)):  # no group of any unit asked for: an error
+        _say(args, f"note: {note}")
     _say(args, f"measuring {len(deps.prunable_groups())} groups x {len(args.ratios)} ratios on {args.calib} ...")
     sens = measure(
         model,

@@ -477,6 +477,11 @@ DYNAMIC_DIM = 16  # size given to a dynamic non-batch dim of a random input (gra
 SEQUENCE_LENGTH = 2  # tensors in a random sequence input
 
 
+LATENCY_BUDGET_S = 2.0  # seconds of timed runs per model when no count is given
+MIN_LATENCY_RUNS = 3
+MAX_LATENCY_RUNS = 20  # within the budget: a fast model is timed as many times as before
+
+
 def random_feeds(model: onnx.ModelProto, seed: int = 0, shapes: dict | None = None) -> dict:
     """Seeded random inputs for every graph input that is not an initializer.
 
@@ -549,20 +554,28 @@ def _random_value(tp: onnx.TypeProto, dims: tuple | None, rng: np.random.Generat
 def latency_ms(
     model: onnx.ModelProto | str | os.PathLike,
     *,
-    repeats: int = 20,
+    repeats: int | None = 20,
     warmup: int = 3,
     threads: int = 1,
     feeds: dict | None = None,
+    budget_s: float = LATENCY_BUDGET_S,
+    label: str | None = None,
 ) -> float:
     """Median latency in milliseconds of one inference on onnxruntime's CPU provider.
 
     ``model`` is a ModelProto (serialized in memory, so its weights must be loaded and it must
     be under 2 GB) or a path (which also works for models with external data). ``warmup``
-    untimed runs precede ``repeats`` runs timed with :func:`time.perf_counter`.
+    untimed runs (fewer when they take a quarter of ``budget_s``) precede
+    ``repeats`` runs timed with :func:`time.perf_counter`; ``repeats=None`` times
+    :data:`MAX_LATENCY_RUNS` runs, fewer when they take over ``budget_s`` seconds (at least
+    :data:`MIN_LATENCY_RUNS`), so a large model is not timed for minutes (fcn_resnet50's 143 GMACs
+    took 9 minutes of 23 runs of each model). ``label`` draws a progress line on a terminal
+    (:mod:`graphprune.progress`).
     """
+    from .progress import progress
     from .runtime import feedable, options, ort
 
-    if repeats < 1:
+    if repeats is not None and repeats < 1:
         raise ValueError("repeats must be at least 1")
     opts = options(threads=threads)
     opts.graph_optimization_level = ort().GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -577,11 +590,28 @@ def latency_ms(
         assert proto is not None
         feeds = random_feeds(proto)
     feeds = feedable(sess, feeds)
+    start = time.perf_counter()
     for _ in range(max(warmup, 0)):
         sess.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+        if repeats is None and time.perf_counter() - start > budget_s / 4:
+            break  # a slow model: one warm-up run is enough
+    times: list[float] = []
+
+    def runs():
+        begin = time.perf_counter()
+        while True:
+            done = len(times)
+            if repeats is not None and done >= repeats:
+                return
+            if repeats is None and (
+                done >= MAX_LATENCY_RUNS or (done >= MIN_LATENCY_RUNS and time.perf_counter() - begin >= budget_s)
+            ):
+                return
+            yield done
+
+    timed = runs() if label is None else progress(runs(), label, total=repeats or MAX_LATENCY_RUNS)
+    for _ in timed:
+        t0 = time.perf_counter()
         sess.run(None, feeds)
-        times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1000.0

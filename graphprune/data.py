@@ -9,7 +9,9 @@ Rules:
 3. A model whose input declares a fixed batch size (often 1: many exporters fix it) is fed
    batches of exactly that size; a dynamic batch axis takes ``batch_size`` samples at a time.
    A remainder that does not fill a fixed batch is dropped and counted.
-4. Arrays are cast to the input's declared element type (a float64 ``.npz`` feeds a float32
+4. ``input_map`` ({data key: input name}, the CLI's ``--input-map KEY=INPUT``) feeds an input
+   from a key of another name; an input it does not name is read from the key of its own name.
+5. Arrays are cast to the input's declared element type (a float64 ``.npz`` feeds a float32
    model); a declared static non-batch dim that disagrees with the data is an error naming
    the file, the key and both shapes.
 """
@@ -17,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +68,11 @@ class Dataset:
     files: list[Path]
     counts: list[int] = field(default_factory=list)  # samples per file
     keys: list[set[str]] = field(default_factory=list)
+    input_map: dict[str, str] = field(default_factory=dict)  # data key -> model input name (rule 4)
+
+    def key_of(self, input_name: str) -> str:
+        """The data key that feeds ``input_name``."""
+        return next((k for k, v in self.input_map.items() if v == input_name), input_name)
 
     @property
     def n_samples(self) -> int:
@@ -89,28 +97,40 @@ class Dataset:
         if len(fixed) > 1:
             raise InputError(f"{self.path}: the model's inputs fix different batch sizes {sorted(fixed)}")
         step = fixed.pop() if fixed else batch_size
+        names = {s.name for s in specs}
+        for key, name in self.input_map.items():
+            if name not in names:
+                raise InputError(
+                    f"--input-map {key}={name}: the model has no input {name!r} (inputs: {', '.join(sorted(names))})"
+                )
         left = self.n_samples if limit is None else min(limit, self.n_samples)
         for file, count, keys in zip(self.files, self.counts, self.keys):
             if left <= 0:
                 return
-            missing = [s.name for s in specs if s.name not in keys] + [k for k in extra if k not in keys]
+            missing = [s.name for s in specs if self.key_of(s.name) not in keys] + [k for k in extra if k not in keys]
             if missing:
-                raise InputError(f"{file}: no array {missing[0]!r} (has {', '.join(sorted(keys))})")
+                name = missing[0]
+                key = self.key_of(name)
+                hint = f" for input {name!r}" if key != name else ""
+                if key == name and name in names:
+                    hint = "; --input-map KEY=INPUT feeds an input from another key"
+                raise InputError(f"{file}: no array {key!r}{hint} (has {', '.join(sorted(keys))})")
             with np.load(file, allow_pickle=False) as npz:
-                arrays = {s.name: _checked(npz[s.name], s, file) for s in specs}
+                arrays = {s.name: _checked(npz[self.key_of(s.name)], s, file) for s in specs}
                 arrays.update({k: np.asarray(npz[k]) for k in extra})
             n = min(count, left)
             for start in range(0, n, step):
                 stop = start + step
                 if stop > n and fixed:
                     break  # a fixed batch cannot take a partial one
-                yield {k: a[start:stop] for k, a in arrays.items()}
+                yield {k: a[start : min(stop, n)] for k, a in arrays.items()}  # never past the limit
             left -= n
             del arrays
 
 
-def open_dataset(path: str | os.PathLike) -> Dataset:
-    """Index an ``.npz`` file or a folder of them (keys and sample counts, no data read)."""
+def open_dataset(path: str | os.PathLike, input_map: dict[str, str] | None = None) -> Dataset:
+    """Index an ``.npz`` file or a folder of them (keys and sample counts, no data read);
+    ``input_map`` ({data key: input name}) as in rule 4."""
     p = Path(path)
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix == ".npz" and f.is_file())
@@ -120,8 +140,16 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
         files = [p]
     else:
         raise InputError(f"{p}: no such data file or folder")
-    ds = Dataset(p, files)
+    ds = Dataset(p, files, input_map=dict(input_map or {}))
     for f in files:
+        if f.suffix != ".npz" and not zipfile.is_zipfile(f):  # numpy would speak of pickled data
+            kind = {".onnx": "an ONNX model, ", ".npy": "a single .npy array (it has no input names), "}.get(
+                f.suffix, ""
+            )
+            raise InputError(
+                f"{f}: {kind}not an .npz archive; data is an .npz of arrays keyed by the model's input names"
+                " (numpy.savez), or a folder of them"
+            )
         try:
             with np.load(f, allow_pickle=False) as npz:
                 if not hasattr(npz, "files"):

@@ -25,7 +25,7 @@ from .data import DEFAULT_BATCH, Dataset, input_specs, open_dataset
 from .errors import InputError
 from .progress import progress
 from .runtime import run as run_session
-from .validation import Fidelity, leaves, numeric
+from .validation import Fidelity, cosine_and_rel_l2, fidelity_sums, leaves, numeric
 
 
 @dataclass
@@ -91,10 +91,8 @@ def evaluate(
                     f"{ds.path}: the pruned model's output has shape {list(np.shape(p))}, the original's"
                     f" {list(np.shape(o))}"
                 )
-            dot += float(o64 @ p64)
-            pp += float(p64 @ p64)
-            oo += float(o64 @ o64)
-            dd += float((p64 - o64) @ (p64 - o64))
+            sums = fidelity_sums(p64, o64)
+            dot, pp, oo, dd = dot + sums[0], pp + sums[1], oo + sums[2], dd + sums[3]
         first_o, first_p = _first(out_o), _first(out_p)
         batch = len(inputs[specs[0].name]) if specs else len(first_o)
         classifier = first_o.ndim == 2 and first_o.shape[0] == batch and first_o.shape[1] > 1
@@ -114,10 +112,10 @@ def evaluate(
         seen += batch
     if seen == 0:
         raise InputError(f"{ds.path}: no samples to evaluate (the model takes batches of {step})")
-    denom = float(np.sqrt(pp) * np.sqrt(oo))
+    cosine, rel_l2 = cosine_and_rel_l2(dot, pp, oo, dd)  # the definition validation uses too
     fid = Fidelity(
-        cosine=dot / denom if denom > 0 else (1.0 if dd == 0 else 0.0),
-        rel_l2=float(np.sqrt(dd) / max(float(np.sqrt(oo)), 1e-12)),
+        cosine=cosine,
+        rel_l2=rel_l2,
         top1_agreement=agree / seen if top1 else None,
         data=str(ds.path),
         samples=seen,

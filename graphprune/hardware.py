@@ -52,15 +52,15 @@ def _probe_model() -> onnx.ModelProto:
 def channel_step() -> ChannelStep:
     """The NCHWc block of this machine's onnxruntime, or :data:`DEFAULT_STEP` when its
     optimiser does not block a Conv here (another CPU, another version)."""
+    from .runtime import options
     from .runtime import ort as _quiet_ort
 
     ort = _quiet_ort()  # its default logger set to fatal errors only (graphprune.runtime)
 
     with tempfile.TemporaryDirectory(prefix="graphprune-probe-") as tmp:
-        so = ort.SessionOptions()
+        so = options()  # errors-only logging: it warns that the optimised file is machine-specific, we know
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
-        so.log_severity_level = 4  # it warns that the optimised file is machine-specific: we know
         try:
             ort.InferenceSession(_probe_model().SerializeToString(), so, providers=["CPUExecutionProvider"])
             optimized = onnx.load(so.optimized_model_filepath)

@@ -200,11 +200,11 @@ def _in_context(model: onnx.ModelProto, layers: list[Layer], threads: int, runs:
     time of the node it became, matched by name) and return the model's median latency."""
     import tempfile
 
+    from .cost import random_feeds
+    from .runtime import options
     from .runtime import ort as _quiet_ort
 
     ort = _quiet_ort()  # its default logger set to fatal errors only (graphprune.runtime)
-
-    from .cost import random_feeds
 
     by_name: dict[str, Layer] = {}
     for ly in layers:
@@ -212,10 +212,7 @@ def _in_context(model: onnx.ModelProto, layers: list[Layer], threads: int, runs:
         for t in ly.outputs:
             by_name[t] = ly
     with tempfile.TemporaryDirectory() as tmp:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 4
+        opts = options(threads=threads)
         opts.enable_profiling = True
         opts.profile_file_prefix = os.path.join(tmp, "profile")
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -288,16 +285,13 @@ def timing_sessions(models, threads: int, *, warmup: int = 1, feeds=None) -> lis
     """An onnxruntime session per model for timing (``threads`` intra-op, one inter-op), each
     with its inputs (``feeds(session, model)``, default :func:`graphprune.cost.random_feeds`),
     run ``warmup`` times."""
+    from .cost import random_feeds
+    from .runtime import options
     from .runtime import ort as _quiet_ort
 
     ort = _quiet_ort()  # its default logger set to fatal errors only (graphprune.runtime)
 
-    from .cost import random_feeds
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 4
+    opts = options(threads=threads)
     out = []
     for model in models:
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

@@ -21,6 +21,7 @@ class Report:
     file_bytes_after: int | None = None
     latency_ms_before: float | None = None
     latency_ms_after: float | None = None
+    latency_batch: int | None = None  # the batch both latencies were timed at (None: not timed, or no batch axis)
     validated: bool = False
     checker: dict[str, Any] = field(default_factory=lambda: {"passed": None, "error": ""})
     runtime: dict[str, Any] = field(default_factory=lambda: {"passed": None, "error": ""})
@@ -87,15 +88,18 @@ class Report:
                 )
             )
         if self.latency_ms_before is not None and self.latency_ms_after is not None:
+            at = f", batch {self.latency_batch}" if self.latency_batch is not None else ""
             rows.append(
                 (
-                    "latency (ORT, median)",
+                    f"latency (ORT, median{at})",
                     f"{self.latency_ms_before:.2f} ms",
                     f"{self.latency_ms_after:.2f} ms",
                     _ratio(self.latency_ms_after, self.latency_ms_before),
                 )
             )
         lines = _grid(("", "before", "after", "ratio"), rows)
+        if self.latency_ms_before and self.latency_ms_after and self.latency_ms_after > self.latency_ms_before:
+            lines.append(slower_note(self.latency_ms_after / self.latency_ms_before, self.prune.get("round_to")))
         if self.assumed_shapes:
             froms = self.assumed_shapes_from or {}
             shown = ", ".join(
@@ -107,6 +111,12 @@ class Report:
             lines.append(
                 f"groups: {p.get('groups_pruned', 0)} pruned of {p.get('groups_prunable', 0)} prunable,"
                 f" {p.get('groups_blocked', 0)} blocked, {p.get('channels_removed', 0)} channels removed"
+            )
+        if p.get("channel_step"):  # counts kept on it: say so, the ratio asked was rounded
+            s = p["channel_step"]
+            lines.append(
+                f"channel step: {s['step']} ({s['source']}): convolution channel counts kept on its multiples"
+                + ("" if p.get("target") else "; --round-to 1 for the ratio as asked")
             )
         lines.extend(f"note: {n}" for n in p.get("notes") or [])  # where analysis could not follow the model
         if p.get("target"):
@@ -153,7 +163,9 @@ class Report:
         f = self.fidelity
         if f.cosine is not None:
             top1 = f", top-1 agreement {f.top1_agreement:.3f}" if f.top1_agreement is not None else ""
-            where = f" on {f.data} ({f.samples} samples)" if f.data is not None else ""
+            where = (
+                f" on {f.data} ({f.samples} samples)" if f.data is not None else f" on {f.inputs}" if f.inputs else ""
+            )
             lines.append(f"fidelity vs original{where}: cosine {f.cosine:.4f}, relative L2 {f.rel_l2:.4f}{top1}")
         a = self.accuracy
         if a is not None:
@@ -163,6 +175,20 @@ class Report:
                 f" pruned {a.pruned:.4f} ({change:+.2f} points)"
             )
         return "\n".join(lines)
+
+
+def slower_note(ratio: float, round_to: int | None) -> str:
+    """The table's line when the pruned model timed slower than the original, with the likely cause."""
+    from .hardware import channel_step
+
+    step = channel_step().step
+    why = (
+        f"channel counts between onnxruntime's blocks of {step} cost the next whole block and can leave its"
+        f" fast kernels; try --round-to {step}"
+        if not round_to or round_to % step
+        else "the kernels of the thinner layers may be slower here; time it again (--latency-runs) or prune less"
+    )
+    return f"note: the pruned model is slower ({ratio:.2f}x the original's latency): {why}"
 
 
 def _grid(header: tuple[str, ...], rows: list[tuple]) -> list[str]:

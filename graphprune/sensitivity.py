@@ -116,18 +116,14 @@ class MaskedRunner:
     """Runs ``model`` with chosen channels (and residual blocks) masked, one session for every choice."""
 
     def __init__(self, model: onnx.ModelProto, deps: DependencyGraph, dims: list[Dim], blocks: list[Block] = ()):
-        from .runtime import ort as _quiet_ort
-
-        ort = _quiet_ort()  # its default logger set to fatal errors only (graphprune.runtime)
+        from .runtime import options, ort
 
         points = channel_points(deps, {d: None for d in dims})
         data, names = insert_masks(model, [*points.values(), *block_points(model, blocks, zero=False)])
         self.names = dict(zip(points, names))
         self.block_names = dict(zip((b.id for b in blocks), names[len(points) :]))
-        so = ort.SessionOptions()
-        so.log_severity_level = 4
-        so.intra_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so = options(threads=1)
+        so.graph_optimization_level = ort().GraphOptimizationLevel.ORT_ENABLE_BASIC
         self.session = weights.session(data, weights.has_lazy(model), so)  # lazy: weights read from their files
         del data
         self.ones = {
@@ -208,7 +204,8 @@ def measure(
             raise _not_a_classifier(original[0].shape)
         classes = original[0].shape[1]
         truth = np.concatenate([class_indices(b[labels], classes, dataset.path, labels) for b in batches])
-    n_samples = sum(len(o) for o in original)
+    # samples fed (axis 0 of the inputs), not rows of the first output, whose axis 0 need not be the batch
+    n_samples = sum(len(f[specs[0].name]) for f in feeds) if specs else len(feeds)
     base_acc = _accuracy(original, truth) if truth is not None else None
 
     results = {

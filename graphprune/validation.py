@@ -84,6 +84,21 @@ class Fidelity:
     top1_agreement: float | None = None
     data: str | None = None  # the dataset it was measured on; None: seeded random inputs
     samples: int | None = None  # samples of ``data`` evaluated
+    inputs: str | None = None  # without ``data``: "random inputs", "data's first batch" or "given feeds"
+
+
+RANDOM_INPUTS = "generated inputs"  # what the API calls seeded random validation inputs
+
+
+def on_inputs(fid: Fidelity, inputs_from: str) -> Fidelity:
+    """``fid`` saying which inputs it was measured on; on random inputs without top-1 agreement,
+    which there only says the logits' order survived noise (it read 1.000 for a model whose
+    accuracy fell to 9.6%): agreement means something on real samples only."""
+    if fid.data is None:
+        fid.inputs = "random inputs" if inputs_from == RANDOM_INPUTS else inputs_from
+        if inputs_from == RANDOM_INPUTS:
+            fid.top1_agreement = None
+    return fid
 
 
 @dataclass
@@ -303,6 +318,22 @@ def quantized_exactness(
     )
 
 
+def fidelity_sums(p: np.ndarray, o: np.ndarray) -> tuple[float, float, float, float]:
+    """``(p·o, p·p, o·o, |p-o|²)`` of flattened float64 outputs: what :func:`cosine_and_rel_l2`
+    needs, and what can be added up batch by batch (:func:`graphprune.evaluate.evaluate`)."""
+    d = p - o
+    return float(p @ o), float(p @ p), float(o @ o), float(d @ d)
+
+
+def cosine_and_rel_l2(dot: float, pp: float, oo: float, dd: float) -> tuple[float, float]:
+    """The one definition of fidelity's cosine and relative L2 error, from :func:`fidelity_sums`
+    (of one run, or summed over a dataset): cosine ``p·o / (|p| |o|)`` (1 when both are zero and
+    equal, 0 when one is zero), relative L2 ``|p - o| / |o|``."""
+    denom = float(np.sqrt(pp) * np.sqrt(oo))
+    cosine = dot / denom if denom > 0 else (1.0 if dd == 0 else 0.0)
+    return float(cosine), float(np.sqrt(dd) / max(float(np.sqrt(oo)), 1e-12))
+
+
 def fidelity(pruned_out: list, original_out: list) -> Fidelity:
     """Cosine, relative L2 and top-1 agreement over every numeric leaf of the outputs; a run whose
     outputs differ in structure from the original's has cosine 0 and relative error 1."""
@@ -314,9 +345,7 @@ def fidelity(pruned_out: list, original_out: list) -> Fidelity:
     pairs = [(x, y) for x, y in pairs if x is not None]
     p = np.concatenate([x.ravel() for x, _ in pairs]) if pairs else np.zeros(0)
     o = np.concatenate([y.ravel() for _, y in pairs]) if pairs else np.zeros(0)
-    denom = float(np.linalg.norm(p) * np.linalg.norm(o))
-    cosine = float(p @ o / denom) if denom > 0 else (1.0 if np.array_equal(p, o) else 0.0)
-    rel_l2 = float(np.linalg.norm(p - o) / max(float(np.linalg.norm(o)), 1e-12))
+    cosine, rel_l2 = cosine_and_rel_l2(*fidelity_sums(p, o))
     top1 = None
     first_p, first_o = pruned_out[0], original_out[0]
     if isinstance(first_o, np.ndarray) and isinstance(first_p, np.ndarray):
@@ -449,7 +478,7 @@ def _check(original, pruned, deps, plan, feeds, pruned_source, base, inputs_from
             pruned_out = None
             runtime_error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     if pruned_out is not None:
-        fid = fidelity(pruned_out, original_out)
+        fid = on_inputs(fidelity(pruned_out, original_out), inputs_from)
         inexact = [g.label for g in deps.groups if "inexact" in g.facts and len(plan.removed(g))] if plan else []
         if inexact:
             exact = Exactness(

@@ -263,6 +263,7 @@ def test_cli_channel_pass_and_usage_errors(tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "needs calibration data" in bad.stderr
     report = tmp_path / "r.json"
     args = ["--pass", "channel", "--calib", str(calib), "--batch-size", "4", "--report", str(report), "--no-latency"]
+    args += ["--round-to", "1"]  # an 8-wide model: whole channel steps (the default) would leave it whole
     ok = subprocess.run([*cmd, *args], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     data = json.loads(report.read_text())

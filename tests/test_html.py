@@ -188,7 +188,7 @@ def test_cli_writes_the_page(run_cli, tiny_model_path, tmp_path):
     assert "groups:" in stdout  # the table is still printed
     assert not list(out.parent.glob(".*.tmp"))  # written atomically, no leftovers
 
-    code, stdout, err = run_cli("inspect", tiny_model_path, "--json", "--html", out)
+    code, stdout, err = run_cli("inspect", tiny_model_path, "--json", "--html", out, "--force")  # it exists now
     assert code == 0, err
     assert json.loads(stdout)["groups_total"] > 0  # stdout stays pure JSON
 

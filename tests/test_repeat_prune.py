@@ -73,8 +73,10 @@ def test_a_tampered_chain_fails_exactness(chain, step):
 
 def test_cli_validate_of_a_twice_pruned_file(tmp_path, capsys, tiny_model_path):
     once, twice = tmp_path / "once.onnx", tmp_path / "twice.onnx"
-    assert main(["prune", str(tiny_model_path), "-o", str(once), "--ratio", "0.3", "-q", "--no-latency"]) == 0
-    assert main(["prune", str(once), "-o", str(twice), "--ratio", "0.5", "-q", "--no-latency"]) == 0
+    # --round-to 1: this 16-wide model keeps whole channel steps by default, and would not be pruned twice
+    once_args = ["--ratio", "0.3", "--round-to", "1", "-q", "--no-latency"]
+    assert main(["prune", str(tiny_model_path), "-o", str(once), *once_args]) == 0
+    assert main(["prune", str(once), "-o", str(twice), "--ratio", "0.5", "--round-to", "1", "-q", "--no-latency"]) == 0
     capsys.readouterr()
     assert main(["validate", str(tiny_model_path), str(twice), "--json", "--no-latency"]) == 0
     exact = json.loads(capsys.readouterr().out)["exact"]

@@ -37,7 +37,7 @@ from ..errors import InputError
 from ..plan import Plan
 from . import PassResult, PruneOutcome, TransformMixin
 from .filter import DEFAULT_UNITS, UNITS
-from .finish import check_data_options, finish, group_report, measure
+from .finish import check_data_options, check_round_to, check_scope, finish, group_report, measure, round_to_of
 
 SELECTIONS = ("greedy", "lasso")
 
@@ -56,7 +56,7 @@ class ChannelPruning(TransformMixin):
     ridge: float = DEFAULT_RIDGE
     max_rows: int = DEFAULT_MAX_ROWS
     criterion: str = "l2"  # ranks groups that no calibrated consumer reads
-    round_to: int = 1
+    round_to: int | None = 1  # None: conv channels on this machine's channel step (finish.round_to_of)
     min_keep: int = 1
     ignore: tuple[str, ...] = ()
     units: tuple[str, ...] = ()
@@ -72,8 +72,9 @@ class ChannelPruning(TransformMixin):
         unknown = set(self.units) - set(UNITS)
         if unknown:
             raise InputError(f"unknown unit {sorted(unknown)[0]!r}; choose from {', '.join(UNITS)}")
-        if self.round_to < 1 or self.min_keep < 1:
-            raise InputError("round-to and min-keep must be positive integers")
+        check_round_to(self.round_to)
+        if self.min_keep < 1:
+            raise InputError(f"min-keep must be a positive integer, got {self.min_keep}")
         check_data_options("channel pruning", self.compensate, self.calib, True, self.batch_size, self.calib_samples)
 
     inexact = False
@@ -84,15 +85,18 @@ class ChannelPruning(TransformMixin):
 
     def prune(self, model: onnx.ModelProto, deps: DependencyGraph, *, inplace: bool = False) -> PruneOutcome:
         """Calibrate, select, compensate and cut."""
+        scope = check_scope(deps, self.ignore, self.units)
         stats = measure(self, model, deps, {"channels", "gram"})
         plan, notes = self.choose(deps, stats)
         outcome, data_notes = finish(self, model, deps, plan, stats, inplace=inplace)
         outcome.report = {**self.report(deps, plan, notes), **data_notes}
+        outcome.report["notes"] = outcome.report.get("notes", []) + scope
         return outcome
 
     def choose(self, deps: DependencyGraph, stats: Statistics) -> tuple[Plan, dict]:
         """The channels to remove per group, by reconstruction error of the consumers."""
         skip = protected(deps, self.ignore)
+        round_to, step = round_to_of(self.round_to)
         units = self.units or DEFAULT_UNITS
         ctx = ScoreContext(seed=self.seed, stats=stats)
         centered = self.compensate != "none"
@@ -101,7 +105,7 @@ class ChannelPruning(TransformMixin):
         for g in deps.prunable_groups():
             if g.id in skip or g.unit not in units:
                 continue
-            keep = keep_count(g.size, int(np.floor(g.size * self.ratio)), unit_step(g, self.round_to), self.min_keep)
+            keep = keep_count(g.size, int(np.floor(g.size * self.ratio)), unit_step(g, round_to), self.min_keep)
             if keep >= g.size:
                 continue
             gram = group_error_gram(g, deps, stats, centered=centered)
@@ -118,6 +122,7 @@ class ChannelPruning(TransformMixin):
             "selection": self.selection,
             # mean over groups of the removed channels' share of the consumers' output energy
             "reconstruction_error": float(np.mean(errors)) if errors else None,
+            **({"channel_step": step} if step else {}),
         }
         return Plan(removals), notes
 
@@ -126,7 +131,7 @@ class ChannelPruning(TransformMixin):
             "criterion": "reconstruction",
             "ratio": self.ratio,
             "global": False,
-            "round_to": self.round_to,
+            "round_to": self.round_to if self.round_to is not None else notes.get("channel_step", {}).get("step"),
             **group_report(deps, plan, self.ignore, self.units or DEFAULT_UNITS),
             **notes,
         }

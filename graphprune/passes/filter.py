@@ -26,7 +26,18 @@ from ..errors import InputError
 from ..plan import Plan, plan_from_json
 from ..surgery import apply_plan
 from . import PassResult, PruneOutcome, TransformMixin
-from .finish import PLAN_METADATA_KEY, check_data_options, finish, get_metadata, group_report, measure, set_metadata
+from .finish import (
+    PLAN_METADATA_KEY,
+    check_data_options,
+    check_round_to,
+    check_scope,
+    finish,
+    get_metadata,
+    group_report,
+    measure,
+    round_to_of,
+    set_metadata,
+)
 
 __all__ = ["FilterPruning", "PLAN_METADATA_KEY", "get_metadata", "set_metadata"]
 UNITS = ("heads", "mlp", "channels", "hidden")
@@ -54,7 +65,7 @@ class FilterPruning(TransformMixin):
     ratio: float = 0.5
     criterion: str = "l2"
     global_threshold: bool = False
-    round_to: int = 1
+    round_to: int | None = 1  # None: conv channels on this machine's channel step (finish.round_to_of)
     min_keep: int = 1
     ignore: tuple[str, ...] = ()
     seed: int = 0
@@ -109,8 +120,7 @@ class FilterPruning(TransformMixin):
         unknown = set(self.units) - set(UNITS)
         if unknown:
             raise InputError(f"unknown unit {sorted(unknown)[0]!r}; choose from {', '.join(UNITS)}")
-        if self.round_to < 1:
-            raise InputError(f"round-to must be a positive integer, got {self.round_to}")
+        check_round_to(self.round_to)
         if self.min_keep < 1:
             raise InputError(f"min-keep must be a positive integer, got {self.min_keep}")
 
@@ -146,16 +156,17 @@ class FilterPruning(TransformMixin):
         if self.target is not None:
             result, notes = self._to_target(deps, scores, goal)
             return result.plan, {"criterion_fallbacks": dict(ctx.fallbacks), **notes}
+        round_to, step = round_to_of(self.round_to)
         plan = allocate(
             deps,
             scores,
             self.ratio,
             global_threshold=self.global_threshold,
-            round_to=self.round_to,
+            round_to=round_to,
             min_keep=self.min_keep,
             ignore=self.ignore,
         )
-        return plan, {"criterion_fallbacks": dict(ctx.fallbacks)}
+        return plan, {"criterion_fallbacks": dict(ctx.fallbacks), **({"channel_step": step} if step else {})}
 
     def _scores(self, deps: DependencyGraph, stats: Statistics | None) -> tuple[dict, Any]:
         scores, ctx = score_groups(deps, self.criterion, seed=self.seed, stats=stats)
@@ -179,7 +190,9 @@ class FilterPruning(TransformMixin):
             )
         costs = _metric_costs(cm)
         notes: dict = {"target": {"metric": metric, "fraction": fraction}, "objective": objective}
-        round_to, grids = self.round_to, None
+        # By default a FLOPs or parameter target keeps its precision (met within a fraction of a
+        # percent: whole channel steps are too coarse on small models); latency uses the step below.
+        round_to, grids = self.round_to or 1, None
         if "latency" in (metric, objective):
             lm, notes["latency_table"] = self._latency_model(deps, cm)
             costs["latency"] = lm.fraction
@@ -215,7 +228,7 @@ class FilterPruning(TransformMixin):
         from ..hardware import channel_step
 
         step = channel_step()
-        return math.lcm(self.round_to, step.step), step.to_json()
+        return math.lcm(self.round_to or 1, step.step), step.to_json()
 
     @property
     def measures_candidates(self) -> bool:
@@ -339,6 +352,7 @@ class FilterPruning(TransformMixin):
     def prune(self, model: onnx.ModelProto, deps: DependencyGraph, *, inplace: bool = False) -> PruneOutcome:
         """Calibrate (if the criterion needs data), plan (to a target, if any), compensate (if
         asked) and cut."""
+        scope = check_scope(deps, self.ignore, self.units)
         stats = None
         if self.plan is None and self.criterion in DATA_CRITERIA:
             stats = measure(self, model, deps, {"channels"})
@@ -350,6 +364,7 @@ class FilterPruning(TransformMixin):
             plan, notes = self._settle_latency(model, deps, plan, notes, stats)
         outcome, data_notes = finish(self, model, deps, plan, stats, inplace=inplace, inexact=self.inexact)
         outcome.report = {**self.report(deps, plan, notes), **data_notes}
+        outcome.report["notes"] = outcome.report.get("notes", []) + scope
         return outcome
 
     def _settle_latency(self, model, deps, plan, notes, stats):
@@ -386,7 +401,8 @@ class FilterPruning(TransformMixin):
             "criterion": None if self.plan is not None else self.criterion,
             "ratio": None if self.plan is not None or self.target is not None else self.ratio,
             "global": self.global_threshold,
-            "round_to": self.round_to,
+            # the multiple conv channels were kept at (the channel step when it was the default)
+            "round_to": self.round_to if self.round_to is not None else notes.get("channel_step", {}).get("step", 1),
             **group_report(deps, plan, self.ignore, self.units or DEFAULT_UNITS),
             **notes,
         }

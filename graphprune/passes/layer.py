@@ -91,7 +91,9 @@ class LayerPruning(TransformMixin):
         return {
             "criterion": None if self.plan is not None else self.criterion,
             "remove_blocks": len(chosen) if self.plan is not None else self.remove_blocks,
-            "calib": None if self.calib is None else str(self.calib),
+            "calib": None
+            if self.calib is None
+            else str(getattr(self.calib, "path", self.calib)),  # a Dataset: its path
             "blocks_found": len(blocks),
             "blocks_removed": [_entry(b, scores[b.id]) for b in chosen],
             "block_scores": [
