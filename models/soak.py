@@ -9,6 +9,7 @@ Model ``i`` is ``random_model(S + i)``. Each is analysed, then pruned by
 drawn from the seed too, so a failure is reproduced by its seed alone). The invariant
 (:func:`check_example`):
 
+* the model is valid and runs in onnxruntime (else the generator is at fault);
 * nothing raises (analysis, pruning, validation);
 * the report's checker, onnxruntime and exactness checks passed (exactness checked);
 * the pruned model passes ``onnx.checker.check_model(full_check=True)`` on its own, keeps
@@ -48,8 +49,10 @@ import numpy as np
 import onnx
 
 import graphprune
+from graphprune.cost import random_feeds
 from graphprune.criteria import CRITERIA
 from graphprune.criteria.data import DATA_CRITERIA
+from graphprune.validation import run
 from models.random_graphs import BLOCKS, MYSTERY_DOMAIN, MYSTERY_OP, random_model
 
 MYSTERY_REASON = f"no rule for {MYSTERY_DOMAIN}.{MYSTERY_OP}"
@@ -116,8 +119,6 @@ def draw_settings(seed: int) -> Settings:
 
 def calibration_file(model: onnx.ModelProto, path: Path, samples: int = 4) -> Path:
     """Seeded random samples for ``model``'s inputs, saved as an ``.npz`` (keys = input names)."""
-    from graphprune.cost import random_feeds
-
     feeds = [random_feeds(model, seed=k) for k in range(samples)]
     np.savez(path, **{name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]})
     return path
@@ -161,6 +162,10 @@ def _check(model: onnx.ModelProto, settings: Settings, out: Outcome) -> None:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
         raise _Violation(f"generator made an invalid model: {_one_line(exc)}") from None
+    try:  # the original must run, or a runtime failure of the pruned model proves nothing
+        run(model, random_feeds(model))
+    except Exception as exc:
+        raise _Violation(f"generator made a model onnxruntime cannot run: {_one_line(exc)}") from None
     before = model.SerializeToString()
     mystery = mystery_tensors(model)
 

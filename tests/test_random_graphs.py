@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
 
 import graphprune
 from graphprune.cost import random_feeds
@@ -251,3 +252,40 @@ def test_soak_settings_are_drawn_from_the_seed():
 )
 def test_expected_to_prune(size, ratio, round_to, expected):
     assert soak.expected_to_prune(size, ratio, round_to) is expected
+
+
+def test_pad_with_axes_never_follows_a_transpose():
+    """onnxruntime (1.32) pushes a Transpose through a Pad with an ``axes`` input by permuting
+    ``pads`` as if it were full rank (seed 987713: Gather out of bounds in the original model):
+    the generator gives such a Pad full-rank pads instead."""
+    both = 0
+    for seed in range(400):
+        model = random_model(seed, max_blocks=4, kinds=["transpose_pair", "pad"])
+        ops = [(n.op_type, len(n.input)) for n in model.graph.node]
+        if ("Pad", 4) not in ops:
+            continue
+        first_pad_with_axes = ops.index(("Pad", 4))
+        last_pad_with_axes = len(ops) - 1 - ops[::-1].index(("Pad", 4))
+        assert "Transpose" not in [op for op, _ in ops[:last_pad_with_axes]], seed
+        both += "Transpose" in [op for op, _ in ops[first_pad_with_axes:]]
+    assert both > 0  # Pads with axes are still drawn, before Transposes
+    model = random_model(987713)
+    soak.run(model, random_feeds(model))
+
+
+def test_a_model_onnxruntime_cannot_run_is_reported_as_the_generators_fault():
+    # Valid for the checker (it does not read index values), out of bounds for onnxruntime.
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])
+    w = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")
+    idx = numpy_helper.from_array(np.array([5], np.int64), "idx")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Gather", ["c", "idx"], ["y"], name="gather", axis=1),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], [w, idx]), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    onnx.checker.check_model(model, full_check=True)
+    outcome = check_example(model, Settings(0.5, "l2", 1, False, 0))
+    assert outcome.failure.startswith("generator made a model onnxruntime cannot run: "), outcome.failure
