@@ -1,9 +1,12 @@
 """Soak test: prune many random models and check the whole contract on each.
 
     python -m models.soak N [--seed S] [--verbose] [--save-failures DIR]
-                            [--max-blocks B] [--blocks KIND,...] [--timeout SECONDS]
+                            [--max-blocks B] [--blocks KIND,...] [--idioms IDIOM,...|none]
+                            [--timeout SECONDS]
 
-Model ``i`` is ``random_model(S + i)``. Each is analysed, then pruned by
+Model ``i`` is ``random_model(S + i, idioms=...)`` (``--idioms``: the generator's
+idioms that may be drawn, default :data:`~models.random_graphs.DEFAULT_IDIOMS`; a seed
+reproduces with the same idioms). Each is analysed, then pruned by
 ``graphprune.prune`` at a random ratio in (0.05, 0.95), with a random criterion, a random
 ``round_to`` in {1, 2, 4, 8} and sometimes a global threshold (the pruning settings are
 drawn from the seed too, so a failure is reproduced by its seed alone). The invariant
@@ -53,7 +56,7 @@ from graphprune.cost import random_feeds
 from graphprune.criteria import CRITERIA
 from graphprune.criteria.data import DATA_CRITERIA
 from graphprune.validation import run
-from models.random_graphs import BLOCKS, MYSTERY_DOMAIN, MYSTERY_OP, random_model
+from models.random_graphs import BLOCKS, DEFAULT_IDIOMS, IDIOMS, MYSTERY_DOMAIN, MYSTERY_OP, random_model
 
 MYSTERY_REASON = f"no rule for {MYSTERY_DOMAIN}.{MYSTERY_OP}"
 ROUND_TO = (1, 2, 4, 8)
@@ -283,7 +286,12 @@ def _alarm(signum, frame):
 
 
 def run_one(
-    seed: int, *, max_blocks: int = 6, kinds: list[str] | None = None, timeout: float = 0
+    seed: int,
+    *,
+    max_blocks: int = 6,
+    kinds: list[str] | None = None,
+    idioms: tuple[str, ...] = DEFAULT_IDIOMS,
+    timeout: float = 0,
 ) -> tuple[onnx.ModelProto | None, Settings, Outcome]:
     """Generate, prune and check example ``seed`` (``timeout`` seconds at most, 0: no limit)."""
     settings = draw_settings(seed)
@@ -294,7 +302,7 @@ def run_one(
         signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         try:
-            model = random_model(seed, max_blocks=max_blocks, kinds=kinds)
+            model = random_model(seed, max_blocks=max_blocks, kinds=kinds, idioms=idioms)
         except Exception as exc:
             return None, settings, Outcome(failure=f"generator raised {type(exc).__name__}: {_one_line(exc)}")
         return model, settings, check_example(model, settings)
@@ -314,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-failures", metavar="DIR", help="write failing models (and why) into DIR")
     ap.add_argument("--max-blocks", type=int, default=6, help="top-level blocks per model at most")
     ap.add_argument("--blocks", help="comma-separated block kinds to draw from (default: all)")
+    ap.add_argument(
+        "--idioms",
+        default=",".join(DEFAULT_IDIOMS),
+        help=f"comma-separated generator idioms to draw, or 'none' (default: {','.join(DEFAULT_IDIOMS)};"
+        f" all: {','.join(IDIOMS)})",
+    )
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per example (0: none)")
     args = ap.parse_args(argv)
     if args.n < 0:
@@ -322,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     if kinds and set(kinds) - set(BLOCKS):
         ap.error(f"unknown block kinds; choose from {', '.join(BLOCKS)}")
 
+    idioms = () if args.idioms.strip() == "none" else tuple(i.strip() for i in args.idioms.split(",") if i.strip())
+    if set(idioms) - set(IDIOMS):
+        ap.error(f"unknown idioms; choose from {', '.join(IDIOMS)} (or none)")
     save_dir = Path(args.save_failures) if args.save_failures else None
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
@@ -332,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[tuple[int, str]] = []
     for k in range(args.n):
         seed = args.seed + k
-        model, settings, outcome = run_one(seed, max_blocks=args.max_blocks, kinds=kinds, timeout=args.timeout)
+        model, settings, outcome = run_one(
+            seed, max_blocks=args.max_blocks, kinds=kinds, idioms=idioms, timeout=args.timeout
+        )
         pruned += outcome.pruned
         blocked += outcome.blocked
         if args.verbose:
