@@ -265,6 +265,10 @@ class _Generator:
         self.dynamic = self.chance(0.1)  # a symbolic batch dimension in the declared input and outputs
         if self.dynamic:
             self.features.add("model:dynamic_batch")
+        # Symbolic batch and image size: the constants that hold the batch are written for any
+        # batch (as with ``dynamic``), since calibration feeds several samples at once.
+        self.symbolic = self.idiom("symbolic_dims", 0.15) and hw == SYMBOLIC_SPATIAL
+        self.dynamic = self.dynamic or self.symbolic
         self.mystery_body: str | None = None
         self.transposed = False  # a Transpose was made: onnxruntime may push it into a later Pad
         self._names: set[str] = set()
@@ -864,11 +868,10 @@ class _Generator:
             produced = [o for n in float_outputs for o in n.output if o != "output"]
             for t in self.rng.choice(produced, size=min(len(produced), int(self.rng.integers(1, 3))), replace=False):
                 model.graph.output.append(helper.make_tensor_value_info(str(t), TensorProto.FLOAT, self.b.shapes[t]))
-        symbolic = self.idiom("symbolic_dims", 0.15) and self.hw(self.b.input) == SYMBOLIC_SPATIAL
-        if self.dynamic or symbolic:
+        if self.dynamic:
             for vi in list(model.graph.input) + list(model.graph.output):
                 vi.type.tensor_type.shape.dim[0].dim_param = "batch"
-        if symbolic:  # dynamic image size, as exports with dynamic_axes: the outputs get names of their own
+        if self.symbolic:  # dynamic image size, as exports with dynamic_axes: the outputs get names of their own
             self.features.add("idiom:symbolic_dims")
             for vi in list(model.graph.input) + list(model.graph.output):
                 dims = vi.type.tensor_type.shape.dim
