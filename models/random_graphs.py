@@ -59,6 +59,8 @@ them is byte for byte the model drawn with none allowed:
 * ``qdq``: a QDQ model: most convs read QuantizeLinear -> DequantizeLinear of their input
   (per tensor, uint8 or int8) and the DequantizeLinear of an int8 weight (per output
   channel or per tensor, with or without a zero point);
+* ``constant_weights``: weights (conv, Gemm, MatMul, rank >= 2) as ``Constant`` nodes placed
+  just before their first reader, as torch.onnx writes parameters it folded;
 * ``symbolic_dims``: ``dim_param`` on the batch and spatial dims of the input and outputs
   (inputs of size 16 only, the size random feeds give a symbolic dim).
 
@@ -115,11 +117,11 @@ BLOCKS = (
 HEADS = ("gap_gemm", "flatten_gemm", "conv", "none")
 # Idioms real exports showed, drawn from a stream of their own (``random_model(idioms=...)``):
 # a model drawn with none of them is the model the generator made before they existed.
-IDIOMS = ("channel_select", "qdq", "symbolic_dims")
+IDIOMS = ("channel_select", "constant_weights", "qdq", "symbolic_dims")
 # qdq is opt-in until exactness allows for requantization: float noise of 1e-7 between the
 # pruned model and its reference can move a value across a rounding boundary of a
 # QuantizeLinear, one quantization step apart (seed 31011078 with qdq: rel diff 7.8e-3).
-DEFAULT_IDIOMS = ("channel_select", "symbolic_dims")
+DEFAULT_IDIOMS = ("channel_select", "constant_weights", "symbolic_dims")
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "hardswish", "clip", "prelu", "tanh", "mish", "gelu")
 
 OPSETS = (17, 17, 17, 17, 17, 18, 20)  # mostly the opset of the brief; 18/20 for native Mish/Gelu
@@ -887,6 +889,9 @@ class _Generator:
         if self.chance(0.15):
             self.features.add("model:constant_nodes")
             _to_constant_nodes(model, self.rng, float(self.rng.uniform(0.2, 1.0)))
+        if self.idiom("constant_weights", 0.15):
+            self.features.add("idiom:constant_weights")
+            _weights_to_local_constants(model, self.idiom_rng)
         if self.chance(0.1):
             self.features.add("model:initializers_as_inputs")
             _initializers_as_inputs(model)
@@ -928,6 +933,32 @@ def _to_constant_nodes(model: onnx.ModelProto, rng: np.random.Generator, p: floa
     rest = list(g.node)
     del g.node[:]
     g.node.extend(nodes + rest)
+
+
+def _weights_to_local_constants(model: onnx.ModelProto, rng: np.random.Generator) -> None:
+    """Turn some float weights of rank >= 2 into Constant nodes just before their first reader."""
+    g = model.graph
+    first_reader: dict[str, int] = {}
+    for i, node in enumerate(g.node):
+        for t in node.input:
+            first_reader.setdefault(t, i)
+    moved = {
+        t.name: t
+        for t in g.initializer
+        if t.data_type == TensorProto.FLOAT and len(t.dims) >= 2 and t.name in first_reader and rng.random() < 0.7
+    }
+    if not moved:
+        return
+    keep = [t for t in g.initializer if t.name not in moved]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    before: dict[int, list[onnx.NodeProto]] = {}
+    for name, t in moved.items():
+        node = helper.make_node("Constant", [], [name], name=f"{name}/Constant", value=t)
+        before.setdefault(first_reader[name], []).append(node)
+    nodes = [n for i, node in enumerate(g.node) for n in [*before.get(i, []), node]]
+    del g.node[:]
+    g.node.extend(nodes)
 
 
 def _initializers_as_inputs(model: onnx.ModelProto) -> None:
