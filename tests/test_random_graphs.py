@@ -168,7 +168,7 @@ FEATURES = sorted(
     | {"model:value_info", "model:constant_nodes", "model:initializers_as_inputs"}
     | {"model:shared_constants", "model:dynamic_batch", "model:extra_outputs"}
     | {f"idiom:select:{form}" for form in ("gather", "range", "strided", "reversed")}
-    | {"idiom:symbolic_dims"}
+    | {"idiom:symbolic_dims", "idiom:constant_weights"}
 )
 
 
