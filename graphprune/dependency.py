@@ -576,17 +576,10 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
     label = _union_find(n, *_entry_pairs(g, index, sizes, offsets))
     dim_of = np.repeat(np.arange(len(dims)), sizes)
 
-    # Classes with the same dims, touched the same number of times, form one group: a
-    # class's signature is a salted sum over its (dim, count) pairs.
+    # Classes with the same dims, touched the same number of times, form one group.
     nd = len(dims)
     pair, counts = np.unique(label * nd + dim_of, return_counts=True)
-    pair_label, pair_dim = pair // nd, pair % nd
-    salt = np.random.default_rng(12345).integers(1, 2**62, size=nd, dtype=np.int64).astype(np.uint64)
-    sig = np.zeros(n, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        np.add.at(sig, pair_label, salt[pair_dim] * counts.astype(np.uint64))
-    roots = np.unique(label)
-    _, group_of_root = np.unique(sig[roots], return_inverse=True)
+    roots, group_of_root = _class_groups(pair // nd, pair % nd, counts, nd)
     n_groups = int(group_of_root.max()) + 1
     classes_per_group = np.bincount(group_of_root, minlength=n_groups)
     group_of_label = np.full(n, -1, dtype=np.int64)
@@ -633,6 +626,45 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
         )
         for gi in ordered
     ]
+
+
+def _signature_salt(nd: int) -> np.ndarray:
+    """One random 64-bit weight per dim for the class signatures (a fixed seed: stable group order)."""
+    return np.random.default_rng(12345).integers(1, 2**62, size=nd, dtype=np.int64).astype(np.uint64)
+
+
+def _class_groups(
+    pair_label: np.ndarray, pair_dim: np.ndarray, counts: np.ndarray, nd: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The classes (``roots``, sorted) and the group of each: classes group together exactly
+    when their (dim, count) pairs are equal. Pairs come sorted by (label, dim).
+
+    A salted sum over a class's pairs buckets the classes; every class is then compared pair
+    by pair with the first class of its bucket, and a bucket where one differs (a collision
+    of the sums) is split by the exact pairs, so correctness does not rest on the hash.
+    """
+    roots, start, length = np.unique(pair_label, return_index=True, return_counts=True)
+    with np.errstate(over="ignore"):
+        sig = np.add.reduceat(_signature_salt(nd)[pair_dim] * counts.astype(np.uint64), start)
+    _, first, bucket = np.unique(sig, return_index=True, return_inverse=True)
+    bucket = bucket.reshape(-1)
+    rep = first[bucket]  # the first class of each class's bucket
+    class_of_pair = np.repeat(np.arange(len(roots)), length)
+    pos = np.arange(len(pair_label)) - start[class_of_pair]
+    rep_pair = start[rep[class_of_pair]] + np.minimum(pos, length[rep[class_of_pair]] - 1)
+    differs = (pair_dim != pair_dim[rep_pair]) | (counts != counts[rep_pair])
+    bad = length != length[rep]
+    bad[class_of_pair[differs]] = True
+    if bad.any():
+        split = np.flatnonzero(np.isin(bucket, bucket[bad]))
+        exact: dict[tuple[bytes, bytes], int] = {}
+        bucket = bucket.copy()
+        for ci in split:
+            s, e = start[ci], start[ci] + length[ci]
+            key = (pair_dim[s:e].tobytes(), counts[s:e].tobytes())
+            bucket[ci] = len(first) + exact.setdefault(key, len(exact))
+        _, bucket = np.unique(bucket, return_inverse=True)
+    return roots, bucket.reshape(-1)
 
 
 # onnxruntime contrib ops that make channels from a weight as MatMul does (rules/contrib.py)

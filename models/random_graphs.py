@@ -49,6 +49,21 @@ nodes, a symbolic batch dimension, extra graph outputs, declared intermediate sh
 (``value_info``), some initializers as Constant nodes (``value`` or ``value_ints``), and
 initializers also listed as graph inputs.
 
+Idioms (:data:`IDIOMS`, allowed by ``random_model(idioms=...)``, default
+:data:`DEFAULT_IDIOMS`), drawn from a random stream of their own so that a model without
+them is byte for byte the model drawn with none allowed:
+
+* ``channel_select``: after a top-level block, constant indices on the channel axis: a
+  Gather (indices sorted or not, repeated, negative; axis 1 or -3) or a Slice (a range, a
+  step of 2, or reversed by a step of -1);
+* ``qdq``: a QDQ model: most convs read QuantizeLinear -> DequantizeLinear of their input
+  (per tensor, uint8 or int8) and the DequantizeLinear of an int8 weight (per output
+  channel or per tensor, with or without a zero point);
+* ``constant_weights``: weights (conv, Gemm, MatMul, rank >= 2) as ``Constant`` nodes placed
+  just before their first reader, as torch.onnx writes parameters it folded;
+* ``symbolic_dims``: ``dim_param`` on the batch and spatial dims of the input and outputs
+  (inputs of size 16 only, the size random feeds give a symbolic dim).
+
 What was used is recorded as JSON in ``model.doc_string`` (:func:`describe`,
 :func:`blocks_used`, :func:`features_used`), so coverage can be tested and a failing model
 tells its seed.
@@ -68,7 +83,9 @@ from models.builders import _Builder
 __all__ = [
     "ACTIVATIONS",
     "BLOCKS",
+    "DEFAULT_IDIOMS",
     "HEADS",
+    "IDIOMS",
     "MYSTERY_BODIES",
     "MYSTERY_DOMAIN",
     "MYSTERY_OP",
@@ -98,23 +115,36 @@ BLOCKS = (
     "mystery",
 )
 HEADS = ("gap_gemm", "flatten_gemm", "conv", "none")
+# Idioms real exports showed, drawn from a stream of their own (``random_model(idioms=...)``):
+# a model drawn with none of them is the model the generator made before they existed.
+IDIOMS = ("channel_select", "constant_weights", "qdq", "symbolic_dims")
+# qdq is opt-in until exactness allows for requantization: float noise of 1e-7 between the
+# pruned model and its reference can move a value across a rounding boundary of a
+# QuantizeLinear, one quantization step apart (seed 31011078 with qdq: rel diff 7.8e-3).
+DEFAULT_IDIOMS = ("channel_select", "constant_weights", "symbolic_dims", "qdq")
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "hardswish", "clip", "prelu", "tanh", "mish", "gelu")
 
 OPSETS = (17, 17, 17, 17, 17, 18, 20)  # mostly the opset of the brief; 18/20 for native Mish/Gelu
 MAX_WIDTH = 24
 MAX_SPATIAL = 48
+SYMBOLIC_SPATIAL = 16  # symbolic H, W only on inputs this size: what random feeds give a symbolic dim
 FLATTEN_LIMIT = 2048  # Flatten -> Gemm heads pool first when C*H*W is larger than this
 DOC_PREFIX = "models.random_graphs "
 
 
 def random_model(
-    seed: int | np.random.Generator, *, max_blocks: int = 6, kinds: Sequence[str] | None = None
+    seed: int | np.random.Generator,
+    *,
+    max_blocks: int = 6,
+    kinds: Sequence[str] | None = None,
+    idioms: Sequence[str] = DEFAULT_IDIOMS,
 ) -> onnx.ModelProto:
     """A random valid model: 1..``max_blocks`` top-level blocks and maybe a head.
 
     ``seed`` is an int (the same int always gives the same model) or a numpy Generator
     (which is advanced). ``kinds`` restricts the blocks to some of :data:`BLOCKS` (to aim a
-    soak run at them); the same seed then gives another model. The model passes
+    soak run at them); the same seed then gives another model. ``idioms`` (of :data:`IDIOMS`)
+    are the idioms that may be drawn; they change only the models they are drawn in. The model passes
     ``onnx.checker.check_model(full_check=True)`` and runs in onnxruntime.
     """
     if max_blocks < 1:
@@ -124,11 +154,19 @@ def random_model(
     unknown = sorted(set(kinds or ()) - set(BLOCKS))
     if unknown:
         raise ValueError(f"unknown block kinds {unknown}; choose from {', '.join(BLOCKS)}")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    gen = _Generator(rng, tuple(kinds) if kinds else BLOCKS)
+    unknown = sorted(set(idioms) - set(IDIOMS))
+    if unknown:
+        raise ValueError(f"unknown idioms {unknown}; choose from {', '.join(IDIOMS)}")
+    if isinstance(seed, np.random.Generator):
+        rng, idiom_rng = seed, seed.spawn(1)[0]
+    else:
+        rng, idiom_rng = np.random.default_rng(seed), np.random.default_rng([seed, 0x1D10])
+    gen = _Generator(rng, tuple(kinds) if kinds else BLOCKS, idiom_rng=idiom_rng, idioms=tuple(idioms))
     x = gen.b.input
     for i in range(int(rng.integers(1, max_blocks + 1))):
         x = gen.block(x, f"blocks.{i}", depth=0, keep_spatial=False)
+        if gen.idiom("channel_select", 0.12):
+            x = gen.channel_select(x, f"blocks.{i}.select")
     x = gen.head(x)
     model = gen.build(x)
     gen.finish(model)
@@ -136,6 +174,7 @@ def random_model(
         "seed": int(seed) if isinstance(seed, (int, np.integer)) else None,
         "max_blocks": max_blocks,
         "kinds": list(kinds) if kinds else None,
+        "idioms": list(idioms),
         "opset": gen.opset,
         "input_shape": list(gen.b.shapes[gen.b.input]),
         "blocks": gen.blocks,
@@ -205,9 +244,19 @@ class _Generator:
     their input again), ``depth`` limits nesting.
     """
 
-    def __init__(self, rng: np.random.Generator, kinds: tuple[str, ...] = BLOCKS) -> None:
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        kinds: tuple[str, ...] = BLOCKS,
+        *,
+        idiom_rng: np.random.Generator | None = None,
+        idioms: tuple[str, ...] = (),
+    ) -> None:
         self.rng = rng
         self.kinds = kinds
+        self.idiom_rng = idiom_rng if idiom_rng is not None else np.random.default_rng(0)
+        self.idioms = idioms
+        self.quantized = self.idiom("qdq", 0.2)  # a QDQ model: most of its convs are quantized
         self.opset = int(rng.choice(OPSETS))
         c = int(rng.choice([1, 2, 3, 3, 4, 5, 6, 7, 8]))
         hw = int(rng.choice([8, 16, 32]))
@@ -221,13 +270,23 @@ class _Generator:
         self.dynamic = self.chance(0.1)  # a symbolic batch dimension in the declared input and outputs
         if self.dynamic:
             self.features.add("model:dynamic_batch")
+        # Symbolic batch and image size: the constants that hold the batch are written for any
+        # batch (as with ``dynamic``), since calibration feeds several samples at once.
+        self.symbolic = self.idiom("symbolic_dims", 0.15) and hw == SYMBOLIC_SPATIAL
+        self.dynamic = self.dynamic or self.symbolic
         self.mystery_body: str | None = None
+        self.transposed = False  # a Transpose was made: onnxruntime may push it into a later Pad
         self._names: set[str] = set()
         self._weights: list[tuple[str, tuple[int, ...]]] = []  # (name, shape) of plain 1-group conv weights
 
     # ------------------------------------------------------------------ draws
     def chance(self, p: float) -> bool:
         return bool(self.rng.random() < p)
+
+    def idiom(self, name: str, p: float) -> bool:
+        """Whether to use idiom ``name`` here (drawn from the idioms' own stream, so that the
+        rest of the model does not depend on which idioms are allowed)."""
+        return bool(self.idiom_rng.random() < p) and name in self.idioms
 
     def pick(self, options: Sequence):
         return options[int(self.rng.integers(len(options)))]
@@ -310,10 +369,81 @@ class _Generator:
     def conv(self, x: str, cout: int, k: int = 3, stride: int = 1, group: int = 1, *, name: str, **kw) -> str:
         bias = kw.pop("bias", self.chance(0.3))
         name = self.name(name)
+        quantized = self.quantized and bool(self.idiom_rng.random() < 0.7)
+        if quantized:
+            x = self.qdq(x, f"{name}.input")
         y = self.b.conv(x, cout, k, stride, group, bias, name=name, **kw)
-        if group == 1 and kw.get("pad") is None and kw.get("dilation", 1) == 1:
+        if quantized:
+            self.quantize_weight(y, f"{name}.weight")
+        elif group == 1 and kw.get("pad") is None and kw.get("dilation", 1) == 1:
             self._weights.append((f"{name}.weight", (cout, self.c(x), k, k)))
         return y
+
+    def qdq(self, x: str, name: str) -> str:
+        """QuantizeLinear -> DequantizeLinear of an activation (per tensor, uint8 or int8), as
+        static quantization tools put before every quantized op."""
+        self.features.add("idiom:qdq")
+        b, r = self.b, self.idiom_rng
+        scale = b.floats(f"{name}.scale", float(r.uniform(0.02, 0.08)))
+        zero = np.array(128, np.uint8) if r.random() < 0.5 else np.array(0, np.int8)
+        zp = b.param(self.name(f"{name}.zero_point"), zero)
+        q = b.node("QuantizeLinear", [x, scale, zp], self.name(f"{name}.quantize"), [b.shapes[x]])[0]
+        return b.node("DequantizeLinear", [q, scale, zp], self.name(f"{name}.dequantize"), [b.shapes[x]])[0]
+
+    def quantize_weight(self, y: str, weight: str) -> None:
+        """Replace the float weight of the conv that made ``y`` by an int8 initializer and a
+        DequantizeLinear (per output channel, axis 0, or per tensor) placed before the conv."""
+        self.features.add("idiom:qdq_weight")
+        b, r = self.b, self.idiom_rng
+        conv = b.nodes[-1]
+        assert conv.output[0] == y and conv.input[1] == weight
+        init = next(t for t in b.inits if t.name == weight)
+        b.inits.remove(init)
+        w = numpy_helper.to_array(init)
+        per_channel = r.random() < 0.7
+        if per_channel:
+            scale = np.abs(w).reshape(len(w), -1).max(axis=1) / 127
+        else:
+            scale = np.asarray(np.abs(w).max() / 127)
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        wq = np.clip(np.round(w / scale.reshape((-1, 1, 1, 1) if per_channel else ())), -127, 127).astype(np.int8)
+        inputs = [b.param(f"{weight}_quantized", wq), b.param(f"{weight}_scale", scale)]
+        if r.random() < 0.5:
+            inputs.append(b.param(f"{weight}_zero_point", np.zeros(scale.shape, np.int8)))
+        attrs = {"axis": 0} if per_channel else {}
+        dq = b.node("DequantizeLinear", inputs, self.name(f"{weight}.dequantize"), [w.shape], **attrs)[0]
+        b.nodes.insert(len(b.nodes) - 2, b.nodes.pop())  # before the conv that reads it
+        conv.input[1] = dq
+
+    def channel_select(self, x: str, name: str) -> str:
+        """Constant indices on the channel axis, as exports of ``x[:, idx]`` (Gather, sometimes
+        with repeated or negative indices), ``x[:, a:b]``, ``x[:, ::2]`` or ``x.flip(1)`` (Slice)."""
+        b, r = self.b, self.idiom_rng
+        n, c, h, w = b.shapes[x]
+        form = ("gather", "gather", "range", "strided", "reversed")[int(r.integers(5))]
+        self.features.add(f"idiom:select:{form}")
+        name = self.name(name)
+        if form == "gather":
+            k = int(r.integers(1, c + 1))
+            idx = r.choice(c, size=k, replace=bool(r.random() < 0.2))
+            if r.random() < 0.3:
+                idx = idx - c  # the same channels, counted from the end
+            axis = 1 if r.random() < 0.7 else -3
+            return b.node("Gather", [x, b.ints(f"{name}.indices", idx.tolist())], name, [(n, k, h, w)], axis=axis)[0]
+        if form == "range":
+            start = int(r.integers(0, c))
+            end = int(r.integers(start + 1, c + 1))
+            starts, ends, steps = [start], [end], [1]
+        elif form == "strided":
+            start = int(r.integers(0, min(2, c)))
+            starts, ends, steps = [start], [c if r.random() < 0.5 else 2**63 - 1], [2]
+        else:
+            starts, ends, steps = [-1], [-c - 1 if r.random() < 0.5 else -(2**63)], [-1]
+        size = len(range(c)[slice(starts[0], max(min(ends[0], c), -c - 1), steps[0])])
+        inputs = [x, b.ints(f"{name}.starts", starts), b.ints(f"{name}.ends", ends), b.ints(f"{name}.axes", [1])]
+        if form != "range" or r.random() < 0.3:
+            inputs.append(b.ints(f"{name}.steps", steps))
+        return b.node("Slice", inputs, name, [(n, size, h, w)])[0]
 
     def tied_conv(self, x: str, name: str, stride: int) -> str | None:
         """A conv that reuses the weight of an earlier conv reading as many channels (weight
@@ -591,7 +721,10 @@ class _Generator:
         mode = self.pick(["constant", "reflect", "edge"])
         self.features.add(f"pad:{mode}")
         inputs = [x]
-        if self.opset >= 18 and self.chance(0.4):
+        # onnxruntime (1.32) pushes a Transpose through a Pad that has an ``axes`` input
+        # by permuting ``pads`` as if it covered every axis: a Gather out of bounds. A Pad
+        # after a Transpose gets full-rank pads, which onnxruntime permutes correctly.
+        if self.opset >= 18 and self.chance(0.4) and not self.transposed:
             self.features.add("pad:axes")
             inputs += [b.ints(f"{pname}.pads", [top, left, t - top, t - left])]
             inputs += ["", b.ints(f"{pname}.axes", [2, 3])]
@@ -634,6 +767,7 @@ class _Generator:
 
     def _transpose_pair(self, x, name, *, depth, keep_spatial):
         b = self.b
+        self.transposed = True
         n, c, h, w = b.shapes[x]
         if self.chance(0.2):  # swap H and W and back: channels untouched
             self.features.add("transpose:hw")
@@ -735,18 +869,29 @@ class _Generator:
         intermediate shapes, Constant nodes, initializers that are also graph inputs."""
         if self.chance(0.1):
             self.features.add("model:extra_outputs")
-            produced = [o for n in model.graph.node for o in n.output if o != "output"]
+            float_outputs = (n for n in model.graph.node if n.op_type != "QuantizeLinear")  # int8/uint8
+            produced = [o for n in float_outputs for o in n.output if o != "output"]
             for t in self.rng.choice(produced, size=min(len(produced), int(self.rng.integers(1, 3))), replace=False):
                 model.graph.output.append(helper.make_tensor_value_info(str(t), TensorProto.FLOAT, self.b.shapes[t]))
         if self.dynamic:
             for vi in list(model.graph.input) + list(model.graph.output):
                 vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+        if self.symbolic:  # dynamic image size, as exports with dynamic_axes: the outputs get names of their own
+            self.features.add("idiom:symbolic_dims")
+            for vi in list(model.graph.input) + list(model.graph.output):
+                dims = vi.type.tensor_type.shape.dim
+                if len(dims) == 4:
+                    prefix = "" if vi.name == self.b.input else f"{vi.name}_"
+                    dims[2].dim_param, dims[3].dim_param = f"{prefix}height", f"{prefix}width"
         if self.chance(0.3):
             self.features.add("model:value_info")
             _with_value_info(model)
         if self.chance(0.15):
             self.features.add("model:constant_nodes")
             _to_constant_nodes(model, self.rng, float(self.rng.uniform(0.2, 1.0)))
+        if self.idiom("constant_weights", 0.15):
+            self.features.add("idiom:constant_weights")
+            _weights_to_local_constants(model, self.idiom_rng)
         if self.chance(0.1):
             self.features.add("model:initializers_as_inputs")
             _initializers_as_inputs(model)
@@ -788,6 +933,32 @@ def _to_constant_nodes(model: onnx.ModelProto, rng: np.random.Generator, p: floa
     rest = list(g.node)
     del g.node[:]
     g.node.extend(nodes + rest)
+
+
+def _weights_to_local_constants(model: onnx.ModelProto, rng: np.random.Generator) -> None:
+    """Turn some float weights of rank >= 2 into Constant nodes just before their first reader."""
+    g = model.graph
+    first_reader: dict[str, int] = {}
+    for i, node in enumerate(g.node):
+        for t in node.input:
+            first_reader.setdefault(t, i)
+    moved = {
+        t.name: t
+        for t in g.initializer
+        if t.data_type == TensorProto.FLOAT and len(t.dims) >= 2 and t.name in first_reader and rng.random() < 0.7
+    }
+    if not moved:
+        return
+    keep = [t for t in g.initializer if t.name not in moved]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    before: dict[int, list[onnx.NodeProto]] = {}
+    for name, t in moved.items():
+        node = helper.make_node("Constant", [], [name], name=f"{name}/Constant", value=t)
+        before.setdefault(first_reader[name], []).append(node)
+    nodes = [n for i, node in enumerate(g.node) for n in [*before.get(i, []), node]]
+    del g.node[:]
+    g.node.extend(nodes)
 
 
 def _initializers_as_inputs(model: onnx.ModelProto) -> None:

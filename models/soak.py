@@ -1,14 +1,18 @@
 """Soak test: prune many random models and check the whole contract on each.
 
     python -m models.soak N [--seed S] [--verbose] [--save-failures DIR]
-                            [--max-blocks B] [--blocks KIND,...] [--timeout SECONDS]
+                            [--max-blocks B] [--blocks KIND,...] [--idioms IDIOM,...|none]
+                            [--timeout SECONDS]
 
-Model ``i`` is ``random_model(S + i)``. Each is analysed, then pruned by
+Model ``i`` is ``random_model(S + i, idioms=...)`` (``--idioms``: the generator's
+idioms that may be drawn, default :data:`~models.random_graphs.DEFAULT_IDIOMS`; a seed
+reproduces with the same idioms). Each is analysed, then pruned by
 ``graphprune.prune`` at a random ratio in (0.05, 0.95), with a random criterion, a random
 ``round_to`` in {1, 2, 4, 8} and sometimes a global threshold (the pruning settings are
 drawn from the seed too, so a failure is reproduced by its seed alone). The invariant
 (:func:`check_example`):
 
+* the model is valid and runs in onnxruntime (else the generator is at fault);
 * nothing raises (analysis, pruning, validation);
 * the report's checker, onnxruntime and exactness checks passed (exactness checked);
 * the pruned model passes ``onnx.checker.check_model(full_check=True)`` on its own, keeps
@@ -48,9 +52,11 @@ import numpy as np
 import onnx
 
 import graphprune
+from graphprune.cost import random_feeds
 from graphprune.criteria import CRITERIA
 from graphprune.criteria.data import DATA_CRITERIA
-from models.random_graphs import BLOCKS, MYSTERY_DOMAIN, MYSTERY_OP, random_model
+from graphprune.validation import run
+from models.random_graphs import BLOCKS, DEFAULT_IDIOMS, IDIOMS, MYSTERY_DOMAIN, MYSTERY_OP, random_model
 
 MYSTERY_REASON = f"no rule for {MYSTERY_DOMAIN}.{MYSTERY_OP}"
 ROUND_TO = (1, 2, 4, 8)
@@ -116,8 +122,6 @@ def draw_settings(seed: int) -> Settings:
 
 def calibration_file(model: onnx.ModelProto, path: Path, samples: int = 4) -> Path:
     """Seeded random samples for ``model``'s inputs, saved as an ``.npz`` (keys = input names)."""
-    from graphprune.cost import random_feeds
-
     feeds = [random_feeds(model, seed=k) for k in range(samples)]
     np.savez(path, **{name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]})
     return path
@@ -161,6 +165,10 @@ def _check(model: onnx.ModelProto, settings: Settings, out: Outcome) -> None:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
         raise _Violation(f"generator made an invalid model: {_one_line(exc)}") from None
+    try:  # the original must run, or a runtime failure of the pruned model proves nothing
+        run(model, random_feeds(model))
+    except Exception as exc:
+        raise _Violation(f"generator made a model onnxruntime cannot run: {_one_line(exc)}") from None
     before = model.SerializeToString()
     mystery = mystery_tensors(model)
 
@@ -278,7 +286,12 @@ def _alarm(signum, frame):
 
 
 def run_one(
-    seed: int, *, max_blocks: int = 6, kinds: list[str] | None = None, timeout: float = 0
+    seed: int,
+    *,
+    max_blocks: int = 6,
+    kinds: list[str] | None = None,
+    idioms: tuple[str, ...] = DEFAULT_IDIOMS,
+    timeout: float = 0,
 ) -> tuple[onnx.ModelProto | None, Settings, Outcome]:
     """Generate, prune and check example ``seed`` (``timeout`` seconds at most, 0: no limit)."""
     settings = draw_settings(seed)
@@ -289,7 +302,7 @@ def run_one(
         signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         try:
-            model = random_model(seed, max_blocks=max_blocks, kinds=kinds)
+            model = random_model(seed, max_blocks=max_blocks, kinds=kinds, idioms=idioms)
         except Exception as exc:
             return None, settings, Outcome(failure=f"generator raised {type(exc).__name__}: {_one_line(exc)}")
         return model, settings, check_example(model, settings)
@@ -309,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-failures", metavar="DIR", help="write failing models (and why) into DIR")
     ap.add_argument("--max-blocks", type=int, default=6, help="top-level blocks per model at most")
     ap.add_argument("--blocks", help="comma-separated block kinds to draw from (default: all)")
+    ap.add_argument(
+        "--idioms",
+        default=",".join(DEFAULT_IDIOMS),
+        help=f"comma-separated generator idioms to draw, or 'none' (default: {','.join(DEFAULT_IDIOMS)};"
+        f" all: {','.join(IDIOMS)})",
+    )
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per example (0: none)")
     args = ap.parse_args(argv)
     if args.n < 0:
@@ -317,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     if kinds and set(kinds) - set(BLOCKS):
         ap.error(f"unknown block kinds; choose from {', '.join(BLOCKS)}")
 
+    idioms = () if args.idioms.strip() == "none" else tuple(i.strip() for i in args.idioms.split(",") if i.strip())
+    if set(idioms) - set(IDIOMS):
+        ap.error(f"unknown idioms; choose from {', '.join(IDIOMS)} (or none)")
     save_dir = Path(args.save_failures) if args.save_failures else None
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
@@ -327,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[tuple[int, str]] = []
     for k in range(args.n):
         seed = args.seed + k
-        model, settings, outcome = run_one(seed, max_blocks=args.max_blocks, kinds=kinds, timeout=args.timeout)
+        model, settings, outcome = run_one(
+            seed, max_blocks=args.max_blocks, kinds=kinds, idioms=idioms, timeout=args.timeout
+        )
         pruned += outcome.pruned
         blocked += outcome.blocked
         if args.verbose:

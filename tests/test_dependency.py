@@ -219,3 +219,38 @@ def test_a_weight_coupled_to_a_tensor_of_unknown_shape_is_not_pruned_alone():
     deps = graphprune.analyze(model)
     assert deps.prunable_groups() == []
     assert any("unknown shape" in r for r in deps.group_of("w2", 1).reasons)
+
+
+def _group_layout(deps):
+    return sorted(
+        (g.size, tuple(sorted((m.tensor, m.axis, m.indices.tolist().__repr__()) for m in g.members)))
+        for g in deps.groups
+    )
+
+
+@pytest.mark.parametrize("salt", [0, 1])
+@pytest.mark.parametrize("build", [builders.residual_net, builders.dense_block, builders.split_chunk])
+def test_groups_stay_exact_when_every_class_signature_collides(monkeypatch, build, salt):
+    # A constant salt makes every class's signature a function of its counts alone (0: all
+    # equal), so classes on different dims share a hash bucket; the exact check must split them.
+    from graphprune import dependency
+
+    model = build()
+    expected = _group_layout(graphprune.analyze(model))
+    monkeypatch.setattr(dependency, "_signature_salt", lambda nd: np.full(nd, salt, dtype=np.uint64))
+    assert _group_layout(graphprune.analyze(model)) == expected
+
+
+def test_class_groups_split_a_bucket_by_the_exact_pairs(monkeypatch):
+    from graphprune import dependency
+
+    monkeypatch.setattr(dependency, "_signature_salt", lambda nd: np.zeros(nd, dtype=np.uint64))
+    # (label, dim, count) pairs sorted by (label, dim): classes 0 and 5 are equal; 2 differs
+    # from them by a dim, 3 by a count and 7 by having one pair more.
+    pairs = [(0, 0, 1), (0, 1, 1), (2, 0, 1), (2, 2, 1), (3, 0, 1), (3, 1, 2), (5, 0, 1), (5, 1, 1)]
+    pairs += [(7, 0, 1), (7, 1, 1), (7, 2, 1)]
+    label, dim, count = (np.array(col, dtype=np.int64) for col in zip(*pairs))
+    roots, group = dependency._class_groups(label, dim, count, nd=3)
+    assert roots.tolist() == [0, 2, 3, 5, 7]
+    assert group[0] == group[3]
+    assert len({int(group[i]) for i in (0, 1, 2, 4)}) == 4

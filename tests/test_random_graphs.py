@@ -16,16 +16,20 @@ import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
 
 import graphprune
 from graphprune.cost import random_feeds
 from graphprune.criteria import CRITERIA
 from graphprune.rules import rule_for
+from graphprune.validation import run
 from models import soak
 from models.random_graphs import (
     ACTIVATIONS,
     BLOCKS,
+    DEFAULT_IDIOMS,
     HEADS,
+    IDIOMS,
     MYSTERY_BODIES,
     MYSTERY_DOMAIN,
     MYSTERY_OP,
@@ -105,7 +109,13 @@ def test_generated_models_are_valid_and_run():
             assert np.isfinite(out).all(), seed
         info = describe(model)
         assert info["seed"] == seed and info["blocks"] == blocks_used(model)
-        shape = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
+        shape = info["input_shape"]  # as built; the declared batch and image size may be symbolic
+        declared = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+        assert [d if isinstance(d, int) else None for d in declared] in (
+            shape,
+            [None, *shape[1:]],
+            [None, shape[1], None, None],
+        ), (seed, declared)
         assert shape[0] == 1 and 1 <= shape[1] <= 8 and shape[2] == shape[3] in (8, 16, 32)
 
 
@@ -158,6 +168,8 @@ FEATURES = sorted(
     | {"opset:17", "opset:18", "opset:20", "head:matmul", "head:reshape", "gemm:variant"}
     | {"model:value_info", "model:constant_nodes", "model:initializers_as_inputs"}
     | {"model:shared_constants", "model:dynamic_batch", "model:extra_outputs"}
+    | {f"idiom:select:{form}" for form in ("gather", "range", "strided", "reversed")}
+    | {"idiom:symbolic_dims", "idiom:constant_weights"}
 )
 
 
@@ -251,3 +263,75 @@ def test_soak_settings_are_drawn_from_the_seed():
 )
 def test_expected_to_prune(size, ratio, round_to, expected):
     assert soak.expected_to_prune(size, ratio, round_to) is expected
+
+
+def test_pad_with_axes_never_follows_a_transpose():
+    """onnxruntime (1.32) pushes a Transpose through a Pad with an ``axes`` input by permuting
+    ``pads`` as if it were full rank (seed 987713: Gather out of bounds in the original model):
+    the generator gives such a Pad full-rank pads instead."""
+    both = 0
+    for seed in range(400):
+        model = random_model(seed, max_blocks=4, kinds=["transpose_pair", "pad"])
+        ops = [(n.op_type, len(n.input)) for n in model.graph.node]
+        if ("Pad", 4) not in ops:
+            continue
+        first_pad_with_axes = ops.index(("Pad", 4))
+        last_pad_with_axes = len(ops) - 1 - ops[::-1].index(("Pad", 4))
+        assert "Transpose" not in [op for op, _ in ops[:last_pad_with_axes]], seed
+        both += "Transpose" in [op for op, _ in ops[first_pad_with_axes:]]
+    assert both > 0  # Pads with axes are still drawn, before Transposes
+    model = random_model(987713)
+    run(model, random_feeds(model))  # the original runs: onnxruntime does not reach the Pad bug
+
+
+def test_a_model_onnxruntime_cannot_run_is_reported_as_the_generators_fault():
+    # Valid for the checker (it does not read index values), out of bounds for onnxruntime.
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])
+    w = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")
+    idx = numpy_helper.from_array(np.array([5], np.int64), "idx")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Gather", ["c", "idx"], ["y"], name="gather", axis=1),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], [w, idx]), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    onnx.checker.check_model(model, full_check=True)
+    outcome = check_example(model, Settings(0.5, "l2", 1, False, 0))
+    assert outcome.failure.startswith("generator made a model onnxruntime cannot run: "), outcome.failure
+
+
+def test_idioms_change_only_the_models_they_are_drawn_in():
+    plain = 0
+    for seed in range(60):
+        model = random_model(seed, idioms=IDIOMS)
+        if any(f.startswith("idiom:") for f in features_used(model)):
+            continue
+        plain += 1
+        bare = random_model(seed, idioms=())
+        model.doc_string = bare.doc_string = ""
+        assert model.SerializeToString() == bare.SerializeToString(), seed
+    assert 0 < plain < 60
+    assert set(DEFAULT_IDIOMS) <= set(IDIOMS)
+    with pytest.raises(ValueError, match="unknown idioms"):
+        random_model(0, idioms=["nope"])
+
+
+def test_qdq_models_prune_their_int8_weights_exactly():
+    """The qdq idiom (opt-in): activations through QuantizeLinear -> DequantizeLinear, int8
+    weights through DequantizeLinear; the int8 weights and their per-channel scales are pruned."""
+    seed = next(s for s in range(100) if "idiom:qdq_weight" in features_used(random_model(s, idioms=["qdq"])))
+    model = random_model(seed, idioms=["qdq"])
+    onnx.checker.check_model(model, full_check=True)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    int8 = {t.name for t in model.graph.initializer if t.data_type == TensorProto.INT8 and len(t.dims) == 4}
+    deps = graphprune.analyze(model)
+    assert any(m.tensor in int8 for g in deps.prunable_groups() for m in g.members)
+    outcome = check_example(model, Settings(0.5, "l2", 1, False, 0))
+    assert outcome.failure is None and outcome.pruned_groups > 0, (seed, outcome.failure)
+    pruned = graphprune.prune(model, ratio=0.5, latency=False).model
+    before = {t.name: t.dims[0] for t in model.graph.initializer if t.name in int8}
+    after = {t.name: t.dims[0] for t in pruned.graph.initializer if t.name in int8}
+    assert any(after[name] < before[name] for name in before), (before, after)
