@@ -56,7 +56,7 @@ from graphprune.cost import random_feeds
 from graphprune.criteria import CRITERIA
 from graphprune.criteria.data import DATA_CRITERIA
 from graphprune.validation import run
-from models.random_graphs import BLOCKS, DEFAULT_IDIOMS, IDIOMS, MYSTERY_DOMAIN, MYSTERY_OP, random_model
+from models.random_graphs import BLOCKS, DEFAULT_IDIOMS, IDIOMS, MYSTERY_DOMAIN, MYSTERY_OP, describe, random_model
 
 MYSTERY_REASON = f"no rule for {MYSTERY_DOMAIN}.{MYSTERY_OP}"
 ROUND_TO = (1, 2, 4, 8)
@@ -120,9 +120,22 @@ def draw_settings(seed: int) -> Settings:
     )
 
 
+def built_shapes(model: onnx.ModelProto) -> dict[str, tuple] | None:
+    """The input's shape as the generator built it (recorded in the model's doc string), when
+    the model declares it with symbolic dims: what a user of such a model gives as
+    ``--input-shape``, since a size that suits one head (a Flatten before a Gemm) is the
+    model's own, not one the default sizes can guess."""
+    shape = describe(model).get("input_shape")
+    (x,) = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    dims = x.type.tensor_type.shape.dim
+    if shape is None or all(d.HasField("dim_value") for d in dims):
+        return None
+    return {x.name: tuple(shape)}
+
+
 def calibration_file(model: onnx.ModelProto, path: Path, samples: int = 4) -> Path:
     """Seeded random samples for ``model``'s inputs, saved as an ``.npz`` (keys = input names)."""
-    feeds = [random_feeds(model, seed=k) for k in range(samples)]
+    feeds = [random_feeds(model, seed=k, shapes=built_shapes(model)) for k in range(samples)]
     np.savez(path, **{name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]})
     return path
 
@@ -166,7 +179,7 @@ def _check(model: onnx.ModelProto, settings: Settings, out: Outcome) -> None:
     except Exception as exc:
         raise _Violation(f"generator made an invalid model: {_one_line(exc)}") from None
     try:  # the original must run, or a runtime failure of the pruned model proves nothing
-        run(model, random_feeds(model))
+        run(model, random_feeds(model, shapes=built_shapes(model)))
     except Exception as exc:
         raise _Violation(f"generator made a model onnxruntime cannot run: {_one_line(exc)}") from None
     before = model.SerializeToString()
@@ -186,7 +199,7 @@ def _check(model: onnx.ModelProto, settings: Settings, out: Outcome) -> None:
         kwargs = settings.kwargs()
         if settings.criterion in DATA_CRITERIA:  # data criteria calibrate on a few random samples
             kwargs["calib"] = calibration_file(model, Path(tmp) / "calib.npz")
-        result = graphprune.prune(model, latency=False, **kwargs)
+        result = graphprune.prune(model, latency=False, input_shapes=built_shapes(model), **kwargs)
     report, pruned = result.report, result.model
     out.pruned_groups = report.groups_pruned
     out.max_rel_diff = report.exact.max_rel_diff
@@ -244,7 +257,7 @@ def _check(model: onnx.ModelProto, settings: Settings, out: Outcome) -> None:
             f" new: {fresh[0][0]}: {fresh[0][1]}"
         )
     if report.groups_pruned:  # the plan stored in the metadata validates the model later, too
-        later = graphprune.validate(model, pruned, latency=False)
+        later = graphprune.validate(model, pruned, latency=False, input_shapes=built_shapes(model))
         if not (later.exact.checked and later.exact.passed and later.passed):
             raise _Violation(f"validate() with the stored plan fails: exact {later.exact}, checker {later.checker}")
     if not settings.global_threshold and report.groups_pruned == 0:
