@@ -96,7 +96,7 @@ class ChannelPruning(TransformMixin):
     def choose(self, deps: DependencyGraph, stats: Statistics) -> tuple[Plan, dict]:
         """The channels to remove per group, by reconstruction error of the consumers."""
         skip = protected(deps, self.ignore)
-        round_to, step = round_to_of(self.round_to)
+        round_to, step = round_to_of(self.round_to, deps)
         units = self.units or DEFAULT_UNITS
         ctx = ScoreContext(seed=self.seed, stats=stats)
         centered = self.compensate != "none"

@@ -156,7 +156,7 @@ class FilterPruning(TransformMixin):
         if self.target is not None:
             result, notes = self._to_target(deps, scores, goal)
             return result.plan, {"criterion_fallbacks": dict(ctx.fallbacks), **notes}
-        round_to, step = round_to_of(self.round_to)
+        round_to, step = round_to_of(self.round_to, deps)
         plan = allocate(
             deps,
             scores,

@@ -34,15 +34,20 @@ HISTORY_METADATA_KEY = "graphprune.history"
 _EARLIER_KEYS = frozenset({"graphprune.pipeline", "graphprune.layer_plan"})  # what a history takes in
 
 
-def round_to_of(round_to: int | None) -> tuple[int | dict[str, int], dict | None]:
+def round_to_of(round_to: int | None, deps=None) -> tuple[int | dict[str, int], dict | None]:
     """A pass's ``round_to`` for allocation, and the report's ``channel_step`` note: None (the
     default) keeps convolution channels on this machine's channel step (a count between two of
     onnxruntime's NCHWc blocks runs as the next whole block, and off its fast kernels: the digits
     CNN at ratio 0.3 timed 1.2-1.6x slower than unpruned at batch 32) and leaves mlp neurons and
     heads free; an int applies to every group (``1``: the ratio as asked). A FLOPs or parameter
-    target reads None as 1 (its precision is the contract); a latency one as the step."""
+    target reads None as 1 (its precision is the contract); a latency one as the step. Given
+    ``deps``, a model without prunable convolution channels reads None as 1."""
     if round_to is not None:
         return round_to, None
+    if deps is not None and not any(g.unit == "channels" for g in deps.prunable_groups()):
+        # no convolution channels to keep on the step: no need to ask onnxruntime for it (the
+        # probe imports onnxruntime, ~20 MB that a --no-validate prune of an LLM stack never needs)
+        return 1, None
     from ..hardware import channel_step
 
     step = channel_step()
