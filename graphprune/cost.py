@@ -158,7 +158,9 @@ class Cost:
 def count_params(model: onnx.ModelProto) -> int:
     """Number of elements of the float constant tensors of ``model``'s main graph and of the
     bodies of its If/Loop/Scan nodes (weights exporters put in branches are parameters too),
-    and of the integer weights that a ``DequantizeLinear`` reads (quantized models).
+    and of the integer weights of quantized models: those a ``DequantizeLinear`` reads (QDQ),
+    the weight inputs of ``QLinearConv``/``QGemm``/``MatMulInteger``... (QOperator), and the
+    ``K x N`` weights a ``MatMulNBits`` packs into 4-bit codes.
 
     Reads ``dims`` only, so it works on models loaded without their (external) data.
     """
@@ -179,6 +181,17 @@ def body_params(g: onnx.GraphProto) -> list[tuple[int, int]]:
     return out
 
 
+# Where quantized operators read their integer weights (input positions).
+_QUANT_WEIGHT_INPUTS = {
+    "QLinearConv": (3,),
+    "QLinearMatMul": (3,),
+    "QGemm": (3,),
+    "ConvInteger": (1,),
+    "MatMulInteger": (1,),
+    "DynamicQuantizeMatMul": (1,),
+}
+
+
 def graph_params(g: onnx.GraphProto) -> int:
     """The parameters of one graph (see :func:`count_params`), not of its nodes' bodies."""
     total = 0
@@ -186,7 +199,17 @@ def graph_params(g: onnx.GraphProto) -> int:
     # Quantized weights (QDQ models) are integer tensors read by DequantizeLinear: they are
     # parameters too, one per element.
     dequantized = {n.input[0] for n in g.node if n.op_type == "DequantizeLinear" and n.input}
+    # ... and the integer weight inputs of onnxruntime's quantized operators (QOperator format)
+    dequantized |= {
+        n.input[pos] for n in g.node for pos in _QUANT_WEIGHT_INPUTS.get(n.op_type, ()) if pos < len(n.input)
+    }
+    packed = {n.input[1]: n for n in g.node if n.op_type == "MatMulNBits" and len(n.input) > 1}
     for t in g.initializer:
+        if t.name in packed and t.name not in seen:  # 4-bit codes, packed: K x N weights
+            seen.add(t.name)
+            attrs = {a.name: a.i for a in packed[t.name].attribute}
+            total += attrs.get("K", 0) * attrs.get("N", 0)
+            continue
         if t.name in seen:
             continue
         seen.add(t.name)

@@ -281,3 +281,33 @@ def test_latency_ms_model_and_path(tmp_path):
 def test_latency_rejects_zero_repeats():
     with pytest.raises(ValueError):
         latency_ms(_conv_model(3, 8, 3, 8), repeats=0)
+
+
+def test_integer_weights_of_quantized_operators_are_parameters():
+    """A QOperator model's int8 weights count as parameters, one per element, as a QDQ model's do."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from graphprune.cost import count_params
+
+    inits = [
+        numpy_helper.from_array(np.ones((4, 3, 3, 3), np.int8), "w"),
+        numpy_helper.from_array(np.array(0.1, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, np.uint8), "x_zp"),
+        numpy_helper.from_array(np.array(0.1, np.float32), "w_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "w_zp"),
+        numpy_helper.from_array(np.array(0.1, np.float32), "y_scale"),
+        numpy_helper.from_array(np.array(0, np.uint8), "y_zp"),
+    ]
+    node = helper.make_node(
+        "QLinearConv", ["x", "x_scale", "x_zp", "w", "w_scale", "w_zp", "y_scale", "y_zp"], ["y"], pads=[1, 1, 1, 1]
+    )
+    graph = helper.make_graph(
+        [node],
+        "qconv",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 4, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert count_params(model) == 4 * 3 * 3 * 3 + 3  # the weights, and the three float scales
