@@ -14,6 +14,8 @@ Rules:
 5. Arrays are cast to the input's declared element type (a float64 ``.npz`` feeds a float32
    model); a declared static non-batch dim that disagrees with the data is an error naming
    the file, the key and both shapes.
+6. An input declared as a scalar (rank 0: a sample rate, a step count) is fed its 0-d array
+   unchanged with every batch; 0-d arrays have no samples and do not count.
 """
 
 from __future__ import annotations
@@ -123,7 +125,8 @@ class Dataset:
                 stop = start + step
                 if stop > n and fixed:
                     break  # a fixed batch cannot take a partial one
-                yield {k: a[start : min(stop, n)] for k, a in arrays.items()}  # never past the limit
+                # never past the limit; a scalar input (rule 6) is the same for every batch
+                yield {k: a if a.ndim == 0 else a[start : min(stop, n)] for k, a in arrays.items()}
             left -= n
             del arrays
 
@@ -162,6 +165,9 @@ def open_dataset(path: str | os.PathLike, input_map: dict[str, str] | None = Non
             raise
         except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError...
             raise InputError(f"{f}: cannot read as .npz ({type(exc).__name__}: {exc})") from None
+        counts = {k: n for k, n in counts.items() if n is not None}  # scalars: no samples (rule 6)
+        if not counts:
+            raise InputError(f"{f}: every array is a scalar; samples must be on axis 0")
         sizes = set(counts.values())
         if len(sizes) > 1:
             detail = ", ".join(f"{k}: {n}" for k, n in counts.items())
@@ -171,18 +177,19 @@ def open_dataset(path: str | os.PathLike, input_map: dict[str, str] | None = Non
     return ds
 
 
-def _leading(file: Path, npz, key: str) -> int:
-    """Samples in array ``key``, read from its header only (the data stays on disk)."""
+def _leading(file: Path, npz, key: str) -> int | None:
+    """Samples in array ``key``, read from its header only (the data stays on disk); None for
+    a scalar (rule 6)."""
     with npz.zip.open(key + ".npy") as fh:
         version = np.lib.format.read_magic(fh)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, _ = read(fh)
-    if len(shape) == 0:
-        raise InputError(f"{file}: array {key!r} is a scalar; samples must be on axis 0")
-    return int(shape[0])
+    return int(shape[0]) if len(shape) else None
 
 
 def _checked(arr: np.ndarray, spec: InputSpec, file: Path) -> np.ndarray:
+    if arr.ndim == 0 and spec.shape:
+        raise InputError(f"{file}: array {spec.name!r} is a scalar; samples must be on axis 0")
     if arr.ndim != len(spec.shape):
         raise InputError(
             f"{file}: array {spec.name!r} has shape {list(arr.shape)}, the model's input has rank {len(spec.shape)}"

@@ -90,3 +90,55 @@ def test_stream_activations_exposes_intermediates_and_leaves_the_model_alone(tmp
     np.testing.assert_array_equal(np.concatenate([o["h"] for o in out]), -data)
     np.testing.assert_array_equal(np.concatenate([o["y"] for o in out]), np.maximum(-data, 0))
     np.testing.assert_array_equal(np.concatenate([o["labels"] for o in out]), np.arange(10))
+
+
+def test_a_scalar_input_takes_its_0d_array_with_every_batch(tmp_path):
+    """A sample rate or step count declared as a scalar input is fed as is (it has no samples),
+    and pruning with such data validates on it."""
+    from onnx import numpy_helper
+
+    import graphprune
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "rate"], ["xs"]),
+            helper.make_node("MatMul", ["xs", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "scaled",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
+            helper.make_tensor_value_info("rate", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        [
+            numpy_helper.from_array(rng.standard_normal((4, 16)).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.standard_normal((16, 3)).astype(np.float32), "w2"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    path = tmp_path / "data.npz"
+    np.savez(path, x=rng.standard_normal((10, 4)).astype(np.float32), rate=np.array(16000.0, np.float32))
+    ds = open_dataset(path)
+    assert ds.n_samples == 10
+    batches = list(ds.batches(input_specs(model), batch_size=4))
+    assert [b["x"].shape[0] for b in batches] == [4, 4, 2]
+    assert all(b["rate"].shape == () and b["rate"] == 16000.0 for b in batches)
+    result = graphprune.prune(model, ratio=0.5, calib=path, compensate="lstsq", latency=False)
+    assert result.report.passed and result.report.fidelity.samples == 10
+
+
+def test_a_scalar_array_for_an_input_with_samples_is_an_error(tmp_path):
+    from graphprune.data import InputSpec
+
+    path = tmp_path / "data.npz"
+    np.savez(path, x=np.array(1.0, np.float32), y=np.zeros((3, 2), np.float32))
+    spec = InputSpec("x", (None, 2), np.dtype(np.float32))
+    with pytest.raises(InputError, match="'x' is a scalar; samples must be on axis 0"):
+        list(open_dataset(path).batches([spec]))
+    np.savez(path, x=np.array(1.0, np.float32))
+    with pytest.raises(InputError, match="every array is a scalar"):
+        open_dataset(path)
