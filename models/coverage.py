@@ -1,7 +1,7 @@
 """The zoo coverage table: every architecture, both exporters, pruned at ratio 0.5.
 
-``python -m models.coverage`` prints the table; ``--update-readme`` writes it into
-README.md between the coverage markers. The README's table comes only from here.
+``python -m models.coverage`` prints the table; ``--update-docs`` writes it into
+docs/zoo.md between the coverage markers. The docs' table comes only from here.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ CNNS = (
 )  # fmt: skip
 
 START, END = "<!-- coverage:start -->", "<!-- coverage:end -->"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "zoo.md"
 
 
 @dataclass
@@ -92,20 +93,20 @@ def _unknown(r: Row) -> str:
     return f" ({r.unknown_nodes} nodes without inferred shapes, not counted)" if r.unknown_nodes else ""
 
 
-def update_readme(text: str, readme: Path) -> None:
-    content = readme.read_text()
+def update_doc(text: str, doc: Path) -> None:
+    content = doc.read_text()
     if START not in content or END not in content:
-        raise SystemExit(f"{readme}: coverage markers not found")
+        raise SystemExit(f"{doc}: coverage markers not found")
     before, rest = content.split(START, 1)
     _, after = rest.split(END, 1)
-    readme.write_text(before + START + "\n" + text + END + after)
+    doc.write_text(before + START + "\n" + text + END + after)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=None, help="default: every zoo model")
     ap.add_argument("--exporters", nargs="*", default=["torchscript", "dynamo"])
-    ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--update-docs", "--update-readme", dest="update_docs", action="store_true", help=f"rewrite {DOC}")
     args = ap.parse_args(argv)
     names = args.models or zoo.names()
     rows = []
@@ -133,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
     )
-    if args.update_readme:
-        update_readme(markdown(rows), Path(__file__).resolve().parent.parent / "README.md")
+    if args.update_docs:
+        update_doc(markdown(rows), DOC)
     return 0
 
 
