@@ -114,10 +114,35 @@ def test_large_model_default_view_has_readable_text(open_page, tmp_path):
     assert o.errors == []
 
 
+def test_a_box_expands_in_place_and_a_click_on_its_frame_folds_it(open_page, tmp_path):
+    o = open_page("swin_t")
+    ops = o.js("document.querySelectorAll('#vp .n.op').length")
+    boxes = o.js("document.querySelectorAll('#vp .n.blk').length")
+    ref = o.js("graphprune.current().items[+document.querySelector('#vp .n.blk').dataset.i].ref")
+    o.page.click("#vp .n.blk")
+    assert o.state()["view"] == 0  # same view, no breadcrumb step
+    assert o.js(f"document.querySelectorAll('#vp .xf[data-f=\"{ref}\"]').length") == 1
+    inner = o.js(f"graphprune.views[{ref}].items.filter(it => it.kind !== 2 && it.kind !== 3).length")
+    now = o.js("document.querySelectorAll('#vp .n.op').length + document.querySelectorAll('#vp .n.blk').length")
+    assert now == ops + boxes - 1 + inner  # the box's contents drawn in its place
+    # nothing overlaps: boxes of one layer keep apart
+    assert o.js(
+        "(() => { const c = graphprune.current(), by = {}; c.items.forEach(it => (by[it.layer] = by[it.layer] || []).push(it));"
+        " return Object.values(by).every(r => r.sort((a, b) => a.x - b.x).every((it, i) => !i ||"
+        " r[i - 1].x + r[i - 1].w / 2 <= it.x - it.w / 2 + 0.5)); })()"
+    )
+    o.page.click("[data-zoom=fit]")
+    o.page.screenshot(path=str(tmp_path / "swin_t_in_place.png"))
+    o.page.click(f"#vp .xf[data-f=\"{ref}\"] text", position={"x": 4, "y": 6})  # its "− label" heading
+    assert o.js("document.querySelectorAll('#vp .xf').length") == 0
+    assert o.js("document.querySelectorAll('#vp .n.op').length") == ops
+    assert o.errors == []
+
+
 def test_a_box_opens_its_view_and_up_comes_back(open_page, tmp_path):
     o = open_page("swin_t")
     assert o.state()["view"] == 0
-    o.page.click("#vp .n.blk")
+    o.page.click("#vp .n.blk", modifiers=["Shift"])
     inner = o.state()["view"]
     assert inner != 0
     assert o.js("document.querySelectorAll('#crumbs a').length") >= 1  # the way back
