@@ -986,7 +986,8 @@ def render(deps: DependencyGraph, title: str) -> str:
     )
     hint = (
         '<div class="note" id="hint">Top to bottom. Wheel or +/− zooms, drag or arrows pan. Hover for names and'
-        " shapes; click a node to pin its group, a box to expand it in place (click its frame to fold it; shift-click opens it alone).</div>"
+        " shapes; click a node to pin its group, a box to expand it in place (click its frame to fold it;"
+        " shift-click opens it alone).</div>"
     )
     if not g.order:
         hint = '<div class="note" id="hint">The graph has no nodes to draw (only constants).</div>'

@@ -127,13 +127,14 @@ def test_a_box_expands_in_place_and_a_click_on_its_frame_folds_it(open_page, tmp
     assert now == ops + boxes - 1 + inner  # the box's contents drawn in its place
     # nothing overlaps: boxes of one layer keep apart
     assert o.js(
-        "(() => { const c = graphprune.current(), by = {}; c.items.forEach(it => (by[it.layer] = by[it.layer] || []).push(it));"
+        "(() => { const c = graphprune.current(), by = {};"
+        " c.items.forEach(it => (by[it.layer] = by[it.layer] || []).push(it));"
         " return Object.values(by).every(r => r.sort((a, b) => a.x - b.x).every((it, i) => !i ||"
         " r[i - 1].x + r[i - 1].w / 2 <= it.x - it.w / 2 + 0.5)); })()"
     )
     o.page.click("[data-zoom=fit]")
     o.page.screenshot(path=str(tmp_path / "swin_t_in_place.png"))
-    o.page.click(f"#vp .xf[data-f=\"{ref}\"] text", position={"x": 4, "y": 6})  # its "− label" heading
+    o.page.click(f'#vp .xf[data-f="{ref}"] text', position={"x": 4, "y": 6})  # its "− label" heading
     assert o.js("document.querySelectorAll('#vp .xf').length") == 0
     assert o.js("document.querySelectorAll('#vp .n.op').length") == ops
     assert o.errors == []
