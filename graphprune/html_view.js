@@ -552,7 +552,11 @@
 
   go(views[0]);
   window.graphprune = {views: views, go: function (id) { go(views[id]); }, expand: function (id, on) { expand(id, on !== false); },
-                       current: function () { return cur; }, jump: jump, pin: function (g) { pin(g); revealGroup(g); },
+                       current: function () { return cur; }, frame: function (ref) {  // its frame's top, centred across
+                         var f = (cur.frames || []).filter(function (f) { return f.ref === ref; })[0];
+                         if (!f) return;
+                         s = Math.max(s, 1); tx = box.clientWidth / 2 - (f.x0 + f.x1) / 2 * s; ty = 30 - (top(f.l0) - LH) * s; apply();
+                       }, jump: jump, pin: function (g) { pin(g); revealGroup(g); },
                        groupView: showGroupView, state: function () { return {view: cur.id, s: s, tx: tx, ty: ty, pinned: pinned}; }};
   document.documentElement.setAttribute("data-ready", "1");
 })();
