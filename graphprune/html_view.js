@@ -248,6 +248,9 @@
     els.forEach(function (el) {
       groupsOf(view, items[+el.getAttribute("data-i")]).forEach(function (g) { (byGroup[g] = byGroup[g] || []).push(el); });
     });
+    vp.querySelectorAll(".xf").forEach(function (el) {  // a frame lights with any group inside it
+      Object.keys(viewGroups(+el.getAttribute("data-f"))).forEach(function (g) { (byGroup[g] = byGroup[g] || []).push(el); });
+    });
     vp.querySelectorAll(".e").forEach(function (el) {
       tensors[view.routes[+el.getAttribute("data-e")][0]][3].forEach(function (g) { (byGroup[g] = byGroup[g] || []).push(el); });
     });

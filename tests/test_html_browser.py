@@ -143,6 +143,22 @@ def test_a_box_expands_in_place_and_a_click_on_its_frame_folds_it(open_page, tmp
         " return Object.values(by).every(r => r.sort((a, b) => a.x - b.x).every((it, i) => !i ||"
         " r[i - 1].x + r[i - 1].w / 2 <= it.x - it.w / 2 + 0.5)); })()"
     )
+    inside = ref
+    for _ in range(3):  # a box inside, expanded too, down to nodes
+        j = o.js(
+            f"graphprune.current().items.findIndex(it => it.kind === 1 && graphprune.views[it.ref].p === {inside})"
+        )
+        if j < 0:
+            break
+        inside = o.js(f"graphprune.current().items[{j}].ref")
+        o.page.click(f'#vp .n.blk[data-i="{j}"]')
+    assert o.js("document.querySelectorAll('#vp .xf').length") >= 2 or inside == ref
+    k = o.js(  # a node inside the box, not one of the model view's own
+        "(() => { const own = new Set(graphprune.views[0].items.filter(it => it.kind === 0).map(it => it.ref));"
+        " return graphprune.current().items.filter(it => it.kind === 0 && !own.has(it.ref)).pop().ref; })()"
+    )
+    o.js(f"graphprune.jump({k})")
+    assert o.state()["view"] == 0  # found here, not in the box's own view
     o.page.click("[data-zoom=fit]")
     o.page.screenshot(path=str(tmp_path / "swin_t_in_place.png"))
     o.page.click(f'#vp .xf[data-f="{ref}"] text', position={"x": 4, "y": 6})  # its "− label" heading
