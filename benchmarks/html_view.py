@@ -1,6 +1,6 @@
 """Size, write time and time to interactive of ``inspect --html`` pages, and their screenshots.
 
-    python -m benchmarks.html_view [--nodes 1000 6000 20000] [--shots DIR] [--model PATH ...]
+    python -m benchmarks.html_view [--nodes 1000 6000 20000] [--shots DIR [--prefix P]] [--model [NAME=]PATH ...]
 
 Models: a synthetic Llama-style decoder of about N nodes per ``--nodes`` (the 6000-node one is
 the zoo's swin_t skeleton when N is 6000), and any ``--model`` file. For each page: bytes per
@@ -8,7 +8,8 @@ model node, seconds to analyse and to write the page, and seconds from navigatio
 page's script has drawn its first view in Debian's Chromium, and the height of the smallest
 label on screen at the default view (``/usr/bin/chromium``, driven by
 Playwright; the browser column is left out when either is missing). With ``--shots DIR`` three
-screenshots per model: the default view, one box opened, one group pinned.
+screenshots per model: the default view, one block expanded in place, one group pinned (the docs' are
+``--nodes 6000 20000 --model ocr=ch_PP-OCRv4_rec_infer.onnx --shots docs/img --prefix inspect_``).
 """
 
 from __future__ import annotations
@@ -87,16 +88,33 @@ class Browser:
         self._pw.stop()
 
 
+# boxes of the view drawn, as [view id, ops, layer]
+_BOXES = (
+    "graphprune.current().items.filter(it => it.kind === 1).map(it => [it.ref, graphprune.views[it.ref].n, it.layer])"
+)
+
+
 def shots(b: Browser, out: Path, stem: str) -> list[Path]:
-    """Default view, the first box opened (or the view itself), the biggest group pinned."""
+    """Default view; one block expanded in place (the first box of 15-300 ops from the top, expanding the
+    first bigger box on the way down to one, at most three levels); the biggest prunable group pinned."""
     page = b.page
     paths = [out / f"{stem}_default.png", out / f"{stem}_expanded.png", out / f"{stem}_pinned.png"]
     page.evaluate("window.scrollTo(0, document.querySelector('main').offsetTop - 8)")
     page.screenshot(path=str(paths[0]))
-    blk = page.query_selector("#vp .n.blk")
-    if blk:
-        blk.click()
+    opened = None
+    for _ in range(3):
+        boxes = sorted(page.evaluate(_BOXES), key=lambda x: x[2])
+        if not boxes:
+            break
+        fit = [x for x in boxes if 15 <= x[1] <= 300]
+        opened = (fit or [x for x in boxes if x[1] > 300] or boxes)[0][0]
+        page.evaluate(f"graphprune.expand({opened})")
+        if fit:
+            break
+    if opened is not None:
+        page.evaluate(f"graphprune.frame({opened})")
         page.wait_for_timeout(100)
+        assert page.evaluate("document.querySelectorAll('#vp .xf').length"), "no block expanded in place"
     page.screenshot(path=str(paths[1]))
     gid = page.evaluate(
         "(() => { let best = null, n = -1; document.querySelectorAll('tr[data-gid]').forEach(r => {"
@@ -114,8 +132,9 @@ def shots(b: Browser, out: Path, stem: str) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", nargs="*", type=int, default=[1000, 6000, 20000])
-    ap.add_argument("--model", nargs="*", default=[], help="ONNX files to measure too")
+    ap.add_argument("--model", nargs="*", default=[], help="ONNX files to measure too (NAME=PATH to name one)")
     ap.add_argument("--shots", help="folder for three screenshots per model")
+    ap.add_argument("--prefix", default="", help="start of the screenshots' names (docs/img: inspect_)")
     args = ap.parse_args(argv)
     from models import zoo
 
@@ -124,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         if n == 6000:
             cases.append(("swin_t", onnx.load(str(zoo.skeleton_path("swin_t")))))
         else:
-            cases.append((f"decoder_{n}", decoder_stack(n)))
-    cases += [(Path(p).stem, onnx.load(p)) for p in args.model]
+            cases.append((f"decoder_{n // 1000}k" if n % 1000 == 0 else f"decoder_{n}", decoder_stack(n)))
+    for m in args.model:  # NAME=PATH names it
+        name, _, path = m.rpartition("=")
+        cases.append((name or Path(path).stem, onnx.load(path)))
     exe = chromium()
     browser = Browser(exe) if exe else None
     out = Path(args.shots) if args.shots else None
@@ -152,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 if browser.errors:
                     tti += f" ({len(browser.errors)} console errors: {browser.errors[0]})"
                 if out:
-                    shots(browser, out, name)
+                    shots(browser, out, args.prefix + name)
             sizes = (f"{size / 1e6:.2f}", f"{size / n:.0f}")
             rows.append((name, n, *sizes, f"{t_analyse:.1f}", f"{t_write:.2f}", tti, text))
             print(f"{name}: done", file=sys.stderr)

@@ -834,7 +834,7 @@ def _legend() -> str:
             f'<rect x="1" y="1" width="22" height="10" rx="3" fill="#f6f8fa" stroke="hsl({h1:.0f},62%,40%)"'
             ' stroke-width="2"/>'
         )
-        + "box: a scope or a run of layers; click to open",
+        + "box: a scope or a run of layers; click to expand, shift-click to open",
         swatch('<rect x="1" y="1" width="24" height="12" rx="6" fill="#3d444d"/>') + "graph input / output",
         swatch('<rect x="1" y="1" width="24" height="12" rx="6" fill="#fff" stroke="#57606a" stroke-dasharray="3 2"/>')
         + "tensor entering / leaving the box",
@@ -986,7 +986,8 @@ def render(deps: DependencyGraph, title: str) -> str:
     )
     hint = (
         '<div class="note" id="hint">Top to bottom. Wheel or +/− zooms, drag or arrows pan. Hover for names and'
-        " shapes; click a node to pin its group, a box to open it.</div>"
+        " shapes; click a node to pin its group, a box to expand it in place (click its frame to fold it;"
+        " shift-click opens it alone).</div>"
     )
     if not g.order:
         hint = '<div class="note" id="hint">The graph has no nodes to draw (only constants).</div>'

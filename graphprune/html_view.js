@@ -63,6 +63,82 @@
     return tensors[it.ref][3];
   }
 
+  // ---- boxes expanded in place: the parent's layout with the box's area grown to its own layout
+  var open = {};  // view id -> expanded in place wherever it is drawn
+  function copyView(v) {
+    return {id: v.id, l: v.l, p: v.p, n: v.n, o: v.o, w: v.w, h: v.h, frames: [],
+            items: v.items.map(function (it) { return {kind: it.kind, ref: it.ref, layer: it.layer, w: it.w, x: it.x}; }),
+            routes: v.routes.map(function (r) { return [r[0], r[1], r[2].slice(), r[3].slice()]; })};
+  }
+  function compose(id) {
+    var lay = copyView(views[id]);
+    for (;;) {
+      var j = lay.items.findIndex(function (it) { return it.kind === BLOCK && open[it.ref]; });
+      if (j < 0) return lay;
+      splice(lay, j, compose(lay.items[j].ref));
+    }
+  }
+  function splice(lay, j, sub) {  // item j of lay (a box) replaced by the layout sub
+    var bx = lay.items[j], b = bx.layer, left = bx.x - bx.w / 2;
+    var cl = 1 + sub.items.reduce(function (m, it) { return Math.max(m, it.layer); }, 0);
+    var sw = sub.w - 2 * M, dw = Math.max(0, sw - bx.w), dl = cl - 1;
+    function sx(x) { return x > bx.x ? x + dw : x; }  // monotone: nothing is drawn over
+    function sl(l) { return l > b ? l + dl : l; }
+    var items = [], at = [], pinAt = {}, poutAt = {};
+    lay.items.forEach(function (it, i) {
+      if (i === j) { at.push(-1); return; }
+      at.push(items.length);
+      items.push({kind: it.kind, ref: it.ref, layer: sl(it.layer), w: it.w, x: sx(it.x)});
+    });
+    var base = items.length;
+    function ix(x) { return x - M + left + (dw ? 0 : (bx.w - sw) / 2); }
+    sub.items.forEach(function (it, i) {
+      if (it.kind === PIN) pinAt[it.ref] = base + i;
+      if (it.kind === POUT) poutAt[it.ref] = base + i;
+      items.push({kind: it.kind, ref: it.ref, layer: it.layer + b, w: it.w, x: ix(it.x)});
+    });
+    var routes = [];
+    lay.routes.forEach(function (r) {
+      var t = r[0], src = r[1] === j ? poutAt[t] : at[r[1]];
+      if (src === undefined) return;
+      var dsts = r[2].map(function (d) { return d === j ? pinAt[t] : at[d]; }).filter(function (d) { return d !== undefined; });
+      if (!dsts.length) return;
+      var os = lay.items[r[1]].layer, ns = items[src].layer, far = 0;
+      dsts.forEach(function (d) { far = Math.max(far, items[d].layer); });
+      var ways = [];
+      var into = r[2].indexOf(j) >= 0 ? items[pinAt[t]] : null, from = r[1] === j ? items[src] : null;
+      for (var L = ns + 1; L < far; L++) {  // the band of the box repeats its layer's waypoint
+        var wi = (L < b ? L : L > b + dl ? L - dl : b) - os - 1, w = wi >= 0 && wi < r[3].length ? sx(r[3][wi]) : null;
+        if (w === null) w = L >= b && L <= b + dl && into ? into.x : from ? from.x : items[src].x;
+        ways.push(w);
+      }
+      routes.push([t, src, dsts, ways]);
+    });
+    sub.routes.forEach(function (r) {
+      routes.push([r[0], base + r[1], r[2].map(function (d) { return base + d; }), r[3].map(ix)]);
+    });
+    var frames = lay.frames.map(function (f) {
+      return {ref: f.ref, l0: sl(f.l0), l1: f.l1 >= b ? f.l1 + dl : f.l1, x0: sx(f.x0), x1: sx(f.x1)};
+    });
+    frames.push({ref: bx.ref, l0: b, l1: b + dl, x0: left, x1: left + Math.max(sw, bx.w)});
+    sub.frames.forEach(function (f) { frames.push({ref: f.ref, l0: f.l0 + b, l1: f.l1 + b, x0: ix(f.x0), x1: ix(f.x1)}); });
+    lay.items = items; lay.routes = routes; lay.frames = frames;
+    lay.w += dw; lay.h += dl * LH;
+  }
+  function frameSvg(f) {
+    var sub = views[f.ref], o = sub.o, pad = 8, y0 = top(f.l0) - pad - 4, y1 = top(f.l1) + BH + pad;
+    var title = sub.l + "\n" + sub.n + " ops, expanded here; click the frame to fold it, \u2197 to open it as its own view";
+    return '<g class="xf" data-f="' + f.ref + '" transform="translate(' + (f.x0 - pad) + " " + y0 + ')"><title>' + esc(title) +
+      '</title><rect class="fr' + (o.length ? " s" + o[0] : " s-") + '" width="' + (f.x1 - f.x0 + 2 * pad) + '" height="' + (y1 - y0) +
+      '" rx="8"/><text x="6" y="11">\u2212 ' + esc(short(sub.l, 48)) + '<tspan class="xo" data-o="' + f.ref + '"> \u2197 open</tspan></text></g>';
+  }
+  function expand(ref, on) {
+    if (on) open[ref] = 1; else delete open[ref];
+    var keep = [s, tx, ty];
+    go(views[cur.id], true);
+    s = keep[0]; tx = keep[1]; ty = keep[2]; apply();
+  }
+
   // ---- drawing one view
   var cur = null, els = [], byGroup = {}, pinned = null, hit = null;
   function top(layer) { return M + layer * LH; }
@@ -110,7 +186,7 @@
     } else if (it.kind === BLOCK) {
       var sub = views[it.ref], o = sub.o;
       var stroke = o.length ? " s" + o[0] : " s-";
-      title = sub.l + "\n" + sub.n + " ops; click to open\n" +
+      title = sub.l + "\n" + sub.n + " ops; click to expand it here, shift-click to open it as its own view\n" +
         (o.length ? "channels leaving it: group " + o.map(function (g) { return "#" + g; }).join(", ") : "no group leaves it");
       var bar = "", bw = (w - 10) / Math.max(o.length, 1);
       o.forEach(function (g, j) {
@@ -165,11 +241,15 @@
       edges.push(edgeSvg(r[0], d, ri));
     });
     var parts = items.map(function (it, i) { return itemSvg(view, it, i); });
-    vp.innerHTML = '<g class="edges">' + edges.join("") + '</g><g class="nodes">' + parts.join("") + "</g>";
+    var frames = (view.frames || []).map(frameSvg).join("");
+    vp.innerHTML = '<g class="frames">' + frames + '</g><g class="edges">' + edges.join("") + '</g><g class="nodes">' + parts.join("") + "</g>";
     byGroup = {};
     els = Array.prototype.slice.call(vp.querySelectorAll(".n"));
     els.forEach(function (el) {
       groupsOf(view, items[+el.getAttribute("data-i")]).forEach(function (g) { (byGroup[g] = byGroup[g] || []).push(el); });
+    });
+    vp.querySelectorAll(".xf").forEach(function (el) {  // a frame lights with any group inside it
+      Object.keys(viewGroups(+el.getAttribute("data-f"))).forEach(function (g) { (byGroup[g] = byGroup[g] || []).push(el); });
     });
     vp.querySelectorAll(".e").forEach(function (el) {
       tensors[view.routes[+el.getAttribute("data-e")][0]][3].forEach(function (g) { (byGroup[g] = byGroup[g] || []).push(el); });
@@ -269,6 +349,7 @@
   var crumbs = document.getElementById("crumbs"), groupView = null;
   function chainOf(id) { var c = []; while (id >= 0) { c.unshift(id); id = views[id].p; } return c; }
   function go(view, noFit) {
+    if (view.id >= 0) view = compose(view.id);
     cur = view;
     draw(view);
     var c = view.id >= 0 ? chainOf(view.id) : chainOf(view.back);
@@ -292,6 +373,7 @@
   document.getElementById("up").addEventListener("click", up);
   function reveal(childView) {  // after going up: centre the box just left
     var j = cur.items.findIndex(function (it) { return it.kind === BLOCK && it.ref === childView; });
+    if (j < 0) j = cur.items.findIndex(function (it) { return it.kind !== BLOCK && inBox(it, childView); });
     if (j >= 0) { center(cur.items[j], Math.max(s, READ)); mark(j); }
   }
   function mark(j) {
@@ -299,11 +381,12 @@
     hit = vp.querySelector('.n[data-i="' + j + '"]');
     if (hit) hit.classList.add("hit");
   }
-  function jump(k) {  // show node k in its own view, centred
-    var v = leaf[k];
-    if (!cur || cur.id !== v) go(views[v], true);
-    center(cur.items[leafItem[k]], Math.max(1, READ));
-    mark(leafItem[k]);
+  function itemOf(k) { return cur ? cur.items.findIndex(function (it) { return it.kind === OP && it.ref === k; }) : -1; }
+  function jump(k) {  // show node k centred: here if drawn here (a box expanded in place), else in its own view
+    var j = itemOf(k);
+    if (j < 0) { go(views[leaf[k]], true); j = itemOf(k); }
+    center(cur.items[j], Math.max(1, READ));
+    mark(j);
   }
 
   // ---- groups: highlight, pin, their own view
@@ -367,9 +450,16 @@
 
   svg.addEventListener("click", function (ev) {
     if (moved) { moved = false; return; }
-    var el = ev.target.closest(".n,.e");
+    var xo = ev.target.closest(".xo");
+    if (xo) { go(views[+xo.getAttribute("data-o")]); return; }
+    var el = ev.target.closest(".n,.e,.xf");
     if (!el) { pin(null); return; }
-    if (el.classList.contains("blk")) { go(views[cur.items[+el.getAttribute("data-i")].ref]); return; }
+    if (el.classList.contains("xf")) { expand(+el.getAttribute("data-f"), false); return; }
+    if (el.classList.contains("blk")) {
+      var ref = cur.items[+el.getAttribute("data-i")].ref;
+      if (ev.shiftKey) go(views[ref]); else expand(ref, true);
+      return;
+    }
     if (el.classList.contains("port")) {
       var t = cur.items[+el.getAttribute("data-i")].ref, tk = tensors[t];
       var k = el.parentNode && cur.items[+el.getAttribute("data-i")].kind === PIN ? tk[4] : tk[5].filter(function (r) { return r >= 0 && !inView(r); })[0];
@@ -382,6 +472,7 @@
     var row = document.getElementById("g" + pinned);
     if (row) row.scrollIntoView({block: "nearest"});
   });
+  function inBox(it, v) { var w = it.kind === OP ? leaf[it.ref] : -1; while (w >= 0) { if (w === v) return true; w = views[w].p; } return false; }
   function inView(k) { var v = leaf[k]; while (v >= 0) { if (v === cur.id) return true; v = views[v].p; } return false; }
 
   rows.forEach(function (r) {
@@ -463,7 +554,12 @@
   })();
 
   go(views[0]);
-  window.graphprune = {views: views, go: function (id) { go(views[id]); }, jump: jump, pin: function (g) { pin(g); revealGroup(g); },
+  window.graphprune = {views: views, go: function (id) { go(views[id]); }, expand: function (id, on) { expand(id, on !== false); },
+                       current: function () { return cur; }, frame: function (ref) {  // its frame's top, centred across
+                         var f = (cur.frames || []).filter(function (f) { return f.ref === ref; })[0];
+                         if (!f) return;
+                         s = Math.max(s, 1); tx = box.clientWidth / 2 - (f.x0 + f.x1) / 2 * s; ty = 30 - (top(f.l0) - LH) * s; apply();
+                       }, jump: jump, pin: function (g) { pin(g); revealGroup(g); },
                        groupView: showGroupView, state: function () { return {view: cur.id, s: s, tx: tx, ty: ty, pinned: pinned}; }};
   document.documentElement.setAttribute("data-ready", "1");
 })();

@@ -1,16 +1,27 @@
 """``inspect --html`` pages driven in a real browser: Debian's chromium through Playwright.
 
 Contract under test: pages load offline without console errors; hovering a row lights its
-group, clicking a node pins it and Escape unpins; a box opens its view and "up" comes back;
+group, clicking a node pins it and Escape unpins; a click on a box expands it in place (its nodes
+drawn in the same view, nothing overlapping) and a click on its frame folds it; shift-click opens
+its own view and "up" comes back;
 search jumps to a node, a tensor or a weight; a group's view holds its nodes and their
 neighbours; wheel zooms and drag pans; the table sorts; the default view of a large model
 has readable text (at least 9 px high on screen). Skipped, with the reason, where Playwright
 or the chromium binary is missing (``apt-get install chromium``; never ``playwright install``).
+
+The docs' screenshots (``docs/img/inspect_{swin_t,decoder_20k}_{default,expanded,pinned}.png``)
+come from this suite: ``GRAPHPRUNE_DOC_SHOTS=docs/img python -m pytest tests/test_html_browser.py``
+(the 20k-node decoder takes about 20 s to analyse and write, so the default run shoots a
+1,500-node one into a temporary folder instead). The OCR recogniser's are not a test's: it is not
+in the repository (``python -m benchmarks.html_view --nodes --model ocr=PATH --shots docs/img
+--prefix inspect_``).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import onnx
 import pytest
@@ -114,10 +125,52 @@ def test_large_model_default_view_has_readable_text(open_page, tmp_path):
     assert o.errors == []
 
 
+def test_a_box_expands_in_place_and_a_click_on_its_frame_folds_it(open_page, tmp_path):
+    o = open_page("swin_t")
+    ops = o.js("document.querySelectorAll('#vp .n.op').length")
+    boxes = o.js("document.querySelectorAll('#vp .n.blk').length")
+    ref = o.js("graphprune.current().items[+document.querySelector('#vp .n.blk').dataset.i].ref")
+    o.page.click("#vp .n.blk")
+    assert o.state()["view"] == 0  # same view, no breadcrumb step
+    assert o.js(f"document.querySelectorAll('#vp .xf[data-f=\"{ref}\"]').length") == 1
+    inner = o.js(f"graphprune.views[{ref}].items.filter(it => it.kind !== 2 && it.kind !== 3).length")
+    now = o.js("document.querySelectorAll('#vp .n.op').length + document.querySelectorAll('#vp .n.blk').length")
+    assert now == ops + boxes - 1 + inner  # the box's contents drawn in its place
+    # nothing overlaps: boxes of one layer keep apart
+    assert o.js(
+        "(() => { const c = graphprune.current(), by = {};"
+        " c.items.forEach(it => (by[it.layer] = by[it.layer] || []).push(it));"
+        " return Object.values(by).every(r => r.sort((a, b) => a.x - b.x).every((it, i) => !i ||"
+        " r[i - 1].x + r[i - 1].w / 2 <= it.x - it.w / 2 + 0.5)); })()"
+    )
+    inside = ref
+    for _ in range(3):  # a box inside, expanded too, down to nodes
+        j = o.js(
+            f"graphprune.current().items.findIndex(it => it.kind === 1 && graphprune.views[it.ref].p === {inside})"
+        )
+        if j < 0:
+            break
+        inside = o.js(f"graphprune.current().items[{j}].ref")
+        o.page.click(f'#vp .n.blk[data-i="{j}"]')
+    assert o.js("document.querySelectorAll('#vp .xf').length") >= 2 or inside == ref
+    k = o.js(  # a node inside the box, not one of the model view's own
+        "(() => { const own = new Set(graphprune.views[0].items.filter(it => it.kind === 0).map(it => it.ref));"
+        " return graphprune.current().items.filter(it => it.kind === 0 && !own.has(it.ref)).pop().ref; })()"
+    )
+    o.js(f"graphprune.jump({k})")
+    assert o.state()["view"] == 0  # found here, not in the box's own view
+    o.page.click("[data-zoom=fit]")
+    o.page.screenshot(path=str(tmp_path / "swin_t_in_place.png"))
+    o.page.click(f'#vp .xf[data-f="{ref}"] text', position={"x": 4, "y": 6})  # its "− label" heading
+    assert o.js("document.querySelectorAll('#vp .xf').length") == 0
+    assert o.js("document.querySelectorAll('#vp .n.op').length") == ops
+    assert o.errors == []
+
+
 def test_a_box_opens_its_view_and_up_comes_back(open_page, tmp_path):
     o = open_page("swin_t")
     assert o.state()["view"] == 0
-    o.page.click("#vp .n.blk")
+    o.page.click("#vp .n.blk", modifiers=["Shift"])
     inner = o.state()["view"]
     assert inner != 0
     assert o.js("document.querySelectorAll('#crumbs a').length") >= 1  # the way back
@@ -206,25 +259,46 @@ def test_clicking_a_row_pins_its_group_and_shows_its_nodes(open_page):
     assert o.errors == []
 
 
-def test_synthetic_decoder_screenshots(browser, tmp_path):
-    """Default view, one box opened and one group pinned of a ~1500-node decoder, as PNGs."""
-    from benchmarks.html_view import decoder_stack, shots
+class _B:  # what benchmarks.html_view.shots() needs of its Browser
+    def __init__(self, page):
+        self.page = page
 
-    path = tmp_path / "decoder.html"
-    path.write_text(page_html.render(graphprune.analyze(decoder_stack(1500)), "decoder"), encoding="utf-8")
+
+def _shoot(browser, html: str, out: Path, stem: str) -> list[Path]:
+    path = out / f"{stem}.html"
+    path.write_text(html, encoding="utf-8")
+    from benchmarks.html_view import shots
+
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(path.as_uri())
-    page.wait_for_selector("html[data-ready]")
-
-    class B:  # what shots() needs of benchmarks.html_view.Browser
-        pass
-
-    b = B()
-    b.page = page
-    taken = shots(b, tmp_path, "decoder")
-    page.close()
-    assert [p.name for p in taken] == ["decoder_default.png", "decoder_expanded.png", "decoder_pinned.png"]
-    assert all(p.stat().st_size > 10_000 for p in taken)
+    page.wait_for_selector("html[data-ready]", timeout=60000)
+    try:
+        taken = shots(_B(page), out, stem)
+    finally:
+        page.close()
+        path.unlink()
+    assert [p.name for p in taken] == [f"{stem}_{k}.png" for k in ("default", "expanded", "pinned")]
+    assert all(10_000 < p.stat().st_size < 250_000 for p in taken)
     assert errors == []
+    return taken
+
+
+def test_synthetic_decoder_screenshots(browser, tmp_path):
+    """Default view, one block expanded in place and one group pinned of a ~1500-node decoder, as PNGs."""
+    from benchmarks.html_view import decoder_stack
+
+    _shoot(browser, page_html.render(graphprune.analyze(decoder_stack(1500)), "decoder"), tmp_path, "decoder")
+
+
+@pytest.mark.skipif(not os.environ.get("GRAPHPRUNE_DOC_SHOTS"), reason="set GRAPHPRUNE_DOC_SHOTS=docs/img to shoot")
+def test_doc_screenshots(browser, pages):
+    """The docs' PNGs of swin_t and a 20k-node decoder, into $GRAPHPRUNE_DOC_SHOTS."""
+    from benchmarks.html_view import decoder_stack
+
+    out = Path(os.environ["GRAPHPRUNE_DOC_SHOTS"]).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    _shoot(browser, pages["swin_t"].read_text(encoding="utf-8"), out, "inspect_swin_t")
+    decoder = graphprune.analyze(decoder_stack(20000))
+    _shoot(browser, page_html.render(decoder, "decoder_20k"), out, "inspect_decoder_20k")
