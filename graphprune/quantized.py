@@ -19,8 +19,12 @@ graph with a ``QuantizeLinear`` on an activation:
    fake quantization bypassed (``DequantizeLinear(QuantizeLinear(x))`` read as ``x``, in both
    models; quantized weights stay): a float model, held to the float tolerance, where a wrong
    plan shows at once;
-3. QOperator graphs (``QLinearConv``, ``QLinearMatMul``...) have no rules: their channels are
-   blocked with a reason, and only rule 1 applies to what is left.
+3. QOperator graphs (``QLinearConv``, ``QGemm``, ``MatMulInteger``...; rules in
+   :mod:`graphprune.rules.qoperator`) have no fake quantization to bypass: rule 1 holds them.
+   Their sums are of integers, so the pruned model and the masked reference (which zeroes a
+   channel through the weight's zero point) agree exactly, and a wrong plan, even one weight
+   cut at the wrong input channels, moves an output by whole steps (measured in
+   tests/test_qoperator.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,91 @@
+"""QOperator models (``quantize_static(quant_format=QOperator)``, ``quantize_dynamic``) prune.
+
+Integer ops sum exact integers: the masked reference (weights of removed input channels set
+to their zero point) and the pruned model compute the same sums, so a right plan meets the
+quantized tolerance with room to spare and a wrong one, even one weight cut at the wrong
+channels, fails it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from test_quantized import quantize
+
+import graphprune
+from graphprune.dependency import analyze
+from graphprune.plan import Plan
+from graphprune.surgery import apply_plan, removed_entries
+from graphprune.validation import check_pruned, run
+from models import builders, variants
+
+ort_quant = pytest.importorskip("onnxruntime.quantization")
+
+
+@pytest.fixture
+def qop_net(tmp_path) -> onnx.ModelProto:
+    return quantize(variants.fold_batchnorm(builders.residual_net(width=16, blocks=3)), tmp_path, fmt="QOperator")
+
+
+def ops(model: onnx.ModelProto) -> set[str]:
+    return {n.op_type for n in model.graph.node}
+
+
+def test_a_qoperator_resnet_has_prunable_groups(qop_net):
+    assert {"QLinearConv", "QLinearAdd", "QLinearGlobalAveragePool", "QGemm"} <= ops(qop_net)
+    deps = analyze(qop_net)
+    assert len(deps.prunable_groups()) >= 3
+    assert not any("no rule" in note for note in deps.notes), deps.notes
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.6])
+def test_a_qoperator_resnet_prunes_within_its_quantization_steps(qop_net, ratio):
+    result = graphprune.prune(qop_net, ratio=ratio)
+    exact = result.report.exact
+    assert exact.checked and exact.passed, exact
+    assert exact.max_step_diff is not None and exact.max_step_diff <= 0.5
+    assert result.report.params_after < result.report.params_before
+    # per-channel weight scales and zero points lost the rows of their weights
+    pruned = {t.name: t for t in result.model.graph.initializer}
+    for n in result.model.graph.node:
+        if n.op_type == "QLinearConv":
+            w_rows = pruned[n.input[3]].dims[0]
+            assert pruned[n.input[4]].dims == [w_rows] and pruned[n.input[5]].dims == [w_rows]
+    feeds = builders.random_input(qop_net)
+    assert run(result.model, feeds)[0].shape == run(qop_net, feeds)[0].shape
+
+
+def test_a_plan_cut_at_the_wrong_indices_fails_on_the_qoperator_model(qop_net):
+    deps = analyze(qop_net)
+    plan = graphprune.prune(qop_net, ratio=0.5, validate=False).plan
+    shifted = Plan({gid: np.unique((idx + 1) % deps.groups[gid].size) for gid, idx in plan.removals.items()})
+    assert not shifted.same_removals(plan)
+    v = check_pruned(qop_net, apply_plan(qop_net, deps, shifted), deps, plan)
+    assert v.checker_ok and v.runtime_ok
+    assert v.exact.checked and not v.exact.passed, v.exact
+
+
+def test_one_qlinearconv_weight_sliced_at_the_wrong_channels_fails(qop_net):
+    # Every member cut right except one QLinearConv's int8 weight, whose kept input channels
+    # are the wrong ones (its first kept channel replaced by a removed one).
+    result = graphprune.prune(qop_net, ratio=0.5, validate=False)
+    deps, plan = result.deps, result.plan
+    removed = removed_entries(deps, plan)
+    before = {t.name: numpy_helper.to_array(t) for t in qop_net.graph.initializer}
+    conv_weights = {n.input[3] for n in qop_net.graph.node if n.op_type == "QLinearConv"}
+    tensor, axis = next(
+        (t, ax) for (t, ax), idx in sorted(removed.items()) if ax == 1 and t in conv_weights and len(idx)
+    )
+    idx = removed[(tensor, axis)]
+    keep = np.setdiff1d(np.arange(before[tensor].shape[axis]), idx)
+    keep[0] = idx[0]
+    w = np.delete(before[tensor], removed.get((tensor, 0), np.zeros(0, np.int64)), axis=0)
+    wrong = onnx.ModelProto()
+    wrong.CopyFrom(result.model)
+    init = next(t for t in wrong.graph.initializer if t.name == tensor)
+    init.CopyFrom(numpy_helper.from_array(np.take(w, np.sort(keep), axis=axis), tensor))
+    v = check_pruned(qop_net, wrong, deps, plan)
+    assert v.checker_ok and v.runtime_ok
+    assert v.exact.checked and not v.exact.passed, v.exact
