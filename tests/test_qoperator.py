@@ -1,9 +1,9 @@
 """QOperator models (``quantize_static(quant_format=QOperator)``, ``quantize_dynamic``) prune.
 
 Integer ops sum exact integers: the masked reference (weights of removed input channels set
-to their zero point) and the pruned model compute the same sums, so a right plan meets the
-quantized tolerance with room to spare and a wrong one, even one weight cut at the wrong
-channels, fails it.
+to their zero point) and the pruned model compute the same sums, so a right plan gives the
+same outputs (held to the float tolerance, no quantization step allowed) and a wrong one,
+even one weight cut at the wrong channels (1 step off), fails.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import graphprune
 from graphprune.dependency import analyze
 from graphprune.plan import Plan
 from graphprune.surgery import apply_plan, removed_entries
-from graphprune.validation import check_pruned, run
+from graphprune.validation import EXACT_RTOL, check_pruned, run
 from models import builders, variants
 
 ort_quant = pytest.importorskip("onnxruntime.quantization")
@@ -41,11 +41,12 @@ def test_a_qoperator_resnet_has_prunable_groups(qop_net):
 
 
 @pytest.mark.parametrize("ratio", [0.3, 0.6])
-def test_a_qoperator_resnet_prunes_within_its_quantization_steps(qop_net, ratio):
+def test_a_qoperator_resnet_prunes_exactly_with_no_step_allowed(qop_net, ratio):
     result = graphprune.prune(qop_net, ratio=ratio)
     exact = result.report.exact
     assert exact.checked and exact.passed, exact
-    assert exact.max_step_diff is not None and exact.max_step_diff <= 0.5
+    # every sum over a removed channel is of integers: held to the float tolerance, not in steps
+    assert exact.max_rel_diff == 0.0 and exact.tolerance == EXACT_RTOL and exact.tolerance_steps is None
     assert result.report.params_after < result.report.params_before
     # per-channel weight scales and zero points lost the rows of their weights
     pruned = {t.name: t for t in result.model.graph.initializer}
@@ -87,5 +88,55 @@ def test_one_qlinearconv_weight_sliced_at_the_wrong_channels_fails(qop_net):
     init = next(t for t in wrong.graph.initializer if t.name == tensor)
     init.CopyFrom(numpy_helper.from_array(np.take(w, np.sort(keep), axis=axis), tensor))
     v = check_pruned(qop_net, wrong, deps, plan)
+    assert v.checker_ok and v.runtime_ok
+    assert v.exact.checked and not v.exact.passed, v.exact
+
+
+@pytest.mark.parametrize(
+    "build, quantized_ops",
+    [
+        (lambda: builders.dense_block(channels=24, growth=8, layers=4), {"QLinearConcat", "QLinearAveragePool"}),
+        (lambda: builders.inception_block(), {"QLinearConcat", "QLinearGlobalAveragePool"}),
+        (lambda: builders.flatten_gemm(head="matmul"), {"QLinearMatMul", "QLinearAdd"}),
+        (lambda: builders.depthwise_separable(), {"QLinearConv", "QLinearAdd"}),
+    ],
+    ids=["dense", "inception", "matmul_head", "depthwise"],
+)
+def test_qoperator_builders_prune_every_group_exactly(tmp_path, build, quantized_ops):
+    model = quantize(variants.fold_batchnorm(build()), tmp_path, fmt="QOperator")
+    assert quantized_ops <= ops(model)
+    deps = analyze(model)
+    # contrib ops are shaped (ortshapes) and have rules: nothing blocks for want of either
+    assert not any("no rule" in n or "shape unknown" in n for n in deps.notes), deps.notes
+    result = graphprune.prune(model, ratio=0.3)
+    assert result.report.exact.checked and result.report.exact.passed, result.report.exact
+    assert result.report.exact.max_rel_diff == 0.0  # integer sums: nothing to round differently
+    assert result.report.params_after < result.report.params_before
+
+
+@pytest.fixture
+def dynamic_net(tmp_path) -> onnx.ModelProto:
+    """``quantize_dynamic`` of a conv net with a MatMul head: ConvInteger, MatMulInteger and
+    DynamicQuantizeLinear before each."""
+    src, dst = tmp_path / "float.onnx", tmp_path / "dynamic.onnx"
+    onnx.save(variants.fold_batchnorm(builders.flatten_gemm(head="matmul")), src)
+    ort_quant.quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=ort_quant.QuantType.QInt8)
+    return onnx.load(dst)
+
+
+def test_a_quantize_dynamic_model_prunes_exactly(dynamic_net):
+    assert {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"} <= ops(dynamic_net)
+    result = graphprune.prune(dynamic_net, ratio=0.3)
+    exact = result.report.exact
+    # DynamicQuantizeLinear's range is taken on the masked float input: the same as the pruned one's
+    assert exact.checked and exact.passed and exact.max_rel_diff == 0.0, exact
+    assert result.report.params_after < result.report.params_before
+
+
+def test_a_plan_cut_at_the_wrong_indices_fails_on_the_dynamic_model(dynamic_net):
+    deps = analyze(dynamic_net)
+    plan = graphprune.prune(dynamic_net, ratio=0.5, validate=False).plan
+    shifted = Plan({gid: np.unique((idx + 1) % deps.groups[gid].size) for gid, idx in plan.removals.items()})
+    v = check_pruned(dynamic_net, apply_plan(dynamic_net, deps, shifted), deps, plan)
     assert v.checker_ok and v.runtime_ok
     assert v.exact.checked and not v.exact.passed, v.exact

@@ -12,10 +12,14 @@ Rules:
    ``b_scale`` / ``b_zp`` is sliced with B's columns.
 3. QLinearAdd / QLinearMul ``(a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp)`` broadcast
    a and b to y like Add; their scales must be per tensor (others block the output's axes).
-4. QLinearGlobalAveragePool passes batch and channels through (channel axis 1, or the last
-   one with ``channels_last``); QLinearLeakyRelu / QLinearSigmoid pass every axis through;
-   DynamicQuantizeLinear passes every axis of x to y (its scale and zero point are scalars).
-5. QLinearConcat ``(y_scale, y_zp, x0, s0, zp0, x1, s1, zp1, ...)``: the x's are segments of
+4. QLinearGlobalAveragePool and QLinearAveragePool pass batch and channels through (channel axis 1, or the last
+   one with ``channels_last``); QLinearLeakyRelu / QLinearSigmoid pass every axis through.
+5. DynamicQuantizeLinear passes every axis of x to y, and reduces over all of x: its scale is
+   taken from x's min and max, which removed entries change. So it contracts every axis of x,
+   and the masked reference zeroes removed entries on its float input: 0 is always in its
+   range (the range of the kept entries, as in the pruned model) and quantizes to the zero
+   point, which the integer product after it reads as nothing.
+6. QLinearConcat ``(y_scale, y_zp, x0, s0, zp0, x1, s1, zp1, ...)``: the x's are segments of
    y as in Concat.
 The masked reference of validation cannot zero a removed channel with a ``Mul`` on an
 integer activation (``(0 - x_zp)`` is not 0): for these ops it sets the weight entries that
@@ -101,8 +105,8 @@ def qlinear_binary(node: onnx.NodeProto, ctx: RuleContext) -> None:
     broadcast(ctx, [node.input[0], node.input[3]], node.output[0])
 
 
-@rule("QLinearGlobalAveragePool", domain=MS)
-def qlinear_global_average_pool(node: onnx.NodeProto, ctx: RuleContext) -> None:
+@rule("QLinearGlobalAveragePool", "QLinearAveragePool", domain=MS)
+def qlinear_pool(node: onnx.NodeProto, ctx: RuleContext) -> None:
     x, y = node.input[0], node.output[0]
     channel = -1 if ctx.attr("channels_last", 0) else 1
     ctx.identity(ctx.dim(x, 0), ctx.dim(y, 0))
@@ -116,7 +120,10 @@ def qlinear_unary(node: onnx.NodeProto, ctx: RuleContext) -> None:
 
 @rule("DynamicQuantizeLinear")
 def dynamic_quantize(node: onnx.NodeProto, ctx: RuleContext) -> None:
-    couple_all_axes(ctx, node.input[0], node.output[0])
+    x = node.input[0]
+    couple_all_axes(ctx, x, node.output[0])
+    for ax in range(len(ctx.shape(x) or ())):
+        ctx.contract(ctx.dim(x, ax))
 
 
 @rule("QLinearConcat", domain=MS)
