@@ -31,6 +31,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .dependency import DependencyGraph, Dim
+from .errors import InputError
 from .graph import fresh_name
 
 # Per integer op: (its data input position, the node) -> (weight input position, the weight's
@@ -96,8 +97,6 @@ def weight_points(deps: DependencyGraph, masks: dict[Dim, np.ndarray | None]) ->
         axes = _weight_axes(deps, node_index, dim)
         if axes is None or dim not in masks:
             continue
-        if masks[dim] is None:
-            raise NotImplementedError("mask inputs on integer ops (QLinearConv, MatMulInteger...)")
         node = deps.view.model.graph.node[node_index]
         w_pos, k_axis, o_axis, zp_pos = axes
         key = (node_index, w_pos)
@@ -131,7 +130,12 @@ def channel_points(deps: DependencyGraph, masks: dict[Dim, np.ndarray | None]) -
     """A mask point on each contracted dim of ``masks``, read by all of its contracting consumers."""
     readers: dict[Dim, list[tuple[int, int]]] = defaultdict(list)
     for node_index, dim in deps.contractions:
-        if dim in masks and _weight_axes(deps, node_index, dim) is None:
+        if dim in masks and _weight_axes(deps, node_index, dim) is not None:
+            if masks[dim] is None:  # rule 3: no constant to write the zero point with
+                op = deps.view.model.graph.node[node_index].op_type
+                raise InputError(f"masks fed at run time (sensitivity) are not supported on {op} (integer op)")
+            continue
+        if dim in masks:
             node = deps.view.model.graph.node[node_index]
             readers[dim] += [(node_index, pos) for pos, name in enumerate(node.input) if name == dim[0]]
     return {
