@@ -13,10 +13,10 @@ Rules:
    needs their dims only, and the small integer constants it computes with are kept), in
    which ``FusedConv``, ``FusedGemm`` and ``FusedMatMul``, which it does not know, are
    written as the Conv, Gemm and Einsum of the same shapes (and the QOperator ops ``QGemm``,
-   ``QLinearConcat``, ``QLinearGlobalAveragePool``, ``QLinearAveragePool`` as Gemm, Concat
-   and the pools of their data inputs; a ``channels_last`` pool is left unknown). An op it
-   does not know either leaves its outputs unshaped (no guessed ranks): what depends on them
-   blocks.
+   ``QLinearConcat``, ``QLinearGlobalAveragePool``, ``QLinearAveragePool``,
+   ``QLinearLeakyRelu``, ``QLinearSigmoid`` as the float op of their data inputs; a
+   ``channels_last`` pool is left unknown). An op it does not know either leaves its outputs
+   unshaped (no guessed ranks): what depends on them blocks.
 3. It only adds: a tensor that ONNX inference shaped keeps its shape; a tensor it left
    unshaped takes the symbolic one (a symbolic dim, e.g. ``batch``, stays unknown).
 4. If onnxruntime is missing or symbolic inference fails on the graph, nothing changes; where
@@ -78,6 +78,8 @@ _STANDARD = {
     "QLinearConcat": ("Concat", slice(2, None, 3), ()),
     "QLinearGlobalAveragePool": ("GlobalAveragePool", slice(1), ("channels_last",)),
     "QLinearAveragePool": ("AveragePool", slice(1), ("channels_last",)),
+    "QLinearLeakyRelu": ("LeakyRelu", slice(1), ()),
+    "QLinearSigmoid": ("Sigmoid", slice(1), ()),
 }
 _EINSUM = {
     (0, 0): "...ij,...jk->...ik",

@@ -99,8 +99,12 @@ def test_one_qlinearconv_weight_sliced_at_the_wrong_channels_fails(qop_net):
         (lambda: builders.inception_block(), {"QLinearConcat", "QLinearGlobalAveragePool"}),
         (lambda: builders.flatten_gemm(head="matmul"), {"QLinearMatMul", "QLinearAdd"}),
         (lambda: builders.depthwise_separable(), {"QLinearConv", "QLinearAdd"}),
+        (
+            lambda: builders.conv_chain(activations=["leaky_relu", "sigmoid", "relu", "leaky_relu"]),
+            {"QLinearLeakyRelu", "QLinearSigmoid"},
+        ),
     ],
-    ids=["dense", "inception", "matmul_head", "depthwise"],
+    ids=["dense", "inception", "matmul_head", "depthwise", "activations"],
 )
 def test_qoperator_builders_prune_every_group_exactly(tmp_path, build, quantized_ops):
     model = quantize(variants.fold_batchnorm(build()), tmp_path, fmt="QOperator")
@@ -140,3 +144,46 @@ def test_a_plan_cut_at_the_wrong_indices_fails_on_the_dynamic_model(dynamic_net)
     v = check_pruned(dynamic_net, apply_plan(dynamic_net, deps, shifted), deps, plan)
     assert v.checker_ok and v.runtime_ok
     assert v.exact.checked and not v.exact.passed, v.exact
+
+
+@pytest.mark.parametrize("channels_last", [0, 1])
+def test_qlinear_global_average_pool_passes_its_channel_axis_through(channels_last):
+    # QLinearConv (6 filters) -> [Transpose to NHWC] -> QLinearGlobalAveragePool: the filters
+    # are the pool output's axis 1, or its last axis with channels_last.
+    h = onnx.helper
+    inits = [
+        numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+        numpy_helper.from_array(np.array(128, np.uint8), "zp"),
+        numpy_helper.from_array(np.ones((6, 3, 3, 3), np.int8), "w"),
+        numpy_helper.from_array(np.full(6, 0.01, np.float32), "w_s"),
+        numpy_helper.from_array(np.zeros(6, np.int8), "w_zp"),
+    ]
+    nodes = [h.make_node("QLinearConv", ["x", "s", "zp", "w", "w_s", "w_zp", "s", "zp"], ["c"], pads=[1, 1, 1, 1])]
+    pooled = "c"
+    if channels_last:
+        nodes.append(h.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]))
+        pooled = "t"
+    nodes.append(
+        h.make_node(
+            "QLinearGlobalAveragePool",
+            [pooled, "s", "zp", "s", "zp"],
+            ["y"],
+            domain="com.microsoft",
+            channels_last=channels_last,
+        )
+    )
+    out = [1, 1, 1, 6] if channels_last else [1, 6, 1, 1]
+    graph = h.make_graph(
+        nodes,
+        "gap",
+        [h.make_tensor_value_info("x", onnx.TensorProto.UINT8, [1, 3, 4, 4])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.UINT8, out)],
+        inits,
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
+    deps = analyze(model)
+    filters = deps.group_of("w", 0)
+    assert filters is not None
+    assert filters is deps.group_of("w_s", 0) is deps.group_of("w_zp", 0)
+    assert filters is deps.group_of("y", 3 if channels_last else 1)
+    assert filters is not deps.group_of("y", 1 if channels_last else 3)
