@@ -187,3 +187,13 @@ def test_qlinear_global_average_pool_passes_its_channel_axis_through(channels_la
     assert filters is deps.group_of("w_s", 0) is deps.group_of("w_zp", 0)
     assert filters is deps.group_of("y", 3 if channels_last else 1)
     assert filters is not deps.group_of("y", 1 if channels_last else 3)
+
+
+def test_a_qgemm_head_counts_its_macs_as_the_gemm_it_quantizes(qop_net):
+    from graphprune.cost import node_macs
+
+    gemm = next(n for n in qop_net.graph.node if n.op_type == "QGemm")
+    shapes = analyze(qop_net).view.shapes
+    a, b = shapes[gemm.input[0]], shapes[gemm.input[3]]
+    n_out = b[0] if next((x.i for x in gemm.attribute if x.name == "transB"), 0) else b[1]
+    assert node_macs(gemm, shapes) == a[0] * a[1] * n_out > 0
