@@ -16,14 +16,15 @@ Rules:
    MatMulInteger) sum ``(x - x_zp)(w - w_zp)``: a ``Mul`` by 0 on the integer ``x`` leaves
    ``-x_zp``, not nothing. There the reference reads a copy of the constant weight whose
    entries on the removed channels are the weight's zero point (``w - w_zp = 0``), a new
-   initializer for that node alone. Only constant masks can do this: the masks of
-   sensitivity analysis (graph inputs) are not supported on these ops.
+   initializer for that node alone (the one copy of weights the reference makes). Only
+   constant masks can do this: the masks of sensitivity analysis (graph inputs) raise an
+   InputError on these ops.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -158,7 +159,7 @@ def insert_masks(
     model: onnx.ModelProto,
     points: list[MaskPoint],
     prefix: str = "graphprune_mask",
-    weights: list[WeightPoint] = (),
+    weights: Sequence[WeightPoint] = (),
 ) -> tuple[bytes, list[str]]:
     """``model`` serialized with the mask ``points`` and masked ``weights`` in place, and the
     masks' names."""
