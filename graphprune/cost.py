@@ -37,7 +37,7 @@ Conv, ConvInteger, QLinearConv              ``elems(Y) * prod(W.shape[1:])``
                                             = N·C_out·prod(out spatial)·(C_in/group)·prod(kernel)
 ConvTranspose                               ``elems(X) * prod(W.shape[1:])``
                                             = N·C_in·prod(in spatial)·(C_out/group)·prod(kernel)
-Gemm                                        M·N·K (``transA``/``transB`` respected)
+Gemm, QGemm                                 M·N·K (``transA``/``transB`` respected)
 MatMul, MatMulInteger, QLinearMatMul        ``elems(Y) * K`` = prod(batch dims of Y)·M·N·K, for
                                             constant weights and activation × activation alike
 Einsum                                      product of the sizes of all distinct subscripts
@@ -272,7 +272,7 @@ Shapes = dict[str, tuple]  # name -> tuple[int | None, ...]
 
 _MS = "com.microsoft"
 # onnxruntime contrib ops counted as the ONNX op they fuse (its activation is not counted)
-_CONTRIB_AS = {"FusedConv": "Conv", "FusedGemm": "Gemm"}
+_CONTRIB_AS = {"FusedConv": "Conv", "FusedGemm": "Gemm", "QGemm": "Gemm"}
 # contrib ops with a count of their own (see _contrib_macs)
 _CONTRIB_OWN = frozenset({"Attention", "MultiHeadAttention", "MatMulNBits", "FusedMatMul", "TransposeMatMul"})
 # contrib ops counted one MAC per output element
@@ -374,7 +374,7 @@ def node_macs(node: onnx.NodeProto, shapes: Shapes) -> int | None:
             return None
         return _numel(x) * _numel(w[1:])
     if op == "Gemm":
-        y, a, b = shape(0, outputs=True), shape(0), shape(1)
+        y, a, b = shape(0, outputs=True), shape(0), shape(3 if node.op_type == "QGemm" else 1)
         k = None
         if a is not None and len(a) == 2:
             k = a[0] if _attr(node, "transA", 0) else a[1]

@@ -12,19 +12,47 @@ Rules:
    unmasked, as the pruned stream's other members are masked at their own consumers).
 2. The masks are put into the caller's model, the model is serialized, and the masks are
    taken out again in ``finally``: the caller's model ends as it began.
+3. Integer ops (:data:`ZERO_POINT_WEIGHTS`: QLinearConv, QLinearMatMul, QGemm, ConvInteger,
+   MatMulInteger) sum ``(x - x_zp)(w - w_zp)``: a ``Mul`` by 0 on the integer ``x`` leaves
+   ``-x_zp``, not nothing. There the reference reads a copy of the constant weight whose
+   entries on the removed channels are the weight's zero point (``w - w_zp = 0``), a new
+   initializer for that node alone (the one copy of weights the reference makes). Only
+   constant masks can do this: the masks of sensitivity analysis (graph inputs) raise an
+   InputError on these ops.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from .dependency import DependencyGraph, Dim
+from .errors import InputError
 from .graph import fresh_name
+
+# Per integer op: (its data input position, the node) -> (weight input position, the weight's
+# contracted axis, its output axis (where a per-channel zero point lies), zero point position),
+# or None when the data input is not the one of a constant weight's product.
+WeightAxes = tuple[int, int, int, int]
+
+
+def _qgemm(position: int, node: onnx.NodeProto) -> WeightAxes | None:
+    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+    return (3, 1, 0, 5) if trans_b else (3, 0, 1, 5)
+
+
+ZERO_POINT_WEIGHTS: dict[tuple[str, str], Callable[[int, onnx.NodeProto], WeightAxes | None]] = {
+    ("", "QLinearConv"): lambda pos, node: (3, 1, 0, 5) if pos == 0 else None,
+    ("", "ConvInteger"): lambda pos, node: (1, 1, 0, 3) if pos == 0 else None,
+    ("", "QLinearMatMul"): lambda pos, node: (3, -2, -1, 5) if pos == 0 else None,
+    ("", "MatMulInteger"): lambda pos, node: (1, -2, -1, 3) if pos == 0 else None,
+    ("com.microsoft", "QGemm"): lambda pos, node: _qgemm(pos, node) if pos == 0 else None,
+}
 
 
 def mask_shape(deps: DependencyGraph, dim: Dim) -> list[int]:
@@ -54,10 +82,60 @@ class MaskPoint:
     value: np.ndarray | None = None
 
 
+@dataclass
+class WeightPoint:
+    """Node ``node_index`` reads ``value`` (a masked copy of its weight) at input ``position``."""
+
+    node_index: int
+    position: int
+    value: np.ndarray = field(repr=False)
+
+
+def weight_points(deps: DependencyGraph, masks: dict[Dim, np.ndarray | None]) -> list[WeightPoint]:
+    """The masked weights of the integer contracting consumers of ``masks`` (rule 3)."""
+    merged: dict[tuple[int, int], WeightPoint] = {}
+    for node_index, dim in deps.contractions:
+        axes = _weight_axes(deps, node_index, dim)
+        if axes is None or dim not in masks:
+            continue
+        node = deps.view.model.graph.node[node_index]
+        w_pos, k_axis, o_axis, zp_pos = axes
+        key = (node_index, w_pos)
+        w = merged[key].value if key in merged else deps.view.value(node.input[w_pos])
+        zp = deps.view.value(node.input[zp_pos]) if len(node.input) > zp_pos and node.input[zp_pos] else None
+        zp = np.zeros((), w.dtype) if zp is None else np.asarray(zp, w.dtype)
+        rank = w.ndim
+        zp_shape = [1] * rank
+        if zp.size > 1:
+            zp_shape[o_axis % rank] = zp.size
+        keep_shape = [1] * rank
+        keep_shape[k_axis % rank] = w.shape[k_axis]
+        keep = np.asarray(masks[dim]).reshape(keep_shape) != 0
+        merged[key] = WeightPoint(node_index, w_pos, np.where(keep, w, zp.reshape(zp_shape)).astype(w.dtype))
+    return list(merged.values())
+
+
+def _weight_axes(deps: DependencyGraph, node_index: int, dim: Dim) -> WeightAxes | None:
+    node = deps.view.model.graph.node[node_index]
+    hook = ZERO_POINT_WEIGHTS.get(("" if node.domain in ("", "ai.onnx") else node.domain, node.op_type))
+    if hook is None:
+        return None
+    positions = [pos for pos, name in enumerate(node.input) if name == dim[0]]
+    axes = hook(positions[0], node) if positions else None
+    if axes is None or deps.view.value(node.input[axes[0]]) is None:
+        return None
+    return axes
+
+
 def channel_points(deps: DependencyGraph, masks: dict[Dim, np.ndarray | None]) -> dict[Dim, MaskPoint]:
     """A mask point on each contracted dim of ``masks``, read by all of its contracting consumers."""
     readers: dict[Dim, list[tuple[int, int]]] = defaultdict(list)
     for node_index, dim in deps.contractions:
+        if dim in masks and _weight_axes(deps, node_index, dim) is not None:
+            if masks[dim] is None:  # rule 3: no constant to write the zero point with
+                op = deps.view.model.graph.node[node_index].op_type
+                raise InputError(f"masks fed at run time (sensitivity) are not supported on {op} (integer op)")
+            continue
         if dim in masks:
             node = deps.view.model.graph.node[node_index]
             readers[dim] += [(node_index, pos) for pos, name in enumerate(node.input) if name == dim[0]]
@@ -73,14 +151,18 @@ def masked_bytes(
     """``model`` serialized with a ``Mul`` mask on each contracted dim in ``masks`` (an array:
     a constant; ``None``: a graph input). Returns the bytes and each mask's name."""
     points = channel_points(deps, masks)
-    data, names = insert_masks(model, list(points.values()))
+    data, names = insert_masks(model, list(points.values()), weights=weight_points(deps, masks))
     return data, dict(zip(points, names))
 
 
 def insert_masks(
-    model: onnx.ModelProto, points: list[MaskPoint], prefix: str = "graphprune_mask"
+    model: onnx.ModelProto,
+    points: list[MaskPoint],
+    prefix: str = "graphprune_mask",
+    weights: Sequence[WeightPoint] = (),
 ) -> tuple[bytes, list[str]]:
-    """``model`` serialized with the mask ``points`` in place, and the masks' names."""
+    """``model`` serialized with the mask ``points`` and masked ``weights`` in place, and the
+    masks' names."""
     g = model.graph
     taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output} | {i.name for i in g.input}
     names: list[str] = []
@@ -100,6 +182,10 @@ def insert_masks(
         for node_index, position in p.readers:
             renamed.append((g.node[node_index], position, out_name))
         inserts.append((min(i for i, _ in p.readers), helper.make_node("Mul", [p.tensor, mask_name], [out_name])))
+    for k, wp in enumerate(weights):
+        name = fresh_name(taken, f"{prefix}_weight_{k}")
+        inits.append(numpy_helper.from_array(wp.value, name))
+        renamed.append((g.node[wp.node_index], wp.position, name))
     n_init, n_inputs, n_nodes = len(g.initializer), len(g.input), len(g.node)
     originals = [(node, position, node.input[position]) for node, position, _ in renamed]
     try:

@@ -12,8 +12,11 @@ Rules:
 2. It runs on the light copy (large weights are stubs without data: symbolic inference
    needs their dims only, and the small integer constants it computes with are kept), in
    which ``FusedConv``, ``FusedGemm`` and ``FusedMatMul``, which it does not know, are
-   written as the Conv, Gemm and Einsum of the same shapes. An op it does not know either
-   leaves its outputs unshaped (no guessed ranks): what depends on them blocks.
+   written as the Conv, Gemm and Einsum of the same shapes (and the QOperator ops ``QGemm``,
+   ``QLinearConcat``, ``QLinearGlobalAveragePool``, ``QLinearAveragePool``,
+   ``QLinearLeakyRelu``, ``QLinearSigmoid`` as the float op of their data inputs; a
+   ``channels_last`` pool is left unknown). An op it does not know either leaves its outputs
+   unshaped (no guessed ranks): what depends on them blocks.
 3. It only adds: a tensor that ONNX inference shaped keeps its shape; a tensor it left
    unshaped takes the symbolic one (a symbolic dim, e.g. ``batch``, stays unknown).
 4. If onnxruntime is missing or symbolic inference fails on the graph, nothing changes; where
@@ -62,14 +65,21 @@ def complete(inferred: onnx.ModelProto, light: onnx.ModelProto) -> onnx.ModelPro
     return out
 
 
-# Contrib ops whose output shape is a standard op's: (that op, its inputs, the attributes to drop).
+# Contrib ops whose output shape is a standard op's: (that op, its inputs (a slice or positions), the
+# attributes to drop).
 # Symbolic inference does not know FusedConv, FusedGemm, FusedMatMul; ONNX inference knows
 # Conv, Gemm and Einsum (a FusedMatMul with transA/transB is the Einsum of _EINSUM).
 _STANDARD = {
-    "FusedConv": ("Conv", 3, ("activation", "activation_params")),
-    "FusedGemm": ("Gemm", 3, ("activation", "activation_alpha", "activation_beta", "activation_gamma")),
-    "FusedMatMul": ("Einsum", 2, None),
-    "TransposeMatMul": ("Einsum", 2, None),
+    "FusedConv": ("Conv", slice(3), ("activation", "activation_params")),
+    "FusedGemm": ("Gemm", slice(3), ("activation", "activation_alpha", "activation_beta", "activation_gamma")),
+    "FusedMatMul": ("Einsum", slice(2), None),
+    "TransposeMatMul": ("Einsum", slice(2), None),
+    "QGemm": ("Gemm", (0, 3, 6), ()),
+    "QLinearConcat": ("Concat", slice(2, None, 3), ()),
+    "QLinearGlobalAveragePool": ("GlobalAveragePool", slice(1), ("channels_last",)),
+    "QLinearAveragePool": ("AveragePool", slice(1), ("channels_last",)),
+    "QLinearLeakyRelu": ("LeakyRelu", slice(1), ()),
+    "QLinearSigmoid": ("Sigmoid", slice(1), ()),
 }
 _EINSUM = {
     (0, 0): "...ij,...jk->...ik",
@@ -88,15 +98,20 @@ def _as_standard(light: onnx.ModelProto) -> onnx.ModelProto:
     for node in out.graph.node:
         if node.domain != "com.microsoft" or node.op_type not in _STANDARD:
             continue
-        op, n_inputs, drop = _STANDARD[node.op_type]
+        op, inputs, drop = _STANDARD[node.op_type]
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("channels_last", 0):
+            continue  # a channels-last pool: left unknown
         if op == "Einsum":
             if attrs.get("transBatchA", 0) or attrs.get("transBatchB", 0):
                 continue  # left unknown: its rule blocks it
             kept = [onnx.helper.make_attribute("equation", _EINSUM[attrs.get("transA", 0), attrs.get("transB", 0)])]
         else:
             kept = [a for a in node.attribute if a.name not in drop]
-        inputs = list(node.input[:n_inputs])
+        if isinstance(inputs, slice):
+            inputs = list(node.input[inputs])
+        else:
+            inputs = [node.input[i] for i in inputs if i < len(node.input) and node.input[i]]
         del node.attribute[:], node.input[:]
         node.attribute.extend(kept)
         node.input.extend(inputs)

@@ -165,14 +165,6 @@ def test_the_bypass_leaves_the_model_as_it_was(qdq_net):
     assert qdq_net.SerializeToString() == before
 
 
-def test_a_qoperator_model_is_blocked_with_a_reason_not_a_crash(tmp_path):
-    model = quantize(variants.fold_batchnorm(builders.conv_chain()), tmp_path, fmt="QOperator")
-    assert any(n.op_type == "QLinearConv" for n in model.graph.node)
-    deps = analyze(model)
-    assert not deps.prunable_groups()
-    assert any("QLinearConv" in note for note in deps.notes), deps.notes
-
-
 def test_each_step_of_a_pipeline_on_a_qdq_model_is_held_in_quantization_steps(qdq_net):
     from graphprune.api import run_passes
     from graphprune.passes.filter import FilterPruning
