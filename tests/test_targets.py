@@ -158,3 +158,26 @@ def test_a_flops_target_on_a_model_with_dynamic_dims_is_counted_per_sample_at_th
     assert r.passed and abs(r.flops_after / r.flops_before - 0.5) <= 0.02
     assert r.assumed_shapes == {"input": [1, 3, 64, 64]}
     assert graphprune.prune(model, target_params=0.5, latency=False).report.passed  # params need no shapes
+
+
+def test_a_default_flops_target_keeps_conv_channels_on_the_channel_step_when_it_can():
+    """round_to=None (the CLI's default): counts on the runtime's step when whole steps reach the
+    target within STEPPED_TARGET_SLACK; else free, and the report says why."""
+    from graphprune.hardware import channel_step
+    from graphprune.passes.filter import STEPPED_TARGET_SLACK
+
+    step = channel_step().step
+    wide = builders.conv_chain(channels=(8, 8 * step, 8 * step, 8))
+    result = graphprune.prune(wide, target_flops=0.5, round_to=None, latency=False)
+    assert result.report.passed
+    assert abs(result.report.flops_after / result.report.flops_before - 0.5) <= STEPPED_TARGET_SLACK + 1e-9
+    assert result.report.prune["channel_step"]["step"] == step
+    cut = [g for g in result.deps.prunable_groups() if g.unit == "channels" and len(result.plan.removed(g))]
+    assert cut and all((g.size - len(result.plan.removed(g))) % step == 0 for g in cut)
+
+    narrow = builders.conv_chain(channels=(4, step // 2 + 2, step // 2 + 2, 4))  # one step is most of a layer
+    result = graphprune.prune(narrow, target_flops=0.5, round_to=None, latency=False)
+    assert result.report.passed
+    assert "channel_step_skipped" in result.report.prune
+    free = graphprune.prune(narrow, target_flops=0.5, round_to=1, validate=False)  # the same as counts left free
+    assert result.report.flops_after == free.report.flops_after

@@ -46,6 +46,9 @@ OBJECTIVES = ("flops", "params", "latency")
 LATENCY_MODELS = ("layer", "model")  # per-layer curves, or whole-model timings per group
 LATENCY_TOLERANCE = 0.05  # a latency target is met when the measured ratio is within 5% of it
 LATENCY_TRIES = 4
+# A FLOPs/params target keeps conv channels on the channel step when that reaches within this
+# (absolute fraction of the original) of the target; else counts are left free (see _to_target)
+STEPPED_TARGET_SLACK = 0.01
 
 
 @dataclass(frozen=True)
@@ -190,9 +193,15 @@ class FilterPruning(TransformMixin):
             )
         costs = _metric_costs(cm)
         notes: dict = {"target": {"metric": metric, "fraction": fraction}, "objective": objective}
-        # By default a FLOPs or parameter target keeps its precision (met within a fraction of a
-        # percent: whole channel steps are too coarse on small models); latency uses the step below.
+        # By default (round_to None) a FLOPs or parameter target keeps convolution channels on the
+        # runtime's channel step, as a ratio does (YOLOv8n at half its MACs: 0.62 of the latency
+        # on the step, 0.81 off it), unless whole steps are too coarse to meet it within
+        # STEPPED_TARGET_SLACK (small models): then counts are free and the target is met exactly.
+        # Latency uses the step below.
         round_to, grids = self.round_to or 1, None
+        stepped = None
+        if self.round_to is None and "latency" not in (metric, objective):
+            stepped, step_note = round_to_of(None, deps)
         if "latency" in (metric, objective):
             lm, notes["latency_table"] = self._latency_model(deps, cm)
             costs["latency"] = lm.fraction
@@ -205,19 +214,36 @@ class FilterPruning(TransformMixin):
         if self.sensitivity is not None:
             losses, notes["sensitivity"] = self._losses(deps)
             scores = {gid: s for gid, s in scores.items() if gid in losses}  # the others were not measured
-        result = allocate_to_target(
-            deps,
-            scores,
-            fraction if goal is None else goal,
-            costs[metric],
-            cm.group_ids,
-            objective=costs[objective],
-            grids=grids,
-            round_to=round_to,
-            min_keep=self.min_keep,
-            ignore=self.ignore,
-            losses=losses,
-        )
+        wanted = fraction if goal is None else goal
+
+        def allocation(round_to):
+            return allocate_to_target(
+                deps,
+                scores,
+                wanted,
+                costs[metric],
+                cm.group_ids,
+                objective=costs[objective],
+                grids=grids,
+                round_to=round_to,
+                min_keep=self.min_keep,
+                ignore=self.ignore,
+                losses=losses,
+            )
+
+        result = None
+        if stepped is not None and stepped != 1:
+            result = allocation(stepped)
+            if abs(result.reached - wanted) <= STEPPED_TARGET_SLACK:
+                notes["round_to"], notes["channel_step"] = stepped, step_note
+            else:
+                notes["channel_step_skipped"] = (
+                    f"whole steps of {step_note['step']} channels reach {result.reached:.3f}, not {wanted:.3f}:"
+                    " channel counts left free"
+                )
+                result = None
+        if result is None:
+            result = allocation(round_to)
         notes["reached"] = round(result.reached, 5)
         if metric == "latency":
             notes["reached_estimate"] = notes["reached"]
