@@ -186,3 +186,35 @@ def test_generation_with_pruned_cache_matches_masked_original(model, pruned):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=f"step {step}")
     # pruning half the MLP changed the function: the comparison is against the masked model, not a no-op
     assert not np.allclose(got[0], original[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "graphprune Concat rule returns before coupling the other axes when the concat axis is symbolic: "
+        "w[1] is blocked by 'Concat has no rule for axis 2 of input 1' instead of 'present (graph output)'"
+    ),
+)
+def test_minimal_cache_concat_blocks_the_projection_by_the_graph_output():
+    """The reduction of the xfail above: MatMul -> Concat([past, k], axis=1) with the axis symbolic."""
+    w = onnx.numpy_helper.from_array(np.ones((4, 6), np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("MatMul", ["x", "w"], ["k"]),
+            onnx.helper.make_node("Concat", ["past", "k"], ["present"], axis=1),
+        ],
+        "cache_concat",
+        [
+            onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, "s", 4]),
+            onnx.helper.make_tensor_value_info("past", onnx.TensorProto.FLOAT, [1, "p", 6]),
+        ],
+        [onnx.helper.make_tensor_value_info("present", onnx.TensorProto.FLOAT, [1, "t", 6])],
+        [w],
+    )
+    m = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.checker.check_model(m, full_check=True)
+    group = next(g for g in graphprune.analyze(m).groups if g.label == "w[1]")
+    assert not group.prunable
+    assert any("present (graph output)" in str(r) or "past (graph input)" in str(r) for r in group.reasons), (
+        group.reasons
+    )
