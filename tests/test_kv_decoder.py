@@ -160,7 +160,8 @@ def test_key_and_value_projection_groups_are_blocked_naming_the_cache(model):
 def test_mlp_pruning_validates_exactly(pruned):
     report = pruned.report
     assert report.passed
-    assert report.exact is not None and report.exact.passed
+    assert report.exact is not None and report.exact.checked and report.exact.passed
+    assert report.exact.skipped_groups == []
     assert report.params_after < report.params_before
     down = {i.name: i for i in pruned.model.graph.initializer}
     for i in range(LAYERS):
