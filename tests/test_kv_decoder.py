@@ -219,3 +219,20 @@ def test_minimal_cache_concat_blocks_the_projection_by_the_graph_output():
     assert any("present (graph output)" in str(r) or "past (graph input)" in str(r) for r in group.reasons), (
         group.reasons
     )
+
+
+def test_mask_hides_padded_past_and_future_tokens(model):
+    sess = _session(model)
+    feeds = _prompt_feeds()
+    base = sess.run(["logits"], feeds)[0]
+    changed = dict(feeds)
+    for i in range(LAYERS):  # row 1's first past position is padding
+        for kind in ("key", "value"):
+            cache = feeds[f"past_key_values.{i}.{kind}"].copy()
+            cache[1, :, 0] += 5.0
+            changed[f"past_key_values.{i}.{kind}"] = cache
+    changed["input_ids"] = feeds["input_ids"].copy()
+    changed["input_ids"][:, 1] = (feeds["input_ids"][:, 1] + 1) % VOCAB  # a later token
+    after = sess.run(["logits"], changed)[0]
+    np.testing.assert_allclose(after[1, 0], base[1, 0], rtol=1e-5, atol=1e-6)  # neither reaches row 1, token 0
+    assert not np.allclose(after[1, 1], base[1, 1])  # the changed token itself does
