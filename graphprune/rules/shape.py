@@ -43,8 +43,15 @@ def concat(node: onnx.NodeProto, ctx: RuleContext) -> None:
     axis = _axis(ctx.attr("axis"), len(ys))
     parts = [(x, ctx.shape(x)) for x in node.input]
     if any(xs is None or xs[axis] is None for _, xs in parts):
-        # Without every segment's size the output's entries cannot all be traced.
+        # Without every segment's size the output's entries cannot all be traced; the other axes
+        # still pass through (a KV cache: Concat(past, new) on the symbolic sequence axis keeps
+        # the heads axis, which then meets the cache's graph input and output)
         ctx.forbid(ctx.dim(y, axis), "Concat with an input of unknown size")
+        for x, xs in parts:
+            if xs is not None and len(xs) == len(ys):
+                for ax in range(len(ys)):
+                    if ax != axis:
+                        ctx.identity(ctx.dim(x, ax), ctx.dim(y, ax))
         return
     offset = 0
     for x, xs in parts:
