@@ -231,48 +231,6 @@ def prune(
     empty (no channel group loses entries) and the removed blocks are in
     ``report.prune["blocks_removed"]``.
     """
-    if pass_ == "layer":
-        return _prune_blocks(
-            model,
-            criterion=criterion,
-            remove_blocks=remove_blocks,
-            calib=calib,
-            validate=validate,
-            latency=latency,
-            latency_runs=latency_runs,
-            feeds=feeds,
-            input_shapes=input_shapes,
-            others=dict(
-                ratio=ratio,
-                global_threshold=global_threshold,
-                round_to=round_to,
-                min_keep=min_keep,
-                ignore=tuple(ignore),
-                plan=plan,
-                seed=seed,
-                units=tuple(units),
-                target_flops=target_flops,
-                target_params=target_params,
-                target_latency=target_latency,
-                objective=objective,
-                latency_table=latency_table,
-                latency_model=latency_model,
-                sensitivity=sensitivity,
-                calib_samples=calib_samples,
-                batch_size=batch_size,
-                compensate=compensate,
-                selection=selection,
-            ),
-        )
-    if remove_blocks is not None:
-        raise InputError(f"remove-blocks is an option of the layer pass, not of the {pass_} pass")
-    if inplace and validate:
-        raise InputError("inplace pruning cannot be validated: the original is needed for the reference")
-    original = load_model(model)
-    plan_source = "plan"
-    if plan is not None and not isinstance(plan, dict):
-        plan_source = str(plan)
-        plan = read_plan(plan)
     options = dict(
         ratio=ratio,
         criterion=criterion,
@@ -282,7 +240,7 @@ def prune(
         ignore=tuple(ignore),
         seed=seed,
         plan=plan,
-        plan_source=plan_source if plan is not None else None,
+        plan_source=None if plan is None else "plan",
         units=tuple(units),
         calib=calib,
         calib_samples=calib_samples,
@@ -299,6 +257,29 @@ def prune(
         progress=progress,
         sensitivity=sensitivity,
     )
+    if pass_ == "layer":
+        # what the layer pass takes is passed by name; any other option given is an error there
+        taken = ("criterion", "calib", "plan_source", "threads", "progress")
+        return _prune_blocks(
+            model,
+            criterion=criterion,
+            remove_blocks=remove_blocks,
+            calib=calib,
+            validate=validate,
+            latency=latency,
+            latency_runs=latency_runs,
+            feeds=feeds,
+            input_shapes=input_shapes,
+            others={k: v for k, v in options.items() if k not in taken},
+        )
+    if remove_blocks is not None:
+        raise InputError(f"remove-blocks is an option of the layer pass, not of the {pass_} pass")
+    if inplace and validate:
+        raise InputError("inplace pruning cannot be validated: the original is needed for the reference")
+    original = load_model(model)
+    if plan is not None and not isinstance(plan, dict):
+        options["plan_source"] = str(plan)
+        plan = options["plan"] = read_plan(plan)
     pass_ = make_pass(pass_, **options)
     data = getattr(pass_, "calib", None)
     if data is not None and not isinstance(data, Dataset):
@@ -353,9 +334,7 @@ def _prune_blocks(
     :func:`prune_layers`, as a :class:`PruneResult`."""
     from .passes.layer import LayerPruning
 
-    given = [k for k, v in others.items() if v not in (None, False, ()) and v != _prune_defaults().get(k)]
-    if given:
-        raise InputError(f"the layer pass does not take {given[0].replace('_', '-')}")
+    _refuse_untaken("layer", others, takes=())
     original = load_model(model)
     criterion = criterion or ("influence" if calib is not None else "weight-norm")
     step = LayerPruning(remove_blocks=1 if remove_blocks is None else remove_blocks, criterion=criterion, calib=calib)
@@ -393,6 +372,15 @@ def _prune_defaults() -> dict:
     return {k: p.default for k, p in inspect.signature(prune).parameters.items()}
 
 
+def _refuse_untaken(name: str, options: dict, takes) -> None:
+    """An ``InputError`` for the first option given (not None, False, empty or :func:`prune`'s
+    default) that the ``name`` pass does not take."""
+    defaults = _prune_defaults()
+    given = [k for k, v in options.items() if k not in takes and v not in (None, False, (), defaults.get(k))]
+    if given:
+        raise InputError(f"the {name} pass does not take {given[0].replace('_', '-')}")
+
+
 def make_pass(name: str, **options):
     """The pass registered as ``name`` (``filter``, ``channel``...), given the options its
     dataclass has fields for; options left as None keep the pass's defaults."""
@@ -404,10 +392,7 @@ def make_pass(name: str, **options):
         raise InputError(f"unknown pass {name!r}; choose from {', '.join(PASSES)}")
     cls = PASSES[name]
     names = {f.name for f in fields(cls)}
-    defaults = _prune_defaults()
-    unsupported = [k for k, v in options.items() if k not in names and v not in (None, False, (), defaults.get(k))]
-    if unsupported:
-        raise InputError(f"the {name} pass does not take {unsupported[0].replace('_', '-')}")
+    _refuse_untaken(name, options, takes=names)
     # round_to None is a value: conv channels on the channel step (the CLI's default)
     return cls(**{k: v for k, v in options.items() if k in names and (v is not None or k == "round_to")})
 
