@@ -421,15 +421,19 @@ def _fetching(models: list[onnx.ModelProto], names: list[str], deps: DependencyG
                 m.graph.output.pop()
 
 
-def _probes(original, pruned, base, pruned_source, deps) -> list[str]:
-    """The saturating outputs' inputs to fetch, when every model is in memory and the analysis
-    knows their types (lazy models run from files, which would need them written again)."""
+def _probes(original, pruned, base, pruned_source, deps) -> tuple[dict[int, str], list[str]]:
+    """``({output index: the input of its saturating op, compared instead}, those inputs to fetch as extra
+    outputs)``: inputs that are graph outputs already are compared as such, and nothing is probed
+    unless every model is in memory and the analysis knows the inputs' types (lazy models run
+    from files, which would need them written again)."""
     if deps is None or isinstance(pruned_source, str) or any(has_lazy(m) for m in (original, pruned, base)):
-        return []
-    names = list(dict.fromkeys(saturating_inputs(base).values()))
-    if not names or any(n not in deps.view.dtypes or deps.view.shapes.get(n) is None for n in names):
-        return []
-    return names
+        return {}, []
+    saturating = saturating_inputs(base)
+    outputs = {o.name for o in base.graph.output}
+    names = [n for n in dict.fromkeys(saturating.values()) if n not in outputs]
+    if any(n not in deps.view.dtypes or deps.view.shapes.get(n) is None for n in names):
+        return {}, []
+    return saturating, names
 
 
 def check_pruned(
@@ -455,14 +459,15 @@ def check_pruned(
     """
     feeds = feeds if feeds is not None else random_feeds(original)
     base = original if reference is None else reference
-    probes = _probes(original, pruned, base, pruned_source, deps)
+    saturated, probes = _probes(original, pruned, base, pruned_source, deps)
+    n = len(original.graph.output)
     with _fetching([original, pruned, base], probes, deps):
-        return _check(original, pruned, deps, plan, feeds, pruned_source, base, inputs_from, probes)
+        return _check(original, pruned, deps, plan, feeds, pruned_source, base, inputs_from, n, saturated, probes)
 
 
-def _check(original, pruned, deps, plan, feeds, pruned_source, base, inputs_from, probes) -> Validation:
-    """:func:`check_pruned` once ``probes`` (tensors after every graph output) are fetched too."""
-    n = len(original.graph.output) - len(probes)
+def _check(original, pruned, deps, plan, feeds, pruned_source, base, inputs_from, n, saturated, probes) -> Validation:
+    """:func:`check_pruned` once ``probes`` (tensors after the ``n`` graph outputs) are fetched
+    too; the ``saturated`` outputs are compared at their op's input instead."""
     original_all = run_original(original, feeds, inputs_from)
     original_out, original_probe = original_all[:n], original_all[n:]
     exact = Exactness()
@@ -505,7 +510,7 @@ def _check(original, pruned, deps, plan, feeds, pruned_source, base, inputs_from
                 )
             else:
                 # outputs after a saturating op are compared at that op's input (saturating_inputs)
-                held = [k for k in range(n) if k not in saturating_inputs(base)] if probes else list(range(n))
+                held = [k for k in range(n) if k not in saturated]
                 diff = rel_diff(
                     [pruned_out[k] for k in held] + pruned_probe,
                     [ref_out[k] for k in held] + ref_probe,
@@ -513,8 +518,9 @@ def _check(original, pruned, deps, plan, feeds, pruned_source, base, inputs_from
                 )
                 tol = exact_tolerance(pruned_out)
                 exact = Exactness(checked=True, passed=diff <= tol, max_rel_diff=diff, tolerance=tol)
-                if probes:
-                    exact.note = f"outputs after a saturating op compared at its input ({', '.join(probes)})"
+                if saturated:
+                    inputs = ", ".join(dict.fromkeys(saturated.values()))
+                    exact.note = f"outputs after a saturating op compared at its input ({inputs})"
         else:
             exact.note = "no plan: exactness needs the plan the model was pruned with"
     return Validation(

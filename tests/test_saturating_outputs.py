@@ -9,7 +9,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import graphprune
-from graphprune.validation import check_pruned, run, saturating_inputs
+from graphprune.cost import random_feeds
+from graphprune.validation import check_pruned, fidelity, run, saturating_inputs
 
 
 def _saturated_head(bias: float = -20.0) -> onnx.ModelProto:
@@ -65,4 +66,26 @@ def test_a_wrong_surgery_behind_a_saturated_output_still_fails():
     w2.CopyFrom(numpy_helper.from_array(arr, "w2"))
     v = check_pruned(model, broken, result.deps, result.plan)
     assert v.checker_ok and v.runtime_ok
+    assert v.exact.checked and not v.exact.passed
+
+
+def test_a_saturating_output_whose_input_is_an_output_too_is_compared_there():
+    """A detector that outputs its logits beside their Sigmoid: the logits are compared as the
+    graph output they are (nothing fetched twice, every output aligned with its reference)."""
+    model = _saturated_head()
+    model.graph.output.insert(0, helper.make_tensor_value_info("flat_logit", TensorProto.FLOAT, [1, 64]))
+    assert saturating_inputs(model) == {1: "flat_logit"}
+    result = graphprune.prune(model, ratio=0.5, latency=False)
+    assert result.report.passed and result.report.exact.checked
+    assert [o.name for o in result.model.graph.output] == ["flat_logit", "prob"]
+    # fidelity still sees both outputs, the probe taking none of their places
+    feeds = random_feeds(model)
+    v = check_pruned(model, result.model, result.deps, result.plan, feeds=feeds)
+    assert v.fidelity.rel_l2 == fidelity(run(result.model, feeds), run(model, feeds)).rel_l2
+    broken = result.model
+    (w2,) = [t for t in broken.graph.initializer if t.name == "w2"]
+    arr = numpy_helper.to_array(w2).copy()
+    arr[:, [0, 1]] = arr[:, [1, 0]]
+    w2.CopyFrom(numpy_helper.from_array(arr, "w2"))
+    v = check_pruned(model, broken, result.deps, result.plan)
     assert v.exact.checked and not v.exact.passed
