@@ -29,6 +29,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from graphprune.graph import fresh_name
+
 __all__ = ["kv_decoder"]
 
 OPSET = 17
@@ -48,16 +50,8 @@ class _Graph:
         self.inits: list[onnx.TensorProto] = []
         self._names: set[str] = set()
 
-    def _unique(self, name: str) -> str:
-        unique, i = name, 0
-        while unique in self._names:
-            i += 1
-            unique = f"{name}_{i}"
-        self._names.add(unique)
-        return unique
-
     def const(self, name: str, value, dtype=np.int64) -> str:
-        name = self._unique(name)
+        name = fresh_name(self._names, name)
         self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
 
@@ -68,7 +62,7 @@ class _Graph:
         return self.const(name, 1.0 + 0.1 * self.rng.standard_normal(n), np.float32)
 
     def op(self, op: str, inputs: list[str], scope: str, *, output: str | None = None, **attrs) -> str:
-        name = self._unique(f"{scope}/{op}")
+        name = fresh_name(self._names, f"{scope}/{op}")
         out = output or f"{name}_output_0"
         self.nodes.append(helper.make_node(op, inputs, [out], name=name, **attrs))
         return out

@@ -78,6 +78,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from graphprune.graph import fresh_name
 from models.builders import _Builder
 
 __all__ = [
@@ -307,12 +308,7 @@ class _Generator:
         return [int(w) for w in out]
 
     def name(self, base: str) -> str:
-        name, k = base, 1
-        while name in self._names:
-            k += 1
-            name = f"{base}_{k}"
-        self._names.add(name)
-        return name
+        return fresh_name(self._names, base)
 
     # ------------------------------------------------------------------ shapes
     def c(self, x: str) -> int:
