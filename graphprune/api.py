@@ -8,8 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +23,12 @@ from .errors import InputError
 from .evaluate import check_labels, evaluate
 from .graph import find_cycle
 from .inputs import InputSizes, count_shapes, resolve
-from .passes import PruneOutcome
+from .passes import PassContext, PassResult
 from .passes.filter import PLAN_METADATA_KEY, get_metadata
 from .passes.finish import COMPENSATE_METADATA_KEY, HISTORY_METADATA_KEY, fingerprint, history_of
 from .plan import Plan, compose, plan_from_json, read_plan
 from .report import Report
-from .validation import Exactness, check_pruned
+from .validation import Exactness, Step, check_steps
 from .weights import runnable
 
 ModelLike = str | os.PathLike | onnx.ModelProto
@@ -39,12 +38,28 @@ FIDELITY_SAMPLES = 256  # calibration samples prune's fidelity is measured on
 
 @dataclass
 class PruneResult:
-    """The pruned model, its report, the plan applied and the analysis it came from."""
+    """The pruned model and its report; ``steps`` holds each pass's own report and ``plans`` each
+    pass's plan (``{"pass", "plan"}``, addressing that step's input). For a single group pass,
+    ``plan`` is its plan and ``deps`` the analysis it applies to (an empty plan and None for the
+    layer pass and for pipelines)."""
 
     model: onnx.ModelProto
     report: Report
-    plan: Plan
-    deps: DependencyGraph
+    plan: Plan = field(default_factory=Plan)
+    deps: DependencyGraph | None = None
+    steps: list[dict] = field(default_factory=list)
+    plans: list[dict] = field(default_factory=list)
+
+    @property
+    def nothing_pruned(self) -> str | None:
+        """Why nothing was removed (the report says it), or None when something was."""
+        if self.report.prune.get("channels_removed") or self.report.prune.get("blocks_removed"):
+            return None
+        whys = [s["nothing_pruned"] for s in self.steps if "nothing_pruned" in s]
+        return "; ".join(whys) or "no step removed anything"
+
+
+PipelineResult = PruneResult  # the name run_passes' result had; one result type for one pass or several
 
 
 def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
@@ -256,98 +271,22 @@ def prune(
         threads=threads,
         progress=progress,
         sensitivity=sensitivity,
+        remove_blocks=remove_blocks,
     )
-    if pass_ == "layer":
-        # what the layer pass takes is passed by name; any other option given is an error there
-        taken = ("criterion", "calib", "plan_source", "threads", "progress")
-        return _prune_blocks(
-            model,
-            criterion=criterion,
-            remove_blocks=remove_blocks,
-            calib=calib,
-            validate=validate,
-            latency=latency,
-            latency_runs=latency_runs,
-            feeds=feeds,
-            input_shapes=input_shapes,
-            others={k: v for k, v in options.items() if k not in taken},
-        )
-    if remove_blocks is not None:
-        raise InputError(f"remove-blocks is an option of the layer pass, not of the {pass_} pass")
-    if inplace and validate:
-        raise InputError("inplace pruning cannot be validated: the original is needed for the reference")
-    original = load_model(model)
-    if plan is not None and not isinstance(plan, dict):
+    if plan is not None and not isinstance(plan, dict) and pass_ != "layer":
         options["plan_source"] = str(plan)
-        plan = options["plan"] = read_plan(plan)
-    pass_ = make_pass(pass_, **options)
-    data = getattr(pass_, "calib", None)
-    if data is not None and not isinstance(data, Dataset):
-        from dataclasses import replace
-
-        data = open_dataset(data)
-        pass_ = replace(pass_, calib=data)  # indexed once, read by every step
-    batch = getattr(pass_, "batch_size", None) or DEFAULT_BATCH
-    sizes, feeds, inputs_from = _inputs(original, input_shapes, feeds, data, batch, validate=validate, check=False)
-    deps = _analyze(original, inexact=getattr(pass_, "inexact", False))
-    if validate and (deps.prunable_groups() or plan is not None):  # else "nothing to prune" says more
-        _check_inputs(original, sizes, feeds, inputs_from)
-    deps.sample_shapes = count_shapes(original, sizes) or deps.view.shapes
-    before = cost_of(original, deps.sample_shapes)
-    if hasattr(pass_, "prune"):
-        outcome = pass_.prune(original, deps, inplace=inplace)
-    else:  # a pass with only run(): no compensation, the original is the reference
-        pruned, chosen, details = pass_.run(original, deps, inplace=inplace)
-        outcome = PruneOutcome(pruned, chosen, deps, original, details)
-    if outcome.plan.total_removed == 0:  # said, not pretended: the CLI writes nothing then
-        why = nothing_pruned(outcome.deps, from_plan=plan is not None, channel_step=outcome.report.get("channel_step"))
-        outcome.report = {**outcome.report, "nothing_pruned": why}
-        # the model is unchanged: inputs its original rejects leave it unvalidated, not an error
-        validate = validate and sizes.runs is not False and _runs(original, feeds)
-    report = _report(
-        original,
-        outcome.pruned,
-        outcome.report,
-        outcome.deps,
-        outcome.plan,
-        validate=validate,
-        latency=latency,
-        feeds=feeds,
-        before=before,
-        reference=outcome.reference,
-        sizes=sizes,
-        inputs_from=inputs_from,
-        latency_runs=latency_runs,
-    )
-    if validate and data is not None and report.runtime["passed"] and not weights.has_lazy(outcome.pruned):
-        # Fidelity over the calibration data rather than its first batch (one sample for a
-        # model fixed to batch 1); exactness and latency keep the first batch.
-        ev = evaluate(original, outcome.pruned, data, batch_size=pass_.batch_size, limit=FIDELITY_SAMPLES)
-        report.fidelity = ev.fidelity
-    return PruneResult(model=outcome.pruned, report=report, plan=outcome.plan, deps=outcome.deps)
-
-
-def _prune_blocks(
-    model, *, criterion, remove_blocks, calib, validate, latency, latency_runs, feeds, input_shapes, others
-):
-    """``prune(pass_="layer")``: the layer pass through :func:`run_passes`, the same validation as
-    :func:`prune_layers`, as a :class:`PruneResult`."""
-    from .passes.layer import LayerPruning
-
-    _refuse_untaken("layer", others, takes=())
-    original = load_model(model)
-    criterion = criterion or ("influence" if calib is not None else "weight-norm")
-    step = LayerPruning(remove_blocks=1 if remove_blocks is None else remove_blocks, criterion=criterion, calib=calib)
-    result = run_passes(
-        original,
+        options["plan"] = read_plan(plan)
+    step = make_pass(pass_, **options)
+    return run_passes(
+        model,
         [step],
         validate=validate,
         latency=latency,
-        latency_runs=latency_runs,
         feeds=feeds,
         input_shapes=input_shapes,
+        latency_runs=latency_runs,
+        inplace=inplace,
     )
-    return PruneResult(model=result.model, report=result.report, plan=Plan(), deps=_analyze(original))
 
 
 def nothing_pruned(deps: DependencyGraph, *, from_plan: bool = False, channel_step: dict | None = None) -> str:
@@ -402,17 +341,6 @@ def first_batch(model: onnx.ModelProto, dataset: Dataset, batch_size: int) -> di
     return next(iter(dataset.batches(input_specs(model), batch_size=batch_size, limit=batch_size)), None)
 
 
-@dataclass
-class PipelineResult:
-    """The model after every pass, the report (exactness per step, fidelity end to end) and
-    each step's own report."""
-
-    model: onnx.ModelProto
-    report: Report
-    steps: list[dict]
-    plans: list[dict]  # per step: {"pass": name, "plan": the plan's JSON, addressing that step's input}
-
-
 def prune_layers(
     model: ModelLike,
     remove_blocks: int = 1,
@@ -423,7 +351,7 @@ def prune_layers(
     latency: bool = True,
     feeds: dict[str, np.ndarray] | None = None,
     latency_runs: int | None = None,
-) -> PipelineResult:
+) -> PruneResult:
     """Remove the ``remove_blocks`` least important residual blocks ``y = x + f(x)`` of ``model``.
 
     ``criterion`` is ``"influence"`` (needs ``calib``) or ``"weight-norm"``; by default
@@ -431,7 +359,6 @@ def prune_layers(
     """
     from .passes.layer import LayerPruning
 
-    criterion = criterion or ("influence" if calib is not None else "weight-norm")
     step = LayerPruning(remove_blocks=remove_blocks, criterion=criterion, calib=calib)
     return run_passes(model, [step], validate=validate, latency=latency, feeds=feeds, latency_runs=latency_runs)
 
@@ -445,49 +372,121 @@ def run_passes(
     feeds: dict[str, np.ndarray] | None = None,
     input_shapes: dict | None = None,
     latency_runs: int | None = None,
-) -> PipelineResult:
-    """Run ``passes`` (FilterPruning, LayerPruning, ...) in order and validate.
+    inplace: bool = False,
+) -> PruneResult:
+    """Run ``passes`` (FilterPruning, LayerPruning, ...) in order and validate: the one path of
+    every prune (:func:`prune` is a pipeline of one pass).
 
-    Exactness is checked per step: each step's output against a reference built from that
-    step's input (the masked reference for filter pruning, the zeroed-f(x) one for layer
-    pruning), so it keeps meaning "the surgery did what the step's plan says". Checker,
-    runtime and fidelity are end to end, against the original.
+    Exactness is checked per step: each step's output against the reference that step returned,
+    built from its own input (the masked reference for a plan over groups, the zeroed-f(x) one for
+    layer pruning), so it keeps meaning "the surgery did what the step's plan says". Checker,
+    runtime and fidelity are end to end, against the original; with calibration data (a pass's
+    ``calib``), fidelity is measured over up to 256 of its samples, and its first batch drives
+    exactness and latency unless ``feeds`` are given. ``inplace=True`` (only without validation,
+    which needs the original) lets the passes edit ``model`` instead of a copy.
     """
-    from .validation import run_original
-
+    if inplace and validate:
+        raise InputError("inplace pruning cannot be validated: the original is needed for the reference")
     original = load_model(model)
-    sizes, feeds, inputs_from = _inputs(original, input_shapes, feeds, None, DEFAULT_BATCH, validate=validate)
-    before = sample_cost(original, sizes)
-    if validate:
-        run_original(original, feeds, inputs_from)
+    passes = [_with_dataset(p) for p in passes]
+    data = next((p.calib for p in passes if isinstance(getattr(p, "calib", None), Dataset)), None)
+    batch = next((getattr(p, "batch_size", None) for p in passes if data is not None and p.calib is data), None)
+    batch = batch or DEFAULT_BATCH
+    sizes, feeds, inputs_from = _inputs(original, input_shapes, feeds, data, batch, validate=validate, check=False)
+    costs: dict = {}
     current = original
+    done: list[tuple[onnx.ModelProto, PassResult]] = []
     steps: list[dict] = []
-    exacts: list[Exactness] = []
-    plans: list[dict] = []
     for p in passes:
-        p, note = _relative_target(p, original_cost=before, current=current, sizes=sizes)
+        p, note = _relative_target(
+            p, original_cost=lambda: _before(costs, original, done, sizes), current=current, sizes=sizes
+        )
         if p is None:  # the earlier steps already met the target
             steps.append({"pass": note["pass"], "skipped": note["why"]})
             continue
-        pruned, details, reference, skipped = _step(p, current, sizes)
-        entry = {"pass": type(p).__name__, **details, **note}
-        if validate:
-            ex = _exactness(current, pruned, reference, skipped, feeds)
-            exacts.append(ex)
-            entry["exact"] = {"checked": ex.checked, "passed": ex.passed, "max_rel_diff": ex.max_rel_diff}
-        steps.append(entry)
-        plans.append({"pass": entry["pass"], "plan": _plan_of(pruned, p)})
-        current = pruned
-    if len(steps) > 1:
+        result = p(current, PassContext(sizes=sizes, inplace=inplace))
+        result.name = result.name or type(p).__name__
+        if not result.removed_anything and result.plan is not None:
+            step = result.report.get("channel_step")
+            why = nothing_pruned(result.deps, from_plan=getattr(p, "plan", None) is not None, channel_step=step)
+            result.report = {**result.report, "nothing_pruned": why}
+        steps.append({"pass": result.name, **result.report, **note})
+        done.append((current, result))
+        current = result.model
+    plans = [{"pass": r.name, "plan": r.record} for _, r in done]
+    if len(done) > 1:
         # Each step's plan addresses that step's input, not the original: they are kept
         # together, in order, under one key, so that `validate` applies none to the original.
         _pipeline_metadata(current, plans)
-    after = sample_cost(current, sizes)
-    report = _costs_report(before, after, _merge(steps))
+    single = done[0][1] if len(passes) == 1 and done else None
+    # one pass: its report's keys at top level too (as a prune's report always had them)
+    prune_section = {**{k: v for k, v in steps[0].items() if k != "pass"}, **_merge(steps)} if single else _merge(steps)
+    report = _costs_report(_before(costs, original, done, sizes), sample_cost(current, sizes), prune_section)
     _assumed(report, sizes)
-    if validate:
-        _end_to_end(report, original, current, exacts, feeds, latency, latency_runs, inputs_from)
-    return PipelineResult(model=current, report=report, steps=steps, plans=plans)
+    removed = any(r.removed_anything for _, r in done)
+    # a model left unchanged is validated only on inputs its original takes: else "nothing to prune" says more
+    if validate and (removed or (sizes.runs is not False and _runs(original, feeds))):
+        if sizes.runs is False:
+            _check_inputs(original, sizes, feeds, inputs_from)
+        exacts = _validated(report, original, done, feeds, inputs_from, latency, latency_runs)
+        if len(done) > 1:
+            for entry, ex in zip([s for s in steps if "skipped" not in s], exacts):
+                entry["exact"] = {"checked": ex.checked, "passed": ex.passed, "max_rel_diff": ex.max_rel_diff}
+        if data is not None and report.runtime["passed"] and not weights.has_lazy(current):
+            # Fidelity over the calibration data rather than its first batch (one sample for a
+            # model fixed to batch 1); exactness and latency keep the first batch.
+            report.fidelity = evaluate(original, current, data, batch_size=batch, limit=FIDELITY_SAMPLES).fidelity
+    return PruneResult(
+        model=current,
+        report=report,
+        plan=single.plan if single is not None and single.plan is not None else Plan(),
+        deps=single.deps if single is not None else None,
+        steps=steps,
+        plans=plans,
+    )
+
+
+def _with_dataset(p):
+    """``p`` with its calibration data (``calib``, a path) opened once as a Dataset, read by every step."""
+    data = getattr(p, "calib", None)
+    if data is None or isinstance(data, Dataset):
+        return p
+    return replace(p, calib=open_dataset(data))
+
+
+def _before(costs: dict, original: onnx.ModelProto, done: list, sizes: InputSizes | None) -> Cost:
+    """The original's cost per sample, counted once, at the shapes the first step's analysis
+    inferred when it has them (shape inference is not repeated)."""
+    if "before" not in costs:
+        deps = done[0][1].deps if done else None
+        shapes = deps.sample_shapes if deps is not None else None
+        costs["before"] = cost_of(original, shapes) if shapes is not None else sample_cost(original, sizes)
+    return costs["before"]
+
+
+def _validated(report: Report, original, done: list, feeds, inputs_from: str, latency: bool, runs: int | None):
+    """The report's validation (:func:`graphprune.validation.check_steps`) and latencies; each
+    step's exactness."""
+    final = done[-1][1].model if done else original
+    # a lazy pruned model is written once (its sliced weights spilled to a file, which saving
+    # then renames into the output), for every check
+    weights.spill(final)
+    steps = [Step(before, r.model, r.reference, r.skipped_groups) for before, r in done]
+    with runnable(final) as source:
+        v = check_steps(original, steps, feeds=feeds, final_source=source, inputs_from=inputs_from)
+        _fill(report, v)
+        if latency and v.runtime_ok:
+            _time_both(report, original, source, feeds, runs)
+    return v.steps
+
+
+def _fill(report: Report, v) -> None:
+    """A :class:`~graphprune.validation.Validation` into the report's contract keys."""
+    report.validated = True
+    report.checker = {"passed": v.checker_ok, "error": v.checker_error}
+    report.runtime = {"passed": v.runtime_ok, "error": v.runtime_error}
+    report.exact = v.exact
+    report.fidelity = v.fidelity
 
 
 def _relative_target(p, *, original_cost, current: onnx.ModelProto, sizes: InputSizes | None = None):
@@ -502,124 +501,12 @@ def _relative_target(p, *, original_cost, current: onnx.ModelProto, sizes: Input
     metric, fraction = target
     if metric not in ("flops", "params"):
         raise InputError(f"a {metric} target cannot be split over several passes; use it with one filter pass")
-    now = sample_cost(current, sizes)
-    kept = (now.flops / max(original_cost.flops, 1)) if metric == "flops" else now.params / max(original_cost.params, 1)
+    now, then = sample_cost(current, sizes), original_cost()
+    kept = (now.flops / max(then.flops, 1)) if metric == "flops" else now.params / max(then.params, 1)
     step = fraction / kept if kept > 0 else 1.0
     if step >= 1.0:
         return None, {"pass": type(p).__name__, "why": f"the target ({fraction} of the {metric}) was met before it"}
     return replace(p, **{f"target_{metric}": step}), {"target_of_original": {"metric": metric, "fraction": fraction}}
-
-
-@dataclass
-class _Reference:
-    """How a step's exact reference is made: ``build()`` gives its bytes, from ``base`` as it
-    is at the call (a quantized graph's is built again with its fake quantization bypassed)."""
-
-    base: onnx.ModelProto
-    build: Callable[[], bytes]
-
-    def __call__(self) -> bytes:
-        return self.build()
-
-
-def _exactness(before: onnx.ModelProto, after: onnx.ModelProto, reference, skipped: list[str], feeds):
-    """One step's exactness: ``after`` against the reference built from ``before``."""
-    from .quantized import is_quantized
-    from .validation import Exactness, exact_tolerance, quantized_exactness, rel_diff, run
-
-    if reference is None:
-        return Exactness(checked=False, skipped_groups=skipped, note="not function-preserving: see fidelity")
-    try:
-        out = run(after, feeds)
-    except Exception:  # the runtime failure is reported end to end
-        return Exactness(checked=False, note="the pruned model does not run")
-    ref_out, before_out = run(reference(), feeds), run(before, feeds)
-    base = getattr(reference, "base", before)
-    if is_quantized(base):
-        return quantized_exactness(base, after, reference, feeds, out, ref_out, before_out)
-    diff = rel_diff(out, ref_out, scale_of=before_out)
-    tol = exact_tolerance(out)
-    return Exactness(checked=True, passed=diff <= tol, max_rel_diff=diff, tolerance=tol)
-
-
-def _end_to_end(
-    report: Report,
-    original,
-    final,
-    exacts: list,
-    feeds,
-    latency: bool,
-    latency_runs: int | None = None,
-    inputs_from: str = "generated inputs",
-) -> None:
-    """Checker, runtime, fidelity and latency of ``final`` against ``original``; exactness of the steps."""
-    from .validation import Exactness, check, fidelity, on_inputs, run
-
-    weights.spill(final)  # a lazy model's sliced weights written once for every check, and for saving
-    error = check(final)
-    report.validated = True
-    report.checker = {"passed": not error, "error": error}
-    try:
-        out = run(final, feeds)
-        report.runtime = {"passed": True, "error": ""}
-    except Exception as exc:
-        out = None
-        report.runtime = {"passed": False, "error": io.one_line(exc)}
-    if out is not None:
-        report.fidelity = on_inputs(fidelity(out, run(original, feeds)), inputs_from)
-        if latency:
-            with runnable(final) as source:  # a lazy model: a file beside its data
-                _time_both(report, original, source, feeds, latency_runs)
-    # the step nearest its bound speaks for the tolerance (quantized steps have their own)
-    worst = max(
-        (e for e in exacts if e.max_rel_diff is not None), key=lambda e: e.max_rel_diff / e.tolerance, default=None
-    )
-    report.exact = Exactness(
-        checked=all(e.checked for e in exacts),
-        passed=all(e.passed or not e.checked for e in exacts),
-        max_rel_diff=None if worst is None else worst.max_rel_diff,  # the largest, where tolerances agree
-        skipped_groups=[g for e in exacts for g in e.skipped_groups],
-        note="per step, each against a reference from its own input" if len(exacts) > 1 else exacts[0].note,
-        **(
-            {}
-            if worst is None
-            else {
-                "tolerance": worst.tolerance,
-                "tolerance_steps": worst.tolerance_steps,
-                "quant_step": worst.quant_step,
-                "max_step_diff": worst.max_step_diff,
-                "float_max_rel_diff": max(
-                    (e.float_max_rel_diff for e in exacts if e.float_max_rel_diff is not None), default=None
-                ),
-            }
-        ),
-    )
-
-
-def _step(p, model: onnx.ModelProto, sizes: InputSizes | None = None):
-    """One pass on ``model``: ``(pruned, details, reference bytes maker or None, skipped groups)``."""
-    from .blocks import zeroed_reference_bytes
-    from .passes.layer import LayerPruning
-    from .validation import masked_reference_bytes
-
-    if isinstance(p, LayerPruning):
-        pruned, chosen, details = p.run(model)
-        return pruned, details, _Reference(model, lambda: zeroed_reference_bytes(model, chosen)), []
-    if hasattr(p, "prune"):  # filter and channel passes: a plan over groups, maybe compensated weights
-        deps = _analyze(model, inexact=getattr(p, "inexact", False))
-        deps.sample_shapes = count_shapes(model, sizes) if sizes is not None else None
-        outcome = p.prune(model, deps)
-        plan = outcome.plan
-        if plan.total_removed == 0:
-            step = outcome.report.get("channel_step")
-            why = nothing_pruned(outcome.deps, from_plan=getattr(p, "plan", None) is not None, channel_step=step)
-            outcome.report = {**outcome.report, "nothing_pruned": why}
-        inexact = [g.label for g in outcome.deps.groups if "inexact" in g.facts and len(plan.removed(g))]
-        base = outcome.reference
-        reference = None if inexact else _Reference(base, lambda: masked_reference_bytes(base, outcome.deps, plan))
-        return outcome.pruned, outcome.report, reference, inexact
-    result = p(model)
-    return result.model, result.report, None, []
 
 
 def _merge(steps: list[dict]) -> dict:
@@ -634,13 +521,6 @@ def _merge(steps: list[dict]) -> dict:
             for key in ("groups_prunable", "groups_blocked", "channels_removed"):
                 merged[key] = merged.get(key, 0) + s.get(key, 0)
     return merged
-
-
-def _plan_of(model: onnx.ModelProto, p) -> dict | None:
-    from .passes.layer import LAYER_PLAN_KEY, LayerPruning
-
-    text = get_metadata(model, LAYER_PLAN_KEY if isinstance(p, LayerPruning) else PLAN_METADATA_KEY)
-    return json.loads(text) if text else None
 
 
 def _pipeline_metadata(model: onnx.ModelProto, plans: list[dict]) -> None:
@@ -675,13 +555,13 @@ def validate(
     random inputs, and its first batch drives exactness and latency; ``labels`` (a key, or True
     for ``"labels"``) adds both models' top-1 accuracy. ``input_shapes`` ({input: dims}) sizes
     symbolic input dims for the costs (per sample) and the random inputs, as for :func:`prune`.
+    The checks are those of a prune (:func:`graphprune.validation.check_steps`), the step being
+    rebuilt from the plan.
     """
+    from .validation import check_steps
+
     orig = load_model(original)
     new = load_model(pruned, check=False)
-    source = "plan"
-    if plan is not None and not isinstance(plan, dict):
-        source = str(plan)
-        plan = read_plan(plan)
     key = "labels" if labels is True else (labels or None)
     if data is None and key is not None:
         raise InputError("labels need data: pass data= (the CLI's --data) with the labelled samples")
@@ -689,20 +569,58 @@ def validate(
     if dataset is not None and key is not None:
         check_labels(dataset, key)  # before the checks and timings, not after them
     sizes, feeds, inputs_from = _inputs(orig, input_shapes, feeds, dataset, batch_size, validate=True)
-    layers = dict(latency=latency, feeds=feeds, sizes=sizes, inputs_from=inputs_from, latency_runs=latency_runs)
-    steps, through, deps = None, "", None
+    step, through, shapes = _replayed_step(orig, new, pruned, plan)
+    before = cost_of(orig, shapes) if shapes is not None else sample_cost(orig, sizes)  # shapes already inferred
+    report = _costs_report(before, sample_cost(new, sizes), {})
+    _assumed(report, sizes)
+    weights.spill(new)
+    with runnable(new) as source:
+        v = check_steps(orig, [step], feeds=feeds, final_source=source, inputs_from=inputs_from)
+        _fill(report, v)
+        if latency and v.runtime_ok:
+            _time_both(report, orig, source, feeds, latency_runs)
+    if through:  # unchecked: the reason is the history's, not a missing plan
+        report.exact.note = (
+            through if not report.exact.note or not report.exact.checked else f"{report.exact.note}; {through}"
+        )
+    if isinstance(report.exact, Exactness) and step.note.startswith("weights were compensated"):
+        report.exact = Exactness(note=step.note)
+    if dataset is not None and report.runtime["passed"]:
+        ev = evaluate(orig, new, dataset, labels=key, batch_size=batch_size)
+        report.fidelity, report.accuracy = ev.fidelity, ev.accuracy
+    return report
+
+
+def _replayed_step(orig: onnx.ModelProto, new: onnx.ModelProto, pruned: ModelLike, plan):
+    """The step that made ``new`` from ``orig``, rebuilt from ``plan`` (given, or stored in
+    ``new``'s metadata: a plan, a layer plan, or a history of steps composed into the original's
+    indices): ``(step, a note on how it was rebuilt, the shapes the analysis inferred)``."""
+    from .blocks import find_blocks, zeroed_reference_bytes
+    from .passes.layer import blocks_of_plan
+    from .validation import INEXACT_NOTE, Reference, plan_reference
+
+    named = not isinstance(new, onnx.ModelProto) and not isinstance(pruned, onnx.ModelProto)
+    source = "plan"
+    if plan is not None and not isinstance(plan, dict):
+        source = str(plan)
+        plan = read_plan(plan)
+    steps, through, deps, layer = None, "", None, None
     if plan is None and get_metadata(new, HISTORY_METADATA_KEY):
         steps = _steps_since(orig, history_of(new))
         if len(steps) == 1 and "blocks" in (steps[0]["plan"] or {}):
-            return _validate_layers(orig, new, steps[0]["plan"], pruned, **layers)
-        if len(steps) == 1:
+            layer, steps = steps[0]["plan"], None
+        elif len(steps) == 1:
             plan, steps = steps[0]["plan"], None
-            source = f"{pruned} (last plan of its history)" if not isinstance(pruned, onnx.ModelProto) else "history"
-    if plan is None and steps is None and get_metadata(new, PLAN_METADATA_KEY) is None and _layer_plan(new) is not None:
-        return _validate_layers(orig, new, _layer_plan(new), pruned, **layers)
+            source = f"{pruned} (last plan of its history)" if named else "history"
+    if layer is None and plan is None and steps is None and get_metadata(new, PLAN_METADATA_KEY) is None:
+        layer = _layer_plan(new)
+    if layer is not None:
+        where = f"{pruned} (layer plan stored in its metadata)" if named else "layer plan"
+        chosen = blocks_of_plan(layer, find_blocks(orig), source=where)
+        return Step(orig, new, Reference(orig, lambda: zeroed_reference_bytes(orig, chosen))), "", None
     if steps is not None:
         # pruned several times since the original: one plan in the original's indices
-        source = f"{pruned} (history in its metadata)" if not isinstance(pruned, onnx.ModelProto) else "history"
+        source = f"{pruned} (history in its metadata)" if named else "history"
         if all(isinstance(s["plan"], dict) and "groups" in s["plan"] for s in steps):
             deps = _analyze(orig, inexact=True)
             plan = compose([s["plan"] for s in steps], deps, source=source)
@@ -712,41 +630,26 @@ def validate(
     elif plan is None:
         text = get_metadata(new, PLAN_METADATA_KEY)
         plan = json.loads(text) if text else None
-        source = f"{pruned} (plan stored in its metadata)" if not isinstance(pruned, onnx.ModelProto) else "stored plan"
+        source = f"{pruned} (plan stored in its metadata)" if named else "stored plan"
     compensated = get_metadata(new, COMPENSATE_METADATA_KEY)
     if compensated:
-        plan = None  # the exact reference is the original with compensated weights: not at hand here
-    if deps is None and plan is not None:
-        deps = _analyze(orig, inexact=True)
-    chosen = plan_from_json(plan, deps, source=source) if plan is not None else None
-    before = sample_cost(orig, sizes, deps.view.shapes if deps is not None else None)  # shapes already inferred
-    report = _report(
-        orig,
-        new,
-        {},
-        deps,
-        chosen,
-        validate=True,
-        latency=latency,
-        feeds=feeds,
-        before=before,
-        sizes=sizes,
-        inputs_from=inputs_from,
-        latency_runs=latency_runs,
-    )
-    if through:  # unchecked: the reason is the history's, not a missing plan
-        report.exact.note = (
-            through if not report.exact.note or not report.exact.checked else f"{report.exact.note}; {through}"
-        )
-    if compensated:
-        report.exact = Exactness(
-            note=f"weights were compensated ({compensated}) from calibration data: the exact reference is the"
+        note = (
+            f"weights were compensated ({compensated}) from calibration data: the exact reference is the"
             " compensated original, which only the pruning run has; fidelity measures the pruned model"
         )
-    if dataset is not None and report.runtime["passed"]:
-        ev = evaluate(orig, new, dataset, labels=key, batch_size=batch_size)
-        report.fidelity, report.accuracy = ev.fidelity, ev.accuracy
-    return report
+        return Step(orig, new, None, note=note), through, None
+    if plan is None:
+        return (
+            Step(orig, new, None, note=through or "no plan: exactness needs the plan the model was pruned with"),
+            "",
+            None,
+        )
+    deps = deps if deps is not None else _analyze(orig, inexact=True)
+    chosen = plan_from_json(plan, deps, source=source)
+    inexact = [g.label for g in deps.groups if "inexact" in g.facts and len(chosen.removed(g))]
+    if inexact:
+        return Step(orig, new, None, inexact, INEXACT_NOTE), through, deps.view.shapes
+    return Step(orig, new, plan_reference(orig, deps, chosen)), through, deps.view.shapes
 
 
 def _steps_since(original: onnx.ModelProto, history: list[dict]) -> list[dict]:
@@ -762,37 +665,6 @@ def _layer_plan(model: onnx.ModelProto) -> dict | None:
 
     text = get_metadata(model, LAYER_PLAN_KEY)
     return json.loads(text) if text else None
-
-
-def _validate_layers(
-    orig,
-    new,
-    plan: dict,
-    pruned: ModelLike,
-    *,
-    latency: bool,
-    feeds,
-    sizes=None,
-    inputs_from="generated inputs",
-    latency_runs: int | None = None,
-) -> Report:
-    """Validation of a layer-pruned model from the layer plan stored in it."""
-    from .blocks import find_blocks, zeroed_reference_bytes
-    from .passes.layer import blocks_of_plan
-    from .validation import run_original
-
-    source = (
-        f"{pruned} (layer plan stored in its metadata)" if not isinstance(pruned, onnx.ModelProto) else "layer plan"
-    )
-    chosen = blocks_of_plan(plan, find_blocks(orig), source=source)
-    feeds = feeds if feeds is not None else random_feeds(orig)
-    before, after = sample_cost(orig, sizes), sample_cost(new, sizes)
-    report = _costs_report(before, after, {})
-    _assumed(report, sizes)
-    run_original(orig, feeds, inputs_from)
-    exact = _exactness(orig, new, _Reference(orig, lambda: zeroed_reference_bytes(orig, chosen)), [], feeds)
-    _end_to_end(report, orig, new, [exact], feeds, latency, latency_runs, inputs_from)
-    return report
 
 
 def _assumed(report: Report, sizes: InputSizes | None) -> None:
@@ -811,54 +683,6 @@ def _costs_report(before, after, prune: dict) -> Report:
         flops_after=after.flops,
         prune=prune,
     )
-
-
-def _report(
-    original,
-    pruned,
-    details,
-    deps,
-    plan,
-    *,
-    validate,
-    latency,
-    feeds,
-    before=None,
-    reference=None,
-    sizes: InputSizes | None = None,
-    inputs_from: str = "generated inputs",
-    latency_runs: int | None = None,
-) -> Report:
-    # File sizes are filled in by whoever knows the files: measuring an in-memory model
-    # would serialize it (a copy of every weight) just for a number.
-    before = before or sample_cost(original, sizes)
-    after = sample_cost(pruned, sizes)
-    report = _costs_report(before, after, details)
-    _assumed(report, sizes)
-    if not validate:
-        return report
-    # a lazy pruned model is written once (its sliced weights spilled to a file, which saving
-    # then renames into the output), for every check
-    weights.spill(pruned)
-    with runnable(pruned) as pruned_source:
-        v = check_pruned(
-            original,
-            pruned,
-            deps,
-            plan,
-            feeds=feeds,
-            pruned_source=pruned_source,
-            reference=reference,
-            inputs_from=inputs_from,
-        )
-        report.validated = True
-        report.checker = {"passed": v.checker_ok, "error": v.checker_error}
-        report.runtime = {"passed": v.runtime_ok, "error": v.runtime_error}
-        report.exact = v.exact
-        report.fidelity = v.fidelity
-        if latency and v.runtime_ok:
-            _time_both(report, original, pruned_source, feeds, latency_runs)
-    return report
 
 
 def _time_both(report: Report, original, pruned_source, feeds: dict, runs: int | None) -> None:

@@ -146,8 +146,6 @@ class Cost:
     """Multiply-accumulates (MACs) of the main graph."""
     flops_by_op: dict[str, int] = field(default_factory=dict)
     """MACs per op type, for the op types that contribute a nonzero count."""
-    file_bytes: int | None = None
-    """Size of the model file(s), filled in by callers that know it; None here."""
     unknown_nodes: int = 0
     """Nodes of a counted op type that counted 0 because a shape they need is unknown."""
 
@@ -297,7 +295,7 @@ def count_flops(model: onnx.ModelProto, shapes: dict | None = None) -> tuple[int
 
 
 def cost_of(model: onnx.ModelProto, shapes: dict | None = None) -> Cost:
-    """Parameters and MACs of ``model`` (``file_bytes`` is left None)."""
+    """Parameters and MACs of ``model``."""
     total, by_op, unknown = _count(model, shapes)
     return Cost(
         params=count_params(model),

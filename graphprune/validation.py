@@ -101,9 +101,15 @@ def on_inputs(fid: Fidelity, inputs_from: str) -> Fidelity:
     return fid
 
 
+def holds(checker_passed, runtime_passed, exact: Exactness) -> bool:
+    """The one rule of the contract: the checker passed, onnxruntime ran, and exactness, where
+    it was checked, held (:attr:`Validation.passed` and :attr:`graphprune.report.Report.passed`)."""
+    return bool(checker_passed) and bool(runtime_passed) and (not exact.checked or exact.passed)
+
+
 @dataclass
 class Validation:
-    """Steps 1-4 of the contract for one pruned model."""
+    """Steps 1-4 of the contract for one pruned model (one step, or the end of a pipeline)."""
 
     checker_ok: bool
     checker_error: str
@@ -111,10 +117,51 @@ class Validation:
     runtime_error: str
     exact: Exactness
     fidelity: Fidelity
+    steps: list[Exactness] = field(default_factory=list)  # each step's own exactness
 
     @property
     def passed(self) -> bool:
-        return self.checker_ok and self.runtime_ok and (not self.exact.checked or self.exact.passed)
+        return holds(self.checker_ok, self.runtime_ok, self.exact)
+
+
+@dataclass
+class Reference:
+    """How a step's exactness is proven: ``build()`` gives the serialized model the step's result
+    must equal, made from ``base`` (the step's input, or that input with compensated weights) as
+    it is at the call, independently of the surgery. ``deps`` and ``plan``, for a step that
+    removes group entries, are ``base``'s analysis and the removals (what the comparison needs
+    to fetch probes and to know which sums lost terms)."""
+
+    base: onnx.ModelProto
+    build: Callable[[], bytes]
+    deps: DependencyGraph | None = None
+    plan: Plan | None = None
+
+    def __call__(self) -> bytes:
+        return self.build()
+
+
+def plan_reference(base: onnx.ModelProto, deps: DependencyGraph, plan: Plan) -> Reference:
+    """The masked reference of a plan over ``base``'s groups (:func:`masked_reference_bytes`)."""
+    return Reference(base, lambda: masked_reference_bytes(base, deps, plan), deps, plan)
+
+
+INEXACT_NOTE = (
+    "groups pruned through a normalisation over their axis are not function-preserving; fidelity measures what they"
+    " cost"
+)
+
+
+@dataclass
+class Step:
+    """One checked step: ``after`` came from ``before``; ``reference`` (None: not
+    function-preserving, ``skipped_groups`` and ``note`` say why) is what it must equal."""
+
+    before: onnx.ModelProto
+    after: onnx.ModelProto
+    reference: Reference | None
+    skipped_groups: list[str] = field(default_factory=list)
+    note: str = ""
 
 
 def check(pruned: onnx.ModelProto | str) -> str:
@@ -421,12 +468,12 @@ def _fetching(models: list[onnx.ModelProto], names: list[str], deps: DependencyG
                 m.graph.output.pop()
 
 
-def _probes(original, pruned, base, pruned_source, deps) -> tuple[dict[int, str], list[str]]:
+def _probes(before, after, base, deps) -> tuple[dict[int, str], list[str]]:
     """``({output index: the input of its saturating op, compared instead}, those inputs to fetch as extra
     outputs)``: inputs that are graph outputs already are compared as such, and nothing is probed
     unless every model is in memory and the analysis knows the inputs' types (lazy models run
     from files, which would need them written again)."""
-    if deps is None or isinstance(pruned_source, str) or any(has_lazy(m) for m in (original, pruned, base)):
+    if deps is None or not isinstance(after, onnx.ModelProto) or any(has_lazy(m) for m in (before, after, base)):
         return {}, []
     saturating = saturating_inputs(base)
     outputs = {o.name for o in base.graph.output}
@@ -436,6 +483,54 @@ def _probes(original, pruned, base, pruned_source, deps) -> tuple[dict[int, str]
     return saturating, names
 
 
+def check_steps(
+    original: onnx.ModelProto,
+    steps: list[Step],
+    *,
+    feeds: dict[str, np.ndarray] | None = None,
+    final_source: onnx.ModelProto | str | None = None,
+    inputs_from: str = "generated inputs",
+) -> Validation:
+    """Steps 1-4 of the validation contract for the last step's model, one step or a pipeline.
+
+    Checker and onnxruntime run on the final model, fidelity compares it with ``original``, and
+    exactness is checked per step, each step's result against the reference built from that
+    step's own input (so it keeps meaning "the surgery did what the step's plan says").
+    ``final_source``: what :func:`~graphprune.weights.runnable` gave for the final model, if the
+    caller has it (a lazy model is then written once for every check). The original runs first:
+    if it does not run on ``feeds`` (described as ``inputs_from``), the inputs are at fault, not
+    the pruning (:func:`run_original`).
+    """
+    feeds = feeds if feeds is not None else random_feeds(original)
+    final = steps[-1].after if steps else original
+    opened = runnable(final) if final_source is None else contextlib.nullcontext(final_source)
+    with opened as source:  # a lazy model: one file whose data onnxruntime reads itself, for every check
+        checker_error = check(source)
+        exacts, original_out, final_out, runtime_error = [], None, None, ""
+        for k, step in enumerate(steps):
+            last = k == len(steps) - 1
+            ex, before_out, after_out, error = step_exactness(
+                step, feeds, after_source=source if last else None, blame=inputs_from if k == 0 else None
+            )
+            exacts.append(ex)
+            original_out = before_out if k == 0 else original_out
+            if last:
+                final_out, runtime_error = after_out, error
+        if not steps:
+            original_out = run_original(original, feeds, inputs_from)
+            final_out = original_out
+    fid = on_inputs(fidelity(final_out, original_out), inputs_from) if final_out is not None else Fidelity()
+    return Validation(
+        checker_ok=not checker_error,
+        checker_error=checker_error,
+        runtime_ok=final_out is not None,
+        runtime_error=runtime_error,
+        exact=combined(exacts),
+        fidelity=fid,
+        steps=exacts,
+    )
+
+
 def check_pruned(
     original: onnx.ModelProto,
     pruned: onnx.ModelProto,
@@ -443,94 +538,118 @@ def check_pruned(
     plan: Plan | None = None,
     *,
     feeds: dict[str, np.ndarray] | None = None,
-    pruned_source: onnx.ModelProto | str | None = None,
     reference: onnx.ModelProto | None = None,
     inputs_from: str = "generated inputs",
 ) -> Validation:
-    """Steps 1-4 of the validation contract.
-
-    ``pruned_source``: what :func:`~graphprune.weights.runnable` gave for ``pruned``, if the
-    caller has it already (a lazy pruned model is then written once for every check).
-    ``reference`` (default ``original``) is the model the exact reference is built from, the
-    one ``deps`` analyses and ``plan`` applies to: the original with compensated weights;
-    fidelity is always measured against ``original``. The original runs first: if it does not
-    run on ``feeds`` (described as ``inputs_from``), the inputs are at fault, not the pruning
-    (:func:`run_original`).
-    """
-    feeds = feeds if feeds is not None else random_feeds(original)
-    base = original if reference is None else reference
-    saturated, probes = _probes(original, pruned, base, pruned_source, deps)
-    n = len(original.graph.output)
-    with _fetching([original, pruned, base], probes, deps):
-        return _check(original, pruned, deps, plan, feeds, pruned_source, base, inputs_from, n, saturated, probes)
+    """:func:`check_steps` for one step that applied ``plan`` (over ``deps``, the analysis of
+    ``reference``: the original, or the original with compensated weights) to ``original``."""
+    if deps is None or plan is None:
+        step = Step(original, pruned, None, note="no plan: exactness needs the plan the model was pruned with")
+    else:
+        inexact = [g.label for g in deps.groups if "inexact" in g.facts and len(plan.removed(g))]
+        base = original if reference is None else reference
+        step = Step(original, pruned, None if inexact else plan_reference(base, deps, plan), inexact)
+    return check_steps(original, [step], feeds=feeds, inputs_from=inputs_from)
 
 
-def _check(original, pruned, deps, plan, feeds, pruned_source, base, inputs_from, n, saturated, probes) -> Validation:
-    """:func:`check_pruned` once ``probes`` (tensors after the ``n`` graph outputs) are fetched
-    too; the ``saturated`` outputs are compared at their op's input instead."""
-    original_all = run_original(original, feeds, inputs_from)
-    original_out, original_probe = original_all[:n], original_all[n:]
-    exact = Exactness()
-    fid = Fidelity()
-    opened = runnable(pruned) if pruned_source is None else contextlib.nullcontext(pruned_source)
-    with opened as source:  # a lazy model: one file whose data onnxruntime reads itself, for both
-        checker_error = check(source)
+def step_exactness(
+    step: Step, feeds: dict, *, after_source=None, blame: str | None = None
+) -> tuple[Exactness, list, list | None, str]:
+    """One step's exactness: ``(exactness, the input's outputs, the result's outputs or None if it
+    does not run, its runtime error)``. ``blame`` (what the feeds are) runs the step's input as
+    the original (:func:`run_original`). Outputs made by a saturating op are compared at that
+    op's input (:func:`saturating_inputs`), fetched as extra outputs when the models are in memory."""
+    ref = step.reference
+    base = ref.base if ref is not None else step.before
+    deps = ref.deps if ref is not None else None
+    after = step.after if after_source is None else after_source
+    saturated, probes = _probes(step.before, after, base, deps) if ref is not None else ({}, [])
+    n = len(step.before.graph.output)
+    models = [m for m in (step.before, after, base) if isinstance(m, onnx.ModelProto)]
+    with _fetching(models, probes, deps):
+        before_all = run_original(step.before, feeds, blame) if blame else run(step.before, feeds)
+        before_out, before_probe = before_all[:n], before_all[n:]
         try:
-            pruned_all = run(source, feeds)
-            pruned_out, pruned_probe = pruned_all[:n], pruned_all[n:]
-            runtime_error = ""
+            after_all = run(after, feeds)
         except Exception as exc:
-            pruned_out = None
-            runtime_error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-    if pruned_out is not None:
-        fid = on_inputs(fidelity(pruned_out, original_out), inputs_from)
-        inexact = [g.label for g in deps.groups if "inexact" in g.facts and len(plan.removed(g))] if plan else []
-        if inexact:
-            exact = Exactness(
-                checked=False,
-                skipped_groups=inexact,
-                note="groups pruned through a normalisation over their axis are not function-preserving;"
-                " fidelity measures what they cost",
+            error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            return Exactness(note="the pruned model does not run"), before_out, None, error
+        after_out, after_probe = after_all[:n], after_all[n:]
+        if ref is None:
+            note = step.note or (INEXACT_NOTE if step.skipped_groups else "not function-preserving: see fidelity")
+            return (
+                Exactness(checked=False, skipped_groups=list(step.skipped_groups), note=note),
+                before_out,
+                after_out,
+                "",
             )
-        elif deps is not None and plan is not None:
-            ref_all = run(masked_reference_bytes(base, deps, plan), feeds)  # lazy: beside the data
-            ref_out, ref_probe = ref_all[:n], ref_all[n:]
-            removed = removed_entries(deps, plan)
-            summing = [base.graph.node[i] for i, dim in deps.contractions if len(removed.get(dim, ()))]
-            if is_quantized(base) and not integer_sums(summing):  # integer sums: exact, float path
-                exact = quantized_exactness(
-                    base,
-                    pruned,
-                    lambda: masked_reference_bytes(base, deps, plan),
-                    feeds,
-                    pruned_out,
-                    ref_out,
-                    original_out,
-                    value=deps.view.value,
-                )
-            else:
-                # outputs after a saturating op are compared at that op's input (saturating_inputs)
-                held = [k for k in range(n) if k not in saturated]
-                diff = rel_diff(
-                    [pruned_out[k] for k in held] + pruned_probe,
-                    [ref_out[k] for k in held] + ref_probe,
-                    scale_of=[original_out[k] for k in held] + original_probe,
-                )
-                tol = exact_tolerance(pruned_out)
-                exact = Exactness(checked=True, passed=diff <= tol, max_rel_diff=diff, tolerance=tol)
-                if saturated:
-                    inputs = ", ".join(dict.fromkeys(saturated.values()))
-                    exact.note = f"outputs after a saturating op compared at its input ({inputs})"
-        else:
-            exact.note = "no plan: exactness needs the plan the model was pruned with"
-    return Validation(
-        checker_ok=not checker_error,
-        checker_error=checker_error,
-        runtime_ok=pruned_out is not None,
-        runtime_error=runtime_error,
-        exact=exact,
-        fidelity=fid,
+        ref_all = run(ref(), feeds)  # lazy: beside the data
+        ref_out, ref_probe = ref_all[:n], ref_all[n:]
+    if is_quantized(base) and not (ref.plan is not None and integer_sums(_summing(ref))):  # integer sums: exact
+        value = deps.view.value if deps is not None else None
+        exact = quantized_exactness(base, step.after, ref, feeds, after_out, ref_out, before_out, value=value)
+        return exact, before_out, after_out, ""
+    held = [k for k in range(n) if k not in saturated]
+    diff = rel_diff(
+        [after_out[k] for k in held] + after_probe,
+        [ref_out[k] for k in held] + ref_probe,
+        scale_of=[before_out[k] for k in held] + before_probe,
+    )
+    tol = exact_tolerance(after_out)
+    exact = Exactness(checked=True, passed=diff <= tol, max_rel_diff=diff, tolerance=tol)
+    if saturated:
+        inputs = ", ".join(dict.fromkeys(saturated.values()))
+        exact.note = f"outputs after a saturating op compared at its input ({inputs})"
+    return exact, before_out, after_out, ""
+
+
+def _summing(ref: Reference) -> list[onnx.NodeProto]:
+    """The nodes of ``ref.base`` that sum over entries its plan removes."""
+    removed = removed_entries(ref.deps, ref.plan)
+    return [ref.base.graph.node[i] for i, dim in ref.deps.contractions if len(removed.get(dim, ()))]
+
+
+def combined(exacts: list[Exactness]) -> Exactness:
+    """The exactness of a run of steps: one step's own, or, for several, checked and passed when
+    every step was, with the step nearest its bound speaking for the tolerance (quantized steps
+    have their own)."""
+    if not exacts:
+        return Exactness(note="no plan: exactness needs the plan the model was pruned with")
+    if len(exacts) == 1:
+        return exacts[0]
+    worst = max(
+        (e for e in exacts if e.max_rel_diff is not None), key=lambda e: e.max_rel_diff / e.tolerance, default=None
+    )
+    floats = [e.float_max_rel_diff for e in exacts if e.float_max_rel_diff is not None]
+    return Exactness(
+        checked=all(e.checked for e in exacts),
+        passed=all(e.passed or not e.checked for e in exacts),
+        max_rel_diff=None if worst is None else worst.max_rel_diff,
+        skipped_groups=[g for e in exacts for g in e.skipped_groups],
+        note="per step, each against a reference from its own input",
+        **(
+            {}
+            if worst is None
+            else {
+                "tolerance": worst.tolerance,
+                "tolerance_steps": worst.tolerance_steps,
+                "quant_step": worst.quant_step,
+                "max_step_diff": worst.max_step_diff,
+                "float_max_rel_diff": max(floats, default=None),
+            }
+        ),
     )
 
 
-__all__ = ["check_pruned", "masked_reference", "Validation", "Exactness", "Fidelity", "cost_of", "latency_ms"]
+__all__ = [
+    "check_pruned",
+    "check_steps",
+    "masked_reference",
+    "Reference",
+    "Step",
+    "Validation",
+    "Exactness",
+    "Fidelity",
+    "cost_of",
+    "latency_ms",
+]

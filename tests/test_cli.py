@@ -375,7 +375,7 @@ def test_an_interrupt_after_the_work_says_what_was_written_and_exits_130(tmp_pat
 def test_a_model_that_fails_validation_exits_1_and_is_written_only_with_keep_failed(
     run_cli, tiny_model_path, monkeypatch
 ):
-    real_check = graphprune.api.check_pruned
+    real_check = graphprune.api.check_steps
 
     def exactness_fails(*args, **kwargs):  # the real checks, then a verdict of failure
         result = real_check(*args, **kwargs)
@@ -383,7 +383,7 @@ def test_a_model_that_fails_validation_exits_1_and_is_written_only_with_keep_fai
         result.exact.passed, result.exact.max_rel_diff = False, 0.5
         return result
 
-    monkeypatch.setattr(graphprune.api, "check_pruned", exactness_fails)
+    monkeypatch.setattr(graphprune.api, "check_steps", exactness_fails)
     out = tiny_model_path.parent / "pruned.onnx"
     code, stdout, err = run_cli("prune", tiny_model_path, "-o", out, "--no-latency", "-q")
     assert code == 1

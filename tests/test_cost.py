@@ -183,7 +183,6 @@ def test_params_shared_initializer_counted_once_and_int_not_counted():
     assert count_params(m) == 16
     cost = cost_of(m)
     assert cost == Cost(params=16, flops=2 * 4 * 4 * 4, flops_by_op={"MatMul": 128})
-    assert cost.file_bytes is None
 
 
 def test_params_float_types_and_constant_nodes():

@@ -1,42 +1,71 @@
-"""Passes: user-facing ``ModelProto -> ModelProto`` steps.
+"""Passes: the units of work, each a ``ModelProto -> PassResult`` step.
 
-Each pass is a frozen dataclass (its configuration) whose ``__call__(model)`` returns a
-:class:`PassResult`; ``pass_.apply`` is the plain ``ModelProto -> ModelProto`` function for
-pipelines of model transforms (onnxslim/onnxsim style). A :class:`Pipeline` runs passes
-in order.
+The contract (one for every pass):
+
+1. A pass is a frozen dataclass: its fields are its options, declared once (with their help
+   text in ``field(metadata=...)``); the CLI's flags and :func:`graphprune.prune`'s keywords
+   are made from them (:mod:`graphprune.options`).
+2. ``pass_(model, context=None) -> PassResult``: the transformed model, the record of what the
+   pass did (``report``, ``plan``) and how its exactness is proven (``reference``: the model the
+   result must equal, built independently from the pass's input). Exactness is each pass's
+   postcondition; :func:`graphprune.validation.check_steps` checks it, for one step or a
+   pipeline of them alike.
+3. ``pass_.apply(model)`` is the same step as a plain ``ModelProto -> ModelProto`` function,
+   for pipelines of model transforms (onnxslim/onnxsim style).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import onnx
+
+if TYPE_CHECKING:
+    from ..dependency import DependencyGraph
+    from ..inputs import InputSizes
+    from ..plan import Plan
+    from ..validation import Reference
+
+
+@dataclass
+class PassContext:
+    """What a caller may already have for a pass's input: its analysis (``deps``, reused instead
+    of analysing again), the sizes of its symbolic input dims (``sizes``, for costs and targets),
+    and whether the input may be edited in place (``inplace``: nothing needs it afterwards)."""
+
+    deps: DependencyGraph | None = None
+    sizes: InputSizes | None = None
+    inplace: bool = False
 
 
 @dataclass
 class PassResult:
-    """The transformed model and what the pass did."""
+    """What a pass returns: the model, what it did, and how that is proven.
+
+    ``plan`` is the removals over the groups of ``deps`` (the analysis of ``reference.base``;
+    empty for passes that remove no group entries, such as the layer pass). ``reference`` builds
+    the model ``model`` must equal on any input; None when the step is not function-preserving
+    (``skipped_groups`` says which groups made it so, and fidelity measures what they cost).
+    ``record`` is the step's plan as stored in the model's metadata (JSON-able)."""
 
     model: onnx.ModelProto
     report: dict[str, Any] = field(default_factory=dict)
+    plan: Plan | None = None
+    deps: DependencyGraph | None = None
+    reference: Reference | None = None
+    skipped_groups: list[str] = field(default_factory=list)
+    record: dict | None = None
+    name: str = ""  # the pass's name in reports (its class name)
 
-
-@dataclass
-class PruneOutcome:
-    """A pruning pass's full result, for validation: ``plan`` applies to ``deps``, the
-    analysis of ``reference`` (the original, or the original with compensated weights),
-    from which the exact reference is built."""
-
-    pruned: onnx.ModelProto
-    plan: Any  # Plan
-    deps: Any  # DependencyGraph
-    reference: onnx.ModelProto
-    report: dict[str, Any] = field(default_factory=dict)
+    @property
+    def removed_anything(self) -> bool:
+        """Whether the step changed the model's structure (entries of a group, or blocks)."""
+        return bool(self.plan is not None and self.plan.total_removed) or bool(self.report.get("blocks_removed"))
 
 
 class Pass(Protocol):
-    def __call__(self, model: onnx.ModelProto) -> PassResult: ...
+    def __call__(self, model: onnx.ModelProto, context: PassContext | None = None) -> PassResult: ...
 
 
 class TransformMixin:
@@ -44,21 +73,6 @@ class TransformMixin:
 
     def apply(self, model: onnx.ModelProto) -> onnx.ModelProto:
         return self(model).model  # type: ignore[operator]
-
-
-@dataclass(frozen=True)
-class Pipeline(TransformMixin):
-    """Run passes in order; the report holds each pass's report under its class name."""
-
-    passes: tuple[Pass, ...]
-
-    def __call__(self, model: onnx.ModelProto) -> PassResult:
-        reports = []
-        for p in self.passes:
-            result = p(model)
-            model = result.model
-            reports.append({"pass": type(p).__name__, **result.report})
-        return PassResult(model, {"passes": reports})
 
 
 from .channel import ChannelPruning  # noqa: E402
@@ -79,7 +93,6 @@ __all__ = [
     "FilterPruning",
     "LayerPruning",
     "Pass",
+    "PassContext",
     "PassResult",
-    "Pipeline",
-    "PruneOutcome",
 ]

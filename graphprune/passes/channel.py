@@ -35,7 +35,7 @@ from ..data import DEFAULT_BATCH
 from ..dependency import DependencyGraph, Group, analyze
 from ..errors import InputError
 from ..plan import Plan
-from . import PassResult, PruneOutcome, TransformMixin
+from . import PassContext, PassResult, TransformMixin
 from .filter import DEFAULT_UNITS, UNITS
 from .finish import check_data_options, check_round_to, check_scope, finish, group_report, measure, round_to_of
 
@@ -79,19 +79,17 @@ class ChannelPruning(TransformMixin):
 
     inexact = False
 
-    def __call__(self, model: onnx.ModelProto) -> PassResult:
-        outcome = self.prune(model, analyze(model))
-        return PassResult(outcome.pruned, outcome.report)
-
-    def prune(self, model: onnx.ModelProto, deps: DependencyGraph, *, inplace: bool = False) -> PruneOutcome:
+    def __call__(self, model: onnx.ModelProto, context: PassContext | None = None) -> PassResult:
         """Calibrate, select, compensate and cut."""
+        context = context or PassContext()
+        deps = context.deps if context.deps is not None else analyze(model)
         scope = check_scope(deps, self.ignore, self.units)
         stats = measure(self, model, deps, {"channels", "gram"})
         plan, notes = self.choose(deps, stats)
-        outcome, data_notes = finish(self, model, deps, plan, stats, inplace=inplace)
-        outcome.report = {**self.report(deps, plan, notes), **data_notes}
-        outcome.report["notes"] = outcome.report.get("notes", []) + scope
-        return outcome
+        result, data_notes = finish(self, model, deps, plan, stats, inplace=context.inplace)
+        result.report = {**self.report(deps, plan, notes), **data_notes}
+        result.report["notes"] = result.report.get("notes", []) + scope
+        return result
 
     def choose(self, deps: DependencyGraph, stats: Statistics) -> tuple[Plan, dict]:
         """The channels to remove per group, by reconstruction error of the consumers."""

@@ -23,9 +23,10 @@ from ..criteria.data import DATA_CRITERIA
 from ..data import DEFAULT_BATCH
 from ..dependency import DependencyGraph, analyze
 from ..errors import InputError
+from ..inputs import count_shapes
 from ..plan import Plan, plan_from_json
 from ..surgery import apply_plan
-from . import PassResult, PruneOutcome, TransformMixin
+from . import PassContext, PassResult, TransformMixin
 from .finish import (
     PLAN_METADATA_KEY,
     check_data_options,
@@ -136,10 +137,27 @@ class FilterPruning(TransformMixin):
         """The target's metric and fraction, if there is one."""
         return next(((k, v) for k, v in self.targets.items() if v is not None), None)
 
-    def __call__(self, model: onnx.ModelProto) -> PassResult:
-        deps = analyze(model, inexact=self.inexact)
-        outcome = self.prune(model, deps)
-        return PassResult(outcome.pruned, outcome.report)
+    def __call__(self, model: onnx.ModelProto, context: PassContext | None = None) -> PassResult:
+        """Calibrate (if the criterion needs data), plan (to a target, if any), compensate (if
+        asked) and cut."""
+        context = context or PassContext()
+        deps = context.deps if context.deps is not None else analyze(model, inexact=self.inexact)
+        if context.sizes is not None and deps.sample_shapes is None:
+            deps.sample_shapes = count_shapes(model, context.sizes) or deps.view.shapes
+        scope = check_scope(deps, self.ignore, self.units)
+        stats = None
+        if self.plan is None and self.criterion in DATA_CRITERIA:
+            stats = measure(self, model, deps, {"channels"})
+        if self.measures_candidates:
+            plan, notes = self._fastest(model, deps, stats)
+        else:
+            plan, notes = self.choose(deps, stats)
+        if self.target_latency is not None:
+            plan, notes = self._settle_latency(model, deps, plan, notes, stats)
+        result, data_notes = finish(self, model, deps, plan, stats, inplace=context.inplace, inexact=self.inexact)
+        result.report = {**self.report(deps, plan, notes), **data_notes}
+        result.report["notes"] = result.report.get("notes", []) + scope
+        return result
 
     @property
     def inexact(self) -> bool:
@@ -372,26 +390,8 @@ class FilterPruning(TransformMixin):
 
     def run(self, model: onnx.ModelProto, deps: DependencyGraph, *, inplace: bool = False):
         """Plan and surgery on an analysed model: ``(pruned, plan, report)``."""
-        outcome = self.prune(model, deps, inplace=inplace)
-        return outcome.pruned, outcome.plan, outcome.report
-
-    def prune(self, model: onnx.ModelProto, deps: DependencyGraph, *, inplace: bool = False) -> PruneOutcome:
-        """Calibrate (if the criterion needs data), plan (to a target, if any), compensate (if
-        asked) and cut."""
-        scope = check_scope(deps, self.ignore, self.units)
-        stats = None
-        if self.plan is None and self.criterion in DATA_CRITERIA:
-            stats = measure(self, model, deps, {"channels"})
-        if self.measures_candidates:
-            plan, notes = self._fastest(model, deps, stats)
-        else:
-            plan, notes = self.choose(deps, stats)
-        if self.target_latency is not None:
-            plan, notes = self._settle_latency(model, deps, plan, notes, stats)
-        outcome, data_notes = finish(self, model, deps, plan, stats, inplace=inplace, inexact=self.inexact)
-        outcome.report = {**self.report(deps, plan, notes), **data_notes}
-        outcome.report["notes"] = outcome.report.get("notes", []) + scope
-        return outcome
+        result = self(model, PassContext(deps=deps, inplace=inplace))
+        return result.model, result.plan, result.report
 
     def _settle_latency(self, model, deps, plan, notes, stats):
         """For a latency target: time the pruned model against the original and, while the

@@ -25,8 +25,9 @@ from ..dependency import DependencyGraph
 from ..errors import InputError
 from ..plan import Plan
 from ..surgery import apply_plan, removed_entries
+from ..validation import plan_reference
 from ..weights import set_entry
-from . import PruneOutcome
+from . import PassResult
 
 PLAN_METADATA_KEY = "graphprune.plan"
 COMPENSATE_METADATA_KEY = "graphprune.compensate"
@@ -128,9 +129,11 @@ def finish(
     *,
     inplace: bool = False,
     inexact: bool = False,
-) -> tuple[PruneOutcome, dict]:
+) -> tuple[PassResult, dict]:
     """Compensate (as ``pass_.compensate`` says, measuring what is still missing), apply the
-    plan and record it; returns the outcome and the report's data notes."""
+    plan and record it; returns the pass's result (its reference: the masked one over the
+    compensated input, or none when a pruned group is not function-preserving) and the report's
+    data notes."""
     method = getattr(pass_, "compensate", "none")
     ridge = getattr(pass_, "ridge", DEFAULT_RIDGE)
     notes: dict = {"compensate": {"method": method}, "calibration": None}
@@ -163,7 +166,19 @@ def finish(
         set_metadata(pruned, HISTORY_METADATA_KEY, json.dumps({"steps": steps}, separators=(",", ":")))
     if reference is not model:
         set_metadata(pruned, COMPENSATE_METADATA_KEY, method)
-    return PruneOutcome(pruned, ref_plan, ref_deps, reference), notes
+    inexact = [g.label for g in ref_deps.groups if "inexact" in g.facts and len(ref_plan.removed(g))]
+    return (
+        PassResult(
+            pruned,
+            plan=ref_plan,
+            deps=ref_deps,
+            reference=None if inexact else plan_reference(reference, ref_deps, ref_plan),
+            skipped_groups=inexact,
+            record=plan_json,
+            name=type(pass_).__name__,
+        ),
+        notes,
+    )
 
 
 def fingerprint(model: onnx.ModelProto) -> str:

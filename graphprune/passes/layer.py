@@ -31,10 +31,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..blocks import Block, effective, find_blocks, remove_blocks
+from ..blocks import Block, effective, find_blocks, remove_blocks, zeroed_reference_bytes
 from ..errors import InputError
 from ..graph import ModelView, view
-from . import PassResult, TransformMixin
+from ..validation import Reference
+from . import PassContext, PassResult, TransformMixin
 from .filter import set_metadata
 
 LAYER_PLAN_KEY = "graphprune.layer_plan"
@@ -51,12 +52,14 @@ class LayerPruning(TransformMixin):
     """
 
     remove_blocks: int = 1
-    criterion: str = "weight-norm"
+    criterion: str | None = None  # None: influence with calib, weight-norm without
     calib: str | os.PathLike | None = None
     calib_limit: int | None = CALIB_LIMIT
     plan: dict | None = None
 
     def __post_init__(self) -> None:
+        if self.criterion is None:
+            object.__setattr__(self, "criterion", "influence" if self.calib is not None else "weight-norm")
         if self.plan is not None:
             return
         if isinstance(self.remove_blocks, bool) or not isinstance(self.remove_blocks, int) or self.remove_blocks < 1:
@@ -66,12 +69,19 @@ class LayerPruning(TransformMixin):
         if self.criterion == "influence" and self.calib is None:
             raise InputError("the influence criterion needs calibration data (--calib DATA)")
 
-    def __call__(self, model: onnx.ModelProto) -> PassResult:
-        pruned, _, report = self.run(model)
-        return PassResult(pruned, report)
+    def __call__(self, model: onnx.ModelProto, context: PassContext | None = None) -> PassResult:
+        """Scoring, choice and surgery; the reference is ``model`` with each removed block's
+        ``f(x)`` multiplied by zero at its Add (independent of the surgery)."""
+        pruned, chosen, report, plan = self._run(model)
+        reference = Reference(model, lambda: zeroed_reference_bytes(model, chosen))
+        return PassResult(pruned, report, reference=reference, record=plan, name=type(self).__name__)
 
     def run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Block], dict]:
         """Scoring, choice and surgery: ``(pruned, removed blocks, report)``."""
+        pruned, chosen, report, _ = self._run(model)
+        return pruned, chosen, report
+
+    def _run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Block], dict, dict]:
         mv = view(model)
         blocks = find_blocks(model, mv)
         if self.plan is not None:
@@ -84,7 +94,7 @@ class LayerPruning(TransformMixin):
         pruned = remove_blocks(model, chosen)
         plan = plan_json(chosen, scores, None if self.plan is not None else self.criterion)
         set_metadata(pruned, LAYER_PLAN_KEY, json.dumps(plan, separators=(",", ":")))
-        return pruned, chosen, self.report(blocks, chosen, scores)
+        return pruned, chosen, self.report(blocks, chosen, scores), plan
 
     def report(self, blocks: Sequence[Block], chosen: Sequence[Block], scores: np.ndarray) -> dict:
         total_macs = max(1, sum(b.macs for b in effective(blocks)))
@@ -139,15 +149,6 @@ def lowest(blocks: Sequence[Block], scores: np.ndarray, k: int) -> list[Block]:
             f"cannot remove {k} blocks: only {len(chosen)} of the {len(blocks)} do not nest in one another"
         )
     return sorted(chosen, key=lambda b: b.add_index)
-
-
-def remove_lowest(
-    model: onnx.ModelProto, blocks: Sequence[Block], scores: np.ndarray, k: int
-) -> tuple[onnx.ModelProto, list[Block]]:
-    """``model`` without its ``k`` lowest-scoring blocks (for target allocators that trade
-    blocks for channels: each block's ``macs`` says what removing it saves)."""
-    chosen = lowest(blocks, scores, k)
-    return remove_blocks(model, chosen), chosen
 
 
 def plan_json(chosen: Sequence[Block], scores: np.ndarray, criterion: str | None) -> dict:
