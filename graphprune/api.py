@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -163,40 +162,25 @@ def sample_cost(model: onnx.ModelProto, sizes: InputSizes | None = None, shapes:
 
 def prune(
     model: ModelLike,
-    ratio: float = 0.5,
+    ratio: float | None = None,
     criterion: str | None = None,
     *,
-    global_threshold: bool = False,
-    round_to: int | None = 1,
-    min_keep: int = 1,
-    ignore: tuple[str, ...] | list[str] = (),
-    plan: dict | str | os.PathLike | None = None,
-    seed: int = 0,
-    units: tuple[str, ...] | list[str] = (),
-    target_flops: float | None = None,
-    target_params: float | None = None,
-    target_latency: float | None = None,
-    objective: str | None = None,
-    latency_table: str | os.PathLike | None = None,
-    latency_model: str | None = None,
-    threads: int = 1,
-    progress=None,
-    sensitivity=None,
+    pass_: str = "filter",
     validate: bool = True,
     latency: bool = True,
     feeds: dict[str, np.ndarray] | None = None,
     inplace: bool = False,
-    pass_: str = "filter",
-    calib=None,
-    calib_samples: int | None = None,
-    batch_size: int | None = None,
-    compensate: str | None = None,
-    selection: str | None = None,
     input_shapes: dict | None = None,
-    remove_blocks: int | None = None,
     latency_runs: int | None = None,
+    **options,
 ) -> PruneResult:
     """Prune ``model`` and (by default) validate the result against the whole contract.
+
+    ``options`` are the options of the ``pass_`` pass (``filter``, ``channel`` or ``layer``): the
+    fields of :class:`~graphprune.passes.FilterPruning`, :class:`~graphprune.passes.ChannelPruning`
+    or :class:`~graphprune.passes.LayerPruning`, the same declarations the CLI's flags come from;
+    an option the pass does not take, or that no pass has, is an ``InputError``. This is a
+    pipeline of one pass (:func:`run_passes`).
 
     ``plan`` is a plan's JSON object or a path to a plan file; it replaces ``ratio``
     and ``criterion``. ``units`` limits pruning to some kinds of group: ``"heads"``
@@ -246,36 +230,13 @@ def prune(
     empty (no channel group loses entries) and the removed blocks are in
     ``report.prune["blocks_removed"]``.
     """
-    options = dict(
-        ratio=ratio,
-        criterion=criterion,
-        global_threshold=global_threshold,
-        round_to=round_to,
-        min_keep=min_keep,
-        ignore=tuple(ignore),
-        seed=seed,
-        plan=plan,
-        plan_source=None if plan is None else "plan",
-        units=tuple(units),
-        calib=calib,
-        calib_samples=calib_samples,
-        batch_size=batch_size,
-        compensate=compensate,
-        selection=selection,
-        target_flops=target_flops,
-        target_params=target_params,
-        target_latency=target_latency,
-        objective=objective,
-        latency_table=None if latency_table is None else os.fspath(latency_table),
-        latency_model=latency_model,
-        threads=threads,
-        progress=progress,
-        sensitivity=sensitivity,
-        remove_blocks=remove_blocks,
-    )
+    options = {"ratio": ratio, "criterion": criterion, **options}
+    plan = options.get("plan")
     if plan is not None and not isinstance(plan, dict) and pass_ != "layer":
         options["plan_source"] = str(plan)
         options["plan"] = read_plan(plan)
+    if options.get("latency_table") is not None:
+        options["latency_table"] = os.fspath(options["latency_table"])
     step = make_pass(pass_, **options)
     return run_passes(
         model,
@@ -306,34 +267,13 @@ def nothing_pruned(deps: DependencyGraph, *, from_plan: bool = False, channel_st
     return why
 
 
-def _prune_defaults() -> dict:
-    """:func:`prune`'s keyword defaults: an option left at its default was not given."""
-    return {k: p.default for k, p in inspect.signature(prune).parameters.items()}
-
-
-def _refuse_untaken(name: str, options: dict, takes) -> None:
-    """An ``InputError`` for the first option given (not None, False, empty or :func:`prune`'s
-    default) that the ``name`` pass does not take."""
-    defaults = _prune_defaults()
-    given = [k for k, v in options.items() if k not in takes and v not in (None, False, (), defaults.get(k))]
-    if given:
-        raise InputError(f"the {name} pass does not take {given[0].replace('_', '-')}")
-
-
 def make_pass(name: str, **options):
-    """The pass registered as ``name`` (``filter``, ``channel``...), given the options its
-    dataclass has fields for; options left as None keep the pass's defaults."""
-    from dataclasses import fields
-
+    """The pass registered as ``name`` (``filter``, ``channel``, ``layer``), given ``options`` (its
+    dataclass's fields; None keeps the pass's default): :func:`graphprune.options.make_pass`."""
+    from .options import make_pass as _make
     from .passes import PASSES
 
-    if name not in PASSES:
-        raise InputError(f"unknown pass {name!r}; choose from {', '.join(PASSES)}")
-    cls = PASSES[name]
-    names = {f.name for f in fields(cls)}
-    _refuse_untaken(name, options, takes=names)
-    # round_to None is a value: conv channels on the channel step (the CLI's default)
-    return cls(**{k: v for k, v in options.items() if k in names and (v is not None or k == "round_to")})
+    return _make(name, PASSES, **options)
 
 
 def first_batch(model: onnx.ModelProto, dataset: Dataset, batch_size: int) -> dict[str, np.ndarray] | None:
@@ -699,3 +639,14 @@ def _time_both(report: Report, original, pruned_source, feeds: dict, runs: int |
 def save(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Write ``model`` atomically (external data beside it when it is too large)."""
     return io.save(model, path)
+
+
+def _with_pass_options() -> None:
+    """:func:`prune`'s signature lists every pass option (declared once, on the passes)."""
+    from .options import with_options
+    from .passes import PASSES
+
+    with_options(prune, PASSES)
+
+
+_with_pass_options()

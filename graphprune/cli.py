@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -41,7 +42,7 @@ def _input_map_flag(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .criteria import CRITERIA
+    from .options import add_flags
     from .passes import PASSES
 
     p = _Parser(prog="graphprune", description="Structured pruning of ONNX models, with proof.")
@@ -72,67 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", parents=[common], help="prune a model and validate the result")
     pr.add_argument("model")
     pr.add_argument("-o", "--output", required=True, help="where to write the pruned model")
-    pr.add_argument("--ratio", type=float, default=None, help="fraction of each group to remove (default 0.5)")
-    pr.add_argument("--target-flops", type=float, metavar="F", help="keep this fraction of the MACs (0<F<1)")
-    pr.add_argument("--target-params", type=float, metavar="P", help="keep this fraction of the parameters (0<P<1)")
-    pr.add_argument(
-        "--target-latency",
-        type=float,
-        metavar="L",
-        help="keep this fraction of the onnxruntime latency measured on this machine (0<L<1)",
-    )
-    pr.add_argument(
-        "--objective",
-        choices=["flops", "params", "latency"],
-        help="what allocation to a target credits a removed channel with saving (default: the target's metric);"
-        " latency keeps channel counts on this machine's channel step (the onnxruntime kernels' block) and,"
-        " with a FLOPs/params target, applies the faster of two timed allocations",
-    )
-    pr.add_argument(
-        "--sensitivity",
-        metavar="SENS.json",
-        help="allocate to the target by the drops `graphprune sensitivity` measured per group (which channels"
-        " go within a group still follows --criterion)",
-    )
-    pr.add_argument("--latency-table", metavar="PATH", help="latency table file (default: ~/.cache/graphprune/)")
-    pr.add_argument(
-        "--latency-model",
-        choices=["layer", "model"],
-        help="latency for --objective/--target-latency: per-layer curves (layer, default) or the whole model"
-        " timed with each group pruned alone (model)",
-    )
-    pr.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency tables (default 1)")
-    pr.add_argument("--criterion", default="l2", help=f"one of {', '.join(sorted(CRITERIA))} (default l2)")
-    pr.add_argument(
-        "--global",
-        dest="global_threshold",
-        action="store_true",
-        help="one threshold over all groups' normalised scores instead of a uniform ratio",
-    )
-    pr.add_argument(
-        "--round-to",
-        type=int,
-        default=None,
-        help="keep channel counts multiples of N (default: this machine's channel step, the onnxruntime kernels'"
-        " block, for convolution channels; 1 for mlp and heads; --round-to 1 for exact ratios)",
-    )
-    pr.add_argument("--min-keep", type=int, default=1, help="keep at least N entries per group")
-    pr.add_argument(
-        "--ignore",
-        nargs="+",
-        default=[],
-        metavar="NAME",
-        help="protect layers: node or tensor names (glob patterns allowed)",
-    )
-    pr.add_argument(
-        "--unit",
-        nargs="+",
-        default=[],
-        choices=["heads", "mlp", "channels", "hidden"],
-        help="prune only these units: attention heads, mlp neurons (matrix products), conv channels (default:"
-        " these three); 'hidden' also prunes a transformer's residual width through its LayerNorms, which"
-        " is not function-preserving: it is reported as inexact and measured by fidelity",
-    )
     pr.add_argument(
         "--pass",
         dest="passes",
@@ -143,33 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
         " channel: choose consumers' input channels by reconstruction error on --calib data and refit their"
         " weights (implies --compensate lstsq); layer: remove whole residual blocks y = x + f(x)",
     )
-    pr.add_argument("--remove-blocks", type=int, metavar="N", help="layer pass: how many residual blocks to remove")
-    pr.add_argument(
-        "--block-criterion",
-        choices=["influence", "weight-norm"],
-        help="layer pass: how blocks are ranked (default: influence with --calib, weight-norm without)",
-    )
-    pr.add_argument(
-        "--calib",
-        metavar="DATA",
-        help="calibration data: an .npz file (keys = the model's input names, samples on axis 0) or a folder of"
-        " them; needed by the data criteria, --compensate, --pass channel and the influence block criterion;"
-        " fidelity is measured on it",
-    )
-    pr.add_argument("--calib-samples", type=int, metavar="N", help="use at most N samples of --calib")
-    pr.add_argument("--batch-size", type=int, metavar="N", help="samples per onnxruntime run on --calib (default 32)")
-    pr.add_argument(
-        "--compensate",
-        choices=["none", "bias", "lstsq"],
-        help="fold the removed channels' contribution into their consumers: bias (their mean), lstsq (least-squares"
-        " refit of the kept weights); needs --calib (default none; lstsq for --pass channel)",
-    )
-    pr.add_argument(
-        "--selection",
-        choices=["greedy", "lasso"],
-        help="--pass channel: ThiNet greedy selection (default) or He et al. LASSO",
-    )
-    pr.add_argument("--plan", help="apply this plan (JSON) instead of --ratio/--criterion")
     pr.add_argument(
         "--input-shape",
         action="append",
@@ -177,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME:D1,D2,...",
         help="sizes of an input with symbolic dims (repeatable), for costs per sample and validation inputs",
     )
+    add_flags(pr, PASSES)  # every pass option, declared once on its pass (graphprune.options)
     pr.add_argument("--save-plan", help="write the plan that was applied (JSON)")
     pr.add_argument("--report", help="write the report (JSON)")
-    pr.add_argument("--seed", type=int, default=0, help="seed of the random criterion and inputs")
     pr.add_argument("--no-validate", action="store_true", help="skip validation (faster)")
     pr.add_argument("--no-latency", action="store_true", help="validate but do not time onnxruntime")
     pr.add_argument(
@@ -427,8 +340,6 @@ def _prune_to(args) -> int:
         args.calib = dataset if args.input_map else args.calib
     elif args.input_map:
         raise InputError("--input-map needs --calib: it maps the data's keys to the model's inputs")
-    if args.ratio is None:
-        args.ratio = 0.5
     if len(args.passes) > 1 or "layer" in args.passes or args.remove_blocks is not None:
         if targets and ("filter" not in args.passes or args.target_latency is not None):
             raise InputError(
@@ -438,7 +349,8 @@ def _prune_to(args) -> int:
         return _prune_passes(args, src, out)
     (pass_name,) = args.passes
     # Check the flags before the (possibly long) load.
-    api.make_pass(pass_name, **_pass_options(args, plan={} if args.plan else None))
+    _refuse_untaken_flags(args)
+    api.make_pass(pass_name, **{**_pass_options(args, pass_name), "plan": {} if args.plan else None})
     t0 = time.perf_counter()
     _say(args, f"loading {src} ...")
     model = api.load_model(src)
@@ -450,7 +362,7 @@ def _prune_to(args) -> int:
     _say(args, f"{steps} ({len(model.graph.node)} nodes) ...")
     result = api.prune(
         model,
-        **_pass_options(args, plan=args.plan),
+        **_pass_options(args, pass_name),
         pass_=pass_name,
         validate=not args.no_validate,
         latency=not args.no_latency,
@@ -500,7 +412,6 @@ def _write_outputs(args, src: Path, out: Path, model, report, t0: float, save_pl
 def _prune_passes(args, src: Path, out: Path) -> int:
     """``prune --pass ...``: several passes in order, or the layer pass."""
     from . import api, io
-    from .passes.layer import LayerPruning
 
     if "layer" in args.passes and args.remove_blocks is None:
         raise InputError("--pass layer needs --remove-blocks N")
@@ -508,16 +419,9 @@ def _prune_passes(args, src: Path, out: Path) -> int:
         raise InputError("--remove-blocks needs --pass layer")
     if args.plan and "layer" in args.passes:
         raise InputError("--plan applies to the filter pass alone; it cannot be combined with --pass layer")
-    if args.block_criterion is None:
-        args.block_criterion = "influence" if args.calib else "weight-norm"
-    passes = []
-    for name in args.passes:  # flags are checked before the (possibly long) load
-        if name == "layer":
-            passes.append(
-                LayerPruning(remove_blocks=args.remove_blocks, criterion=args.block_criterion, calib=args.calib)
-            )
-        else:
-            passes.append(api.make_pass(name, **_pass_options(args, plan=None)))
+    # flags are checked before the (possibly long) load
+    _refuse_untaken_flags(args)
+    passes = [api.make_pass(name, **{**_pass_options(args, name), "plan": None}) for name in args.passes]
     t0 = time.perf_counter()
     _say(args, f"loading {src} ...")
     model = api.load_model(src)
@@ -544,34 +448,29 @@ def _prune_passes(args, src: Path, out: Path) -> int:
     return _write_outputs(args, src, out, result.model, result.report, t0, save_plan)
 
 
-def _pass_options(args, plan) -> dict:
-    """The pass options the prune flags give (None: the pass's default)."""
-    return dict(
-        ratio=args.ratio,
-        criterion=args.criterion,
-        global_threshold=args.global_threshold,
-        round_to=args.round_to,
-        min_keep=args.min_keep,
-        ignore=tuple(args.ignore),
-        plan=plan,
-        seed=args.seed,
-        units=tuple(args.unit),
-        calib=args.calib,
-        calib_samples=args.calib_samples,
-        batch_size=args.batch_size,
-        compensate=args.compensate,
-        selection=args.selection,
-        target_flops=args.target_flops,
-        target_params=args.target_params,
-        target_latency=args.target_latency,
-        objective=args.objective,
-        latency_table=args.latency_table,
-        latency_model=args.latency_model,
-        threads=args.threads,
+def _refuse_untaken_flags(args) -> None:
+    """A usage error for a pass option given that none of the passes asked for takes."""
+    from .options import flags
+    from .passes import PASSES
+
+    for fl in flags(PASSES):
+        if getattr(args, fl.dest, None) in (None, False, []):
+            continue
+        if not any(owner in args.passes for owner, _ in fl.fields):
+            owners = " or ".join(f"--pass {o}" for o in dict.fromkeys(owner for owner, _ in fl.fields))
+            raise InputError(f"prune: {fl.flag} needs {owners}")
+
+
+def _pass_options(args, name: str) -> dict:
+    """The options of pass ``name`` that the prune flags give (graphprune.options: declared on the pass)."""
+    from .options import from_args
+    from .passes import PASSES
+
+    options = from_args(args, name, PASSES)
+    if "progress" in {f.name for f in dataclasses.fields(PASSES[name])}:
         # only a target measures latency tables, whose progress is worth showing
-        progress=None if args.quiet or not _targets(args) else (lambda msg: _say(args, msg)),
-        sensitivity=args.sensitivity,
-    )
+        options["progress"] = None if args.quiet or not _targets(args) else (lambda msg: _say(args, msg))
+    return options
 
 
 def _input_shapes(args) -> dict:

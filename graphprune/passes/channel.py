@@ -34,6 +34,7 @@ from ..criteria import CRITERIA, ScoreContext
 from ..data import DEFAULT_BATCH
 from ..dependency import DependencyGraph, Group, analyze
 from ..errors import InputError
+from ..options import option
 from ..plan import Plan
 from . import PassContext, PassResult, TransformMixin
 from .filter import DEFAULT_UNITS, UNITS
@@ -47,20 +48,22 @@ class ChannelPruning(TransformMixin):
     """Remove the ``ratio`` of each group's channels whose loss the consumers feel least, and
     refit the consumers on the rest (needs calibration data)."""
 
-    ratio: float = 0.5
-    selection: str = "greedy"
-    calib: Any = None  # a Dataset, or a path to an .npz file or a folder of them
-    calib_samples: int | None = None
-    batch_size: int = DEFAULT_BATCH
-    compensate: str = "lstsq"
-    ridge: float = DEFAULT_RIDGE
-    max_rows: int = DEFAULT_MAX_ROWS
-    criterion: str = "l2"  # ranks groups that no calibrated consumer reads
-    round_to: int | None = 1  # None: conv channels on this machine's channel step (finish.round_to_of)
-    min_keep: int = 1
-    ignore: tuple[str, ...] = ()
-    units: tuple[str, ...] = ()
-    seed: int = 0
+    ratio: float = option(0.5, "fraction of each group to remove (default 0.5)")
+    selection: str = option(
+        "greedy", "--pass channel: ThiNet greedy selection (default) or He et al. LASSO", choices=SELECTIONS
+    )
+    calib: Any = option(None, "calibration data", metavar="DATA")  # a Dataset, or an .npz file or a folder of them
+    calib_samples: int | None = option(None, "use at most N samples of --calib", metavar="N")
+    batch_size: int = option(DEFAULT_BATCH, "samples per onnxruntime run on --calib (default 32)", metavar="N")
+    compensate: str = option("lstsq", "how the consumers are refit", choices=("none", "bias", "lstsq"))
+    ridge: float = option(DEFAULT_RIDGE, cli=False)
+    max_rows: int = option(DEFAULT_MAX_ROWS, cli=False)
+    criterion: str = option("l2", "ranks groups that no calibrated consumer reads")
+    round_to: int | None = option(1, "keep channel counts multiples of N", cli_default=None)
+    min_keep: int = option(1, "keep at least N entries per group")
+    ignore: tuple[str, ...] = option((), "protect layers", metavar="NAME")
+    units: tuple[str, ...] = option((), "prune only these units", flag="--unit", choices=UNITS)
+    seed: int = option(0, "seed of the random criterion and inputs")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.ratio < 1.0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from ..data import DEFAULT_BATCH
 from ..dependency import DependencyGraph, analyze
 from ..errors import InputError
 from ..inputs import count_shapes
+from ..options import option
 from ..plan import Plan, plan_from_json
 from ..surgery import apply_plan
 from . import PassContext, PassResult, TransformMixin
@@ -66,30 +67,74 @@ class FilterPruning(TransformMixin):
     so it can be validated later against the original.
     """
 
-    ratio: float = 0.5
-    criterion: str = "l2"
-    global_threshold: bool = False
-    round_to: int | None = 1  # None: conv channels on this machine's channel step (finish.round_to_of)
-    min_keep: int = 1
-    ignore: tuple[str, ...] = ()
-    seed: int = 0
-    plan: dict | None = None
-    plan_source: str = "plan"  # names the plan in error messages (its file, usually)
-    units: tuple[str, ...] = ()  # prune only groups of these units (heads, mlp, channels); () = all
-    compensate: str = "none"  # none | bias | lstsq (needs calib)
-    calib: Any = None  # calibration data: a Dataset, or a path to an .npz file or a folder of them
-    calib_samples: int | None = None  # use at most this many samples of calib
-    batch_size: int = DEFAULT_BATCH
-    target_flops: float | None = None
-    target_params: float | None = None
-    target_latency: float | None = None
-    objective: str | None = None  # flops | params | latency: what a unit's removal saves
-    latency_table: str | None = None  # the table's file (default: the cache directory)
-    latency_model: str = "layer"  # layer: per-layer curves; model: the whole model timed per group pruned
-    threads: int = 1  # onnxruntime intra-op threads for latency tables and timing
-    progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+    ratio: float = option(0.5, "fraction of each group to remove (default 0.5)")
+    criterion: str = option("l2", f"how entries are ranked: one of {', '.join(sorted(CRITERIA))} (default l2)")
+    global_threshold: bool = option(
+        False, "one threshold over all groups' normalised scores instead of a uniform ratio", flag="--global"
+    )
+    round_to: int | None = option(  # None: conv channels on this machine's channel step (finish.round_to_of)
+        1,
+        "keep channel counts multiples of N (default: this machine's channel step, the onnxruntime kernels'"
+        " block, for convolution channels; 1 for mlp and heads; --round-to 1 for exact ratios)",
+        cli_default=None,
+    )
+    min_keep: int = option(1, "keep at least N entries per group")
+    ignore: tuple[str, ...] = option((), "protect layers: node or tensor names (glob patterns allowed)", metavar="NAME")
+    seed: int = option(0, "seed of the random criterion and inputs")
+    plan: dict | None = option(None, "apply this plan (JSON) instead of --ratio/--criterion")
+    plan_source: str = option("plan", cli=False)  # names the plan in error messages (its file, usually)
+    units: tuple[str, ...] = option(
+        (),
+        "prune only these units: attention heads, mlp neurons (matrix products), conv channels (default:"
+        " these three); 'hidden' also prunes a transformer's residual width through its LayerNorms, which"
+        " is not function-preserving: it is reported as inexact and measured by fidelity",
+        flag="--unit",
+        choices=UNITS,
+    )
+    compensate: str = option(
+        "none",
+        "fold the removed channels' contribution into their consumers: bias (their mean), lstsq (least-squares"
+        " refit of the kept weights); needs --calib (default none; lstsq for --pass channel)",
+        choices=("none", "bias", "lstsq"),
+    )
+    calib: Any = option(
+        None,
+        "calibration data: an .npz file (keys = the model's input names, samples on axis 0) or a folder of"
+        " them; needed by the data criteria, --compensate, --pass channel and the influence block criterion;"
+        " fidelity is measured on it",
+        metavar="DATA",
+    )  # a Dataset, or a path to an .npz file or a folder of them
+    calib_samples: int | None = option(None, "use at most N samples of --calib", metavar="N")
+    batch_size: int = option(DEFAULT_BATCH, "samples per onnxruntime run on --calib (default 32)", metavar="N")
+    target_flops: float | None = option(None, "keep this fraction of the MACs (0<F<1)", metavar="F")
+    target_params: float | None = option(None, "keep this fraction of the parameters (0<P<1)", metavar="P")
+    target_latency: float | None = option(
+        None, "keep this fraction of the onnxruntime latency measured on this machine (0<L<1)", metavar="L"
+    )
+    objective: str | None = option(
+        None,
+        "what allocation to a target credits a removed channel with saving (default: the target's metric);"
+        " latency keeps channel counts on this machine's channel step (the onnxruntime kernels' block) and,"
+        " with a FLOPs/params target, applies the faster of two timed allocations",
+        choices=OBJECTIVES,
+    )
+    latency_table: str | None = option(None, "latency table file (default: ~/.cache/graphprune/)", metavar="PATH")
+    latency_model: str = option(
+        "layer",
+        "latency for --objective/--target-latency: per-layer curves (layer, default) or the whole model"
+        " timed with each group pruned alone (model)",
+        choices=LATENCY_MODELS,
+    )
+    threads: int = option(1, "onnxruntime threads for latency tables (default 1)")
+    progress: Callable[[str], None] | None = option(None, cli=False, compare=False)
     # measured drops per group (a Sensitivity or its JSON file) price each group's removals for a target
-    sensitivity: Any = field(default=None, compare=False, repr=False)
+    sensitivity: Any = option(
+        None,
+        "allocate to the target by the drops `graphprune sensitivity` measured per group (which channels"
+        " go within a group still follows --criterion)",
+        metavar="SENS.json",
+        compare=False,
+    )
 
     def __post_init__(self) -> None:
         targets = {k: v for k, v in self.targets.items() if v is not None}

@@ -34,6 +34,7 @@ import onnx
 from ..blocks import Block, effective, find_blocks, remove_blocks, zeroed_reference_bytes
 from ..errors import InputError
 from ..graph import ModelView, view
+from ..options import option
 from ..validation import Reference
 from . import PassContext, PassResult, TransformMixin
 from .filter import set_metadata
@@ -51,11 +52,16 @@ class LayerPruning(TransformMixin):
     ``plan`` (a layer plan's JSON object, as stored in the metadata) replaces scoring.
     """
 
-    remove_blocks: int = 1
-    criterion: str | None = None  # None: influence with calib, weight-norm without
-    calib: str | os.PathLike | None = None
-    calib_limit: int | None = CALIB_LIMIT
-    plan: dict | None = None
+    remove_blocks: int = option(1, "layer pass: how many residual blocks to remove", metavar="N")
+    criterion: str | None = option(  # None: influence with calib, weight-norm without
+        None,
+        "layer pass: how blocks are ranked (default: influence with --calib, weight-norm without)",
+        flag="--block-criterion",
+        choices=BLOCK_CRITERIA,
+    )
+    calib: str | os.PathLike | None = option(None, "calibration data", metavar="DATA")
+    calib_limit: int | None = option(CALIB_LIMIT, cli=False)
+    plan: dict | None = option(None, cli=False)  # a layer plan's JSON object, as stored in the metadata
 
     def __post_init__(self) -> None:
         if self.criterion is None:
