@@ -25,7 +25,6 @@ from .progress import progress
 
 def session_with_outputs(model: onnx.ModelProto, tensors: Iterable[str], dtypes: dict[str, int] | None = None):
     """An onnxruntime session of ``model`` whose outputs are its own followed by ``tensors``."""
-    from .runtime import options, ort
 
     g = model.graph
     have = {o.name for o in g.output}
@@ -38,10 +37,9 @@ def session_with_outputs(model: onnx.ModelProto, tensors: Iterable[str], dtypes:
         data = model.SerializeToString()
     finally:
         del g.output[n:]
-    so = options(threads=0)  # onnxruntime's own intra-op threads (all cores), as calibration always had
-    so.graph_optimization_level = ort().GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.add_session_config_entry("session.disable_quant_qdq", "1")
-    sess = weights.session(data, weights.has_lazy(model), so)  # lazy: weights read from their files
+    # threads=0: onnxruntime's own intra-op threads (all cores), as calibration always had
+    lazy = weights.has_lazy(model)  # lazy: weights read from their files
+    sess = weights.session(data, lazy, threads=0, optimization="basic", qdq_fusion=False)
     del data
     return sess
 

@@ -338,9 +338,12 @@ def run_passes(
     done: list[tuple[onnx.ModelProto, PassResult]] = []
     steps: list[dict] = []
     for p in passes:
-        p, note = _relative_target(
-            p, original_cost=lambda: _before(costs, original, done, sizes), current=current, sizes=sizes
-        )
+        if len(passes) > 1:  # one pass: its target is a fraction of its own input already
+            p, note = _relative_target(
+                p, original_cost=lambda: _before(costs, original, done, sizes), current=current, sizes=sizes
+            )
+        else:
+            note = {}
         if p is None:  # the earlier steps already met the target
             steps.append({"pass": note["pass"], "skipped": note["why"]})
             continue

@@ -594,19 +594,17 @@ def latency_ms(
     (:mod:`graphprune.progress`).
     """
     from .progress import progress
-    from .runtime import feedable, options, ort
+    from .runtime import feedable, session
 
     if repeats is not None and repeats < 1:
         raise ValueError("repeats must be at least 1")
-    opts = options(threads=threads)
-    opts.graph_optimization_level = ort().GraphOptimizationLevel.ORT_ENABLE_ALL
     if isinstance(model, onnx.ModelProto):
         source: str | bytes = model.SerializeToString()
         proto = model
     else:
         source = os.fspath(model)
         proto = onnx.load(source, load_external_data=False) if feeds is None else None
-    sess = ort().InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+    sess = session(source, threads=threads, optimization="all")
     if feeds is None:
         assert proto is not None
         feeds = random_feeds(proto)

@@ -52,18 +52,14 @@ def _probe_model() -> onnx.ModelProto:
 def channel_step() -> ChannelStep:
     """The NCHWc block of this machine's onnxruntime, or :data:`DEFAULT_STEP` when its
     optimiser does not block a Conv here (another CPU, another version)."""
-    from .runtime import options
-    from .runtime import ort as _quiet_ort
-
-    ort = _quiet_ort()  # its default logger set to fatal errors only (graphprune.runtime)
+    from .runtime import session
 
     with tempfile.TemporaryDirectory(prefix="graphprune-probe-") as tmp:
-        so = options()  # errors-only logging: it warns that the optimised file is machine-specific, we know
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        path = os.path.join(tmp, "optimized.onnx")
         try:
-            ort.InferenceSession(_probe_model().SerializeToString(), so, providers=["CPUExecutionProvider"])
-            optimized = onnx.load(so.optimized_model_filepath)
+            # errors-only logging: it warns that the optimised file is machine-specific, we know
+            session(_probe_model(), optimization="all", optimized_path=path)
+            optimized = onnx.load(path)
         except Exception:  # noqa: BLE001 - a runtime that cannot do this has no block to read
             return ChannelStep(DEFAULT_STEP, "default")
     weights = {t.name: t for t in optimized.graph.initializer}

@@ -201,10 +201,7 @@ def _in_context(model: onnx.ModelProto, layers: list[Layer], threads: int, runs:
     import tempfile
 
     from .cost import random_feeds
-    from .runtime import options
-    from .runtime import ort as _quiet_ort
-
-    ort = _quiet_ort()  # its default logger set to fatal errors only (graphprune.runtime)
+    from .runtime import session
 
     by_name: dict[str, Layer] = {}
     for ly in layers:
@@ -212,10 +209,7 @@ def _in_context(model: onnx.ModelProto, layers: list[Layer], threads: int, runs:
         for t in ly.outputs:
             by_name[t] = ly
     with tempfile.TemporaryDirectory() as tmp:
-        opts = options(threads=threads)
-        opts.enable_profiling = True
-        opts.profile_file_prefix = os.path.join(tmp, "profile")
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess = session(model, threads=threads, profile_prefix=os.path.join(tmp, "profile"))
         feeds = random_feeds(model)
         times = []
         for _ in range(runs + 1):
@@ -286,15 +280,11 @@ def timing_sessions(models, threads: int, *, warmup: int = 1, feeds=None) -> lis
     with its inputs (``feeds(session, model)``, default :func:`graphprune.cost.random_feeds`),
     run ``warmup`` times."""
     from .cost import random_feeds
-    from .runtime import options
-    from .runtime import ort as _quiet_ort
+    from .runtime import session
 
-    ort = _quiet_ort()  # its default logger set to fatal errors only (graphprune.runtime)
-
-    opts = options(threads=threads)
     out = []
     for model in models:
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess = session(model, threads=threads)
         inputs = feeds(sess, model) if feeds is not None else random_feeds(model)
         for _ in range(warmup):
             sess.run(None, inputs)

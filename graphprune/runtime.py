@@ -4,7 +4,7 @@ Rules:
 1. :func:`ort` imports onnxruntime (slow: only when a model runs) and, once, raises its default
    logger's threshold to fatal: its warnings and ``[E:onnxruntime:...]`` lines never reach the
    user's terminal (a failed run still raises, and the tool reports that in one line). Every
-   session built with :func:`options` logs at the same level; every module that imports
+   session is built by :func:`session`, which logs at the same level; every module that imports
    onnxruntime does it through :func:`ort`.
 2. onnxruntime's Python binding has no numpy type for bfloat16, float8 and int4/uint4:
    :func:`run` hands such feeds over as raw bits (:class:`OrtValue` of the ONNX type) and reads
@@ -63,6 +63,37 @@ def options(*, threads: int = 1):
     so.inter_op_num_threads = 1
     so.log_severity_level = _QUIET
     return so
+
+
+_LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+def session(
+    source,
+    *,
+    threads: int = 1,
+    optimization: str | None = None,
+    qdq_fusion: bool = True,
+    profile_prefix: str | None = None,
+    optimized_path: str | None = None,
+):
+    """The one place an onnxruntime CPU session is built: ``source`` is a ModelProto, its bytes or
+    a path; ``threads`` intra-op threads (one inter-op), errors-only logging (rule 1);
+    ``optimization`` ``"basic"``, ``"extended"`` or ``"all"`` (None: onnxruntime's default);
+    ``qdq_fusion=False`` keeps DequantizeLinear->op->QuantizeLinear unfused; ``profile_prefix``
+    turns profiling on; ``optimized_path`` writes the optimized graph there."""
+    so = options(threads=threads)
+    if optimization is not None:
+        so.graph_optimization_level = getattr(ort().GraphOptimizationLevel, _LEVELS[optimization])
+    if not qdq_fusion:
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    if optimized_path is not None:
+        so.optimized_model_filepath = optimized_path
+    data = source.SerializeToString() if isinstance(source, onnx.ModelProto) else source
+    return ort().InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
 def _feed(value):
@@ -153,4 +184,4 @@ def _ortvalues(fed: dict) -> dict:
     return {k: ort().OrtValue.ortvalue_from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in fed.items()}
 
 
-__all__ = ["copy", "feedable", "options", "ort", "run"]
+__all__ = ["copy", "feedable", "options", "ort", "run", "session"]

@@ -116,15 +116,12 @@ class MaskedRunner:
     """Runs ``model`` with chosen channels (and residual blocks) masked, one session for every choice."""
 
     def __init__(self, model: onnx.ModelProto, deps: DependencyGraph, dims: list[Dim], blocks: list[Block] = ()):
-        from .runtime import options, ort
-
         points = channel_points(deps, {d: None for d in dims})
         data, names = insert_masks(model, [*points.values(), *block_points(model, blocks, zero=False)])
         self.names = dict(zip(points, names))
         self.block_names = dict(zip((b.id for b in blocks), names[len(points) :]))
-        so = options(threads=1)
-        so.graph_optimization_level = ort().GraphOptimizationLevel.ORT_ENABLE_BASIC
-        self.session = weights.session(data, weights.has_lazy(model), so)  # lazy: weights read from their files
+        lazy = weights.has_lazy(model)  # lazy: weights read from their files
+        self.session = weights.session(data, lazy, threads=1, optimization="basic")
         del data
         self.ones = {
             d: np.ones(mask_shape(deps, d), dtype=onnx.helper.tensor_dtype_to_np_dtype(mask_dtype(deps, d)))

@@ -186,18 +186,13 @@ def run(model: onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarray]) -> l
     if isinstance(model, onnx.ModelProto) and has_lazy(model):
         with runnable(model) as source:
             return run(source, feeds)
-    from .runtime import options, ort
     from .runtime import run as run_session
+    from .runtime import session
 
-    so = options()
     # Basic optimisations only, and no QDQ fusion: the reference's mask Muls would stop a
     # DequantizeLinear->Conv->QuantizeLinear from becoming an integer QLinearConv that the
     # pruned model gets, and the two would then differ by the quantization error.
-    so.graph_optimization_level = ort().GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.add_session_config_entry("session.disable_quant_qdq", "1")
-    data = model if isinstance(model, (bytes, str)) else model.SerializeToString()
-    sess = ort().InferenceSession(data, so, providers=["CPUExecutionProvider"])
-    del data
+    sess = session(model, optimization="basic", qdq_fusion=False)
     # Copies (runtime.run): onnxruntime's arrays keep the session's memory (every weight it holds)
     # alive for as long as they live, and validation keeps the outputs of three sessions.
     return run_session(sess, feeds)

@@ -319,18 +319,17 @@ def runnable(model: onnx.ModelProto) -> Iterator[onnx.ModelProto | str]:
         yield str(path)
 
 
-def session(data: bytes, lazy: bool, options):
-    """An onnxruntime CPU session of a serialized model; ``lazy``: it was serialized from a lazy
-    model (its weights are in files), so onnxruntime is given a file beside them (:func:`runnable`),
-    which it no longer needs once the session exists."""
-    from .runtime import ort as _quiet_ort
-
-    ort = _quiet_ort()  # its default logger set to fatal errors only (graphprune.runtime)
+def session(data: bytes, lazy: bool, **options):
+    """An onnxruntime CPU session (:func:`graphprune.runtime.session`, ``options`` its keywords) of
+    a serialized model; ``lazy``: it was serialized from a lazy model (its weights are in files),
+    so onnxruntime is given a file beside them (:func:`runnable`), which it no longer needs once
+    the session exists."""
+    from .runtime import session as _session
 
     if not lazy:
-        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        return _session(data, **options)
     with runnable(onnx.load_from_string(data)) as path:
-        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return _session(path, **options)
 
 
 def _beside_data(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
