@@ -34,9 +34,9 @@ from .cost import node_macs
 from .errors import InputError
 from .graph import ModelView, view
 from .masking import MaskPoint, insert_masks
+from .weights import FLOAT_TYPES, set_field
 
 _SRC = "graphprune:source"
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ def _exclusive_params(mv: ModelView, f_nodes: Sequence[int]) -> tuple[int, int]:
                 continue
             seen.add(t)
             src = mv.weight_source(t)
-            if src is None or mv.dtypes.get(src) not in _FLOAT_TYPES:
+            if src is None or mv.dtypes.get(src) not in FLOAT_TYPES:
                 continue
             if any(i not in inside for i, _ in mv.consumers.get(t, [])):
                 continue
@@ -329,10 +329,10 @@ def remove_blocks(model: onnx.ModelProto, blocks: Iterable[Block]) -> onnx.Model
     out = onnx.ModelProto()
     for field, value in model.ListFields():
         if field.name != "graph":
-            _set_field(out, field, value)
+            set_field(out, field, value)
     for field, value in g.ListFields():
         if field.name not in ("node", "initializer", "value_info", "input"):
-            _set_field(out.graph, field, value)
+            set_field(out.graph, field, value)
     out.graph.node.extend(kept_nodes)
     dropped_inits = set()
     for t in g.initializer:
@@ -362,16 +362,6 @@ def _outer_reads(node: onnx.NodeProto) -> set[str]:
     from .graph import _subgraph_inputs
 
     return _subgraph_inputs(node) if _reads_outer(node) else set()
-
-
-def _set_field(dst, field, value) -> None:
-    repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
-    if repeated:
-        getattr(dst, field.name).extend(value)
-    elif field.message_type is not None:
-        getattr(dst, field.name).CopyFrom(value)
-    else:
-        setattr(dst, field.name, value)
 
 
 # --------------------------------------------------------------------------- reference

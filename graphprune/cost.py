@@ -116,6 +116,7 @@ import onnx
 
 from graphprune.graph import infer_shapes
 from graphprune.rules.reduce import REDUCE
+from graphprune.weights import FLOAT_TYPES
 
 __all__ = [
     "Cost",
@@ -125,15 +126,6 @@ __all__ = [
     "latency_ms",
     "random_feeds",
 ]
-
-_FLOAT_TYPES = frozenset(
-    {
-        onnx.TensorProto.FLOAT,
-        onnx.TensorProto.FLOAT16,
-        onnx.TensorProto.BFLOAT16,
-        onnx.TensorProto.DOUBLE,
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -211,27 +203,27 @@ def graph_params(g: onnx.GraphProto) -> int:
         if t.name in seen:
             continue
         seen.add(t.name)
-        if t.data_type in _FLOAT_TYPES or (t.name in dequantized and t.dims):
+        if t.data_type in FLOAT_TYPES or (t.name in dequantized and t.dims):
             total += _numel(t.dims)
     for st in g.sparse_initializer:
         name = st.values.name
         if name in seen:
             continue
         seen.add(name)
-        if st.values.data_type in _FLOAT_TYPES:
+        if st.values.data_type in FLOAT_TYPES:
             total += _numel(st.values.dims)
     for node in g.node:
         if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
             continue
         for attr in node.attribute:
             if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-                if attr.t.data_type in _FLOAT_TYPES:
+                if attr.t.data_type in FLOAT_TYPES:
                     total += _numel(attr.t.dims)
             elif attr.name == "value_float":
                 total += 1
             elif attr.name == "value_floats":
                 total += len(attr.floats)
-            elif attr.name == "sparse_value" and attr.sparse_tensor.values.data_type in _FLOAT_TYPES:
+            elif attr.name == "sparse_value" and attr.sparse_tensor.values.data_type in FLOAT_TYPES:
                 total += _numel(attr.sparse_tensor.values.dims)
     return total
 

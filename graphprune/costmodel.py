@@ -30,7 +30,6 @@ import numpy as np
 from .cost import (
     _CONV_OPS,
     _ELEMENTWISE_OPS,
-    _FLOAT_TYPES,
     _GLOBAL_POOL_OPS,
     _MATMUL_OPS,
     _POOL_OPS,
@@ -39,6 +38,7 @@ from .cost import (
     cost_of,
 )
 from .dependency import DependencyGraph
+from .weights import FLOAT_TYPES
 
 Dim = tuple[str, int]
 
@@ -213,14 +213,14 @@ class CostModel:
         dequantized = {n.input[0] for n in g.node if n.op_type == "DequantizeLinear" and n.input}
         out = []
         for name, t in mv.initializers.items():
-            if t.data_type in _FLOAT_TYPES or (name in dequantized and t.dims):
+            if t.data_type in FLOAT_TYPES or (name in dequantized and t.dims):
                 split = self._split([(name, a) for a in range(len(t.dims))])
                 if split is not None:
                     out.append(split)
         for name, i in mv.constant_nodes.items():
             node = mv.nodes[i]
             value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None and value.data_type in _FLOAT_TYPES and self._all(name):
+            if value is not None and value.data_type in FLOAT_TYPES and self._all(name):
                 split = self._split(self._all(name))
                 if split is not None:
                     out.append(split)

@@ -21,12 +21,6 @@ from . import ortshapes, weights
 _WEIGHT_PASSTHROUGH = frozenset({"Cast", "Identity", "DequantizeLinear"})
 _CACHE_LIMIT = 4096  # elements; constants up to this size are cached by ModelView.value
 _LIGHT_THRESHOLD = 1024  # elements; larger float tensors lose their data in the light copy
-_FLOAT_TYPES = {
-    onnx.TensorProto.FLOAT,
-    onnx.TensorProto.FLOAT16,
-    onnx.TensorProto.DOUBLE,
-    onnx.TensorProto.BFLOAT16,
-}
 
 Shape = tuple  # tuple[int | None, ...]
 
@@ -473,7 +467,7 @@ def declared_dim(d: onnx.TensorShapeProto.Dimension) -> int | None:
 
 
 def _is_large(t: onnx.TensorProto) -> bool:
-    if t.data_type not in _FLOAT_TYPES:
+    if t.data_type not in weights.FLOAT_TYPES:
         return False
     return int(np.prod(t.dims, dtype=np.int64)) > _LIGHT_THRESHOLD
 

@@ -56,7 +56,7 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool
     if (load_external_data or lazy) and _uses_external_data(model):
         base = p.resolve().parent
         sizes: dict[Path, int] = {}
-        for tensor in _external_tensors(model):
+        for tensor in weights.external_tensors(model):
             info = {e.key: e.value for e in tensor.external_data}
             location = info.get("location", "")
             target = (base / location).resolve()
@@ -214,7 +214,7 @@ def _publish(tmp: str | os.PathLike, final: Path) -> None:
 
 def _rename_location(model_path: str, old: str, new: str) -> None:
     model = onnx.load(model_path, load_external_data=False)
-    for tensor in _external_tensors(model):
+    for tensor in weights.external_tensors(model):
         for entry in tensor.external_data:
             if entry.key == "location" and entry.value == old:
                 entry.value = new
@@ -222,14 +222,8 @@ def _rename_location(model_path: str, old: str, new: str) -> None:
         f.write(model.SerializeToString())
 
 
-def _external_tensors(model: onnx.ModelProto):
-    for tensor in onnx.external_data_helper._get_all_tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            yield tensor
-
-
 def _uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(True for _ in _external_tensors(model))
+    return any(True for _ in weights.external_tensors(model))
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

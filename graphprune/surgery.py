@@ -25,6 +25,7 @@ from .dependency import VIRTUAL, DependencyGraph
 from .graph import fresh_name
 from .plan import Plan
 from .rules import opsets, rewriter_for
+from .weights import set_field
 
 
 def removed_entries(deps: DependencyGraph, plan: Plan) -> dict[tuple[str, int], np.ndarray]:
@@ -95,10 +96,10 @@ def _copy_slicing_initializers(model: onnx.ModelProto, by_tensor) -> onnx.ModelP
     out = onnx.ModelProto()
     for field, value in model.ListFields():
         if field.name != "graph":
-            _set_field(out, field, value)
+            set_field(out, field, value)
     for field, value in model.graph.ListFields():
         if field.name != "initializer":
-            _set_field(out.graph, field, value)
+            set_field(out.graph, field, value)
     for t in model.graph.initializer:
         if t.name in by_tensor:
             new = out.graph.initializer.add()
@@ -106,17 +107,6 @@ def _copy_slicing_initializers(model: onnx.ModelProto, by_tensor) -> onnx.ModelP
         else:
             out.graph.initializer.append(t)
     return out
-
-
-def _set_field(dst, field, value) -> None:
-    # protobuf >= 5 has is_repeated; older releases only the (now deprecated) label
-    repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
-    if repeated:
-        getattr(dst, field.name).extend(value)
-    elif field.type == field.TYPE_MESSAGE:
-        getattr(dst, field.name).CopyFrom(value)
-    else:
-        setattr(dst, field.name, value)
 
 
 def _sliced(arr: np.ndarray, axes: dict[int, np.ndarray]) -> np.ndarray:

@@ -81,6 +81,23 @@ _PACKED = {
 }
 
 
+FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+)  # the element types weights are counted and ranked in
+
+
+def set_field(dst, field, value) -> None:
+    """Copy one protobuf field's ``value`` into ``dst`` (repeated fields extended, messages copied)."""
+    # protobuf >= 5 has is_repeated; older releases only the (now deprecated) label
+    repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+    if repeated:
+        getattr(dst, field.name).extend(value)
+    elif field.type == field.TYPE_MESSAGE:
+        getattr(dst, field.name).CopyFrom(value)
+    else:
+        setattr(dst, field.name, value)
+
+
 def external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every tensor of the model (initializers and attributes, subgraphs too) whose data is external."""
     for tensor in external_data_helper._get_all_tensors(model):
