@@ -37,16 +37,27 @@ _LAZY = {
     "FilterPruning": "passes",
     "LayerPruning": "passes",
     "PassResult": "passes",
-    "Pipeline": "passes",
+    "Pipeline": "api",
     "Plan": "plan",
     "Report": "report",
     "register_rule": "rules",
 }
 
 if TYPE_CHECKING:
-    from .api import PipelineResult, PruneResult, analyze, load_model, prune, prune_layers, run_passes, save, validate
+    from .api import (
+        Pipeline,
+        PipelineResult,
+        PruneResult,
+        analyze,
+        load_model,
+        prune,
+        prune_layers,
+        run_passes,
+        save,
+        validate,
+    )
     from .dependency import DependencyGraph, Group, Member
-    from .passes import ChannelPruning, FilterPruning, LayerPruning, PassResult, Pipeline
+    from .passes import ChannelPruning, FilterPruning, LayerPruning, PassResult
     from .plan import Plan
     from .report import Report
     from .rules import register_rule

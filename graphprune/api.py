@@ -389,6 +389,28 @@ def run_passes(
     )
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """Passes run in order as one validated step (:func:`run_passes`): ``pipeline(model)`` gives
+    the :class:`PruneResult`, ``pipeline.apply(model)`` the model alone, refusing one that failed
+    validation (for ``ModelProto -> ModelProto`` transform chains, next to onnxsim or onnxslim)."""
+
+    passes: tuple
+    validate: bool = True
+    latency: bool = False
+
+    def __call__(self, model: ModelLike) -> PruneResult:
+        return run_passes(model, list(self.passes), validate=self.validate, latency=self.latency)
+
+    def apply(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        from .errors import ValidationFailed
+
+        result = self(model)
+        if result.report.validated and not result.report.passed:
+            raise ValidationFailed("the pipeline's result failed validation; see its report")
+        return result.model
+
+
 def _with_dataset(p):
     """``p`` with its calibration data (``calib``, a path) opened once as a Dataset, read by every step."""
     data = getattr(p, "calib", None)
