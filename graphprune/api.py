@@ -333,6 +333,8 @@ def run_passes(
     batch = next((getattr(p, "batch_size", None) for p in passes if data is not None and p.calib is data), None)
     batch = batch or DEFAULT_BATCH
     sizes, feeds, inputs_from = _inputs(original, input_shapes, feeds, data, batch, validate=validate, check=False)
+    if validate and sizes.runs is False and _worth_checking(original, passes):
+        _check_inputs(original, sizes, feeds, inputs_from)  # before pruning, not after it
     costs: dict = {}
     current = original
     done: list[tuple[onnx.ModelProto, PassResult]] = []
@@ -369,8 +371,6 @@ def run_passes(
     removed = any(r.removed_anything for _, r in done)
     # a model left unchanged is validated only on inputs its original takes: else "nothing to prune" says more
     if validate and (removed or (sizes.runs is not False and _runs(original, feeds))):
-        if sizes.runs is False:
-            _check_inputs(original, sizes, feeds, inputs_from)
         exacts = _validated(report, original, done, feeds, inputs_from, latency, latency_runs)
         if len(done) > 1:
             for entry, ex in zip([s for s in steps if "skipped" not in s], exacts):
@@ -409,6 +409,14 @@ class Pipeline:
         if result.report.validated and not result.report.passed:
             raise ValidationFailed("the pipeline's result failed validation; see its report")
         return result.model
+
+
+def _worth_checking(original: onnx.ModelProto, passes) -> bool:
+    """Whether inputs no default size runs are worth an error before pruning: not when nothing
+    could be pruned (then "nothing to prune" says more than the inputs' error)."""
+    if any(getattr(p, "plan", None) is not None for p in passes):
+        return True
+    return bool(_analyze(original, inexact=True).prunable_groups())
 
 
 def _with_dataset(p):

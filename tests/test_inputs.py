@@ -429,7 +429,7 @@ def test_when_no_default_size_runs_the_error_comes_before_any_pruning(monkeypatc
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    monkeypatch.setattr(FilterPruning, "prune", lambda *a, **k: pytest.fail("pruned before the error"))
+    monkeypatch.setattr(FilterPruning, "__call__", lambda *a, **k: pytest.fail("pruned before the error"))
     with pytest.raises(InputError, match=r"does not run on the generated inputs \(x: 1x16\)"):
         graphprune.prune(model, ratio=0.5, latency=False)
     sizes = resolve(model, probe=lambda dims: False)
