@@ -11,10 +11,10 @@
    batch of 1 (fixed, as the CNN's: MACs are counted from inferred shapes). Its graph is the
    standard decomposition (MatMul + Add per linear, Reshape/Transpose head split, Softmax,
    Erf GELU, LayerNormalization), where graphprune finds every block's heads and MLP width.
-   Not used, and why: ``F.scaled_dot_product_attention`` exported at opset 23 becomes one
-   ``Attention`` node, for which graphprune has no rule, so heads would be blocked; the
-   legacy TorchScript exporter (``dynamo=False``) gives the same prunable groups but adds
-   Shape/ConstantOfShape/Where/Expand around the class token.
+   Not used: ``F.scaled_dot_product_attention`` exported at opset 23 becomes one ONNX
+   ``Attention`` node (its heads prune too, ``graphprune/rules/attention.py``, but opset 18
+   is the exporter's default); the legacy TorchScript exporter (``dynamo=False``) gives the
+   same prunable groups but adds Shape/ConstantOfShape/Where/Expand around the class token.
 4. Check the ONNX model in onnxruntime: its predictions on every split must equal torch's;
    check that graphprune's analysis finds 3 head groups and 3 MLP groups prunable; record
    the accuracies in ``digits_vit.json``.
