@@ -115,3 +115,6 @@ def test_best_method_at_half_the_heads_and_half_the_mlp_keeps_95_percent():
     assert best.accuracy >= 0.95 * table.accuracy_original
     assert l2.accuracy < best.accuracy
     assert table.best("heads 1/2 + mlp 1/2") == ("fluctuation+lstsq", best.accuracy)
+    lines = bench.accuracy_grid(table).splitlines()
+    assert "heads 1/2 + mlp 1/2" in lines[0] and len(lines) == 2 + 1 + 2  # header, rule, kept, 2 methods
+    assert f"{100 * best.accuracy:.1f}" in next(line for line in lines if line.startswith("fluctuation + lstsq"))
