@@ -257,4 +257,4 @@ def _rank(ctx: RuleContext, tensor: str) -> int | None:
 
 
 # Importing the rule modules fills the registry.
-from . import contrib, conv, elementwise, linear, norm, pool, qoperator, quant, reduce, shape  # noqa: E402,F401
+from . import attention, contrib, conv, elementwise, linear, norm, pool, qoperator, quant, reduce, shape  # noqa: E402,F401
