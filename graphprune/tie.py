@@ -338,6 +338,7 @@ class ManyResult:
     results: list
     tying: Tying | None
     notes: list[str] = field(default_factory=list)
+    tied: list[dict] = field(default_factory=list)  # every tied group's JSON (TiedGroup.to_json)
 
     @property
     def passed(self) -> bool:
@@ -425,4 +426,4 @@ def prune_many(
             tied=[t.to_json(names, deps) for t in tying.of_file(f)],
         )
         results.append(result)
-    return ManyResult(names, results, tying, tying.notes)
+    return ManyResult(names, results, tying, tying.notes, [t.to_json(names, deps) for t in tying.groups])
