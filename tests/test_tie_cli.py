@@ -134,3 +134,43 @@ def test_without_tie_files_are_pruned_each_on_its_own(run_cli, pair, tmp_path):
     # the decoder alone prunes its residual width, which the encoder cannot: the copies differ
     e, d = _weights(out / "encoder.onnx"), _weights(out / "decoder.onnx")
     assert e["shared.ffn.up.weight"].shape[0] == 16 and d["decoder.shared_copy.ffn.up.weight"].shape[0] == 8
+
+
+def test_one_file_failing_validation_writes_none(run_cli, pair, tmp_path, monkeypatch):
+    """The second file's exactness is made to fail after a real prune: exit 1, nothing written."""
+    from graphprune import tie
+
+    real = tie.prune_many
+
+    def failing(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.results[1].report.exact.passed = False
+        result.results[1].report.exact.max_rel_diff = 1.0
+        return result
+
+    monkeypatch.setattr(tie, "prune_many", failing)
+    out = tmp_path / "out"
+    code, _, err = run_cli("prune", *pair, "-o", out, "--tie", "--no-latency", "-q")
+    assert code == 1 and err.count("\n") == 1 and "decoder.onnx" in err and "nothing written" in err, err
+    assert not out.exists()
+
+
+def test_a_failure_while_writing_leaves_no_output_and_no_staging(pair, tmp_path, monkeypatch):
+    from graphprune import io
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "encoder.onnx").write_bytes(b"old")
+    models = [onnx.load(str(p)) for p in pair]
+    real, calls = io.save, []
+
+    def save(model, path, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(model, path, **kwargs)
+
+    monkeypatch.setattr(io, "save", save)
+    with pytest.raises(OSError):
+        io.save_all([(m, out / p.name, None) for m, p in zip(models, pair, strict=True)])
+    assert os.listdir(out) == ["encoder.onnx"] and (out / "encoder.onnx").read_bytes() == b"old"
