@@ -7,7 +7,7 @@ python -m benchmarks.latency [--models resnet50 mobilenet_v2 vit_b_16] [--ratios
 For each model (a zoo name: its torchscript export; or a deployment graph of
 :data:`models.deploy.GRAPHS`: ``bert_fused``, ``gpt2_fused``, ``vit_fused`` from onnxruntime's
 transformer optimizer, ``resnet18_qop`` quantized in QOperator format; run those with
-``--no-aware --latency-targets``: latency tables time Conv/MatMul/Gemm layers only), ratio and round_to:
+``--no-aware --latency-targets``: their latency-aware rows were not measured), ratio and round_to:
 - ``uniform``: every group loses ``ratio`` of its units (the plain ``--ratio`` pruning);
 - ``latency-aware``: ``--target-flops`` at the MACs the uniform plan kept, with
   ``--objective latency``, once per ``--latency-models`` entry (``layer``: per-layer curves;

@@ -166,16 +166,23 @@ class _Union:
         self.parent[self.find(x)] = self.find(y)
 
 
-def _owners(deps: DependencyGraph, tensor: str, axis: int, size: int) -> np.ndarray:
-    """For each entry of ``tensor``'s ``axis``: the flat unit id ``(group id, index)`` owning it,
-    as a (size, 2) array with -1 where no group holds it."""
-    out = np.full((size, 2), -1, dtype=np.int64)
+def _member_index(deps: DependencyGraph) -> dict[tuple[str, int], list]:
+    """``(tensor, axis) -> [(group id, member)]`` over every group of ``deps``."""
+    index: dict[tuple[str, int], list] = {}
     for g in deps.groups:
         for m in g.members:
-            if m.tensor == tensor and m.axis == axis:
-                for j in range(g.size):
-                    out[m.indices[j], 0] = g.id
-                    out[m.indices[j], 1] = j
+            index.setdefault((m.tensor, m.axis), []).append((g.id, m))
+    return index
+
+
+def _owners(index: dict, tensor: str, axis: int, size: int) -> np.ndarray:
+    """For each entry of ``tensor``'s ``axis``: the unit ``(group id, index)`` owning it, as a
+    (size, 2) array with -1 where no group holds it."""
+    out = np.full((size, 2), -1, dtype=np.int64)
+    for gid, m in index.get((tensor, axis), []):
+        n, k = m.indices.shape
+        out[m.indices.reshape(-1), 0] = gid
+        out[m.indices.reshape(-1), 1] = np.repeat(np.arange(n), k)
     return out
 
 
@@ -187,10 +194,11 @@ def find_ties(deps: Sequence[DependencyGraph], names: Sequence[str]) -> Tying:
     how: dict[tuple[int, int], set[str]] = {}
     shared: dict[tuple[int, int], set[str]] = {}
     tied_groups: set[tuple[int, int]] = set()
+    index = [_member_index(d) for d in deps]
     for a, ta, b, tb, kind in links:
         shape = tuple(deps[a].view.constant_tensor(ta).dims)
         for axis, size in enumerate(shape):
-            own_a, own_b = _owners(deps[a], ta, axis, size), _owners(deps[b], tb, axis, size)
+            own_a, own_b = _owners(index[a], ta, axis, size), _owners(index[b], tb, axis, size)
             in_a, in_b = own_a[:, 0] >= 0, own_b[:, 0] >= 0
             if not in_a.any() and not in_b.any():
                 continue

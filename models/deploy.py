@@ -94,8 +94,7 @@ def _chain(blocks: list[onnx.ModelProto]) -> onnx.ModelProto:
     for i, block in enumerate(blocks[1:], start=1):
         nxt = compose.add_prefix(block, f"b{i}.")
         model = compose.merge_models(model, nxt, io_map=[(model.graph.output[0].name, nxt.graph.input[0].name)])
-    # the chain's IO keeps the block's names, as the optimizer's BERT input detection expects none
-    return model
+    return model  # its input is "b0.input", its output "b{n-1}.output"
 
 
 GRAPHS: dict[str, Callable[[], onnx.ModelProto]] = {
