@@ -41,7 +41,7 @@ from .dependency import CONSTANT, INITIALIZER, DependencyGraph
 from .dependency import analyze as _analyze
 from .errors import InputError
 from .passes.filter import DEFAULT_UNITS, UNITS
-from .passes.finish import check_round_to, round_to_of
+from .passes.finish import check_round_to, check_scope, round_to_of
 from .plan import Plan
 
 
@@ -282,6 +282,14 @@ def tied_plans(
     if unknown:
         raise InputError(f"unknown unit {sorted(unknown)[0]!r}; choose from {', '.join(UNITS)}")
     check_round_to(round_to)
+    failed = []
+    for d in deps:  # an --ignore pattern or a unit that no file has would be silently ignored
+        try:
+            check_scope(d, tuple(ignore), tuple(units))
+        except InputError as exc:
+            failed.append(exc)
+    if failed and len(failed) == len(deps):
+        raise failed[0]
     tying = find_ties(deps, names)
     wanted = tuple(units) or DEFAULT_UNITS
     plans = []

@@ -133,6 +133,21 @@ def test_a_tied_group_blocked_in_one_file_stays_whole_in_both():
     assert result.results[0].report.passed
 
 
+def test_protecting_a_shared_weight_in_one_file_keeps_the_tied_group_whole_in_both():
+    enc, dec = encoder_decoder(renamed=True)
+    result = tie.prune_many([enc, dec], names=NAMES, ignore=["decoder.shared_copy.ffn.up.weight"], latency=False)
+    tied = next(t for t in result.tied if "encoder.onnx:shared.ffn.up.weight[1]" in t["shared"])
+    assert not tied["prunable"] and "--ignore" in tied["reason"] and tied["removed"] == 0
+    assert _weights(result.results[0].model)["shared.ffn.up.weight"].shape == (16, 32)
+    assert _weights(result.results[0].model)["encoder.ffn.up.weight"].shape == (16, 16)
+
+
+def test_an_ignore_pattern_no_file_matches_is_an_error():
+    enc, dec = encoder_decoder()
+    with pytest.raises(graphprune.InputError, match="--ignore nowhere"):
+        tie.prune_many([enc, dec], names=NAMES, ignore=["nowhere"], latency=False)
+
+
 LAYERS, HIDDEN, HEADS, KV, FFN = 2, 32, 4, 2, 64
 PAST, SEQ = 3, 2
 

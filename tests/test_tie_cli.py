@@ -174,3 +174,20 @@ def test_a_failure_while_writing_leaves_no_output_and_no_staging(pair, tmp_path,
     with pytest.raises(OSError):
         io.save_all([(m, out / p.name, None) for m, p in zip(models, pair, strict=True)])
     assert os.listdir(out) == ["encoder.onnx"] and (out / "encoder.onnx").read_bytes() == b"old"
+
+
+def test_models_with_external_data_are_written_with_theirs(run_cli, tmp_path):
+    enc, dec = encoder_decoder()
+    src = tmp_path / "src"
+    src.mkdir()
+    for m, name in ((enc, "encoder"), (dec, "decoder")):
+        onnx.save(m, src / f"{name}.onnx", save_as_external_data=True, location=f"{name}.onnx.data", size_threshold=0)
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        "prune", src / "encoder.onnx", src / "decoder.onnx", "-o", out, "--tie", "--no-latency", "-q"
+    )
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == ["decoder.onnx", "decoder.onnx.data", "encoder.onnx", "encoder.onnx.data"]
+    e, d = _weights(out / "encoder.onnx"), _weights(out / "decoder.onnx")
+    assert e["shared.ffn.up.weight"].shape == (16, 16)
+    assert np.array_equal(e["shared.ffn.up.weight"], d["shared.ffn.up.weight"])
