@@ -119,6 +119,35 @@ def test_a_constant_weight_is_not_matched_by_its_hash():
     assert not any("bias" in a for a, _ in matched)
 
 
+def _two_matmuls(w1: np.ndarray, w2: np.ndarray, name: str) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("MatMul", ["x", f"{name}.1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", f"{name}.2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, w1.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, w2.shape[1]])],
+        [numpy_helper.from_array(w1, f"{name}.1"), numpy_helper.from_array(w2, f"{name}.2")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_equal_bytes_in_another_shape_are_not_matched_by_hash():
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((8, 12)).astype(np.float32), rng.standard_normal((12, 8)).astype(np.float32)
+    same = _two_matmuls(w1, w2, "a"), _two_matmuls(w1, w2, "b")
+    reshaped = _two_matmuls(w1, w2, "a"), _two_matmuls(w2.reshape(8, 12), w1.reshape(12, 8), "b")
+    links, _ = tie.shared_weights(tie.analyze_all(same), NAMES)
+    assert sorted((a, b) for _, a, _, b, _ in links) == [("a.1", "b.1"), ("a.2", "b.2")]
+    links, _ = tie.shared_weights(tie.analyze_all(reshaped), NAMES)
+    assert links == []
+
+
 def test_a_tied_group_blocked_in_one_file_stays_whole_in_both():
     """The decoder reads the shared up-projection's output as its graph output too: that file
     blocks the group, so the encoder, where it is prunable, keeps it whole as well."""
