@@ -195,6 +195,7 @@ def find_ties(deps: Sequence[DependencyGraph], names: Sequence[str]) -> Tying:
     shared: dict[tuple[int, int], set[str]] = {}
     tied_groups: set[tuple[int, int]] = set()
     index = [_member_index(d) for d in deps]
+    pairs: dict[tuple[int, int], list[np.ndarray]] = {}
     for a, ta, b, tb, kind in links:
         shape = tuple(deps[a].view.constant_tensor(ta).dims)
         for axis, size in enumerate(shape):
@@ -211,8 +212,12 @@ def find_ties(deps: Sequence[DependencyGraph], names: Sequence[str]) -> Tying:
                 f, t = (a, ta) if not in_a.all() else (b, tb)
                 for m in members:
                     blocked.setdefault(m, f"{names[f]}: {t} axis {axis} is not wholly in a group there")
-            for e in np.flatnonzero(in_a & in_b):
-                units.union((a, int(own_a[e, 0]), int(own_a[e, 1])), (b, int(own_b[e, 0]), int(own_b[e, 1])))
+            both = in_a & in_b
+            pairs.setdefault((a, b), []).append(np.concatenate([own_a[both], own_b[both]], axis=1))
+    # each unit pair once (a head's entries, and a weight, its bias and its reader repeat them)
+    for (a, b), rows in pairs.items():
+        for ga, ja, gb, jb in np.unique(np.concatenate(rows), axis=0).tolist():
+            units.union((a, ga, ja), (b, gb, jb))
     # groups joined by any shared unit form one tied group
     joined = _Union()
     for f, gid in tied_groups:
