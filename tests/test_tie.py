@@ -98,6 +98,22 @@ def test_untied_pruning_of_the_same_pair_breaks_the_sharing():
     assert all(r.report.passed for r in result.results)  # each file alone is fine: only the pair is not
 
 
+def test_three_files_tie_through_names_and_hashes_at_once():
+    """An encoder, its decoder and a renamed copy of that decoder: the shared MLP is one tied
+    group over three files, the decoders' own MLP one over two."""
+    enc, dec = encoder_decoder()
+    _, copy = encoder_decoder(renamed=True)
+    names = [*NAMES, "decoder_copy.onnx"]
+    result = tie.prune_many([enc, dec, copy], names=names, latency=False)
+    assert all(r.report.passed and r.report.exact.passed for r in result.results)
+    by_files = {tuple(sorted(t["anchors"])): t for t in result.tied if t["prunable"]}
+    assert by_files[tuple(sorted(names))]["removed"] == 16
+    assert by_files[("decoder.onnx", "decoder_copy.onnx")]["removed"] == 16
+    w = [_weights(r.model) for r in result.results]
+    assert np.array_equal(w[0][SHARED[0]], w[1][SHARED[0]]) and np.array_equal(w[1][SHARED[0]], w[2][RENAMED[0]])
+    assert np.array_equal(w[1]["decoder.ffn.down.weight"], w[2]["decoder.ffn.down.weight"])
+
+
 def test_same_name_with_other_values_is_not_tied():
     enc, _ = encoder_decoder(seed=0)
     _, dec = encoder_decoder(seed=5)  # same names, other values
