@@ -65,8 +65,9 @@ def bert_fused(layers: int = 2, embed: int = 256, heads: int = 4, mlp: int = 102
 
 def gpt2_fused(layers: int = 2, embed: int = 512, heads: int = 8, mlp: int = 1024, seq: int = 32):
     """``layers`` Llama-style decoder layers (RMSNorm, SwiGLU) fused by the ``gpt2`` optimizer.
-    ``seq`` and ``mlp`` stay small: a causal mask or a bias above 1,024 entries stops the symbolic shape inference
-    graphprune uses through contrib ops (the light copy has no data for it), and 0 groups remain."""
+    ``seq`` and ``mlp`` stay small: an ``Add`` of a causal mask or a bias above 1,024 entries stops
+    the symbolic shape inference graphprune uses through contrib ops (the light copy has no data
+    for it), and 0 groups remain."""
     blocks = [
         transformers.decoder_block(embed=embed, heads=heads, kv_heads=heads, mlp=mlp, seq=seq, seed=i)
         for i in range(layers)
