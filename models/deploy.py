@@ -3,7 +3,7 @@
 * :data:`GRAPHS`: ``bert_fused`` (a 2-layer BERT encoder through onnxruntime's transformer
   optimizer: ``Attention``, ``SkipLayerNormalization``, ``BiasGelu``), ``gpt2_fused`` (Llama-style
   decoder layers through the ``gpt2`` optimizer: ``SkipSimplifiedLayerNormalization``),
-  ``vit_fused`` (a ViT through the ``vit`` optimizer) and ``resnet18_qop`` (the zoo's resnet18
+  ``vit_fused`` (a ViT-Tiny-shaped model through the ``vit`` optimizer) and ``resnet18_qop`` (the zoo's resnet18
   quantized by ``quantize_static`` in QOperator format: ``QLinearConv``, ``QLinearAdd``, ``QGemm``).
 * :func:`qoperator`: any float model through ``quantize_static`` (QOperator, per channel, uint8
   activations, int8 weights), calibrated on four seeded random batches.
@@ -63,11 +63,8 @@ def bert_fused(layers: int = 2, embed: int = 256, heads: int = 4, mlp: int = 102
     return fused.optimize(_chain(blocks), "bert", heads, embed)
 
 
-def gpt2_fused(layers: int = 2, embed: int = 512, heads: int = 8, mlp: int = 1024, seq: int = 32):
-    """``layers`` Llama-style decoder layers (RMSNorm, SwiGLU) fused by the ``gpt2`` optimizer.
-    ``seq`` and ``mlp`` stay small: an ``Add`` of a causal mask or a bias above 1,024 entries stops
-    the symbolic shape inference graphprune uses through contrib ops (the light copy has no data
-    for it), and 0 groups remain."""
+def gpt2_fused(layers: int = 2, embed: int = 512, heads: int = 8, mlp: int = 1536, seq: int = 128):
+    """``layers`` Llama-style decoder layers (RMSNorm, SwiGLU) fused by the ``gpt2`` optimizer."""
     blocks = [
         transformers.decoder_block(embed=embed, heads=heads, kv_heads=heads, mlp=mlp, seq=seq, seed=i)
         for i in range(layers)
@@ -75,10 +72,8 @@ def gpt2_fused(layers: int = 2, embed: int = 512, heads: int = 8, mlp: int = 102
     return fused.optimize(_chain(blocks), "gpt2", heads, embed)
 
 
-def vit_fused(layers: int = 4, embed: int = 48, heads: int = 3, mlp: int = 768, image: int = 32, patch: int = 8):
-    """A small ViT classifier fused by the ``vit`` optimizer. Its ``pos_embed`` stays within
-    1,024 entries (here 17 x 48) for the same reason as :func:`gpt2_fused`'s mask: a larger one
-    stops shape inference after the first ``SkipLayerNormalization`` and leaves 1 group."""
+def vit_fused(layers: int = 4, embed: int = 192, heads: int = 3, mlp: int = 768, image: int = 224, patch: int = 16):
+    """A ViT-Tiny-shaped classifier (197 tokens of 192) fused by the ``vit`` optimizer."""
     model = transformers.tiny_vit(layers=layers, embed=embed, heads=heads, mlp=mlp, patch=patch, image=image)
     return fused.optimize(model, "vit", heads, embed)
 
