@@ -4,7 +4,10 @@ python -m benchmarks.latency [--models resnet50 mobilenet_v2 vit_b_16] [--ratios
                              [--round-to 1 8 16] [--repeats 20] [--threads 1] [--latency-targets 0.5]
                              [--latency-models layer model] [--floor]
 
-For each zoo model (torchscript export), ratio and round_to:
+For each model (a zoo name: its torchscript export; or a deployment graph of
+:data:`models.deploy.GRAPHS`: ``bert_fused``, ``gpt2_fused``, ``vit_fused`` from onnxruntime's
+transformer optimizer, ``resnet18_qop`` quantized in QOperator format; run those with
+``--no-aware --latency-targets``: their latency-aware rows were not measured), ratio and round_to:
 - ``uniform``: every group loses ``ratio`` of its units (the plain ``--ratio`` pruning);
 - ``latency-aware``: ``--target-flops`` at the MACs the uniform plan kept, with
   ``--objective latency``, once per ``--latency-models`` entry (``layer``: per-layer curves;
@@ -34,7 +37,7 @@ from graphprune.hardware import channel_step
 from graphprune.latency_table import compare_latency
 from graphprune.passes.filter import FilterPruning
 from graphprune.report import grid
-from models import zoo
+from models import deploy, zoo
 
 
 def say(msg: str) -> None:
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows, target_rows = [], []
     for name in args.models:
-        model = zoo.load(name, "torchscript")
+        model = deploy.GRAPHS[name]() if name in deploy.GRAPHS else zoo.load(name, "torchscript")
         deps = analyze(model)
         flops_before = cost_of(model, deps.view.shapes).flops
         model_ms = compare_latency(model, model, threads=args.threads, repeats=5)[0]
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind in [] if args.no_aware else args.latency_models:
         header += [f"{kind}-aware MACs kept", f"{kind}-aware speed-up", f"{kind}-aware realized", "allocation"]
     runs = f"medians of >= {args.repeats} runs (~{args.seconds:g} s)"
-    print(f"onnxruntime {threads_note(args.threads)}, {runs}, torchscript exports")
+    print(f"onnxruntime {threads_note(args.threads)}, {runs}, zoo models as torchscript exports")
     print(grid(tuple(header), rows))
     if target_rows:
         print()

@@ -26,6 +26,7 @@ _LAZY = {
     "load_model": "api",
     "prune": "api",
     "prune_layers": "api",
+    "prune_many": "tie",
     "run_passes": "api",
     "PipelineResult": "api",
     "save": "api",
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
     from .plan import Plan
     from .report import Report
     from .rules import register_rule
+    from .tie import prune_many
 
 
 def __getattr__(name: str) -> Any:
@@ -95,6 +97,7 @@ __all__ = [
     "load_model",
     "prune",
     "prune_layers",
+    "prune_many",
     "register_rule",
     "run_passes",
     "save",

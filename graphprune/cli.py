@@ -71,8 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     pr = sub.add_parser("prune", parents=[common], help="prune a model and validate the result")
-    pr.add_argument("model")
-    pr.add_argument("-o", "--output", required=True, help="where to write the pruned model")
+    pr.add_argument("model", nargs="+", help="the model; several: files pruned together, written into -o (a folder)")
+    pr.add_argument(
+        "-o", "--output", required=True, help="where to write the pruned model (several models: the folder for them)"
+    )
+    pr.add_argument(
+        "--tie",
+        action="store_true",
+        help="several models: one plan across the weights they share (same name, or same values when renamed);"
+        " without it each file is pruned on its own",
+    )
     pr.add_argument(
         "--pass",
         dest="passes",
@@ -306,6 +314,13 @@ def _say(args, msg: str) -> None:
 def _prune(args) -> int:
     from .weights import spill_folder
 
+    if len(args.model) > 1 or args.tie:
+        from .cli_many import prune_files
+
+        with spill_folder(Path(args.output).resolve()):
+            prune_files(args)
+        return EXIT_OK
+    (args.model,) = args.model
     # a validated lazy model's pruned weights are written once, beside the output, and renamed into it
     with spill_folder(Path(args.output).resolve().parent):
         return _prune_to(args)

@@ -256,3 +256,34 @@ def atomic_path(path: str | os.PathLike):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def save_all(models: list[tuple[onnx.ModelProto, Path, bool | None]]) -> list[Path]:
+    """Write several models ``(model, path, external_data)`` all or none: each is saved into a
+    staging folder beside its output (as :func:`save` does), then all are renamed into place
+    together; a failure before the renames leaves no output written or changed."""
+    import shutil
+
+    stages: dict[Path, Path] = {}
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for model, path, external_data in models:
+            path = Path(path)
+            folder = path.resolve().parent
+            folder.mkdir(parents=True, exist_ok=True)
+            if folder not in stages:
+                stages[folder] = Path(tempfile.mkdtemp(prefix=".graphprune-stage-", dir=folder))
+            written = save(model, stages[folder] / path.name, external_data=external_data)
+            _COMMITTED.remove(written.resolve())  # committed once renamed into place
+            staged.append((written, path))
+        with _interrupts_held():  # every rename happens, or none
+            for written, path in staged:
+                data = written.with_name(written.name + ".data")
+                if data.exists():
+                    _publish(data, path.with_name(path.name + ".data"))
+                _publish(written, path)
+                _COMMITTED.append(path.resolve())
+    finally:
+        for stage in stages.values():
+            shutil.rmtree(stage, ignore_errors=True)
+    return [path for _, path in staged]

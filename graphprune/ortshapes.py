@@ -136,7 +136,7 @@ def _symbolic(light: onnx.ModelProto) -> onnx.ModelProto | None:
         # give an op it does not know the rank of its first input, which may be wrong, and the
         # tensors after it shapes computed from that guess.
         sym = SymbolicShapeInference(2**31 - 1, True, False, 0)
-        sym._preprocess(light)
+        sym._preprocess(_stubs_as_inputs(light))
         while sym.run_:
             sym._infer_impl()
         sym._update_output_from_vi()
@@ -145,6 +145,34 @@ def _symbolic(light: onnx.ModelProto) -> onnx.ModelProto | None:
         return None
     finally:
         log.setLevel(level)
+
+
+def _stubs_as_inputs(light: onnx.ModelProto) -> onnx.ModelProto:
+    """``light`` with its stubs (large float weights without data) as graph inputs of their
+    shape: symbolic inference reads the values of an ``Add``'s constant inputs, and a stub has
+    none (a causal mask or a bias of more than 1,024 entries stopped it); an input has a shape only."""
+    stubs = [t for t in light.graph.initializer if _is_stub(t)]
+    if not stubs:
+        return light
+    out = onnx.ModelProto()
+    out.CopyFrom(light)
+    names = {t.name for t in stubs}
+    kept = [t for t in out.graph.initializer if t.name not in names]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    declared = {i.name for i in out.graph.input}
+    out.graph.input.extend(
+        onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in stubs if t.name not in declared
+    )
+    return out
+
+
+def _is_stub(t: onnx.TensorProto) -> bool:
+    """A tensor with dims and no data (the light copy's stand-in for a large weight)."""
+    has_data = t.raw_data or t.float_data or t.double_data or t.int32_data or t.int64_data or t.uint64_data
+    return (
+        not has_data and t.data_location != onnx.TensorProto.EXTERNAL and all(d > 0 for d in t.dims) and len(t.dims) > 0
+    )
 
 
 def _has_shape(vi: onnx.ValueInfoProto) -> bool:

@@ -131,11 +131,12 @@ def _tables(positions: int, d: int) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(emb), np.sin(emb)
 
 
-def _mask(g: _Graph, past_key: str) -> str:
-    """The additive mask [B, 1, S, T]: causal on absolute positions plus padding."""
+def _mask(g: _Graph, past_key: str | None) -> str:
+    """The additive mask [B, 1, S, T]: causal on absolute positions plus padding (no
+    ``past_key``: no past, queries start at 0)."""
     scope = "/model/mask"
     total = g.scalar_dim("attention_mask", 1, scope)
-    past = g.scalar_dim(past_key, 2, scope)
+    past = g.scalar_dim(past_key, 2, scope) if past_key else g.const("model.mask.no_past", 0)
     one = g.const("model.mask.one", 1)
     keys = g.op("Range", [g.const("model.mask.zero", 0), total, one], scope)  # [T]
     queries = g.op("Range", [past, total, one], scope)  # [S]
@@ -163,9 +164,12 @@ def kv_decoder(
     *,
     vocab: int = 64,
     max_positions: int = 64,
+    with_past: bool = True,
 ) -> onnx.ModelProto:
     """The decoder described in the module docstring (``layers`` layers, ``hidden`` wide, SwiGLU
-    ``ffn`` wide, ``heads`` query heads over ``kv_heads`` cached heads)."""
+    ``ffn`` wide, ``heads`` query heads over ``kv_heads`` cached heads). ``with_past=False`` is
+    the first-step decoder optimum exports beside it (``decoder_model.onnx``): no
+    ``past_key_values.*`` inputs, ``present.*`` are the new keys and values, the same weights."""
     if hidden % heads or heads % kv_heads:
         raise ValueError(f"hidden {hidden}, heads {heads}, kv_heads {kv_heads} do not divide")
     d = hidden // heads
@@ -187,7 +191,7 @@ def kv_decoder(
         [g.op("Gather", [g.const("model.rotary_emb.sin", sin_t, np.float32), "position_ids"], rot), axis1],
         rot,
     )
-    mask = _mask(g, "past_key_values.0.key")
+    mask = _mask(g, "past_key_values.0.key" if with_past else None)
     scale = g.const("model.attn.scale", 1.0 / np.sqrt(d), np.float32)
 
     for i in range(layers):
@@ -198,8 +202,12 @@ def kv_decoder(
         k = g.to_heads(g.linear(h, hidden, kv_heads * d, f"{a}/k_proj", f"{ap}.k_proj"), kv_heads, d, a, ap)
         v = g.to_heads(g.linear(h, hidden, kv_heads * d, f"{a}/v_proj", f"{ap}.v_proj"), kv_heads, d, a, ap)
         q, k = g.rope(q, cos, sin, d, a, ap), g.rope(k, cos, sin, d, a, ap)
-        k = g.op("Concat", [f"past_key_values.{i}.key", k], a, axis=2, output=f"present.{i}.key")
-        v = g.op("Concat", [f"past_key_values.{i}.value", v], a, axis=2, output=f"present.{i}.value")
+        if with_past:
+            k = g.op("Concat", [f"past_key_values.{i}.key", k], a, axis=2, output=f"present.{i}.key")
+            v = g.op("Concat", [f"past_key_values.{i}.value", v], a, axis=2, output=f"present.{i}.value")
+        else:
+            k = g.op("Identity", [k], a, output=f"present.{i}.key")
+            v = g.op("Identity", [v], a, output=f"present.{i}.value")
         k = g.repeat_kv(k, heads // kv_heads, heads, d, a, ap)
         v = g.repeat_kv(v, heads // kv_heads, heads, d, a, ap)
         scores = g.op("Mul", [g.op("MatMul", [q, g.op("Transpose", [k], a, perm=[0, 1, 3, 2])], a), scale], a)
@@ -225,7 +233,7 @@ def kv_decoder(
     g.op("MatMul", [x, g.weight("lm_head.weight", (hidden, vocab), hidden**-0.5)], "/lm_head", output="logits")
 
     cache = ["batch", kv_heads, "past_seq", d]
-    present = ["batch", kv_heads, "total_seq", d]
+    present = ["batch", kv_heads, "total_seq" if with_past else "seq", d]
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_seq"]),
@@ -234,7 +242,8 @@ def kv_decoder(
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", vocab])]
     for i in range(layers):
         for kind in ("key", "value"):
-            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, cache))
+            if with_past:
+                inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, cache))
             outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT, present))
     graph = helper.make_graph(g.nodes, "kv_decoder", inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
