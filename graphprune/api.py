@@ -24,6 +24,7 @@ from .errors import InputError
 from .evaluate import check_labels, evaluate
 from .graph import find_cycle
 from .inputs import InputSizes, count_shapes, resolve
+from .iochange import io_map
 from .passes import PruneOutcome
 from .passes.filter import PLAN_METADATA_KEY, get_metadata
 from .passes.finish import COMPENSATE_METADATA_KEY, HISTORY_METADATA_KEY, fingerprint, history_of
@@ -180,6 +181,8 @@ def prune(
     input_shapes: dict | None = None,
     remove_blocks: int | None = None,
     latency_runs: int | None = None,
+    allow_io_change: bool = False,
+    uniform_heads: bool = False,
 ) -> PruneResult:
     """Prune ``model`` and (by default) validate the result against the whole contract.
 
@@ -221,6 +224,10 @@ def prune(
     at those sizes; if the original does not run on them, ``InputError``.
 
     ``criterion`` None is the pass's default (``l2`` for the filter and channel passes).
+    ``allow_io_change=True`` lets groups whose only obstacle is paired graph inputs/outputs (a
+    KV cache's past and present: :mod:`graphprune.iochange`) be pruned; ``report.prune["io_changes"]``
+    lists every graph input/output whose shape changed. ``uniform_heads=True`` keeps the same
+    head count in every layer (:mod:`graphprune.headcount`; ``report.prune["num_key_value_heads"]``).
     ``round_to`` keeps channel counts multiples of it; None (the CLI's default) keeps convolution
     channels on this machine's channel step (:func:`graphprune.hardware.channel_step`, where
     onnxruntime's Conv kernels step in latency) and mlp neurons and heads free; the API's default
@@ -256,6 +263,8 @@ def prune(
         threads=threads,
         progress=progress,
         sensitivity=sensitivity,
+        allow_io_change=allow_io_change,
+        uniform_heads=uniform_heads,
     )
     if pass_ == "layer":
         # what the layer pass takes is passed by name; any other option given is an error there
@@ -319,7 +328,18 @@ def prune(
         inputs_from=inputs_from,
         latency_runs=latency_runs,
     )
-    if validate and data is not None and report.runtime["passed"] and not weights.has_lazy(outcome.pruned):
+    changed_io = bool(outcome.report.get("io_changes"))  # data is keyed for the original's inputs
+    if changed_io and validate and data is not None:
+        report.prune.setdefault("notes", []).append(
+            "graph inputs changed (--allow-io-change): fidelity is on the data's first batch, not all of it"
+        )
+    if (
+        validate
+        and data is not None
+        and not changed_io
+        and report.runtime["passed"]
+        and not weights.has_lazy(outcome.pruned)
+    ):
         # Fidelity over the calibration data rather than its first batch (one sample for a
         # model fixed to batch 1); exactness and latency keep the first batch.
         ev = evaluate(original, outcome.pruned, data, batch_size=pass_.batch_size, limit=FIDELITY_SAMPLES)
@@ -455,6 +475,8 @@ def run_passes(
     """
     from .validation import run_original
 
+    if any(getattr(p, "allow_io_change", False) for p in passes):
+        raise InputError("allow-io-change works with one filter pass (prune), not in a pipeline of passes")
     original = load_model(model)
     sizes, feeds, inputs_from = _inputs(original, input_shapes, feeds, None, DEFAULT_BATCH, validate=validate)
     before = sample_cost(original, sizes)
@@ -857,18 +879,21 @@ def _report(
         report.exact = v.exact
         report.fidelity = v.fidelity
         if latency and v.runtime_ok:
-            _time_both(report, original, pruned_source, feeds, latency_runs)
+            _time_both(report, original, pruned_source, feeds, latency_runs, io_map(deps, plan).feeds(feeds))
     return report
 
 
-def _time_both(report: Report, original, pruned_source, feeds: dict, runs: int | None) -> None:
-    """The report's latencies of ``original`` and the pruned model (as runnable) on ``feeds``:
-    ``runs`` timed runs each, or up to 20 within about two seconds; the batch they ran at."""
+def _time_both(report: Report, original, pruned_source, feeds: dict, runs: int | None, pruned_feeds=None) -> None:
+    """The report's latencies of ``original`` and the pruned model (as runnable) on ``feeds``
+    (``pruned_feeds`` for the pruned model when its inputs changed: iochange): ``runs`` timed
+    runs each, or up to 20 within about two seconds; the batch they ran at."""
     batch = next((int(v.shape[0]) for v in feeds.values() if isinstance(v, np.ndarray) and v.ndim), None)
     at = f" (batch {batch})" if batch is not None else ""
     with runnable(original) as source:
         report.latency_ms_before = latency_ms(source, feeds=feeds, repeats=runs, label=f"timing the original{at}")
-    report.latency_ms_after = latency_ms(pruned_source, feeds=feeds, repeats=runs, label=f"timing the pruned model{at}")
+    report.latency_ms_after = latency_ms(
+        pruned_source, feeds=pruned_feeds or feeds, repeats=runs, label=f"timing the pruned model{at}"
+    )
     report.latency_batch = batch
 
 

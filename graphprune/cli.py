@@ -134,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
         " is not function-preserving: it is reported as inexact and measured by fidelity",
     )
     pr.add_argument(
+        "--allow-io-change",
+        action="store_true",
+        help="also prune groups whose only obstacle is graph inputs/outputs paired as carried state, such as a"
+        " KV cache's past_key_values.* and present.* (both lose the same heads); the report lists every input"
+        " and output whose shape changed (io_changes)",
+    )
+    pr.add_argument(
+        "--uniform-heads",
+        action="store_true",
+        help="keep the same number of (KV) heads in every layer, so that one num_key_value_heads in a runtime"
+        " config stays valid (the report gives it)",
+    )
+    pr.add_argument(
         "--pass",
         dest="passes",
         nargs="+",
@@ -571,6 +584,8 @@ def _pass_options(args, plan) -> dict:
         # only a target measures latency tables, whose progress is worth showing
         progress=None if args.quiet or not _targets(args) else (lambda msg: _say(args, msg)),
         sensitivity=args.sensitivity,
+        allow_io_change=args.allow_io_change,
+        uniform_heads=args.uniform_heads,
     )
 
 

@@ -19,6 +19,7 @@ from .dependency import DependencyGraph, Group
 from .errors import InputError
 
 FORMAT = "graphprune-plan-v1"
+IO_CHANGES_KEY = "io_changes"  # top-level key: the graph inputs/outputs a plan changes (graphprune.iochange)
 
 
 @dataclass
@@ -58,6 +59,9 @@ class Plan:
                     "size": group.size,
                 }
             )
+        io = sorted({t for g in deps.groups if len(self.removed(g)) for pair in g.facts.get("io", ()) for t in pair})
+        if io:  # graph inputs/outputs this plan changes (allowed by --allow-io-change): validate re-allows them
+            meta = {**meta, IO_CHANGES_KEY: io}
         return {"format": FORMAT, **meta, "groups": entries}
 
     def save(self, path: str | os.PathLike, deps: DependencyGraph, **meta) -> None:
@@ -80,8 +84,18 @@ def read_plan(path: str | os.PathLike) -> dict:
     return data
 
 
-def plan_from_json(data: dict, deps: DependencyGraph, source: str = "plan") -> Plan:
-    """Turn a plan's JSON object into group removals, checking it against ``deps``."""
+def plan_from_json(
+    data: dict, deps: DependencyGraph, source: str = "plan", *, allow_io_change: bool | None = None
+) -> Plan:
+    """Turn a plan's JSON object into group removals, checking it against ``deps``.
+
+    ``allow_io_change`` releases the groups blocked only by paired graph inputs/outputs
+    (:func:`graphprune.iochange.release_io`); None does so when the plan lists the inputs and
+    outputs it changes (``io_changes``, written by a prune that allowed them), as validation needs."""
+    if allow_io_change or (allow_io_change is None and data.get(IO_CHANGES_KEY)):
+        from .iochange import release_io
+
+        release_io(deps)
     by_member: dict[tuple[str, int], list] = {}
     for group in deps.groups:
         for m in group.members:
@@ -117,7 +131,10 @@ def plan_from_json(data: dict, deps: DependencyGraph, source: str = "plan") -> P
             if not mine:
                 continue
             if not group.prunable:
-                raise InputError(f"{where}: {anchor} axis {axis} is blocked: {group.reasons[0]}")
+                hint = ""
+                if any(str(r).endswith(("(graph input)", "(graph output)")) for r in group.reasons):
+                    hint = " (a plan that changes graph inputs/outputs needs --allow-io-change)"
+                raise InputError(f"{where}: {anchor} axis {axis} is blocked: {group.reasons[0]}{hint}")
             for j in mine:
                 entries = set(member.indices[j].tolist())
                 if not entries <= wanted:

@@ -39,6 +39,7 @@ import onnx
 from .cost import cost_of, latency_ms, random_feeds
 from .dependency import DependencyGraph
 from .errors import InputError
+from .iochange import io_map
 from .masking import masked_bytes
 from .plan import Plan
 from .quantized import QUANT_STEPS, fake_quant_bypassed, integer_sums, is_quantized, output_steps, step_diffs
@@ -469,6 +470,11 @@ def _check(original, pruned, deps, plan, feeds, pruned_source, base, inputs_from
     """:func:`check_pruned` once ``probes`` (tensors after the ``n`` graph outputs) are fetched
     too; the ``saturated`` outputs are compared at their op's input instead."""
     original_all = run_original(original, feeds, inputs_from)
+    # a plan that changed graph inputs/outputs (iochange): the pruned model runs on the kept
+    # entries of the changed inputs, and every run is compared at the entries it kept
+    cut = io_map(deps, plan)
+    names = [o.name for o in original.graph.output[:n]] + probes
+    original_all = cut.outputs(names, original_all)
     original_out, original_probe = original_all[:n], original_all[n:]
     exact = Exactness()
     fid = Fidelity()
@@ -476,7 +482,7 @@ def _check(original, pruned, deps, plan, feeds, pruned_source, base, inputs_from
     with opened as source:  # a lazy model: one file whose data onnxruntime reads itself, for both
         checker_error = check(source)
         try:
-            pruned_all = run(source, feeds)
+            pruned_all = run(source, cut.feeds(feeds))
             pruned_out, pruned_probe = pruned_all[:n], pruned_all[n:]
             runtime_error = ""
         except Exception as exc:
@@ -493,7 +499,7 @@ def _check(original, pruned, deps, plan, feeds, pruned_source, base, inputs_from
                 " fidelity measures what they cost",
             )
         elif deps is not None and plan is not None:
-            ref_all = run(masked_reference_bytes(base, deps, plan), feeds)  # lazy: beside the data
+            ref_all = cut.outputs(names, run(masked_reference_bytes(base, deps, plan), feeds))  # lazy: beside the data
             ref_out, ref_probe = ref_all[:n], ref_all[n:]
             removed = removed_entries(deps, plan)
             summing = [base.graph.node[i] for i, dim in deps.contractions if len(removed.get(dim, ()))]

@@ -23,6 +23,8 @@ from ..criteria.data import DATA_CRITERIA
 from ..data import DEFAULT_BATCH
 from ..dependency import DependencyGraph, analyze
 from ..errors import InputError
+from ..headcount import even_heads
+from ..iochange import io_changes, release_io
 from ..plan import Plan, plan_from_json
 from ..surgery import apply_plan
 from . import PassResult, PruneOutcome, TransformMixin
@@ -89,6 +91,8 @@ class FilterPruning(TransformMixin):
     progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
     # measured drops per group (a Sensitivity or its JSON file) price each group's removals for a target
     sensitivity: Any = field(default=None, compare=False, repr=False)
+    allow_io_change: bool = False  # prune groups whose only obstacle is paired graph IO (a KV cache: iochange.py)
+    uniform_heads: bool = False  # every head group keeps the same count (headcount.py)
 
     def __post_init__(self) -> None:
         targets = {k: v for k, v in self.targets.items() if v is not None}
@@ -154,7 +158,8 @@ class FilterPruning(TransformMixin):
         calibration statistics for a data criterion; ``goal`` overrides the fraction a target
         asks of its cost model, to correct a latency estimate)."""
         if self.plan is not None:
-            return plan_from_json(self.plan, deps, source=self.plan_source), {"source": self.plan_source}
+            chosen = plan_from_json(self.plan, deps, source=self.plan_source, allow_io_change=self.allow_io_change)
+            return chosen, {"source": self.plan_source}
         scores, ctx = self._scores(deps, stats)
         if self.target is not None:
             result, notes = self._to_target(deps, scores, goal)
@@ -378,6 +383,8 @@ class FilterPruning(TransformMixin):
     def prune(self, model: onnx.ModelProto, deps: DependencyGraph, *, inplace: bool = False) -> PruneOutcome:
         """Calibrate (if the criterion needs data), plan (to a target, if any), compensate (if
         asked) and cut."""
+        if self.allow_io_change:
+            release_io(deps)
         scope = check_scope(deps, self.ignore, self.units)
         stats = None
         if self.plan is None and self.criterion in DATA_CRITERIA:
@@ -388,8 +395,17 @@ class FilterPruning(TransformMixin):
             plan, notes = self.choose(deps, stats)
         if self.target_latency is not None:
             plan, notes = self._settle_latency(model, deps, plan, notes, stats)
+        if self.uniform_heads:
+            scores = None if self.plan is not None else (lambda: self._scores(deps, stats)[0])
+            round_to = round_to_of(self.round_to, deps)[0]
+            units = self.units or DEFAULT_UNITS
+            plan, heads = even_heads(
+                deps, plan, scores, units=units, min_keep=self.min_keep, round_to=round_to, ignore=self.ignore
+            )
+            notes = {**notes, **heads}
         outcome, data_notes = finish(self, model, deps, plan, stats, inplace=inplace, inexact=self.inexact)
         outcome.report = {**self.report(deps, plan, notes), **data_notes}
+        outcome.report["io_changes"] = [c.to_json() for c in io_changes(outcome.deps, outcome.plan)]
         outcome.report["notes"] = outcome.report.get("notes", []) + scope
         return outcome
 
