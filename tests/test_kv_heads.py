@@ -1,0 +1,314 @@
+"""KV heads of a decoder with a KV cache (issue 12): ``allow_io_change`` / ``--allow-io-change``
+lets the heads shrink past and present together, ``uniform_heads`` / ``--uniform-heads`` keeps
+one head count in every layer.
+
+The model is :func:`models.kv_decoder.kv_decoder` with grouped-query attention (query head
+``h`` reads KV head ``h // (heads // kv_heads)``): a pruned KV head takes its query heads along.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+import graphprune
+from graphprune.dependency import analyze
+from graphprune.errors import InputError
+from graphprune.iochange import release_io
+from graphprune.validation import masked_reference
+from models.kv_decoder import kv_decoder
+
+LAYERS, HIDDEN, HEADS, KV_HEADS, FFN, VOCAB = 2, 32, 4, 2, 64, 64
+HEAD_DIM = HIDDEN // HEADS
+BATCH, PAST, SEQ = 2, 3, 2
+
+
+def _cache_names(layers: int = LAYERS) -> list[str]:
+    return [
+        f"{p}.{i}.{kind}" for i in range(layers) for p in ("past_key_values", "present") for kind in ("key", "value")
+    ]
+
+
+def _input_shapes(layers: int = LAYERS, kv_heads: int = KV_HEADS, head_dim: int = HEAD_DIM) -> dict[str, list[int]]:
+    shapes = {"input_ids": [BATCH, SEQ], "attention_mask": [BATCH, PAST + SEQ], "position_ids": [BATCH, SEQ]}
+    for i in range(layers):
+        for kind in ("key", "value"):
+            shapes[f"past_key_values.{i}.{kind}"] = [BATCH, kv_heads, PAST, head_dim]
+    return shapes
+
+
+@pytest.fixture(scope="module")
+def model() -> onnx.ModelProto:
+    return kv_decoder(layers=LAYERS, hidden=HIDDEN, heads=HEADS, kv_heads=KV_HEADS, ffn=FFN, seed=0)
+
+
+@pytest.fixture(scope="module")
+def pruned(model) -> graphprune.api.PruneResult:
+    return graphprune.prune(
+        model,
+        ratio=0.5,
+        units=("heads",),
+        allow_io_change=True,
+        uniform_heads=True,
+        latency=False,
+        input_shapes=_input_shapes(),
+    )
+
+
+def _declared(vi: onnx.ValueInfoProto) -> list:
+    return [d.dim_param if d.HasField("dim_param") else d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+
+def _prompt(heads: np.ndarray | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Prompt feeds after a past of 3 (row 1's first past position is padding); ``heads``: the
+    KV heads the cache keeps (all by default)."""
+    rng = np.random.default_rng(seed)
+    mask = np.ones((BATCH, PAST + SEQ), np.int64)
+    mask[1, 0] = 0
+    feeds = {
+        "input_ids": rng.integers(0, VOCAB, (BATCH, SEQ)).astype(np.int64),
+        "attention_mask": mask,
+        "position_ids": np.tile(np.arange(PAST, PAST + SEQ, dtype=np.int64), (BATCH, 1)),
+    }
+    for i in range(LAYERS):
+        for kind in ("key", "value"):
+            cache = rng.standard_normal((BATCH, KV_HEADS, PAST, HEAD_DIM)).astype(np.float32)
+            feeds[f"past_key_values.{i}.{kind}"] = cache if heads is None else cache[:, heads[i]]
+    return feeds
+
+
+def _generate(m: onnx.ModelProto, feeds: dict[str, np.ndarray], steps: int = 3) -> list[dict[str, np.ndarray]]:
+    """Greedy decoding with the model's own cache: each step feeds the argmax token, ``present.*``
+    as the next past, attention_mask and position_ids grown by one; every step's outputs."""
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    outs = []
+    for _ in range(steps):
+        out = dict(zip(names, sess.run(None, feeds), strict=True))
+        outs.append(out)
+        nxt = out["logits"][:, -1].argmax(-1).astype(np.int64)[:, None]
+        feeds = {
+            "input_ids": nxt,
+            "attention_mask": np.concatenate([feeds["attention_mask"], np.ones((BATCH, 1), np.int64)], axis=1),
+            "position_ids": feeds["position_ids"][:, -1:] + 1,
+            **{f"past_key_values.{k[len('present.') :]}": v for k, v in out.items() if k.startswith("present.")},
+        }
+    return outs
+
+
+def _kept_heads(result) -> np.ndarray:
+    """Per layer, the KV heads the pruned cache keeps (from the report's io_changes)."""
+    changes = {c["name"]: c for c in result.report.prune["io_changes"]}
+    return np.array(
+        [np.setdiff1d(np.arange(KV_HEADS), changes[f"past_key_values.{i}.key"]["removed"]) for i in range(LAYERS)]
+    )
+
+
+def test_without_allow_io_change_the_kv_heads_stay_blocked(model):
+    with pytest.raises(InputError, match="no prunable group of that unit"):
+        graphprune.prune(model, units=("heads",), latency=False, input_shapes=_input_shapes())
+
+
+def test_release_frees_only_the_head_groups_whose_cache_is_paired(model):
+    deps = analyze(model)
+    released = release_io(deps)
+    heads = [g for g in deps.groups if g.unit == "heads"]
+    assert sorted(released.groups) == sorted(g.id for g in heads) and len(heads) == LAYERS
+    for g in heads:
+        i = g.label.split(".")[2]
+        assert sorted(map(tuple, g.facts["io"])) == [
+            (f"past_key_values.{i}.key", f"present.{i}.key"),
+            (f"past_key_values.{i}.value", f"present.{i}.value"),
+        ]
+    # the logits' group reaches a graph output with no past: it stays blocked, and a note says so
+    logits = deps.group_of("lm_head.weight", 1)
+    assert not logits.prunable and logits.id in released.unpaired
+    assert any("--allow-io-change" in n and "logits" in n for n in deps.notes)
+    # the head_dim group reaches the cache too, but RoPE and the attention products block it
+    head_dim = deps.group_of("past_key_values.0.key", 3)
+    assert not head_dim.prunable and head_dim.id not in released.groups
+
+
+def test_kv_heads_prune_exactly_and_the_report_lists_the_changed_cache(model, pruned):
+    report = pruned.report
+    assert report.passed and report.exact.checked and report.exact.passed
+    assert report.exact.max_rel_diff is not None and report.exact.max_rel_diff <= 1e-4
+    changes = report.prune["io_changes"]
+    assert sorted(c["name"] for c in changes) == sorted(_cache_names())
+    for c in changes:
+        assert c["axis"] == 1 and len(c["removed"]) == 1
+        seq = "past_seq" if c["kind"] == "input" else "total_seq"
+        assert c["before"] == ["batch", KV_HEADS, seq, HEAD_DIM]
+        assert c["after"] == ["batch", KV_HEADS - 1, seq, HEAD_DIM]
+    assert report.prune["num_key_value_heads"] == 1
+    assert report.prune["num_attention_heads"] == HEADS // 2
+    # the JSON report carries them, and the table says so
+    as_json = report.to_dict()
+    assert as_json["num_key_value_heads"] == 1 and len(as_json["io_changes"]) == 4 * LAYERS
+    assert "graph inputs/outputs changed: 8" in report.table()
+    assert "num_key_value_heads 1" in report.table()
+
+
+def test_pruned_model_declares_its_smaller_cache_and_keeps_the_rest(model, pruned):
+    before = {vi.name: _declared(vi) for vi in [*model.graph.input, *model.graph.output]}
+    after = {vi.name: _declared(vi) for vi in [*pruned.model.graph.input, *pruned.model.graph.output]}
+    assert list(before) == list(after)
+    for name in before:
+        if name in _cache_names():
+            assert (
+                after[name][1] == KV_HEADS - 1
+                and after[name][:1] + after[name][2:] == before[name][:1] + before[name][2:]
+            )
+        else:
+            assert after[name] == before[name], name
+    weights = {t.name: t.dims for t in pruned.model.graph.initializer}
+    for i in range(LAYERS):
+        p = f"model.layers.{i}.self_attn"
+        assert weights[f"{p}.k_proj.weight"] == [HIDDEN, HEAD_DIM]  # one KV head left
+        assert weights[f"{p}.q_proj.weight"] == [HIDDEN, 2 * HEAD_DIM]  # with its two query heads
+        assert weights[f"{p}.o_proj.weight"] == [2 * HEAD_DIM, HIDDEN]
+
+
+def test_generation_with_the_smaller_cache_matches_the_masked_original(model, pruned):
+    """The pruned model decodes 3 steps with its own cache; the reference is the original with
+    the removed heads' projections masked, decoding with its full cache."""
+    kept = _kept_heads(pruned)
+    got = _generate(pruned.model, _prompt(kept))
+    want = _generate(masked_reference(model, pruned.deps, pruned.plan), _prompt())
+    original = _generate(model, _prompt())
+    for step, (g, w) in enumerate(zip(got, want, strict=True)):
+        np.testing.assert_allclose(g["logits"], w["logits"], rtol=1e-4, atol=1e-5, err_msg=f"step {step}")
+        for i in range(LAYERS):
+            for kind in ("key", "value"):
+                name = f"present.{i}.{kind}"
+                assert g[name].shape == (BATCH, 1, PAST + SEQ + step, HEAD_DIM)
+                np.testing.assert_allclose(g[name], w[name][:, kept[i]], rtol=1e-5, atol=1e-6, err_msg=name)
+    # removing half the KV heads changed the function: the match is with the masked model
+    assert not np.allclose(got[0]["logits"], original[0]["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_uniform_heads_evens_an_uneven_global_allocation():
+    """Layer 0 has one dominant KV head, so a global threshold takes more of its others; with
+    uniform heads every layer keeps the same count, each losing its own lowest-scoring heads."""
+    layers, heads, kv_heads, hidden = 3, 8, 4, 32
+    d = hidden // heads
+    m = kv_decoder(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, ffn=32, seed=0)
+    per_q = heads // kv_heads
+    for t in m.graph.initializer:
+        a = numpy_helper.to_array(t).copy()
+        if t.name.startswith("model.layers.0.self_attn.") and t.name.endswith("proj.weight"):
+            if "o_proj" in t.name:
+                a[: per_q * d] *= 10
+            elif "q_proj" in t.name:
+                a[:, : per_q * d] *= 10
+            else:
+                a[:, :d] *= 10
+            t.CopyFrom(numpy_helper.from_array(a, t.name))
+    opts = dict(
+        ratio=0.5,
+        global_threshold=True,
+        units=("heads",),
+        allow_io_change=True,
+        latency=False,
+        input_shapes=_input_shapes(layers, kv_heads, d),
+    )
+    uneven = graphprune.prune(m, **opts)
+    counts = [len(uneven.plan.removed(g)) for g in uneven.deps.groups if g.unit == "heads"]
+    assert len(set(counts)) > 1, counts  # the premise: global allocation differs per layer
+    even = graphprune.prune(m, **opts, uniform_heads=True)
+    removed = {g.label: even.plan.removed(g) for g in even.deps.groups if g.unit == "heads"}
+    k = round(kv_heads - np.mean(counts))
+    assert {len(r) for r in removed.values()} == {kv_heads - k}
+    assert even.report.prune["num_key_value_heads"] == k
+    assert even.report.prune["num_attention_heads"] == k * per_q
+    assert even.report.passed and even.report.exact.passed
+    # layer 0 keeps its dominant head 0
+    assert 0 not in removed["model.layers.0.self_attn.q_proj.weight[1]"]
+    cache = {c["name"]: c["after"] for c in even.report.prune["io_changes"]}
+    assert {tuple(v) for n, v in cache.items() if n.startswith("past")} == {("batch", k, "past_seq", d)}
+
+
+def test_uniform_heads_refuses_a_plan_with_uneven_counts(model, pruned):
+    plan = pruned.plan.to_json(pruned.deps)
+    plan["groups"] = plan["groups"][:1]  # heads removed from layer 0 only
+    with pytest.raises(InputError, match="uniform-heads"):
+        graphprune.prune(
+            model, plan=plan, allow_io_change=True, uniform_heads=True, latency=False, input_shapes=_input_shapes()
+        )
+
+
+def test_a_plan_that_changes_the_cache_needs_allow_io_change(model, pruned):
+    plan = pruned.plan.to_json(pruned.deps)
+    assert plan["io_changes"] == sorted(_cache_names())
+    with pytest.raises(InputError, match="needs --allow-io-change"):
+        graphprune.prune(model, plan=plan, latency=False, input_shapes=_input_shapes())
+    again = graphprune.prune(model, plan=plan, allow_io_change=True, latency=False, input_shapes=_input_shapes())
+    assert again.report.exact.passed and len(again.report.prune["io_changes"]) == 4 * LAYERS
+
+
+def test_validate_reads_the_stored_plan_and_its_changed_cache(model, pruned):
+    report = graphprune.validate(model, pruned.model, latency=False, input_shapes=_input_shapes())
+    assert report.passed and report.exact.checked and report.exact.passed
+
+
+def test_a_pipeline_of_passes_refuses_io_changes(model):
+    step = graphprune.FilterPruning(units=("heads",), allow_io_change=True)
+    with pytest.raises(InputError, match="allow-io-change"):
+        graphprune.api.run_passes(model, [step], latency=False, input_shapes=_input_shapes())
+
+
+def test_an_output_that_is_not_carried_state_stays_blocked():
+    """MatMul -> Concat(past, k) -> present is a cache; the same projection also written out as
+    a graph output of its own has no past to pair with, so its group stays blocked."""
+    w = numpy_helper.from_array(np.ones((4, 6), np.float32), "w")
+
+    def cache_model(extra_output: bool) -> onnx.ModelProto:
+        outputs = [onnx.helper.make_tensor_value_info("present", onnx.TensorProto.FLOAT, [1, "t", 6])]
+        if extra_output:
+            outputs.append(onnx.helper.make_tensor_value_info("k", onnx.TensorProto.FLOAT, [1, "s", 6]))
+        graph = onnx.helper.make_graph(
+            [
+                onnx.helper.make_node("MatMul", ["x", "w"], ["k"]),
+                onnx.helper.make_node("Concat", ["past", "k"], ["present"], axis=1),
+            ],
+            "cache",
+            [
+                onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, "s", 4]),
+                onnx.helper.make_tensor_value_info("past", onnx.TensorProto.FLOAT, [1, "p", 6]),
+            ],
+            outputs,
+            [w],
+        )
+        return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+    deps = analyze(cache_model(extra_output=False))
+    assert release_io(deps).groups == [deps.group_of("w", 1).id]
+    deps = analyze(cache_model(extra_output=True))
+    released = release_io(deps)
+    assert released.groups == [] and not deps.group_of("w", 1).prunable
+    assert released.unpaired[deps.group_of("w", 1).id] == ["k"]
+
+
+def test_cli_prunes_kv_heads_with_the_flags_and_validate_passes(tmp_path, model, run_cli):
+    src, out, rep = tmp_path / "kv.onnx", tmp_path / "kv.pruned.onnx", tmp_path / "report.json"
+    onnx.save(model, src)
+    shapes = [a for k, v in _input_shapes().items() for a in ("--input-shape", f"{k}:{','.join(map(str, v))}")]
+    code, _, err = run_cli("prune", src, "-o", out, "--unit", "heads", "--no-latency", *shapes)
+    assert code == 2 and "no prunable group" in err and not out.exists()
+    flags = ["--allow-io-change", "--uniform-heads", "--report", rep]
+    code, stdout, err = run_cli("prune", src, "-o", out, "--unit", "heads", "--no-latency", *flags, *shapes)
+    assert code == 0, err
+    assert "graph inputs/outputs changed: 8" in stdout and "num_key_value_heads 1" in stdout
+    report = json.loads(rep.read_text())
+    assert report["num_key_value_heads"] == 1 and report["exact"]["passed"]
+    assert sorted(c["name"] for c in report["io_changes"]) == sorted(_cache_names())
+    saved = onnx.load(out)
+    assert _declared(next(vi for vi in saved.graph.input if vi.name == "past_key_values.1.value"))[1] == 1
+    code, stdout, err = run_cli("validate", src, out, "--no-latency", *shapes)
+    assert code == 0, err
+    assert "exactness vs masked reference: passed" in stdout
