@@ -64,20 +64,22 @@ def _declared(vi: onnx.ValueInfoProto) -> list:
     return [d.dim_param if d.HasField("dim_param") else d.dim_value for d in vi.type.tensor_type.shape.dim]
 
 
-def _prompt(heads: np.ndarray | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Prompt feeds after a past of 3 (row 1's first past position is padding); ``heads``: the
-    KV heads the cache keeps (all by default)."""
+def _prompt(
+    heads: np.ndarray | None = None, seed: int = 0, *, seq: int = SEQ, pad: bool = True, head_dim: int = HEAD_DIM
+) -> dict[str, np.ndarray]:
+    """Prompt feeds of ``seq`` tokens after a past of 3 (``pad``: row 1's first past position is
+    padding); ``heads``: the KV heads the cache keeps (all by default)."""
     rng = np.random.default_rng(seed)
-    mask = np.ones((BATCH, PAST + SEQ), np.int64)
-    mask[1, 0] = 0
+    mask = np.ones((BATCH, PAST + seq), np.int64)
+    mask[1, 0] = 0 if pad else 1
     feeds = {
-        "input_ids": rng.integers(0, VOCAB, (BATCH, SEQ)).astype(np.int64),
+        "input_ids": rng.integers(0, VOCAB, (BATCH, seq)).astype(np.int64),
         "attention_mask": mask,
-        "position_ids": np.tile(np.arange(PAST, PAST + SEQ, dtype=np.int64), (BATCH, 1)),
+        "position_ids": np.tile(np.arange(PAST, PAST + seq, dtype=np.int64), (BATCH, 1)),
     }
     for i in range(LAYERS):
         for kind in ("key", "value"):
-            cache = rng.standard_normal((BATCH, KV_HEADS, PAST, HEAD_DIM)).astype(np.float32)
+            cache = rng.standard_normal((BATCH, KV_HEADS, PAST, head_dim)).astype(np.float32)
             feeds[f"past_key_values.{i}.{kind}"] = cache if heads is None else cache[:, heads[i]]
     return feeds
 
@@ -312,3 +314,67 @@ def test_cli_prunes_kv_heads_with_the_flags_and_validate_passes(tmp_path, model,
     code, stdout, err = run_cli("validate", src, out, "--no-latency", *shapes)
     assert code == 0, err
     assert "exactness vs masked reference: passed" in stdout
+
+
+# ------------------------------------------------------------------ fused GroupQueryAttention
+FUSED_HIDDEN = 64  # onnxruntime's rotary GroupQueryAttention wants head_dim a multiple of 16
+FUSED_HEAD_DIM = FUSED_HIDDEN // HEADS
+
+
+@pytest.fixture(scope="module")
+def fused_pruned() -> tuple[onnx.ModelProto, graphprune.api.PruneResult]:
+    m = kv_decoder(layers=LAYERS, hidden=FUSED_HIDDEN, heads=HEADS, kv_heads=KV_HEADS, ffn=FFN, seed=0, fused=True)
+    shapes = _input_shapes(head_dim=FUSED_HEAD_DIM)
+    shapes.update(input_ids=[BATCH, 1], position_ids=[BATCH, 1], attention_mask=[BATCH, PAST + 1])
+    result = graphprune.prune(
+        m, ratio=0.5, units=("heads",), allow_io_change=True, uniform_heads=True, latency=False, input_shapes=shapes
+    )
+    return m, result
+
+
+def test_fused_decoder_computes_what_the_unfused_one_does():
+    """Same arguments, same weights: GroupQueryAttention (rotary inside) gives the unfused
+    graph's logits and cache, one new token per row after an unpadded past."""
+    args = dict(layers=LAYERS, hidden=FUSED_HIDDEN, heads=HEADS, kv_heads=KV_HEADS, ffn=FFN, seed=0)
+    fused, unfused = kv_decoder(**args, fused=True), kv_decoder(**args)
+    assert [n.op_type for n in fused.graph.node].count("GroupQueryAttention") == LAYERS
+    onnx.checker.check_model(fused, full_check=True)
+    feeds = _prompt(seq=1, pad=False, head_dim=FUSED_HEAD_DIM)
+    got, want = _generate(fused, feeds), _generate(unfused, feeds)
+    for g, w in zip(got, want, strict=True):
+        for name in w:
+            np.testing.assert_allclose(g[name], w[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_fused_gqa_kv_heads_prune_exactly_and_rewrite_both_head_counts(fused_pruned):
+    model, result = fused_pruned
+    report = result.report
+    assert report.passed and report.exact.checked and report.exact.passed
+    assert report.prune["num_key_value_heads"] == 1 and report.prune["num_attention_heads"] == HEADS // 2
+    assert sorted(c["name"] for c in report.prune["io_changes"]) == sorted(_cache_names())
+    for node in result.model.graph.node:
+        if node.op_type == "GroupQueryAttention":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert (attrs["num_heads"], attrs["kv_num_heads"]) == (HEADS // 2, 1)
+    weights = {t.name: t.dims for t in result.model.graph.initializer}
+    assert weights["model.layers.0.self_attn.q_proj.weight"] == [FUSED_HIDDEN, 2 * FUSED_HEAD_DIM]
+    assert weights["model.layers.0.self_attn.k_proj.weight"] == [FUSED_HIDDEN, FUSED_HEAD_DIM]
+    # GroupQueryAttention's own MACs are counted: 2 * B * S * T * num_heads * head_dim per layer
+    assert report.flops_before - report.flops_after > LAYERS * 2 * (PAST + 1) * (HEADS // 2) * FUSED_HEAD_DIM
+
+
+def test_fused_gqa_generation_with_the_smaller_cache_matches_the_masked_original(fused_pruned):
+    model, result = fused_pruned
+    kept = _kept_heads(result)
+    got = _generate(result.model, _prompt(kept, seq=1, pad=False, head_dim=FUSED_HEAD_DIM))
+    want = _generate(
+        masked_reference(model, result.deps, result.plan), _prompt(seq=1, pad=False, head_dim=FUSED_HEAD_DIM)
+    )
+    original = _generate(model, _prompt(seq=1, pad=False, head_dim=FUSED_HEAD_DIM))
+    for step, (g, w) in enumerate(zip(got, want, strict=True)):
+        np.testing.assert_allclose(g["logits"], w["logits"], rtol=1e-4, atol=1e-5, err_msg=f"step {step}")
+        for i in range(LAYERS):
+            name = f"present.{i}.value"
+            assert g[name].shape == (BATCH, 1, PAST + 1 + step, FUSED_HEAD_DIM)
+            np.testing.assert_allclose(g[name], w[name][:, kept[i]], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert not np.allclose(got[0]["logits"], original[0]["logits"], rtol=1e-4, atol=1e-5)
