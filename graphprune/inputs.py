@@ -229,16 +229,17 @@ def _show(dims) -> str:
 
 
 def fixed_inputs(model: onnx.ModelProto, dims: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
-    """A light copy of ``model`` (large weights as stubs) whose inputs have the given dims where
-    they are symbolic; a fixed dim the model declares stands (a pruned model whose cache input
-    lost heads, :mod:`graphprune.iochange`, is counted at its own size)."""
+    """A light copy of ``model`` (large weights as stubs) whose inputs have the given dims; past
+    axis 0 (the batch, which data may give at its own size) a fixed dim the model declares
+    stands (a pruned model whose cache input lost heads, :mod:`graphprune.iochange`, is counted
+    at its own size with the sizes resolved for the original)."""
     from .graph import light_copy
 
     light = light_copy(model)
     for vi in light.graph.input:
         if vi.name in dims and vi.type.HasField("tensor_type"):
             shape = vi.type.tensor_type.shape
-            own = [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+            own = [d.dim_value if d.HasField("dim_value") and a > 0 else None for a, d in enumerate(shape.dim)]
             if len(own) != len(dims[vi.name]):
                 own = [None] * len(dims[vi.name])
             del shape.dim[:]
