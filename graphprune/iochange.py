@@ -68,27 +68,37 @@ class Released:
     unpaired: dict[int, list[str]] = field(default_factory=dict)  # group id -> its unpaired IO tensors
 
 
-def release_io(deps: DependencyGraph) -> Released:
-    """Make the groups that rule 1 allows prunable (their IO reasons removed, the paired tensors
-    in ``facts["io"]``); a note in ``deps.notes`` for the groups rule 2 keeps blocked. Mutates
-    ``deps`` and is idempotent."""
+def paired_io(deps: DependencyGraph) -> tuple[dict[int, list[list[str]]], dict[int, list[str]]]:
+    """Without changing ``deps``: the blocked groups rule 1 would release, with their [input,
+    output] pairs, and those blocked only by graph IO that rule 2 keeps, with the unpaired tensors."""
     mv = deps.view
     inputs, outputs = set(mv.graph_inputs), set(mv.graph_outputs)
     declared = {vi.name: vi for vi in [*mv.model.graph.input, *mv.model.graph.output]}
-    out = Released()
+    paired: dict[int, list[list[str]]] = {}
+    unpaired: dict[int, list[str]] = {}
     for g in deps.groups:
         if g.prunable or any(reason_kind(r) not in IO_REASONS for r in g.reasons):
             continue
         io = [m for m in g.members if m.tensor in inputs or m.tensor in outputs]
         ins = [m for m in io if m.tensor in inputs]
         outs = [m for m in io if m.tensor in outputs and m.tensor not in inputs]
-        pairs, unpaired = _pair(mv, declared, ins, outs)
-        if unpaired or not pairs:
-            out.unpaired[g.id] = unpaired or [m.tensor for m in io]
-            continue
-        g.reasons = []
-        g.facts["io"] = [[a, b] for a, b in pairs]
-        out.groups.append(g.id)
+        pairs, left = _pair(mv, declared, ins, outs)
+        if left or not pairs:
+            unpaired[g.id] = left or [m.tensor for m in io]
+        else:
+            paired[g.id] = [[a, b] for a, b in pairs]
+    return paired, unpaired
+
+
+def release_io(deps: DependencyGraph) -> Released:
+    """Make the groups that rule 1 allows prunable (their IO reasons removed, the paired tensors
+    in ``facts["io"]``); a note in ``deps.notes`` for the groups rule 2 keeps blocked. Mutates
+    ``deps`` and is idempotent."""
+    paired, unpaired = paired_io(deps)
+    out = Released(groups=sorted(paired), unpaired=unpaired)
+    for gid, pairs in paired.items():
+        deps.groups[gid].reasons = []
+        deps.groups[gid].facts["io"] = pairs
     if out.unpaired:
         n = len(out.unpaired)
         names = sorted({t for ts in out.unpaired.values() for t in ts})

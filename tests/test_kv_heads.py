@@ -378,3 +378,13 @@ def test_fused_gqa_generation_with_the_smaller_cache_matches_the_masked_original
             assert g[name].shape == (BATCH, 1, PAST + 1 + step, FUSED_HEAD_DIM)
             np.testing.assert_allclose(g[name], w[name][:, kept[i]], rtol=1e-5, atol=1e-6, err_msg=name)
     assert not np.allclose(got[0]["logits"], original[0]["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_inspect_says_which_groups_allow_io_change_would_free(model, tiny_model_bytes):
+    from graphprune.inspect import describe
+
+    notes = describe(analyze(model))["notes"]
+    assert any(f"{LAYERS} groups are blocked only by graph inputs/outputs paired" in n for n in notes), notes
+    # a model whose graph IO blocks nothing paired says nothing of it
+    cnn = describe(analyze(onnx.load_from_string(tiny_model_bytes)))["notes"]
+    assert not any("--allow-io-change" in n for n in cnn)
