@@ -24,7 +24,7 @@ from .errors import InputError
 from .evaluate import check_labels, evaluate
 from .graph import find_cycle
 from .inputs import InputSizes, count_shapes, resolve
-from .iochange import io_map
+from .iochange import io_changes, io_map
 from .passes import PruneOutcome
 from .passes.filter import PLAN_METADATA_KEY, get_metadata
 from .passes.finish import COMPENSATE_METADATA_KEY, HISTORY_METADATA_KEY, fingerprint, history_of
@@ -742,10 +742,11 @@ def validate(
         deps = _analyze(orig, inexact=True)
     chosen = plan_from_json(plan, deps, source=source) if plan is not None else None
     before = sample_cost(orig, sizes, deps.view.shapes if deps is not None else None)  # shapes already inferred
+    changed = io_changes(deps, chosen) if chosen is not None else []  # a KV cache's heads (iochange)
     report = _report(
         orig,
         new,
-        {},
+        {"io_changes": [c.to_json() for c in changed]} if changed else {},
         deps,
         chosen,
         validate=True,

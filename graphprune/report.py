@@ -107,7 +107,7 @@ class Report:
             )
             lines.append(f"costs per sample at: {shown}")
         p = self.prune
-        if p and ("blocks_found" not in p or "groups_prunable" in p):
+        if "groups_prunable" in p or ("groups_pruned" in p and "blocks_found" not in p):
             lines.append(
                 f"groups: {p.get('groups_pruned', 0)} pruned of {p.get('groups_prunable', 0)} prunable,"
                 f" {p.get('groups_blocked', 0)} blocked, {p.get('channels_removed', 0)} channels removed"

@@ -314,6 +314,7 @@ def test_cli_prunes_kv_heads_with_the_flags_and_validate_passes(tmp_path, model,
     code, stdout, err = run_cli("validate", src, out, "--no-latency", *shapes)
     assert code == 0, err
     assert "exactness vs masked reference: passed" in stdout
+    assert "graph inputs/outputs changed: 8" in stdout and "groups:" not in stdout
 
 
 # ------------------------------------------------------------------ fused GroupQueryAttention
