@@ -28,7 +28,7 @@ from .iochange import io_changes, io_map
 from .passes import PruneOutcome
 from .passes.filter import PLAN_METADATA_KEY, get_metadata
 from .passes.finish import COMPENSATE_METADATA_KEY, HISTORY_METADATA_KEY, fingerprint, history_of
-from .plan import Plan, compose, plan_from_json, read_plan
+from .plan import IO_CHANGES_KEY, Plan, compose, plan_from_json, read_plan
 from .report import Report
 from .validation import Exactness, check_pruned
 from .weights import runnable
@@ -328,21 +328,11 @@ def prune(
         inputs_from=inputs_from,
         latency_runs=latency_runs,
     )
-    changed_io = bool(outcome.report.get("io_changes"))  # data is keyed for the original's inputs
-    if changed_io and validate and data is not None:
-        report.prune.setdefault("notes", []).append(
-            "graph inputs changed (--allow-io-change): fidelity is on the data's first batch, not all of it"
-        )
-    if (
-        validate
-        and data is not None
-        and not changed_io
-        and report.runtime["passed"]
-        and not weights.has_lazy(outcome.pruned)
-    ):
+    if validate and data is not None and report.runtime["passed"] and not weights.has_lazy(outcome.pruned):
         # Fidelity over the calibration data rather than its first batch (one sample for a
         # model fixed to batch 1); exactness and latency keep the first batch.
-        ev = evaluate(original, outcome.pruned, data, batch_size=pass_.batch_size, limit=FIDELITY_SAMPLES)
+        cut = io_map(outcome.deps, outcome.plan) or None  # a changed KV cache: the data's kept entries
+        ev = evaluate(original, outcome.pruned, data, batch_size=pass_.batch_size, limit=FIDELITY_SAMPLES, cut=cut)
         report.fidelity = ev.fidelity
     return PruneResult(model=outcome.pruned, report=report, plan=outcome.plan, deps=outcome.deps)
 
@@ -736,13 +726,17 @@ def validate(
         plan = json.loads(text) if text else None
         source = f"{pruned} (plan stored in its metadata)" if not isinstance(pruned, onnx.ModelProto) else "stored plan"
     compensated = get_metadata(new, COMPENSATE_METADATA_KEY)
+    # a plan that changed graph inputs/outputs still says how to feed the pruned model (iochange)
+    io_plan = plan if isinstance(plan, dict) and plan.get(IO_CHANGES_KEY) else None
     if compensated:
         plan = None  # the exact reference is the original with compensated weights: not at hand here
-    if deps is None and plan is not None:
+    if deps is None and (plan is not None or io_plan is not None):
         deps = _analyze(orig, inexact=True)
     chosen = plan_from_json(plan, deps, source=source) if plan is not None else None
+    io_chosen = chosen if chosen is not None or io_plan is None else plan_from_json(io_plan, deps, source=source)
     before = sample_cost(orig, sizes, deps.view.shapes if deps is not None else None)  # shapes already inferred
-    changed = io_changes(deps, chosen) if chosen is not None else []  # a KV cache's heads (iochange)
+    changed = io_changes(deps, io_chosen) if io_chosen is not None else []  # a KV cache's heads (iochange)
+    cut = io_map(deps, io_chosen)
     report = _report(
         orig,
         new,
@@ -756,6 +750,7 @@ def validate(
         sizes=sizes,
         inputs_from=inputs_from,
         latency_runs=latency_runs,
+        cut=cut,
     )
     if through:  # unchecked: the reason is the history's, not a missing plan
         report.exact.note = (
@@ -767,7 +762,7 @@ def validate(
             " compensated original, which only the pruning run has; fidelity measures the pruned model"
         )
     if dataset is not None and report.runtime["passed"]:
-        ev = evaluate(orig, new, dataset, labels=key, batch_size=batch_size)
+        ev = evaluate(orig, new, dataset, labels=key, batch_size=batch_size, cut=cut or None)
         report.fidelity, report.accuracy = ev.fidelity, ev.accuracy
     return report
 
@@ -851,6 +846,7 @@ def _report(
     sizes: InputSizes | None = None,
     inputs_from: str = "generated inputs",
     latency_runs: int | None = None,
+    cut=None,
 ) -> Report:
     # File sizes are filled in by whoever knows the files: measuring an in-memory model
     # would serialize it (a copy of every weight) just for a number.
@@ -873,14 +869,16 @@ def _report(
             pruned_source=pruned_source,
             reference=reference,
             inputs_from=inputs_from,
+            cut=cut,
         )
+        cut = cut if cut is not None else io_map(deps, plan)
         report.validated = True
         report.checker = {"passed": v.checker_ok, "error": v.checker_error}
         report.runtime = {"passed": v.runtime_ok, "error": v.runtime_error}
         report.exact = v.exact
         report.fidelity = v.fidelity
         if latency and v.runtime_ok:
-            _time_both(report, original, pruned_source, feeds, latency_runs, io_map(deps, plan).feeds(feeds))
+            _time_both(report, original, pruned_source, feeds, latency_runs, cut.feeds(feeds))
     return report
 
 

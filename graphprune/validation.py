@@ -447,8 +447,12 @@ def check_pruned(
     pruned_source: onnx.ModelProto | str | None = None,
     reference: onnx.ModelProto | None = None,
     inputs_from: str = "generated inputs",
+    cut=None,
 ) -> Validation:
     """Steps 1-4 of the validation contract.
+
+    ``cut`` (:class:`graphprune.iochange.IoMap`; default: from ``deps`` and ``plan``) says which
+    graph input/output entries the pruned model lost, when that is known without a plan to check.
 
     ``pruned_source``: what :func:`~graphprune.weights.runnable` gave for ``pruned``, if the
     caller has it already (a lazy pruned model is then written once for every check).
@@ -463,16 +467,18 @@ def check_pruned(
     saturated, probes = _probes(original, pruned, base, pruned_source, deps)
     n = len(original.graph.output)
     with _fetching([original, pruned, base], probes, deps):
-        return _check(original, pruned, deps, plan, feeds, pruned_source, base, inputs_from, n, saturated, probes)
+        return _check(original, pruned, deps, plan, feeds, pruned_source, base, inputs_from, n, saturated, probes, cut)
 
 
-def _check(original, pruned, deps, plan, feeds, pruned_source, base, inputs_from, n, saturated, probes) -> Validation:
+def _check(
+    original, pruned, deps, plan, feeds, pruned_source, base, inputs_from, n, saturated, probes, cut=None
+) -> Validation:
     """:func:`check_pruned` once ``probes`` (tensors after the ``n`` graph outputs) are fetched
     too; the ``saturated`` outputs are compared at their op's input instead."""
     original_all = run_original(original, feeds, inputs_from)
     # a plan that changed graph inputs/outputs (iochange): the pruned model runs on the kept
     # entries of the changed inputs, and every run is compared at the entries it kept
-    cut = io_map(deps, plan)
+    cut = cut if cut is not None else io_map(deps, plan)
     names = [o.name for o in original.graph.output[:n]] + probes
     original_all = cut.outputs(names, original_all)
     original_out, original_probe = original_all[:n], original_all[n:]
