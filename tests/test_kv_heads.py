@@ -422,3 +422,22 @@ def test_compensated_kv_heads_stay_exact_and_recover_fidelity(model, tmp_path):
     refit_again = graphprune.validate(model, refit.model, data=calib, latency=False, batch_size=4)
     assert refit_again.passed and not refit_again.exact.checked and refit_again.runtime["passed"]
     assert abs(refit_again.fidelity.cosine - refit.report.fidelity.cosine) < 1e-6
+
+
+def test_uniform_heads_keeps_every_head_when_one_layer_cannot_lose_any(model):
+    result = graphprune.prune(
+        model,
+        ratio=0.5,
+        units=("heads", "mlp"),
+        ignore=["model.layers.1.self_attn.q_proj.weight"],
+        allow_io_change=True,
+        uniform_heads=True,
+        latency=False,
+        input_shapes=_input_shapes(),
+    )
+    heads = [g for g in result.deps.groups if g.unit == "heads"]
+    assert len(heads) == LAYERS and all(len(result.plan.removed(g)) == 0 for g in heads)
+    assert result.report.prune["num_key_value_heads"] == KV_HEADS
+    assert "cannot lose heads" in result.report.prune["uniform_heads"]
+    assert result.report.prune["io_changes"] == []  # the MLP widths went, the cache did not change
+    assert result.report.passed and result.plan.total_removed == LAYERS * FFN // 2
