@@ -13,7 +13,8 @@ Rules the graph keeps (the idioms of dynamic-axes exports):
 2. rotary embedding: ``x * cos + rotate_half(x) * sin`` with ``cos`` / ``sin`` Gathered from
    constant tables by ``position_ids``; keys are rotated before they enter the cache;
 3. grouped-query attention repeats each kv head ``heads // kv_heads`` times (HF ``repeat_kv``:
-   Unsqueeze(2), Expand, Reshape) after the cache Concat;
+   Unsqueeze(2), Expand, Reshape; or Expand to a shape built at run time, or Tile: ``repeat``)
+   after the cache Concat;
 4. the additive mask is causal (query ``i`` sees keys ``<= past_seq + i``) plus padding
    (``(1 - attention_mask) * -1e9``), added to the scaled scores before Softmax;
 5. RMSNorm is decomposed (Pow, ReduceMean, Add eps, Sqrt, Div, Mul weight); the MLP is SwiGLU,
@@ -119,12 +120,25 @@ class _Graph:
         rotated = self.op("Concat", [self.op("Neg", [x2], scope), x1], scope, axis=-1)
         return self.op("Add", [self.op("Mul", [x, cos], scope), self.op("Mul", [rotated, sin], scope)], scope)
 
-    def repeat_kv(self, x: str, n_rep: int, heads: int, d: int, scope: str, param: str) -> str:
-        """[B, KV, T, d] -> Unsqueeze(2) -> Expand [B, KV, n_rep, T, d] -> Reshape [B, heads, T, d]."""
+    def repeat_kv(self, x: str, n_rep: int, heads: int, d: int, scope: str, param: str, how: str = "expand") -> str:
+        """[B, KV, T, d] -> Unsqueeze(2) -> [B, KV, n_rep, T, d] -> Reshape [B, heads, T, d]; the
+        middle step is ``how``: ``expand`` (Expand by a constant ``[1, 1, n_rep, 1, 1]``),
+        ``expand_shape`` (Expand to ``Concat(B, [KV], [n_rep], T, [d])`` built at run time, as the
+        classic exporter writes Hugging Face's ``repeat_kv``) or ``tile`` (Tile ``[1, 1, n_rep, 1, 1]``)."""
         if n_rep == 1:
             return x
         y = self.op("Unsqueeze", [x, self.const(f"{param}.unsq", [2])], scope)
-        y = self.op("Expand", [y, self.const(f"{param}.rep", [1, 1, n_rep, 1, 1])], scope)
+        if how == "expand":
+            y = self.op("Expand", [y, self.const(f"{param}.rep", [1, 1, n_rep, 1, 1])], scope)
+        elif how == "expand_shape":
+            kv = heads // n_rep
+            parts = [self.shape(x, scope, 0, 1), self.const(f"{param}.kv", [kv]), self.const(f"{param}.nrep", [n_rep])]
+            parts += [self.shape(x, scope, 2, 3), self.const(f"{param}.head_dim", [d])]
+            y = self.op("Expand", [y, self.op("Concat", parts, scope, axis=0)], scope)
+        elif how == "tile":
+            y = self.op("Tile", [y, self.const(f"{param}.rep", [1, 1, n_rep, 1, 1])], scope)
+        else:
+            raise ValueError(f"repeat_kv: unknown idiom {how!r} (expand, expand_shape, tile)")
         target = self.op(
             "Concat",
             [self.shape(x, scope, 0, 1), self.const(f"{param}.kvheads", [heads]), self.shape(x, scope, 2)],
@@ -238,10 +252,12 @@ def kv_decoder(
     vocab: int = 64,
     max_positions: int = 64,
     fused: bool = False,
+    repeat: str = "expand",
 ) -> onnx.ModelProto:
     """The decoder described in the module docstring (``layers`` layers, ``hidden`` wide, SwiGLU
     ``ffn`` wide, ``heads`` query heads over ``kv_heads`` cached heads; ``fused``: attention as
-    com.microsoft ``GroupQueryAttention``)."""
+    com.microsoft ``GroupQueryAttention``; ``repeat``: the unfused repeat_kv idiom, see
+    ``_Graph.repeat_kv``)."""
     if hidden % heads or heads % kv_heads:
         raise ValueError(f"hidden {hidden}, heads {heads}, kv_heads {kv_heads} do not divide")
     d = hidden // heads
@@ -275,8 +291,8 @@ def kv_decoder(
         q, k = g.rope(q, cos, sin, d, a, ap), g.rope(k, cos, sin, d, a, ap)
         k = g.op("Concat", [f"past_key_values.{i}.key", k], a, axis=2, output=f"present.{i}.key")
         v = g.op("Concat", [f"past_key_values.{i}.value", v], a, axis=2, output=f"present.{i}.value")
-        k = g.repeat_kv(k, heads // kv_heads, heads, d, a, ap)
-        v = g.repeat_kv(v, heads // kv_heads, heads, d, a, ap)
+        k = g.repeat_kv(k, heads // kv_heads, heads, d, a, ap, repeat)
+        v = g.repeat_kv(v, heads // kv_heads, heads, d, a, ap, repeat)
         scores = g.op("Mul", [g.op("MatMul", [q, g.op("Transpose", [k], a, perm=[0, 1, 3, 2])], a), scale], a)
         probs = g.op("Softmax", [g.op("Add", [scores, mask], a)], a, axis=-1)
         y = g.op("Transpose", [g.op("MatMul", [probs, v], a)], a, perm=[0, 2, 1, 3])

@@ -441,3 +441,27 @@ def test_uniform_heads_keeps_every_head_when_one_layer_cannot_lose_any(model):
     assert "cannot lose heads" in result.report.prune["uniform_heads"]
     assert result.report.prune["io_changes"] == []  # the MLP widths went, the cache did not change
     assert result.report.passed and result.plan.total_removed == LAYERS * FFN // 2
+
+
+@pytest.mark.parametrize("repeat", ["expand_shape", "tile"])
+def test_other_repeat_kv_idioms_prune_kv_heads_and_decode_like_the_masked_original(repeat):
+    """repeat_kv as Expand to a shape built at run time (its KV count is a constant inside the
+    Concat) or as Tile: the same KV-head units, the same exact cut, the same 3-step decoding."""
+    m = kv_decoder(layers=LAYERS, hidden=HIDDEN, heads=HEADS, kv_heads=KV_HEADS, ffn=FFN, seed=0, repeat=repeat)
+    assert any(n.op_type == ("Tile" if repeat == "tile" else "Expand") for n in m.graph.node)
+    result = graphprune.prune(
+        m,
+        ratio=0.5,
+        units=("heads",),
+        allow_io_change=True,
+        uniform_heads=True,
+        latency=False,
+        input_shapes=_input_shapes(),
+    )
+    assert result.report.passed and result.report.exact.checked and result.report.exact.passed
+    assert result.report.prune["num_key_value_heads"] == 1
+    kept = _kept_heads(result)
+    got = _generate(result.model, _prompt(kept))
+    want = _generate(masked_reference(m, result.deps, result.plan), _prompt())
+    for step, (g, w) in enumerate(zip(got, want, strict=True)):
+        np.testing.assert_allclose(g["logits"], w["logits"], rtol=1e-4, atol=1e-5, err_msg=f"step {step}")
