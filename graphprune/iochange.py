@@ -103,10 +103,12 @@ def release_io(deps: DependencyGraph) -> Released:
         n = len(out.unpaired)
         names = sorted({t for ts in out.unpaired.values() for t in ts})
         shown = ", ".join(names[:4]) + (f" +{len(names) - 4}" if len(names) > 4 else "")
-        deps.notes.append(
+        note = (
             f"--allow-io-change: {n} group{'s' if n > 1 else ''} reaching graph inputs/outputs not paired as"
             f" carried state (past -> present) stay blocked ({shown})"
         )
+        if note not in deps.notes:  # released twice (a plan applied with the flag): said once
+            deps.notes.append(note)
     return out
 
 

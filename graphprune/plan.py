@@ -162,6 +162,9 @@ def compose(steps: list[dict], deps: DependencyGraph, source: str = "plan") -> d
     from .surgery import removed_entries  # surgery reads plans: imported here, not at the top
 
     entries: list[dict] = []
+    # graph inputs/outputs any step changed (--allow-io-change): the composed plan changes them too
+    io = sorted({t for step in steps if isinstance(step, dict) for t in step.get(IO_CHANGES_KEY) or ()})
+    meta = {IO_CHANGES_KEY: io} if io else {}
     for k, step in enumerate(steps):
         groups = step.get("groups") if isinstance(step, dict) else None
         if not isinstance(groups, list):
@@ -169,7 +172,7 @@ def compose(steps: list[dict], deps: DependencyGraph, source: str = "plan") -> d
         if k == 0:
             entries = list(groups)
             continue
-        removed = removed_entries(deps, plan_from_json({"groups": entries}, deps, source=source))
+        removed = removed_entries(deps, plan_from_json({**meta, "groups": entries}, deps, source=source))
         for n, entry in enumerate(groups):
             anchor, axis = entry.get("anchor"), entry.get("axis")
             shape = deps.view.shapes.get(anchor) if isinstance(anchor, str) else None
@@ -183,4 +186,4 @@ def compose(steps: list[dict], deps: DependencyGraph, source: str = "plan") -> d
                     f" {anchor} axis {axis} the earlier steps kept"
                 )
             entries.append({"anchor": anchor, "axis": axis, "remove": kept[remove].tolist()})
-    return {"groups": entries}
+    return {**meta, "groups": entries}

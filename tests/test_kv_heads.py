@@ -465,3 +465,29 @@ def test_other_repeat_kv_idioms_prune_kv_heads_and_decode_like_the_masked_origin
     want = _generate(masked_reference(m, result.deps, result.plan), _prompt())
     for step, (g, w) in enumerate(zip(got, want, strict=True)):
         np.testing.assert_allclose(g["logits"], w["logits"], rtol=1e-4, atol=1e-5, err_msg=f"step {step}")
+
+
+def test_kv_heads_pruned_twice_validate_against_the_first_original():
+    """Two prunes, 4 -> 3 -> 2 KV heads per layer: validate ORIGINAL LATEST
+    composes both plans (their io_changes too) into one masked reference."""
+    layers, heads, kv_heads, hidden = 2, 8, 4, 32
+    d = hidden // heads
+    m = kv_decoder(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, ffn=32, seed=0)
+    first = graphprune.prune(
+        m, ratio=0.25, units=("heads",), allow_io_change=True, latency=False, input_shapes=_input_shapes(layers, 4, d)
+    )
+    second = graphprune.prune(
+        first.model,
+        ratio=0.5,
+        units=("heads",),
+        allow_io_change=True,
+        latency=False,
+        input_shapes=_input_shapes(layers, 3, d),
+    )
+    assert first.report.passed and second.report.passed
+    report = graphprune.validate(m, second.model, latency=False, input_shapes=_input_shapes(layers, 4, d))
+    assert report.passed and report.exact.checked and report.exact.passed
+    assert "through 2 pruning steps" in report.exact.note
+    changes = {c["name"]: c for c in report.to_dict()["io_changes"]}
+    assert changes["present.1.value"]["before"][1] == 4 and changes["present.1.value"]["after"][1] == 2
+    assert len(changes["present.1.value"]["removed"]) == 2
