@@ -455,7 +455,8 @@ def group_query_attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
     for c in caches:  # past_key/value [B, kv, P, D] -> present_key/value [B, kv, T, D]
         if c and ctx.shape(c) is not None:
             ctx.identity(heads, ctx.dim(c, 1))
-            ctx.dim(c, 0), ctx.dim(c, 2)  # batch and sequence: nothing to remove
+            ctx.dim(c, 0)  # batch and sequence: declared, nothing to remove
+            ctx.dim(c, 2)
             ctx.forbid(ctx.dim(c, 3), "GroupQueryAttention head_dim")
     for i in (5, 6, 7, 8, 9):  # seqlens_k, total_sequence_length, cos/sin caches, position_ids
         t = _opt(node, i)
