@@ -10,10 +10,11 @@ Rules:
 1. Off by default. With ``allow_io_change`` a group may be pruned when its only obstacles are
    graph inputs and outputs, and every one of them is *paired*: each graph input of the group
    has a graph output in the same group, and each graph output a graph input, such that the
-   two are on the same axis, lose the same entries (identical member indices), have the same
-   rank, element type and fixed dims (symbolic dims, e.g. ``past_seq`` / ``total_seq``, may
-   differ), and the output is computed from the input (carried state, as a cache). Past and
-   present then change together, and the model can be fed its own outputs.
+   two are on the same axis, lose the same entries (identical member indices, so the axis has
+   the same size), have the same rank and element type (other axes may differ: a cache's
+   sequence grows from ``past_seq`` to ``total_seq``, or from 3 to 4 in a fixed-shape export),
+   and the output is computed from the input (carried state, as a cache). Past and present
+   then change together, and the model can be fed its own outputs.
 2. Any other graph input or output in a group keeps it blocked (logits, hidden states, an
    encoder's output: a shape the caller did not agree to change); ``deps.notes`` says how
    many groups stayed blocked for that.
@@ -134,9 +135,6 @@ def _pairs_with(mv, declared: dict, a, b) -> bool:
     ta, tb = declared[a.tensor].type.tensor_type, declared[b.tensor].type.tensor_type
     if ta.elem_type != tb.elem_type or len(ta.shape.dim) != len(tb.shape.dim):
         return False
-    for da, db in zip(ta.shape.dim, tb.shape.dim):
-        if da.HasField("dim_value") and db.HasField("dim_value") and da.dim_value != db.dim_value:
-            return False
     return a.tensor in _ancestors(mv, b.tensor)
 
 

@@ -491,3 +491,58 @@ def test_kv_heads_pruned_twice_validate_against_the_first_original():
     changes = {c["name"]: c for c in report.to_dict()["io_changes"]}
     assert changes["present.1.value"]["before"][1] == 4 and changes["present.1.value"]["after"][1] == 2
     assert len(changes["present.1.value"]["removed"]) == 2
+
+
+def test_gqa_with_attention_bias_and_head_sink_prunes_them_with_their_kv_head():
+    """One GroupQueryAttention of fixed shapes (a past of 3, one new token: the cache grows from
+    3 to 4, still paired) with a constant attention bias [1, heads, 1, 4] and a head sink [heads]:
+    a KV head takes its query heads' bias rows and sinks along, exactly."""
+    from onnx import TensorProto, helper
+
+    heads, kv, d, hidden, past = 4, 2, 16, 32, 3
+    rng = np.random.default_rng(0)
+
+    def w(name, shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+
+    inits = [
+        w("wq", (hidden, heads * d)), w("wk", (hidden, kv * d)), w("wv", (hidden, kv * d)),
+        w("wo", (heads * d, hidden)), w("bias", (1, heads, 1, past + 1)), w("sink", (heads,)),
+        numpy_helper.from_array(np.array([past], np.int32), "seqlens"),
+        numpy_helper.from_array(np.array(past + 1, np.int32), "total"),
+    ]  # fmt: skip
+    gqa_inputs = ["q", "k", "v", "pk", "pv", "seqlens", "total", "", "", "", "bias", "sink"]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"]),
+        helper.make_node("MatMul", ["x", "wk"], ["k"]),
+        helper.make_node("MatMul", ["x", "wv"], ["v"]),
+        helper.make_node(
+            "GroupQueryAttention", gqa_inputs, ["a", "prk", "prv"],
+            domain="com.microsoft", num_heads=heads, kv_num_heads=kv, smooth_softmax=1,
+        ),
+        helper.make_node("MatMul", ["a", "wo"], ["y"]),
+    ]  # fmt: skip
+    cache = [1, kv, past, d]
+    graph = helper.make_graph(
+        nodes,
+        "gqa",
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+            for n, s in (("x", [1, 1, hidden]), ("pk", cache), ("pv", cache))
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, hidden]),
+            *(helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, kv, past + 1, d]) for n in ("prk", "prv")),
+        ],
+        inits,
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    group = analyze(m).group_of("wq", 1)
+    assert group.size == kv and group.facts["query_heads_per_unit"] == heads // kv
+    members = {(x.tensor, x.axis): x.indices.tolist() for x in group.members}
+    assert members[("bias", 1)] == [[0, 1], [2, 3]] and members[("sink", 0)] == [[0, 1], [2, 3]]
+    result = graphprune.prune(m, ratio=0.5, units=("heads",), allow_io_change=True, latency=False)
+    assert result.report.passed and result.report.exact.checked and result.report.exact.passed
+    weights = {t.name: t.dims for t in result.model.graph.initializer}
+    assert weights["bias"] == [1, heads // 2, 1, past + 1] and weights["sink"] == [heads // 2]
+    assert {c["name"]: c["after"] for c in result.report.prune["io_changes"]}["prk"] == [1, 1, past + 1, d]
