@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .dependency import DependencyGraph, Group, reason_kind
+from .dependency import DependencyGraph, reason_kind
 from .plan import Plan
 
 IO_REASONS = frozenset({"graph input", "graph output"})
@@ -224,7 +224,3 @@ def io_map(deps: DependencyGraph | None, plan: Plan | None) -> IoMap:
         removed.setdefault(tensor, {})[axis] = idx
     return IoMap(removed, frozenset(deps.view.graph_inputs))
 
-
-def released_groups(deps: DependencyGraph) -> list[Group]:
-    """Groups :func:`release_io` made prunable."""
-    return [g for g in deps.groups if "io" in g.facts]
