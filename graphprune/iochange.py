@@ -223,4 +223,3 @@ def io_map(deps: DependencyGraph | None, plan: Plan | None) -> IoMap:
     for (tensor, axis), idx in removed_entries(deps, plan).items():
         removed.setdefault(tensor, {})[axis] = idx
     return IoMap(removed, frozenset(deps.view.graph_inputs))
-
