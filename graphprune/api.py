@@ -22,10 +22,11 @@ from .errors import InputError
 from .evaluate import check_labels, evaluate
 from .graph import find_cycle
 from .inputs import InputSizes, count_shapes, resolve
+from .iochange import io_changes, io_map
 from .passes import PassContext, PassResult
 from .passes.filter import PLAN_METADATA_KEY, get_metadata
 from .passes.finish import COMPENSATE_METADATA_KEY, HISTORY_METADATA_KEY, fingerprint, history_of
-from .plan import Plan, compose, plan_from_json, read_plan
+from .plan import IO_CHANGES_KEY, Plan, compose, plan_from_json, read_plan
 from .report import Report
 from .validation import Exactness, Step, check_steps
 from .weights import runnable
@@ -220,6 +221,10 @@ def prune(
     at those sizes; if the original does not run on them, ``InputError``.
 
     ``criterion`` None is the pass's default (``l2`` for the filter and channel passes).
+    ``allow_io_change=True`` lets groups whose only obstacle is paired graph inputs/outputs (a
+    KV cache's past and present: :mod:`graphprune.iochange`) be pruned; ``report.prune["io_changes"]``
+    lists every graph input/output whose shape changed. ``uniform_heads=True`` keeps the same
+    head count in every layer (:mod:`graphprune.headcount`; ``report.prune["num_key_value_heads"]``).
     ``round_to`` keeps channel counts multiples of it; None (the CLI's default) keeps convolution
     channels on this machine's channel step (:func:`graphprune.hardware.channel_step`, where
     onnxruntime's Conv kernels step in latency) and mlp neurons and heads free; the API's default
@@ -327,6 +332,8 @@ def run_passes(
     """
     if inplace and validate:
         raise InputError("inplace pruning cannot be validated: the original is needed for the reference")
+    if len(passes) > 1 and any(getattr(p, "allow_io_change", False) for p in passes):
+        raise InputError("allow-io-change works with one filter pass (prune), not in a pipeline of passes")
     original = load_model(model)
     passes = [_with_dataset(p) for p in passes]
     data = next((p.calib for p in passes if isinstance(getattr(p, "calib", None), Dataset)), None)
@@ -378,7 +385,10 @@ def run_passes(
         if data is not None and report.runtime["passed"] and not weights.has_lazy(current):
             # Fidelity over the calibration data rather than its first batch (one sample for a
             # model fixed to batch 1); exactness and latency keep the first batch.
-            report.fidelity = evaluate(original, current, data, batch_size=batch, limit=FIDELITY_SAMPLES).fidelity
+            cut = _cut(done) or None  # a changed KV cache: the data's kept entries (iochange)
+            report.fidelity = evaluate(
+                original, current, data, batch_size=batch, limit=FIDELITY_SAMPLES, cut=cut
+            ).fidelity
     return PruneResult(
         model=current,
         report=report,
@@ -444,13 +454,21 @@ def _validated(report: Report, original, done: list, feeds, inputs_from: str, la
     # a lazy pruned model is written once (its sliced weights spilled to a file, which saving
     # then renames into the output), for every check
     weights.spill(final)
-    steps = [Step(before, r.model, r.reference, r.skipped_groups) for before, r in done]
+    steps = [Step(before, r.model, r.reference, r.skipped_groups, cut=io_map(r.deps, r.plan)) for before, r in done]
+    cut = _cut(done)
     with runnable(final) as source:
         v = check_steps(original, steps, feeds=feeds, final_source=source, inputs_from=inputs_from)
         _fill(report, v)
         if latency and v.runtime_ok:
-            _time_both(report, original, source, feeds, runs)
+            _time_both(report, original, source, feeds, runs, cut.feeds(feeds) if cut else None)
     return v.steps
+
+
+def _cut(done: list):
+    """The graph input/output entries the run's one step removed (iochange; empty when none did,
+    and a pipeline never changes graph IO)."""
+    r = done[0][1] if len(done) == 1 else None
+    return io_map(r.deps, r.plan) if r is not None else io_map(None, None)
 
 
 def _fill(report: Report, v) -> None:
@@ -531,8 +549,6 @@ def validate(
     The checks are those of a prune (:func:`graphprune.validation.check_steps`), the step being
     rebuilt from the plan.
     """
-    from .validation import check_steps
-
     orig = load_model(original)
     new = load_model(pruned, check=False)
     key = "labels" if labels is True else (labels or None)
@@ -542,16 +558,16 @@ def validate(
     if dataset is not None and key is not None:
         check_labels(dataset, key)  # before the checks and timings, not after them
     sizes, feeds, inputs_from = _inputs(orig, input_shapes, feeds, dataset, batch_size, validate=True)
-    step, through, shapes = _replayed_step(orig, new, pruned, plan)
+    step, through, shapes, changed = _replayed_step(orig, new, pruned, plan)
     before = cost_of(orig, shapes) if shapes is not None else sample_cost(orig, sizes)  # shapes already inferred
-    report = _costs_report(before, sample_cost(new, sizes), {})
+    report = _costs_report(before, sample_cost(new, sizes), {"io_changes": changed} if changed else {})
     _assumed(report, sizes)
     weights.spill(new)
     with runnable(new) as source:
         v = check_steps(orig, [step], feeds=feeds, final_source=source, inputs_from=inputs_from)
         _fill(report, v)
         if latency and v.runtime_ok:
-            _time_both(report, orig, source, feeds, latency_runs)
+            _time_both(report, orig, source, feeds, latency_runs, step.cut.feeds(feeds) if step.cut else None)
     if through:  # unchecked: the reason is the history's, not a missing plan
         report.exact.note = (
             through if not report.exact.note or not report.exact.checked else f"{report.exact.note}; {through}"
@@ -559,7 +575,7 @@ def validate(
     if isinstance(report.exact, Exactness) and step.note.startswith("weights were compensated"):
         report.exact = Exactness(note=step.note)
     if dataset is not None and report.runtime["passed"]:
-        ev = evaluate(orig, new, dataset, labels=key, batch_size=batch_size)
+        ev = evaluate(orig, new, dataset, labels=key, batch_size=batch_size, cut=step.cut or None)
         report.fidelity, report.accuracy = ev.fidelity, ev.accuracy
     return report
 
@@ -567,7 +583,8 @@ def validate(
 def _replayed_step(orig: onnx.ModelProto, new: onnx.ModelProto, pruned: ModelLike, plan):
     """The step that made ``new`` from ``orig``, rebuilt from ``plan`` (given, or stored in
     ``new``'s metadata: a plan, a layer plan, or a history of steps composed into the original's
-    indices): ``(step, a note on how it was rebuilt, the shapes the analysis inferred)``."""
+    indices): ``(step, a note on how it was rebuilt, the shapes the analysis inferred, the graph
+    inputs/outputs its plan changed)``."""
     from .blocks import find_blocks, zeroed_reference_bytes
     from .passes.layer import blocks_of_plan
     from .validation import INEXACT_NOTE, Reference, plan_reference
@@ -590,7 +607,7 @@ def _replayed_step(orig: onnx.ModelProto, new: onnx.ModelProto, pruned: ModelLik
     if layer is not None:
         where = f"{pruned} (layer plan stored in its metadata)" if named else "layer plan"
         chosen = blocks_of_plan(layer, find_blocks(orig), source=where)
-        return Step(orig, new, Reference(orig, lambda: zeroed_reference_bytes(orig, chosen))), "", None
+        return Step(orig, new, Reference(orig, lambda: zeroed_reference_bytes(orig, chosen))), "", None, []
     if steps is not None:
         # pruned several times since the original: one plan in the original's indices
         source = f"{pruned} (history in its metadata)" if named else "history"
@@ -605,24 +622,32 @@ def _replayed_step(orig: onnx.ModelProto, new: onnx.ModelProto, pruned: ModelLik
         plan = json.loads(text) if text else None
         source = f"{pruned} (plan stored in its metadata)" if named else "stored plan"
     compensated = get_metadata(new, COMPENSATE_METADATA_KEY)
+    # a plan that changed graph inputs/outputs still says how to feed the pruned model (iochange)
+    io_plan = plan if isinstance(plan, dict) and plan.get(IO_CHANGES_KEY) else None
+    if io_plan is not None and deps is None:
+        deps = _analyze(orig, inexact=True)
+    io_chosen = plan_from_json(io_plan, deps, source=source) if io_plan is not None else None
+    cut = io_map(deps, io_chosen) if io_chosen is not None else None
+    changed = [c.to_json() for c in io_changes(deps, io_chosen)] if io_chosen is not None else []
     if compensated:
         note = (
             f"weights were compensated ({compensated}) from calibration data: the exact reference is the"
             " compensated original, which only the pruning run has; fidelity measures the pruned model"
         )
-        return Step(orig, new, None, note=note), through, None
+        return Step(orig, new, None, note=note, cut=cut), through, None, changed
     if plan is None:
         return (
             Step(orig, new, None, note=through or "no plan: exactness needs the plan the model was pruned with"),
             "",
             None,
+            [],
         )
     deps = deps if deps is not None else _analyze(orig, inexact=True)
     chosen = plan_from_json(plan, deps, source=source)
     inexact = [g.label for g in deps.groups if "inexact" in g.facts and len(chosen.removed(g))]
     if inexact:
-        return Step(orig, new, None, inexact, INEXACT_NOTE), through, deps.view.shapes
-    return Step(orig, new, plan_reference(orig, deps, chosen)), through, deps.view.shapes
+        return Step(orig, new, None, inexact, INEXACT_NOTE, cut=cut), through, deps.view.shapes, changed
+    return Step(orig, new, plan_reference(orig, deps, chosen), cut=cut), through, deps.view.shapes, changed
 
 
 def _steps_since(original: onnx.ModelProto, history: list[dict]) -> list[dict]:
@@ -658,14 +683,17 @@ def _costs_report(before, after, prune: dict) -> Report:
     )
 
 
-def _time_both(report: Report, original, pruned_source, feeds: dict, runs: int | None) -> None:
-    """The report's latencies of ``original`` and the pruned model (as runnable) on ``feeds``:
-    ``runs`` timed runs each, or up to 20 within about two seconds; the batch they ran at."""
+def _time_both(report: Report, original, pruned_source, feeds: dict, runs: int | None, pruned_feeds=None) -> None:
+    """The report's latencies of ``original`` and the pruned model (as runnable) on ``feeds``
+    (``pruned_feeds`` for the pruned model when its inputs changed: iochange): ``runs`` timed
+    runs each, or up to 20 within about two seconds; the batch they ran at."""
     batch = next((int(v.shape[0]) for v in feeds.values() if isinstance(v, np.ndarray) and v.ndim), None)
     at = f" (batch {batch})" if batch is not None else ""
     with runnable(original) as source:
         report.latency_ms_before = latency_ms(source, feeds=feeds, repeats=runs, label=f"timing the original{at}")
-    report.latency_ms_after = latency_ms(pruned_source, feeds=feeds, repeats=runs, label=f"timing the pruned model{at}")
+    report.latency_ms_after = latency_ms(
+        pruned_source, feeds=pruned_feeds or feeds, repeats=runs, label=f"timing the pruned model{at}"
+    )
     report.latency_batch = batch
 
 

@@ -81,6 +81,9 @@ Attention                                   projection ``B·S·in·(q+k+v)`` + s
                                             weight's columns) and ``T = S`` + past length
 MultiHeadAttention                          scores + context ``B·S·L·(k + v)`` (L keys; the
                                             q/k/v projections are MatMuls of their own)
+GroupQueryAttention                         scores + context ``2·B·S·T·q`` (q = num_heads·D,
+                                            T = S + the past cache's length; each query
+                                            head reads its KV head's T keys and values)
 Gelu, FastGelu, BiasGelu, QuickGelu,        ``elems(Y)``
 BiasAdd, BiasSplitGelu, RotaryEmbedding,
 SkipLayerNormalization,
@@ -264,7 +267,9 @@ _MS = "com.microsoft"
 # onnxruntime contrib ops counted as the ONNX op they fuse (its activation is not counted)
 _CONTRIB_AS = {"FusedConv": "Conv", "FusedGemm": "Gemm", "QGemm": "Gemm"}
 # contrib ops with a count of their own (see _contrib_macs)
-_CONTRIB_OWN = frozenset({"Attention", "MultiHeadAttention", "MatMulNBits", "FusedMatMul", "TransposeMatMul"})
+_CONTRIB_OWN = frozenset(
+    {"Attention", "MultiHeadAttention", "GroupQueryAttention", "MatMulNBits", "FusedMatMul", "TransposeMatMul"}
+)
 # contrib ops counted one MAC per output element
 _CONTRIB_ELEMENTWISE = frozenset(
     {
@@ -439,6 +444,12 @@ def _contrib_macs(node: onnx.NodeProto, shape) -> int | None:
         dk = k[-1] if len(k) == 3 else k[1] * k[3]
         dv = v[-1] if len(v) == 3 else v[1] * v[3]
         return q[0] * q[1] * keys * (dk + dv)
+    if op == "GroupQueryAttention":  # scores + context of every query head over its KV head's keys
+        q, past = shape(0), shape(3)
+        if q is None or len(q) != 3:
+            return None
+        total = q[1] + (past[2] if past is not None and len(past) == 4 else 0)
+        return 2 * q[0] * q[1] * total * q[2]
     return None
 
 

@@ -56,8 +56,11 @@ def evaluate(
     labels: str | None = None,
     batch_size: int = DEFAULT_BATCH,
     limit: int | None = None,
+    cut=None,
 ) -> Evaluation:
-    """Run ``original`` and ``pruned`` over ``data``; top-1 accuracy of both if ``labels`` names a key."""
+    """Run ``original`` and ``pruned`` over ``data``; top-1 accuracy of both if ``labels`` names a key.
+    ``cut`` (a :class:`graphprune.iochange.IoMap`): the pruned model's graph inputs/outputs lost
+    entries; it runs on the kept entries of each batch and is compared with the original's kept outputs."""
     ds = data if isinstance(data, Dataset) else open_dataset(data)
     if labels is not None:
         check_labels(ds, labels)
@@ -77,7 +80,10 @@ def evaluate(
     for feeds in progress(ds.batches(specs, batch_size=batch_size, limit=limit, extra=extra), "evaluating", total):
         inputs = {s.name: feeds[s.name] for s in specs}
         # runtime.run: bfloat16, float8 and 4-bit inputs and outputs as onnxruntime takes them
-        out_o, out_p = run_session(sessions[0], inputs), run_session(sessions[1], inputs)
+        out_o = run_session(sessions[0], inputs)
+        out_p = run_session(sessions[1], inputs if cut is None else cut.feeds(inputs))
+        if cut is not None:
+            out_o = cut.outputs(names[0], out_o)
         lo, lp = leaves(out_o), leaves(out_p)  # sequence and map outputs (ZipMap) element by element
         if [k for k, _ in lo] != [k for k, _ in lp]:
             raise InputError(f"{ds.path}: the pruned model's outputs differ in structure from the original's")

@@ -246,7 +246,20 @@ def _reshape_hints(mv: ModelView) -> dict[str, tuple[int, tuple]]:
             else d[1][0] if d[1] else d[0]
             for j, d in enumerate(dims)
         )  # fmt: skip
-        if ys is None or any(old is None and isinstance(new, int) for old, new in zip(ys, out)):
+        named = mv.dim_params.get(y) or (None,) * len(out)
+        if (
+            ys is None
+            or any(old is None and isinstance(new, int) for old, new in zip(ys, out))
+            # a Tile whose inference named its dims afresh (unk__5) takes its input's names
+            # (repeat_kv as Tile: its Reshape back to heads then matches the cache's dims)
+            or (
+                node.op_type == "Tile"
+                and any(
+                    old is None and isinstance(new, str) and not new.startswith(f"{y}[") and new != name
+                    for old, new, name in zip(ys, out, named)
+                )
+            )
+        ):
             hints[y] = (mv.dtypes[x], out)
     return hints
 

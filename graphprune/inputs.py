@@ -229,16 +229,22 @@ def _show(dims) -> str:
 
 
 def fixed_inputs(model: onnx.ModelProto, dims: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
-    """A light copy of ``model`` (large weights as stubs) whose inputs have the given dims."""
+    """A light copy of ``model`` (large weights as stubs) whose inputs have the given dims; past
+    axis 0 (the batch, which data may give at its own size) a fixed dim the model declares
+    stands (a pruned model whose cache input lost heads, :mod:`graphprune.iochange`, is counted
+    at its own size with the sizes resolved for the original)."""
     from .graph import light_copy
 
     light = light_copy(model)
     for vi in light.graph.input:
         if vi.name in dims and vi.type.HasField("tensor_type"):
             shape = vi.type.tensor_type.shape
+            own = [d.dim_value if d.HasField("dim_value") and a > 0 else None for a, d in enumerate(shape.dim)]
+            if len(own) != len(dims[vi.name]):
+                own = [None] * len(dims[vi.name])
             del shape.dim[:]
-            for d in dims[vi.name]:
-                shape.dim.add().dim_value = int(d)
+            for d, fixed in zip(dims[vi.name], own):
+                shape.dim.add().dim_value = int(fixed if fixed is not None else d)
     del light.graph.value_info[:]  # declared intermediate shapes may carry the symbols
     for vi in light.graph.output:
         if vi.type.HasField("tensor_type"):

@@ -98,12 +98,27 @@ def describe(deps: DependencyGraph) -> dict[str, Any]:
         # where analysis could not follow the model: weights outside any group, and notes
         "unanalysed": [{"tensor": t, "reasons": list(rs)} for t, rs in deps.unanalysed.items()],
         "unanalysed_reasons": deps.unanalysed_counts(),
-        "notes": list(deps.notes),
+        "notes": list(deps.notes) + io_note(deps),
         "nothing_prunable": deps.why_nothing() or None,
         "groups": groups,
         "blocks": blocks(deps),
         **costs(deps),
     }
+
+
+def io_note(deps: DependencyGraph) -> list[str]:
+    """A note when groups are blocked only by graph inputs/outputs paired as carried state (a
+    KV cache's past and present): ``prune --allow-io-change`` would prune them."""
+    from .iochange import paired_io
+
+    paired = paired_io(deps)[0]
+    if not paired:
+        return []
+    n = len(paired)
+    return [
+        f"{n} group{'s are' if n > 1 else ' is'} blocked only by graph inputs/outputs paired as carried state"
+        " (past -> present, e.g. a KV cache): prune --allow-io-change prunes them, changing those shapes"
+    ]
 
 
 REPEATS_FROM = 40  # groups; above this the terminal table folds repeated layers

@@ -19,6 +19,7 @@ from .dependency import DependencyGraph, Group
 from .errors import InputError
 
 FORMAT = "graphprune-plan-v1"
+IO_CHANGES_KEY = "io_changes"  # top-level key: the graph inputs/outputs a plan changes (graphprune.iochange)
 
 
 @dataclass
@@ -58,6 +59,9 @@ class Plan:
                     "size": group.size,
                 }
             )
+        io = sorted({t for g in deps.groups if len(self.removed(g)) for pair in g.facts.get("io", ()) for t in pair})
+        if io:  # graph inputs/outputs this plan changes (allowed by --allow-io-change): validate re-allows them
+            meta = {**meta, IO_CHANGES_KEY: io}
         return {"format": FORMAT, **meta, "groups": entries}
 
     def save(self, path: str | os.PathLike, deps: DependencyGraph, **meta) -> None:
@@ -80,8 +84,18 @@ def read_plan(path: str | os.PathLike) -> dict:
     return data
 
 
-def plan_from_json(data: dict, deps: DependencyGraph, source: str = "plan") -> Plan:
-    """Turn a plan's JSON object into group removals, checking it against ``deps``."""
+def plan_from_json(
+    data: dict, deps: DependencyGraph, source: str = "plan", *, allow_io_change: bool | None = None
+) -> Plan:
+    """Turn a plan's JSON object into group removals, checking it against ``deps``.
+
+    ``allow_io_change`` releases the groups blocked only by paired graph inputs/outputs
+    (:func:`graphprune.iochange.release_io`); None does so when the plan lists the inputs and
+    outputs it changes (``io_changes``, written by a prune that allowed them), as validation needs."""
+    if allow_io_change or (allow_io_change is None and data.get(IO_CHANGES_KEY)):
+        from .iochange import release_io
+
+        release_io(deps)
     by_member: dict[tuple[str, int], list] = {}
     for group in deps.groups:
         for m in group.members:
@@ -117,7 +131,10 @@ def plan_from_json(data: dict, deps: DependencyGraph, source: str = "plan") -> P
             if not mine:
                 continue
             if not group.prunable:
-                raise InputError(f"{where}: {anchor} axis {axis} is blocked: {group.reasons[0]}")
+                hint = ""
+                if any(str(r).endswith(("(graph input)", "(graph output)")) for r in group.reasons):
+                    hint = " (a plan that changes graph inputs/outputs needs --allow-io-change)"
+                raise InputError(f"{where}: {anchor} axis {axis} is blocked: {group.reasons[0]}{hint}")
             for j in mine:
                 entries = set(member.indices[j].tolist())
                 if not entries <= wanted:
@@ -145,6 +162,9 @@ def compose(steps: list[dict], deps: DependencyGraph, source: str = "plan") -> d
     from .surgery import removed_entries  # surgery reads plans: imported here, not at the top
 
     entries: list[dict] = []
+    # graph inputs/outputs any step changed (--allow-io-change): the composed plan changes them too
+    io = sorted({t for step in steps if isinstance(step, dict) for t in step.get(IO_CHANGES_KEY) or ()})
+    meta = {IO_CHANGES_KEY: io} if io else {}
     for k, step in enumerate(steps):
         groups = step.get("groups") if isinstance(step, dict) else None
         if not isinstance(groups, list):
@@ -152,7 +172,7 @@ def compose(steps: list[dict], deps: DependencyGraph, source: str = "plan") -> d
         if k == 0:
             entries = list(groups)
             continue
-        removed = removed_entries(deps, plan_from_json({"groups": entries}, deps, source=source))
+        removed = removed_entries(deps, plan_from_json({**meta, "groups": entries}, deps, source=source))
         for n, entry in enumerate(groups):
             anchor, axis = entry.get("anchor"), entry.get("axis")
             shape = deps.view.shapes.get(anchor) if isinstance(anchor, str) else None
@@ -166,4 +186,4 @@ def compose(steps: list[dict], deps: DependencyGraph, source: str = "plan") -> d
                     f" {anchor} axis {axis} the earlier steps kept"
                 )
             entries.append({"anchor": anchor, "axis": axis, "remove": kept[remove].tolist()})
-    return {"groups": entries}
+    return {**meta, "groups": entries}

@@ -107,11 +107,12 @@ class Report:
             )
             lines.append(f"costs per sample at: {shown}")
         p = self.prune
-        if p and ("blocks_found" not in p or "groups_prunable" in p):
+        if "groups_prunable" in p or ("groups_pruned" in p and "blocks_found" not in p):
             lines.append(
                 f"groups: {p.get('groups_pruned', 0)} pruned of {p.get('groups_prunable', 0)} prunable,"
                 f" {p.get('groups_blocked', 0)} blocked, {p.get('channels_removed', 0)} channels removed"
             )
+        lines.extend(io_lines(p))
         if p.get("channel_step"):  # counts kept on it: say so, the ratio asked was rounded
             s = p["channel_step"]
             lines.append(
@@ -175,6 +176,31 @@ class Report:
                 f" pruned {a.pruned:.4f} ({change:+.2f} points)"
             )
         return "\n".join(lines)
+
+
+def io_lines(p: dict) -> list[str]:
+    """The table's lines on changed graph inputs/outputs (``--allow-io-change``) and the head
+    count every layer keeps (``--uniform-heads``)."""
+    lines = []
+    changes = p.get("io_changes") or []
+    if changes:
+        shown = [f"{c['name']} {_dims(c['before'])} -> {_dims(c['after'])}" for c in changes[:4]]
+        more = f" +{len(changes) - 4} more (see the report's io_changes)" if len(changes) > 4 else ""
+        lines.append(f"graph inputs/outputs changed: {len(changes)}: " + ", ".join(shown) + more)
+    if "num_key_value_heads" in p:
+        k, q = p["num_key_value_heads"], p.get("num_attention_heads")
+        if k is None:
+            lines.append(f"uniform heads: {p.get('uniform_heads') or 'layers keep different head counts'}")
+        else:
+            heads = f", num_attention_heads {q}" if q else ""
+            lines.append(f"uniform heads: num_key_value_heads {k}{heads} in every layer")
+            if p.get("uniform_heads"):
+                lines.append(f"note: {p['uniform_heads']}")
+    return lines
+
+
+def _dims(dims: list) -> str:
+    return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
 
 
 def slower_note(ratio: float, round_to: int | None) -> str:

@@ -70,8 +70,9 @@ def apply_plan(model: onnx.ModelProto, deps: DependencyGraph, plan: Plan, *, inp
             for a in node.attribute:
                 if a.name == "value":
                     _slice_tensor(a.t, by_tensor[node.output[0]])
-    # Old exporters list initializers among the graph inputs too: their declared shapes follow.
-    for vi in list(g.value_info) + list(g.input):
+    # Old exporters list initializers among the graph inputs too: their declared shapes follow,
+    # as do graph inputs and outputs a group was allowed to change (graphprune.iochange).
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
         if vi.name in by_tensor:
             _set_shape(vi, new_shapes[vi.name])
 

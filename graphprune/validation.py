@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -39,6 +40,7 @@ import onnx
 from .cost import cost_of, latency_ms, random_feeds
 from .dependency import DependencyGraph
 from .errors import InputError
+from .iochange import io_map
 from .masking import masked_bytes
 from .plan import Plan
 from .quantized import QUANT_STEPS, fake_quant_bypassed, integer_sums, is_quantized, output_steps, step_diffs
@@ -162,6 +164,9 @@ class Step:
     reference: Reference | None
     skipped_groups: list[str] = field(default_factory=list)
     note: str = ""
+    # graph input/output entries ``after`` lost (a KV cache's heads: graphprune.iochange.IoMap);
+    # None: from the reference's plan
+    cut: Any = None
 
 
 def check(pruned: onnx.ModelProto | str) -> str:
@@ -535,6 +540,7 @@ def check_pruned(
     feeds: dict[str, np.ndarray] | None = None,
     reference: onnx.ModelProto | None = None,
     inputs_from: str = "generated inputs",
+    cut=None,
 ) -> Validation:
     """:func:`check_steps` for one step that applied ``plan`` (over ``deps``, the analysis of
     ``reference``: the original, or the original with compensated weights) to ``original``."""
@@ -543,7 +549,7 @@ def check_pruned(
     else:
         inexact = [g.label for g in deps.groups if "inexact" in g.facts and len(plan.removed(g))]
         base = original if reference is None else reference
-        step = Step(original, pruned, None if inexact else plan_reference(base, deps, plan), inexact)
+        step = Step(original, pruned, None if inexact else plan_reference(base, deps, plan), inexact, cut=cut)
     return check_steps(original, [step], feeds=feeds, inputs_from=inputs_from)
 
 
@@ -553,19 +559,24 @@ def step_exactness(
     """One step's exactness: ``(exactness, the input's outputs, the result's outputs or None if it
     does not run, its runtime error)``. ``blame`` (what the feeds are) runs the step's input as
     the original (:func:`run_original`). Outputs made by a saturating op are compared at that
-    op's input (:func:`saturating_inputs`), fetched as extra outputs when the models are in memory."""
+    op's input (:func:`saturating_inputs`), fetched as extra outputs when the models are in memory.
+    A step that changed graph inputs/outputs (``step.cut``, :mod:`graphprune.iochange`) runs its
+    result on the kept entries of the changed inputs, and every run is compared at the kept entries."""
     ref = step.reference
     base = ref.base if ref is not None else step.before
     deps = ref.deps if ref is not None else None
+    cut = step.cut if step.cut is not None else io_map(deps, ref.plan if ref is not None else None)
     after = step.after if after_source is None else after_source
     saturated, probes = _probes(step.before, after, base, deps) if ref is not None else ({}, [])
     n = len(step.before.graph.output)
+    names = [o.name for o in step.before.graph.output[:n]] + probes
     models = [m for m in (step.before, after, base) if isinstance(m, onnx.ModelProto)]
     with _fetching(models, probes, deps):
         before_all = run_original(step.before, feeds, blame) if blame else run(step.before, feeds)
+        before_all = cut.outputs(names, before_all)
         before_out, before_probe = before_all[:n], before_all[n:]
         try:
-            after_all = run(after, feeds)
+            after_all = run(after, cut.feeds(feeds))
         except Exception as exc:
             error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             return Exactness(note="the pruned model does not run"), before_out, None, error
@@ -578,7 +589,7 @@ def step_exactness(
                 after_out,
                 "",
             )
-        ref_all = run(ref(), feeds)  # lazy: beside the data
+        ref_all = cut.outputs(names, run(ref(), feeds))  # lazy: beside the data
         ref_out, ref_probe = ref_all[:n], ref_all[n:]
     if is_quantized(base) and not (ref.plan is not None and integer_sums(_summing(ref))):  # integer sums: exact
         value = deps.view.value if deps is not None else None

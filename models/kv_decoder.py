@@ -13,11 +13,22 @@ Rules the graph keeps (the idioms of dynamic-axes exports):
 2. rotary embedding: ``x * cos + rotate_half(x) * sin`` with ``cos`` / ``sin`` Gathered from
    constant tables by ``position_ids``; keys are rotated before they enter the cache;
 3. grouped-query attention repeats each kv head ``heads // kv_heads`` times (HF ``repeat_kv``:
-   Unsqueeze(2), Expand, Reshape) after the cache Concat;
+   Unsqueeze(2), Expand, Reshape; or Expand to a shape built at run time, or Tile: ``repeat``)
+   after the cache Concat;
 4. the additive mask is causal (query ``i`` sees keys ``<= past_seq + i``) plus padding
    (``(1 - attention_mask) * -1e9``), added to the scaled scores before Softmax;
 5. RMSNorm is decomposed (Pow, ReduceMean, Add eps, Sqrt, Div, Mul weight); the MLP is SwiGLU,
    ``down(Sigmoid(gate(x)) * gate(x) * up(x))``; both sub-blocks are residual.
+
+``fused=True`` builds the same decoder as onnxruntime-genai exports it for CPU: the attention of
+each layer is one com.microsoft ``GroupQueryAttention`` (``num_heads``, ``kv_num_heads``,
+``do_rotary=1`` with ``cos_cache`` / ``sin_cache`` ``[max_positions, head_dim / 2]``) reading
+the q/k/v projections, the past cache, ``seqlens_k = ReduceSum(attention_mask) - 1`` and
+``total_sequence_length`` (int32), and writing ``present.*`` itself. Positions then come from
+``seqlens_k`` (``position_ids`` stays in the interface, unused) and the mask is causal with
+right padding only; onnxruntime runs it with a past only for one new token per row or a batch
+of one. With the same arguments both forms hold the same weights and compute the same logits
+on unpadded inputs.
 
 Names follow the PyTorch exporter (``/model/layers.0/self_attn/q_proj/MatMul``) and parameters
 Hugging Face (``model.layers.0.mlp.gate_proj.weight``, stored ``[in, out]`` as exported).
@@ -109,12 +120,25 @@ class _Graph:
         rotated = self.op("Concat", [self.op("Neg", [x2], scope), x1], scope, axis=-1)
         return self.op("Add", [self.op("Mul", [x, cos], scope), self.op("Mul", [rotated, sin], scope)], scope)
 
-    def repeat_kv(self, x: str, n_rep: int, heads: int, d: int, scope: str, param: str) -> str:
-        """[B, KV, T, d] -> Unsqueeze(2) -> Expand [B, KV, n_rep, T, d] -> Reshape [B, heads, T, d]."""
+    def repeat_kv(self, x: str, n_rep: int, heads: int, d: int, scope: str, param: str, how: str = "expand") -> str:
+        """[B, KV, T, d] -> Unsqueeze(2) -> [B, KV, n_rep, T, d] -> Reshape [B, heads, T, d]; the
+        middle step is ``how``: ``expand`` (Expand by a constant ``[1, 1, n_rep, 1, 1]``),
+        ``expand_shape`` (Expand to ``Concat(B, [KV], [n_rep], T, [d])`` built at run time, as the
+        classic exporter writes Hugging Face's ``repeat_kv``) or ``tile`` (Tile ``[1, 1, n_rep, 1, 1]``)."""
         if n_rep == 1:
             return x
         y = self.op("Unsqueeze", [x, self.const(f"{param}.unsq", [2])], scope)
-        y = self.op("Expand", [y, self.const(f"{param}.rep", [1, 1, n_rep, 1, 1])], scope)
+        if how == "expand":
+            y = self.op("Expand", [y, self.const(f"{param}.rep", [1, 1, n_rep, 1, 1])], scope)
+        elif how == "expand_shape":
+            kv = heads // n_rep
+            parts = [self.shape(x, scope, 0, 1), self.const(f"{param}.kv", [kv]), self.const(f"{param}.nrep", [n_rep])]
+            parts += [self.shape(x, scope, 2, 3), self.const(f"{param}.head_dim", [d])]
+            y = self.op("Expand", [y, self.op("Concat", parts, scope, axis=0)], scope)
+        elif how == "tile":
+            y = self.op("Tile", [y, self.const(f"{param}.rep", [1, 1, n_rep, 1, 1])], scope)
+        else:
+            raise ValueError(f"repeat_kv: unknown idiom {how!r} (expand, expand_shape, tile)")
         target = self.op(
             "Concat",
             [self.shape(x, scope, 0, 1), self.const(f"{param}.kvheads", [heads]), self.shape(x, scope, 2)],
@@ -154,6 +178,70 @@ def _mask(g: _Graph, past_key: str | None) -> str:
     return g.op("Add", [causal, pad], scope)  # [B, 1, S, T]
 
 
+def _rotary(g: _Graph, positions: int, d: int) -> tuple[str, str]:
+    """``cos`` / ``sin`` [B, 1, S, d]: rows of the constant tables Gathered by ``position_ids``."""
+    cos_t, sin_t = _tables(positions, d)
+    rot = "/model/rotary_emb"
+    axis1 = g.const("model.rotary_emb.axis1", [1])
+    out = []
+    for name, table in (("cos", cos_t), ("sin", sin_t)):
+        rows = g.op("Gather", [g.const(f"model.rotary_emb.{name}", table, np.float32), "position_ids"], rot)
+        out.append(g.op("Unsqueeze", [rows, axis1], rot))
+    return out[0], out[1]
+
+
+def _mlp(g: _Graph, x: str, hidden: int, ffn: int, s: str, p: str) -> str:
+    """The residual SwiGLU sub-block after the attention: ``x + down(silu(gate(h)) * up(h))``."""
+    m, mp = f"{s}/mlp", f"{p}.mlp"
+    h = g.rms_norm(x, hidden, f"{s}/post_attention_layernorm", f"{p}.post_attention_layernorm")
+    gate = g.linear(h, hidden, ffn, f"{m}/gate_proj", f"{mp}.gate_proj")
+    up = g.linear(h, hidden, ffn, f"{m}/up_proj", f"{mp}.up_proj")
+    act = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{m}/act_fn")], f"{m}/act_fn")
+    y = g.op(
+        "MatMul",
+        [g.op("Mul", [act, up], m), g.weight(f"{mp}.down_proj.weight", (ffn, hidden), ffn**-0.5)],
+        f"{m}/down_proj",
+    )
+    return g.op("Add", [x, y], s)
+
+
+def _gqa_inputs(g: _Graph, positions: int, d: int) -> tuple[str, str, str, str]:
+    """GroupQueryAttention's shared inputs: ``seqlens_k`` [B] and ``total_sequence_length``
+    (int32, from the attention mask) and the rotary caches [positions, d / 2]."""
+    scope = "/model/attn_mask_reformat"
+    lengths = g.op("ReduceSum", ["attention_mask", g.const("model.gqa.axes", [1])], scope, keepdims=0)
+    lengths = g.op("Sub", [lengths, g.const("model.gqa.one", 1)], scope)
+    seqlens = g.op("Cast", [lengths], scope, to=TensorProto.INT32)
+    total = g.op("Cast", [g.scalar_dim("attention_mask", 1, scope)], scope, to=TensorProto.INT32)
+    cos, sin = _tables(positions, d)
+    half = d // 2  # the tables repeat their first half: the caches hold it once
+    cos_cache = g.const("cos_cache", cos[:, :half], np.float32)
+    sin_cache = g.const("sin_cache", sin[:, :half], np.float32)
+    return seqlens, total, cos_cache, sin_cache
+
+
+def _gqa(g: _Graph, qkv: list[str], i: int, shared: list[str], heads: int, kv_heads: int, scope: str) -> str:
+    """One layer's com.microsoft GroupQueryAttention, writing ``present.{i}.key/value``."""
+    seqlens, total, cos_cache, sin_cache = shared
+    name = fresh_name(g._names, f"{scope}/GroupQueryAttention")
+    out = f"{name}_output_0"
+    inputs = [*qkv, f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total, cos_cache, sin_cache]
+    g.nodes.append(
+        helper.make_node(
+            "GroupQueryAttention",
+            inputs,
+            [out, f"present.{i}.key", f"present.{i}.value"],
+            name=name,
+            domain="com.microsoft",
+            num_heads=heads,
+            kv_num_heads=kv_heads,
+            do_rotary=1,
+            rotary_interleaved=0,
+        )
+    )
+    return out
+
+
 def kv_decoder(
     layers: int = 2,
     hidden: int = 32,
@@ -165,11 +253,17 @@ def kv_decoder(
     vocab: int = 64,
     max_positions: int = 64,
     with_past: bool = True,
+    fused: bool = False,
+    repeat: str = "expand",
 ) -> onnx.ModelProto:
     """The decoder described in the module docstring (``layers`` layers, ``hidden`` wide, SwiGLU
-    ``ffn`` wide, ``heads`` query heads over ``kv_heads`` cached heads). ``with_past=False`` is
-    the first-step decoder optimum exports beside it (``decoder_model.onnx``): no
-    ``past_key_values.*`` inputs, ``present.*`` are the new keys and values, the same weights."""
+    ``ffn`` wide, ``heads`` query heads over ``kv_heads`` cached heads; ``fused``: attention as
+    com.microsoft ``GroupQueryAttention``; ``repeat``: the unfused repeat_kv idiom, see
+    ``_Graph.repeat_kv``). ``with_past=False`` is the first-step decoder optimum exports beside it
+    (``decoder_model.onnx``): no ``past_key_values.*`` inputs, ``present.*`` are the new keys and
+    values, the same weights (unfused only)."""
+    if fused and not with_past:
+        raise ValueError("the fused decoder is built with its past only")
     if hidden % heads or heads % kv_heads:
         raise ValueError(f"hidden {hidden}, heads {heads}, kv_heads {kv_heads} do not divide")
     d = hidden // heads
@@ -178,26 +272,25 @@ def kv_decoder(
     x = g.op(
         "Gather", [g.weight("model.embed_tokens.weight", (vocab, hidden), 1.0), "input_ids"], "/model/embed_tokens"
     )
-    cos_t, sin_t = _tables(max_positions, d)
-    rot = "/model/rotary_emb"
-    axis1 = g.const("model.rotary_emb.axis1", [1])
-    cos = g.op(
-        "Unsqueeze",
-        [g.op("Gather", [g.const("model.rotary_emb.cos", cos_t, np.float32), "position_ids"], rot), axis1],
-        rot,
-    )
-    sin = g.op(
-        "Unsqueeze",
-        [g.op("Gather", [g.const("model.rotary_emb.sin", sin_t, np.float32), "position_ids"], rot), axis1],
-        rot,
-    )
-    mask = _mask(g, "past_key_values.0.key" if with_past else None)
-    scale = g.const("model.attn.scale", 1.0 / np.sqrt(d), np.float32)
+    if fused:
+        seqlens, total, cos_cache, sin_cache = _gqa_inputs(g, max_positions, d)
+    else:
+        cos, sin = _rotary(g, max_positions, d)
+        mask = _mask(g, "past_key_values.0.key" if with_past else None)
+        scale = g.const("model.attn.scale", 1.0 / np.sqrt(d), np.float32)
 
     for i in range(layers):
         s, p = f"/model/layers.{i}", f"model.layers.{i}"
         a, ap = f"{s}/self_attn", f"{p}.self_attn"
         h = g.rms_norm(x, hidden, f"{s}/input_layernorm", f"{p}.input_layernorm")
+        if fused:
+            q = g.linear(h, hidden, heads * d, f"{a}/q_proj", f"{ap}.q_proj")
+            k = g.linear(h, hidden, kv_heads * d, f"{a}/k_proj", f"{ap}.k_proj")
+            v = g.linear(h, hidden, kv_heads * d, f"{a}/v_proj", f"{ap}.v_proj")
+            y = _gqa(g, [q, k, v], i, [seqlens, total, cos_cache, sin_cache], heads, kv_heads, a)
+            y = g.linear(y, hidden, hidden, f"{a}/o_proj", f"{ap}.o_proj")
+            x = _mlp(g, g.op("Add", [x, y], s), hidden, ffn, s, p)
+            continue
         q = g.to_heads(g.linear(h, hidden, heads * d, f"{a}/q_proj", f"{ap}.q_proj"), heads, d, a, ap)
         k = g.to_heads(g.linear(h, hidden, kv_heads * d, f"{a}/k_proj", f"{ap}.k_proj"), kv_heads, d, a, ap)
         v = g.to_heads(g.linear(h, hidden, kv_heads * d, f"{a}/v_proj", f"{ap}.v_proj"), kv_heads, d, a, ap)
@@ -208,26 +301,14 @@ def kv_decoder(
         else:
             k = g.op("Identity", [k], a, output=f"present.{i}.key")
             v = g.op("Identity", [v], a, output=f"present.{i}.value")
-        k = g.repeat_kv(k, heads // kv_heads, heads, d, a, ap)
-        v = g.repeat_kv(v, heads // kv_heads, heads, d, a, ap)
+        k = g.repeat_kv(k, heads // kv_heads, heads, d, a, ap, repeat)
+        v = g.repeat_kv(v, heads // kv_heads, heads, d, a, ap, repeat)
         scores = g.op("Mul", [g.op("MatMul", [q, g.op("Transpose", [k], a, perm=[0, 1, 3, 2])], a), scale], a)
         probs = g.op("Softmax", [g.op("Add", [scores, mask], a)], a, axis=-1)
         y = g.op("Transpose", [g.op("MatMul", [probs, v], a)], a, perm=[0, 2, 1, 3])
         target = g.op("Concat", [g.shape(y, a, 0, 2), g.const(f"{ap}.hidden", [hidden])], a, axis=0)
         y = g.linear(g.op("Reshape", [y, target], a), hidden, hidden, f"{a}/o_proj", f"{ap}.o_proj")
-        x = g.op("Add", [x, y], s)
-
-        m, mp = f"{s}/mlp", f"{p}.mlp"
-        h = g.rms_norm(x, hidden, f"{s}/post_attention_layernorm", f"{p}.post_attention_layernorm")
-        gate = g.linear(h, hidden, ffn, f"{m}/gate_proj", f"{mp}.gate_proj")
-        up = g.linear(h, hidden, ffn, f"{m}/up_proj", f"{mp}.up_proj")
-        act = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{m}/act_fn")], f"{m}/act_fn")
-        y = g.op(
-            "MatMul",
-            [g.op("Mul", [act, up], m), g.weight(f"{mp}.down_proj.weight", (ffn, hidden), ffn**-0.5)],
-            f"{m}/down_proj",
-        )
-        x = g.op("Add", [x, y], s)
+        x = _mlp(g, g.op("Add", [x, y], s), hidden, ffn, s, p)
 
     x = g.rms_norm(x, hidden, "/model/norm", "model.norm")
     g.op("MatMul", [x, g.weight("lm_head.weight", (hidden, vocab), hidden**-0.5)], "/lm_head", output="logits")
@@ -246,6 +327,7 @@ def kv_decoder(
                 inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, cache))
             outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT, present))
     graph = helper.make_graph(g.nodes, "kv_decoder", inputs, outputs, g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid("com.microsoft", 1)] if fused else [])
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION)
     model.producer_name = "graphprune.models.kv_decoder"
     return model

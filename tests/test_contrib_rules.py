@@ -253,7 +253,7 @@ def test_embed_layer_normalization_blocks_the_hidden_axis_with_a_reason():
     assert {g.unit for g in deps.prunable_groups()} == {"heads", "mlp"}
 
 
-def test_group_query_attention_blocks_with_a_reason():
+def test_group_query_attention_without_its_sequence_lengths_blocks_with_a_reason():
     model = fused.mha_block(embed=32, heads=4)
     (mha,) = [n for n in model.graph.node if n.op_type == "MultiHeadAttention"]
     mha.op_type = "GroupQueryAttention"
@@ -262,7 +262,7 @@ def test_group_query_attention_blocks_with_a_reason():
     model.graph.value_info.append(helper.make_tensor_value_info("ctx", TensorProto.FLOAT, [1, 8, 32]))
     heads = analyze(model).group_of("q_proj.weight", 1)
     assert not heads.prunable
-    assert any("GroupQueryAttention heads are not handled" in r for r in heads.reasons)
+    assert any("GroupQueryAttention" in r and "seqlens_k and total_sequence_length" in r for r in heads.reasons)
 
 
 @pytest.mark.parametrize("op", ["Gelu", "QuickGelu", "FastGelu", "BiasGelu"])

@@ -23,7 +23,9 @@ from ..criteria.data import DATA_CRITERIA
 from ..data import DEFAULT_BATCH
 from ..dependency import DependencyGraph, analyze
 from ..errors import InputError
+from ..headcount import even_heads
 from ..inputs import count_shapes
+from ..iochange import io_changes, release_io
 from ..options import option
 from ..plan import Plan, plan_from_json
 from ..surgery import apply_plan
@@ -135,6 +137,17 @@ class FilterPruning(TransformMixin):
         metavar="SENS.json",
         compare=False,
     )
+    allow_io_change: bool = option(
+        False,
+        "also prune groups whose only obstacle is graph inputs/outputs paired as carried state, such as a"
+        " KV cache's past_key_values.* and present.* (both lose the same heads); the report lists every input"
+        " and output whose shape changed (io_changes)",
+    )  # iochange.py
+    uniform_heads: bool = option(
+        False,
+        "keep the same number of (KV) heads in every layer, so that one num_key_value_heads in a runtime"
+        " config stays valid (the report gives it)",
+    )  # headcount.py
 
     def __post_init__(self) -> None:
         targets = {k: v for k, v in self.targets.items() if v is not None}
@@ -189,6 +202,8 @@ class FilterPruning(TransformMixin):
         deps = context.deps if context.deps is not None else analyze(model, inexact=self.inexact)
         if context.sizes is not None and deps.sample_shapes is None:
             deps.sample_shapes = count_shapes(model, context.sizes) or deps.view.shapes
+        if self.allow_io_change:
+            release_io(deps)
         scope = check_scope(deps, self.ignore, self.units)
         stats = None
         if self.plan is None and self.criterion in DATA_CRITERIA:
@@ -199,8 +214,17 @@ class FilterPruning(TransformMixin):
             plan, notes = self.choose(deps, stats)
         if self.target_latency is not None:
             plan, notes = self._settle_latency(model, deps, plan, notes, stats)
+        if self.uniform_heads:
+            scores = None if self.plan is not None else (lambda: self._scores(deps, stats)[0])
+            round_to = round_to_of(self.round_to, deps)[0]
+            units = self.units or DEFAULT_UNITS
+            plan, heads = even_heads(
+                deps, plan, scores, units=units, min_keep=self.min_keep, round_to=round_to, ignore=self.ignore
+            )
+            notes = {**notes, **heads}
         result, data_notes = finish(self, model, deps, plan, stats, inplace=context.inplace, inexact=self.inexact)
         result.report = {**self.report(deps, plan, notes), **data_notes}
+        result.report["io_changes"] = [c.to_json() for c in io_changes(result.deps, result.plan)]
         result.report["notes"] = result.report.get("notes", []) + scope
         return result
 
@@ -217,7 +241,8 @@ class FilterPruning(TransformMixin):
         calibration statistics for a data criterion; ``goal`` overrides the fraction a target
         asks of its cost model, to correct a latency estimate)."""
         if self.plan is not None:
-            return plan_from_json(self.plan, deps, source=self.plan_source), {"source": self.plan_source}
+            chosen = plan_from_json(self.plan, deps, source=self.plan_source, allow_io_change=self.allow_io_change)
+            return chosen, {"source": self.plan_source}
         scores, ctx = self._scores(deps, stats)
         if self.target is not None:
             result, notes = self._to_target(deps, scores, goal)

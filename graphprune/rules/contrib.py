@@ -35,8 +35,16 @@ Rules:
 8. ``RotaryEmbedding`` rotates pairs inside each head: whole heads pass through (3-D input
    with ``num_heads`` or a head size from the cos cache, or 4-D ``[B, heads, S, D]``); the
    head dim blocks. ``num_heads`` is rewritten.
-9. ``GroupQueryAttention`` blocks its q/k/v and output widths (its KV-cache layout and
-   kv_num_heads are not handled).
+9. ``GroupQueryAttention`` (separate 3-D ``query [B, S, num_heads*D]``, ``key``/``value``
+   ``[B, S, kv_num_heads*D]``, caches ``[B, kv_num_heads, L, D]``): a virtual dim of the KV
+   heads owns ``D`` columns of key and value, axis 1 of the past and present caches and the
+   ``num_heads // kv_num_heads`` query heads that read it (query head ``h`` reads KV head
+   ``h // (num_heads // kv_num_heads)``): a block of that many heads of query, of the output
+   and of an attention bias or head sink with a heads axis. Removing a KV head removes its
+   query heads. The head dim blocks; packed QKV (key absent), or a node without its required
+   ``seqlens_k`` and ``total_sequence_length``, blocks. A cache that is a graph
+   input/output blocks the heads unless ``--allow-io-change`` pairs it (graphprune.iochange).
+   The rewriter sets ``num_heads`` and ``kv_num_heads``.
 10. ``MatMulNBits`` (``A [.., K]``, ``B [N, n_blocks, blob]``, 2-D ``scales``/``zero_points``
     ``[N, ..]``, optional ``bias [N]``): the output axis N prunes freely (rows of B, scales,
     zero points, bias; attribute ``N`` rewritten). The input axis K prunes only in whole
@@ -409,10 +417,72 @@ def rewrite_rotary(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
 
 @rule("GroupQueryAttention", domain=MS)
 def group_query_attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
-    reason = "GroupQueryAttention heads are not handled (kv_num_heads and the KV-cache layout)"
-    tensors = [t for t in list(node.input[:3]) + [node.output[0]] if t]
-    for t in tensors:
-        ctx.forbid(ctx.dim(t, -1), reason)
+    q, k, v, y = node.input[0], _opt(node, 1), _opt(node, 2), node.output[0]
+    caches = [_opt(node, 3), _opt(node, 4), _opt_out(node, 1), _opt_out(node, 2)]
+    n, kv = ctx.attr("num_heads", 0), ctx.attr("kv_num_heads", 0)
+    qs, ks, vs, ys = (ctx.shape(t) if t else None for t in (q, k, v, y))
+    d = qs[-1] // n if n and qs and len(qs) == 3 and qs[-1] else None
+    valid = (
+        d is not None
+        and kv
+        and n % kv == 0
+        and qs[-1] == n * d
+        and ys is not None
+        and len(ys) == 3
+        and ys[-1] == n * d
+        and all(s is not None and len(s) == 3 and s[-1] == kv * d for s in (ks, vs))
+        and all(ctx.shape(c) is None or len(ctx.shape(c)) == 4 for c in caches if c)
+    )
+    if not valid or not (_opt(node, 5) and _opt(node, 6)):
+        reason = (
+            "GroupQueryAttention with packed q/k/v, unknown shapes, widths that do not split in heads"
+            " or without seqlens_k and total_sequence_length"
+        )
+        _forbid_all(node, ctx, [q, k, v, y, *caches], reason)
+        return
+    per = n // kv  # query heads that read one kv head: query head h reads kv head h // per
+    for t in (k, v, y):
+        for ax in range(2):
+            ctx.identity(ctx.dim(q, ax), ctx.dim(t, ax))
+    heads = _heads(node, ctx, kv)
+    ctx.block(heads, ctx.dim(q, -1), per * d)
+    ctx.block(heads, ctx.dim(y, -1), per * d)
+    ctx.block(heads, ctx.dim(k, -1), d)
+    ctx.block(heads, ctx.dim(v, -1), d)
+    ctx.tag(heads, "heads", d)
+    if per > 1:
+        ctx.tag(heads, "query_heads_per_unit", per)
+    for c in caches:  # past_key/value [B, kv, P, D] -> present_key/value [B, kv, T, D]
+        if c and ctx.shape(c) is not None:
+            ctx.identity(heads, ctx.dim(c, 1))
+            ctx.dim(c, 0)  # batch and sequence: declared, nothing to remove
+            ctx.dim(c, 2)
+            ctx.forbid(ctx.dim(c, 3), "GroupQueryAttention head_dim")
+    for i in (5, 6, 7, 8, 9):  # seqlens_k, total_sequence_length, cos/sin caches, position_ids
+        t = _opt(node, i)
+        for ax in range(len(ctx.shape(t) or ()) if t else 0):
+            ctx.dim(t, ax)
+    bias, sink = _opt(node, 10), _opt(node, 11)  # attention_bias [.., heads, S, T], head_sink [heads]
+    bs = ctx.shape(bias) if bias else None
+    if bs is not None and len(bs) == 4 and bs[1] == n and n > 1:
+        ctx.block(heads, ctx.dim(bias, 1), per)
+    if sink and ctx.shape(sink) == (n,):
+        ctx.block(heads, ctx.dim(sink, 0), per)
+        if ctx.view.is_weight(sink):
+            ctx.role(ctx.dim(sink, 0), "param")
+
+
+@rewriter("GroupQueryAttention", domain=MS)
+def rewrite_group_query_attention(node: onnx.NodeProto, ctx: SurgeryContext) -> None:
+    """``num_heads`` and ``kv_num_heads`` from how much of the output's last axis is left."""
+    old, new = ctx.old_shape(node.output[0]), ctx.new_shape(node.output[0])
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    n, kv = attrs.get("num_heads", 0), attrs.get("kv_num_heads", 0)
+    if not old or not new or old[-1] == new[-1] or not n or not kv:
+        return
+    kept_kv = kv * new[-1] // old[-1]
+    ctx.set_attr(node, "kv_num_heads", kept_kv)
+    ctx.set_attr(node, "num_heads", kept_kv * (n // kv))
 
 
 # --------------------------------------------------------------------------- 4-bit weights
