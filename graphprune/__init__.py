@@ -36,6 +36,7 @@ _LAZY = {
     "ChannelPruning": "passes",
     "FilterPruning": "passes",
     "LayerPruning": "passes",
+    "SparsityPruning": "passes",
     "PassResult": "passes",
     "Pipeline": "passes",
     "Plan": "plan",
@@ -46,7 +47,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .api import PipelineResult, PruneResult, analyze, load_model, prune, prune_layers, run_passes, save, validate
     from .dependency import DependencyGraph, Group, Member
-    from .passes import ChannelPruning, FilterPruning, LayerPruning, PassResult, Pipeline
+    from .passes import ChannelPruning, FilterPruning, LayerPruning, PassResult, Pipeline, SparsityPruning
     from .plan import Plan
     from .report import Report
     from .rules import register_rule
@@ -79,6 +80,7 @@ __all__ = [
     "Plan",
     "PruneResult",
     "Report",
+    "SparsityPruning",
     "ValidationFailed",
     "analyze",
     "load_model",

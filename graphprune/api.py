@@ -180,6 +180,10 @@ def prune(
     input_shapes: dict | None = None,
     remove_blocks: int | None = None,
     latency_runs: int | None = None,
+    pattern: str | None = None,
+    sparsity: float | None = None,
+    sparsity_criterion: str | None = None,
+    mode: str | None = None,
 ) -> PruneResult:
     """Prune ``model`` and (by default) validate the result against the whole contract.
 
@@ -230,6 +234,10 @@ def prune(
     ``calib`` and weight-norm without), validated as :func:`prune_layers` does; its ``plan`` is
     empty (no channel group loses entries) and the removed blocks are in
     ``report.prune["blocks_removed"]``.
+    ``pass_="sparsity"`` writes zeros into the weights instead (``pattern`` ``"unstructured"``,
+    ``"2:4"``, ``"4:8"`` or ``"kernel"``; ``sparsity`` the fraction zeroed; ``sparsity_criterion``
+    ``"magnitude"``, ``"wanda"`` or ``"obs"``): :mod:`graphprune.sparsify`. ``mode="mask"`` makes a
+    structured pass write zeros where it would remove (shapes kept): :mod:`graphprune.maskmode`.
     """
     options = dict(
         ratio=ratio,
@@ -256,10 +264,21 @@ def prune(
         threads=threads,
         progress=progress,
         sensitivity=sensitivity,
+        pattern=pattern,
+        sparsity=sparsity,
+        sparsity_criterion=sparsity_criterion,
+        mode=mode,
     )
+    if pass_ == "sparsity":
+        from .sparsify import prune_sparsity
+
+        if remove_blocks is not None:
+            raise InputError("remove-blocks is an option of the layer pass, not of the sparsity pass")
+        run = dict(validate=validate, latency=latency, feeds=feeds, input_shapes=input_shapes)
+        return prune_sparsity(model, options, latency_runs=latency_runs, **run)
     if pass_ == "layer":
         # what the layer pass takes is passed by name; any other option given is an error there
-        taken = ("criterion", "calib", "plan_source", "threads", "progress")
+        taken = ("criterion", "calib", "plan_source", "threads", "progress", "mode")
         return _prune_blocks(
             model,
             criterion=criterion,
@@ -271,6 +290,7 @@ def prune(
             feeds=feeds,
             input_shapes=input_shapes,
             others={k: v for k, v in options.items() if k not in taken},
+            mode=mode or "remove",
         )
     if remove_blocks is not None:
         raise InputError(f"remove-blocks is an option of the layer pass, not of the {pass_} pass")
@@ -328,7 +348,7 @@ def prune(
 
 
 def _prune_blocks(
-    model, *, criterion, remove_blocks, calib, validate, latency, latency_runs, feeds, input_shapes, others
+    model, *, criterion, remove_blocks, calib, validate, latency, latency_runs, feeds, input_shapes, others, mode
 ):
     """``prune(pass_="layer")``: the layer pass through :func:`run_passes`, the same validation as
     :func:`prune_layers`, as a :class:`PruneResult`."""
@@ -337,7 +357,8 @@ def _prune_blocks(
     _refuse_untaken("layer", others, takes=())
     original = load_model(model)
     criterion = criterion or ("influence" if calib is not None else "weight-norm")
-    step = LayerPruning(remove_blocks=1 if remove_blocks is None else remove_blocks, criterion=criterion, calib=calib)
+    n = 1 if remove_blocks is None else remove_blocks
+    step = LayerPruning(remove_blocks=n, criterion=criterion, calib=calib, mode=mode)
     result = run_passes(
         original,
         [step],

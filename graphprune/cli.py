@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .criteria import CRITERIA
     from .passes import PASSES
+    from .passes.sparsity import PATTERNS as SPARSITY_PATTERNS
+    from .passes.sparsity import SPARSITY_CRITERIA
 
     p = _Parser(prog="graphprune", description="Structured pruning of ONNX models, with proof.")
     p.add_argument("--version", action="version", version=f"graphprune {__version__}")
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         " timed with each group pruned alone (model)",
     )
     pr.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency tables (default 1)")
-    pr.add_argument("--criterion", default="l2", help=f"one of {', '.join(sorted(CRITERIA))} (default l2)")
+    pr.add_argument("--criterion", help=f"one of {', '.join(sorted(CRITERIA))} (default l2)")
     pr.add_argument(
         "--global",
         dest="global_threshold",
@@ -141,9 +143,34 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(PASSES),
         help="passes to run, in order (default: filter). filter: remove output filters ranked by --criterion;"
         " channel: choose consumers' input channels by reconstruction error on --calib data and refit their"
-        " weights (implies --compensate lstsq); layer: remove whole residual blocks y = x + f(x)",
+        " weights (implies --compensate lstsq); layer: remove whole residual blocks y = x + f(x); sparsity: write"
+        " zeros into weights by --pattern and --sparsity (alone)",
     )
     pr.add_argument("--remove-blocks", type=int, metavar="N", help="layer pass: how many residual blocks to remove")
+    pr.add_argument(
+        "--mode",
+        choices=["remove", "mask"],
+        help="filter, channel and layer passes: remove what is pruned (default), or write zeros in its place"
+        " with every shape kept (mask); the masked model's outputs equal the pruned one's",
+    )
+    pr.add_argument(
+        "--pattern",
+        choices=list(SPARSITY_PATTERNS),
+        help="sparsity pass: which weights go together: unstructured (default), 2:4 / 4:8 (N zeros in every M"
+        " along the input axis), kernel (whole k x k kernels)",
+    )
+    pr.add_argument(
+        "--sparsity",
+        type=float,
+        metavar="S",
+        help="sparsity pass: fraction of each layer's weights zeroed (0<S<1, default 0.5; 2:4 and 4:8 are 0.5)",
+    )
+    pr.add_argument(
+        "--sparsity-criterion",
+        choices=list(SPARSITY_CRITERIA),
+        help="sparsity pass: which weights are zeroed: magnitude (default), wanda (|W| x input norm, needs"
+        " --calib), obs (SparseGPT: the remaining weights updated from the inverse Hessian, needs --calib)",
+    )
     pr.add_argument(
         "--block-criterion",
         choices=["influence", "weight-norm"],
@@ -427,6 +454,8 @@ def _prune_to(args) -> int:
         args.calib = dataset if args.input_map else args.calib
     elif args.input_map:
         raise InputError("--input-map needs --calib: it maps the data's keys to the model's inputs")
+    if "sparsity" in args.passes:
+        return _prune_sparsity(args, src, out)
     if args.ratio is None:
         args.ratio = 0.5
     if len(args.passes) > 1 or "layer" in args.passes or args.remove_blocks is not None:
@@ -514,7 +543,12 @@ def _prune_passes(args, src: Path, out: Path) -> int:
     for name in args.passes:  # flags are checked before the (possibly long) load
         if name == "layer":
             passes.append(
-                LayerPruning(remove_blocks=args.remove_blocks, criterion=args.block_criterion, calib=args.calib)
+                LayerPruning(
+                    remove_blocks=args.remove_blocks,
+                    criterion=args.block_criterion,
+                    calib=args.calib,
+                    mode=args.mode or "remove",
+                )
             )
         else:
             passes.append(api.make_pass(name, **_pass_options(args, plan=None)))
@@ -544,6 +578,44 @@ def _prune_passes(args, src: Path, out: Path) -> int:
     return _write_outputs(args, src, out, result.model, result.report, t0, save_plan)
 
 
+def _prune_sparsity(args, src: Path, out: Path) -> int:
+    """``prune --pass sparsity``: zeros written into weights (alone: no other pass, no target)."""
+    from . import api
+
+    if len(args.passes) > 1:
+        raise InputError("prune: --pass sparsity runs alone")
+    for flag, given in (("--ratio", args.ratio), ("--plan", args.plan), ("--remove-blocks", args.remove_blocks)):
+        if given is not None:
+            raise InputError(f"prune: --pass sparsity does not take {flag} (the fraction zeroed is --sparsity)")
+    if _targets(args):
+        raise InputError(f"prune: --pass sparsity does not take --{_targets(args)[0].replace('_', '-')}")
+    options = _pass_options(args, plan=None)
+    options["ratio"] = 0.5  # the API's default: not an option of this pass
+    options["round_to"] = 1
+    t0 = time.perf_counter()
+    _say(args, f"loading {src} ...")
+    model = api.load_model(src)
+    _say(args, f"sparsifying ({len(model.graph.node)} nodes) ...")
+    result = api.prune(
+        model,
+        **options,
+        pass_="sparsity",
+        validate=not args.no_validate,
+        latency=not args.no_latency,
+        input_shapes=_input_shapes(args),
+        latency_runs=args.latency_runs,
+    )
+    why = result.report.prune.get("nothing_pruned")
+    if why:
+        print(f"graphprune: nothing to prune in {src}: {why}; nothing written", file=sys.stderr)
+        return EXIT_OK
+    return _write_outputs(args, src, out, result.model, result.report, t0, lambda path: _no_plan(path))
+
+
+def _no_plan(path: str) -> None:
+    raise InputError(f"--save-plan {path}: the sparsity pass removes no channel, it has no plan")
+
+
 def _pass_options(args, plan) -> dict:
     """The pass options the prune flags give (None: the pass's default)."""
     return dict(
@@ -571,6 +643,10 @@ def _pass_options(args, plan) -> dict:
         # only a target measures latency tables, whose progress is worth showing
         progress=None if args.quiet or not _targets(args) else (lambda msg: _say(args, msg)),
         sensitivity=args.sensitivity,
+        pattern=args.pattern,
+        sparsity=args.sparsity,
+        sparsity_criterion=args.sparsity_criterion,
+        mode=args.mode,
     )
 
 

@@ -107,7 +107,17 @@ class Report:
             )
             lines.append(f"costs per sample at: {shown}")
         p = self.prune
-        if p and ("blocks_found" not in p or "groups_prunable" in p):
+        if p.get("sparsity"):
+            sp = p["sparsity"]
+            lines.append(
+                f"sparsity ({p.get('pattern')}, {p.get('sparsity_criterion')}): {sp['overall']:.3f} of the weights of"
+                f" {sp['layers_sparsified']} layers zeroed, {len(sp['skipped'])} layers skipped; MACs of dense kernels"
+                " unchanged"
+            )
+            if p.get("zip_bytes_before") and p.get("zip_bytes_after"):
+                zb, za = p["zip_bytes_before"], p["zip_bytes_after"]
+                lines.append(f"zip (deflate): {_bytes(zb)} -> {_bytes(za)} ({_ratio(za, zb)})")
+        elif p and ("blocks_found" not in p or "groups_prunable" in p):
             lines.append(
                 f"groups: {p.get('groups_pruned', 0)} pruned of {p.get('groups_prunable', 0)} prunable,"
                 f" {p.get('groups_blocked', 0)} blocked, {p.get('channels_removed', 0)} channels removed"

@@ -64,6 +64,7 @@ class Pipeline(TransformMixin):
 from .channel import ChannelPruning  # noqa: E402
 from .filter import FilterPruning  # noqa: E402
 from .layer import LayerPruning  # noqa: E402
+from .sparsity import SparsityPruning  # noqa: E402
 
 # ``--pass NAME``: one line per pass. The CLI and ``graphprune.prune`` give each pass the
 # options its dataclass has fields for.
@@ -71,6 +72,7 @@ PASSES: dict[str, type] = {
     "filter": FilterPruning,
     "channel": ChannelPruning,
     "layer": LayerPruning,
+    "sparsity": SparsityPruning,
 }
 
 __all__ = [
@@ -82,4 +84,5 @@ __all__ = [
     "PassResult",
     "Pipeline",
     "PruneOutcome",
+    "SparsityPruning",
 ]

@@ -61,8 +61,12 @@ class ChannelPruning(TransformMixin):
     ignore: tuple[str, ...] = ()
     units: tuple[str, ...] = ()
     seed: int = 0
+    mode: str = "remove"  # remove | mask: zeros written instead, shapes kept (graphprune.maskmode)
 
     def __post_init__(self) -> None:
+        from ..maskmode import check_mode
+
+        check_mode(self.mode)
         if not 0.0 < self.ratio < 1.0:
             raise InputError(f"ratio must be between 0 and 1 (exclusive), got {self.ratio}")
         if self.selection not in SELECTIONS:

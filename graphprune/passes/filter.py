@@ -23,6 +23,7 @@ from ..criteria.data import DATA_CRITERIA
 from ..data import DEFAULT_BATCH
 from ..dependency import DependencyGraph, analyze
 from ..errors import InputError
+from ..maskmode import check_mode
 from ..plan import Plan, plan_from_json
 from ..surgery import apply_plan
 from . import PassResult, PruneOutcome, TransformMixin
@@ -86,11 +87,13 @@ class FilterPruning(TransformMixin):
     latency_table: str | None = None  # the table's file (default: the cache directory)
     latency_model: str = "layer"  # layer: per-layer curves; model: the whole model timed per group pruned
     threads: int = 1  # onnxruntime intra-op threads for latency tables and timing
+    mode: str = "remove"  # remove | mask: zeros written instead, shapes kept (graphprune.maskmode)
     progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
     # measured drops per group (a Sensitivity or its JSON file) price each group's removals for a target
     sensitivity: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        check_mode(self.mode)
         targets = {k: v for k, v in self.targets.items() if v is not None}
         if len(targets) > 1:
             raise InputError(f"choose one target, not {' and '.join('--target-' + k for k in targets)}")

@@ -151,7 +151,13 @@ def finish(
     if stats is not None:
         notes["calibration"] = stats.summary()
     earlier, key = history_of(model), fingerprint(model)  # before an in-place surgery changes the model
-    pruned = apply_plan(reference, ref_deps, ref_plan, inplace=inplace)
+    if getattr(pass_, "mode", "remove") == "mask":  # zeros written where removal would cut, shapes kept
+        from ..maskmode import mask_plan
+
+        pruned = mask_plan(reference, ref_deps, ref_plan)
+        notes["mode"] = "mask"
+    else:
+        pruned = apply_plan(reference, ref_deps, ref_plan, inplace=inplace)
     plan_json = ref_plan.to_json(ref_deps)
     set_metadata(pruned, PLAN_METADATA_KEY, json.dumps(plan_json, separators=(",", ":")))
     if earlier:

@@ -55,8 +55,12 @@ class LayerPruning(TransformMixin):
     calib: str | os.PathLike | None = None
     calib_limit: int | None = CALIB_LIMIT
     plan: dict | None = None
+    mode: str = "remove"  # remove | mask: f's weights zeroed instead, shapes kept (graphprune.maskmode)
 
     def __post_init__(self) -> None:
+        from ..maskmode import check_mode
+
+        check_mode(self.mode)
         if self.plan is not None:
             return
         if isinstance(self.remove_blocks, bool) or not isinstance(self.remove_blocks, int) or self.remove_blocks < 1:
@@ -81,7 +85,12 @@ class LayerPruning(TransformMixin):
         else:
             scores = score_blocks(model, blocks, self.criterion, calib=self.calib, limit=self.calib_limit, mv=mv)
             chosen = lowest(blocks, scores, self.remove_blocks)
-        pruned = remove_blocks(model, chosen)
+        if self.mode == "mask":
+            from ..maskmode import mask_blocks
+
+            pruned = mask_blocks(model, chosen)
+        else:
+            pruned = remove_blocks(model, chosen)
         plan = plan_json(chosen, scores, None if self.plan is not None else self.criterion)
         set_metadata(pruned, LAYER_PLAN_KEY, json.dumps(plan, separators=(",", ":")))
         return pruned, chosen, self.report(blocks, chosen, scores)
@@ -95,6 +104,7 @@ class LayerPruning(TransformMixin):
             if self.calib is None
             else str(getattr(self.calib, "path", self.calib)),  # a Dataset: its path
             "blocks_found": len(blocks),
+            **({"mode": "mask"} if self.mode == "mask" else {}),
             "blocks_removed": [_entry(b, scores[b.id]) for b in chosen],
             "block_scores": [
                 {"add": b.add, "score": _num(scores[b.id]), "macs_share": b.macs / total_macs} for b in blocks
