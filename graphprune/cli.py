@@ -589,9 +589,14 @@ def _prune_sparsity(args, src: Path, out: Path) -> int:
             raise InputError(f"prune: --pass sparsity does not take {flag} (the fraction zeroed is --sparsity)")
     if _targets(args):
         raise InputError(f"prune: --pass sparsity does not take --{_targets(args)[0].replace('_', '-')}")
+    if args.save_plan:
+        raise InputError("prune: --pass sparsity removes no channel: it has no plan to --save-plan")
     options = _pass_options(args, plan=None)
     options["ratio"] = 0.5  # the API's default: not an option of this pass
     options["round_to"] = 1
+    from .sparsify import sparsity_pass
+
+    sparsity_pass(options)  # usage errors before the (possibly long) load
     t0 = time.perf_counter()
     _say(args, f"loading {src} ...")
     model = api.load_model(src)
@@ -609,11 +614,7 @@ def _prune_sparsity(args, src: Path, out: Path) -> int:
     if why:
         print(f"graphprune: nothing to prune in {src}: {why}; nothing written", file=sys.stderr)
         return EXIT_OK
-    return _write_outputs(args, src, out, result.model, result.report, t0, lambda path: _no_plan(path))
-
-
-def _no_plan(path: str) -> None:
-    raise InputError(f"--save-plan {path}: the sparsity pass removes no channel, it has no plan")
+    return _write_outputs(args, src, out, result.model, result.report, t0, lambda path: None)
 
 
 def _pass_options(args, plan) -> dict:

@@ -23,6 +23,18 @@ from .plan import Plan
 SPARSITY_METADATA_KEY = "graphprune.sparsity"
 
 
+def sparsity_pass(options: dict):
+    """The sparsity pass of ``options`` (the keywords of :func:`graphprune.prune`); usage errors
+    (an option it does not take, ``criterion`` for ``sparsity_criterion``) raise InputError."""
+    from .api import make_pass
+
+    if options.get("criterion") is not None:
+        raise InputError(
+            "the sparsity pass ranks weights by --sparsity-criterion (magnitude, wanda, obs), not --criterion"
+        )
+    return make_pass("sparsity", **{k: v for k, v in options.items() if k != "criterion"})
+
+
 def prune_sparsity(model, options: dict, *, validate: bool, latency: bool, feeds, input_shapes, latency_runs):
     """Sparsify ``model`` with the sparsity pass built from ``options`` (the keywords of
     :func:`graphprune.prune`) and validate it; a :class:`graphprune.api.PruneResult` whose plan
@@ -32,12 +44,7 @@ def prune_sparsity(model, options: dict, *, validate: bool, latency: bool, feeds
     from . import api
     from .data import Dataset, open_dataset
 
-    if options.get("criterion") is not None:
-        raise InputError(
-            "the sparsity pass ranks weights by --sparsity-criterion (magnitude, wanda, obs), not --criterion"
-        )
-    options = {k: v for k, v in options.items() if k != "criterion"}
-    pass_ = api.make_pass("sparsity", **options)
+    pass_ = sparsity_pass(options)
     original = api.load_model(model)
     data = pass_.calib
     if data is not None and not isinstance(data, Dataset):

@@ -104,7 +104,8 @@ class Candidate:
 
 
 def _role_map(deps) -> dict[tuple[str, int], str]:
-    return {(m.tensor, m.axis): m.role for g in deps.groups for m in g.members if m.role}
+    roles = {(m.tensor, m.axis): m.role for g in deps.groups for m in g.members if m.role}
+    return {**roles, **getattr(deps, "roles", {})}
 
 
 def find_layers(deps) -> tuple[list[Candidate], list[dict]]:
