@@ -724,7 +724,10 @@ def validate(
     if steps is not None:
         # pruned several times since the original: one plan in the original's indices
         source = f"{pruned} (history in its metadata)" if not isinstance(pruned, onnx.ModelProto) else "history"
-        if all(isinstance(s["plan"], dict) and "groups" in s["plan"] for s in steps):
+        if any(s.get("mode") == "mask" for s in steps[:-1]):
+            through = f"a step before the last of the {len(steps)} since the original wrote masks (--mode mask): the"
+            through += " later plans address its unpruned shapes, so the plans do not compose"
+        elif all(isinstance(s["plan"], dict) and "groups" in s["plan"] for s in steps):
             deps = _analyze(orig, inexact=True)
             plan = compose([s["plan"] for s in steps], deps, source=source)
             through = f"through {len(steps)} pruning steps, their plans composed into the original's indices"

@@ -98,3 +98,15 @@ def test_cli_mode_mask_keeps_every_shape(tmp_path, capsys):
     assert shapes(onnx.load(out)) == shapes(model)
     code = main(["prune", str(src), "-o", str(out), "--force", "--mode", "hide", "-q"])
     assert code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_validate_reads_a_masked_history_without_failing_a_good_model():
+    model = builders.residual_net()
+    masked = graphprune.prune(model, ratio=0.5, mode="mask", latency=False).model
+    assert graphprune.validate(model, masked, latency=False).exact.passed  # its plan, in the original's indices
+    # removed after it was masked: the second plan addresses the masked (full-size) shapes
+    removed = graphprune.prune(masked, ratio=0.5, latency=False)
+    assert removed.report.exact.passed
+    later = graphprune.validate(model, removed.model, latency=False)
+    assert later.passed and not later.exact.checked and "--mode mask" in later.exact.note
+    assert graphprune.validate(masked, removed.model, latency=False).exact.passed

@@ -93,6 +93,10 @@ class LayerPruning(TransformMixin):
             pruned = remove_blocks(model, chosen)
         plan = plan_json(chosen, scores, None if self.plan is not None else self.criterion)
         set_metadata(pruned, LAYER_PLAN_KEY, json.dumps(plan, separators=(",", ":")))
+        if self.mode == "mask":
+            from .finish import mark_masked
+
+            mark_masked(pruned, plan)
         return pruned, chosen, self.report(blocks, chosen, scores)
 
     def report(self, blocks: Sequence[Block], chosen: Sequence[Block], scores: np.ndarray) -> dict:
