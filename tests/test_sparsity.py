@@ -203,3 +203,18 @@ def test_cli_bad_sparsity_combinations_exit_2(tmp_path, capsys, extra, message):
     code, err = _cli(["prune", str(src), "-o", str(out), "-q", *extra], capsys)
     assert code == 2 and message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["--pattern", "--sparsity", "--sparsity-criterion", "--mode", "sparsity", "zip_bytes_before", "zip_bytes_after"]
+    + ["pattern_check", "sparsity_criterion", "graphprune.masked", "graphprune.sparsity", "mode"],
+)
+def test_flags_and_report_keys_are_documented(name):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "usage.md").read_text()
+    text = re.sub(r"```.*?```", "", text, flags=re.S)  # fenced blocks would pair the backticks wrongly
+    word = re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])")
+    assert any(word.search(span) for span in re.findall(r"`([^`]+)`", text)), name
