@@ -218,3 +218,15 @@ def test_flags_and_report_keys_are_documented(name):
     text = re.sub(r"```.*?```", "", text, flags=re.S)  # fenced blocks would pair the backticks wrongly
     word = re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])")
     assert any(word.search(span) for span in re.findall(r"`([^`]+)`", text)), name
+
+
+def test_layers_it_cannot_sparsify_are_reported_with_their_reason():
+    from models import variants
+
+    grouped = graphprune.prune(builders.grouped_conv(), pass_="sparsity", latency=False).report.prune
+    reasons = [s["reason"] for s in grouped["sparsity"]["skipped"]]
+    assert any("does not sum over one declared input axis" in r for r in reasons)
+    assert grouped["sparsity"]["layers_sparsified"] > 0
+    qdq = graphprune.prune(variants.to_qdq(builders.conv_chain()), pass_="sparsity", latency=False)
+    assert "integer weight" in qdq.report.prune["nothing_pruned"]
+    assert qdq.report.prune["sparsity"]["layers_sparsified"] == 0

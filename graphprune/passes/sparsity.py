@@ -3,8 +3,9 @@
 Rules:
 1. Layers: every node that contracts a data input (the rules' ``contract``) against a float
    constant weight, directly or through Cast/Identity, whose input ("in") axis a rule
-   declared. A weight dequantized from integers (its zero is the zero point), tied between
-   nodes, or without a declared input axis (grouped convolution) is skipped with that reason.
+   declared. An integer weight (quantized: its zero is the zero point), a weight tied between
+   nodes, or one without a declared input axis (grouped convolution) is skipped with that
+   reason, and so is every other weight a rule gave a role but no contraction.
 2. A weight is seen as ``[O, K, taps]``: ``O`` its "out" axis, ``K`` its "in" (reduction)
    axis, ``taps`` the other axes (a Conv's kernel positions) in order.
 3. Patterns: ``unstructured`` zeros the ``sparsity`` fraction of each layer's weights;
@@ -131,7 +132,7 @@ def find_layers(deps) -> tuple[list[Candidate], list[dict]]:
                     {
                         "node": name,
                         "weight": source,
-                        "reason": "weight dequantized from integers (its zero is the zero point): not supported",
+                        "reason": "integer weight (quantized: its zero is the zero point): not supported",
                     }  # fmt: skip
                 )
                 break
@@ -155,6 +156,20 @@ def find_layers(deps) -> tuple[list[Candidate], list[dict]]:
             # the reader of the source itself (a Cast reads it when the weight is converted)
             direct = list(mv.consumers.get(source, []))
             found.append(Candidate(node_index, source, direct, in_axes[0], out_axes[0]))
+            break
+    # weights of filters (a role "out" or "in") read by nodes that do not contract: said, not skipped silently
+    for node_index, node in enumerate(mv.nodes):
+        if node_index in seen_nodes:
+            continue
+        for w in node.input:
+            source = mv.weight_source(w) if w else None
+            rank = len(mv.shapes.get(w) or ())
+            if source is None or rank < 2 or not any(roles.get((source, a)) in ("in", "out") for a in range(rank)):
+                continue
+            if node_index not in {i for i, _ in mv.weight_readers(source)}:
+                continue  # a Cast or DequantizeLinear on the way to its reader
+            why = f"{node.op_type} does not sum over one declared input axis of its weight (grouped convolution?)"
+            skipped.append({"node": mv.node_names[node_index], "weight": source, "reason": why})
             break
     return found, skipped
 
