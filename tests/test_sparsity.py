@@ -230,3 +230,15 @@ def test_layers_it_cannot_sparsify_are_reported_with_their_reason():
     qdq = graphprune.prune(variants.to_qdq(builders.conv_chain()), pass_="sparsity", latency=False)
     assert "integer weight" in qdq.report.prune["nothing_pruned"]
     assert qdq.report.prune["sparsity"]["layers_sparsified"] == 0
+
+
+def test_a_model_with_external_data_is_refused_in_one_line(tmp_path, capsys):
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    model = builders.flatten_gemm(head="matmul")
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="m.data", size_threshold=0)
+    onnx.save(model, tmp_path / "m.onnx")
+    out = tmp_path / "s.onnx"
+    for extra in (["--pass", "sparsity"], ["--mode", "mask"]):
+        code, err = _cli(["prune", str(tmp_path / "m.onnx"), "-o", str(out), "-q", "--no-latency", *extra], capsys)
+        assert code == 2 and "external data is not supported" in err and not out.exists()

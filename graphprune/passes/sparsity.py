@@ -407,7 +407,10 @@ class SparsityPruning(TransformMixin):
         import fnmatch
 
         from ..dependency import analyze
+        from ..weights import has_lazy
 
+        if has_lazy(model):  # weights are written through copies of the tensors, which a lazy model does not hold
+            raise InputError("--pass sparsity on a model with external data is not supported yet")
         deps = deps if deps is not None else analyze(model)
         candidates, skipped = find_layers(deps)
         mv = deps.view
