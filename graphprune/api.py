@@ -767,6 +767,10 @@ def validate(
             note=f"weights were compensated ({compensated}) from calibration data: the exact reference is the"
             " compensated original, which only the pruning run has; fidelity measures the pruned model"
         )
+    if chosen is None and not through and get_metadata(new, "graphprune.sparsity") and report.runtime["passed"]:
+        from .sparsify import stored_exactness  # a model of the sparsity pass: its zeros are its plan
+
+        report.exact = stored_exactness(orig, new, feeds)
     if dataset is not None and report.runtime["passed"]:
         ev = evaluate(orig, new, dataset, labels=key, batch_size=batch_size)
         report.fidelity, report.accuracy = ev.fidelity, ev.accuracy

@@ -17,7 +17,7 @@ from . import weights
 from .dependency import analyze
 from .errors import InputError
 from .passes.finish import set_metadata
-from .passes.sparsity import check_layers, model_zeros, reference_bytes, zip_bytes
+from .passes.sparsity import SparseLayer, check_layers, model_zeros, reference_bytes, zip_bytes
 from .plan import Plan
 
 SPARSITY_METADATA_KEY = "graphprune.sparsity"
@@ -72,6 +72,7 @@ def prune_sparsity(model, options: dict, *, validate: bool, latency: bool, feeds
         details["zip_bytes_before"] = details["zip_bytes_after"] = None
     record = {
         "pattern": pass_.pattern,
+        "criterion": pass_.sparsity_criterion,
         "layers": [{"weight": ly.weight, "in_axis": ly.in_axis} for ly in result.layers],
     }
     set_metadata(result.model, SPARSITY_METADATA_KEY, json.dumps(record, separators=(",", ":")))
@@ -101,3 +102,44 @@ def prune_sparsity(model, options: dict, *, validate: bool, latency: bool, feeds
             ev = evaluate(original, result.model, data, batch_size=pass_.batch_size, limit=api.FIDELITY_SAMPLES)
             report.fidelity = ev.fidelity
     return api.PruneResult(model=result.model, report=report, plan=Plan(), deps=deps)
+
+
+def stored_exactness(original, sparse, feeds):
+    """Exactness of a sparsity-pass model against ``original`` from the record in its metadata
+    (``graphprune validate``): the zeros it has on each recorded weight are masked on the
+    original's, and the pattern is checked again. After OBS the kept weights were updated from
+    calibration data, which only the pruning run has: then only the pattern is checked."""
+    import json
+
+    from onnx import numpy_helper
+
+    from .passes.finish import get_metadata
+    from .validation import Exactness
+
+    record = json.loads(get_metadata(sparse, SPARSITY_METADATA_KEY))
+    mine = {t.name: t for t in sparse.graph.initializer}
+    deps = analyze(original)
+    layers = []
+    for entry in record.get("layers", []):
+        name = entry["weight"]
+        if name not in mine or name not in deps.view.initializers:
+            return Exactness(note=f"the sparse model's record names {name}, which is not a weight of both models")
+        w = numpy_helper.to_array(mine[name])
+        readers = list(deps.view.consumers.get(name, []))
+        axis = int(entry["in_axis"])
+        layers.append(SparseLayer("", -1, "", name, readers, tuple(w.shape), axis, 0, "", w == 0))
+    check = check_layers(sparse, layers, record.get("pattern", "unstructured"))
+    said = f"pattern {check['pattern']} checked on {check['checked']} weights"
+    if not check["passed"]:
+        return Exactness(checked=True, passed=False, note=f"{said}: fails on {', '.join(check['failed'][:3])}")
+    if record.get("criterion") not in ("magnitude", "wanda"):  # obs, or a record that does not say
+        return Exactness(
+            note=f"{said}: held; the kept weights were updated by OBS from calibration data, which only the pruning"
+            " run has: exactness is checked there"
+        )
+    from . import api
+
+    reference = api._Reference(original, lambda: reference_bytes(original, layers))
+    exact = api._exactness(original, sparse, reference, [], feeds)
+    exact.note = f"against the original with the sparse model's zeros masked; {said}: held"
+    return exact

@@ -242,3 +242,27 @@ def test_a_model_with_external_data_is_refused_in_one_line(tmp_path, capsys):
     for extra in (["--pass", "sparsity"], ["--mode", "mask"]):
         code, err = _cli(["prune", str(tmp_path / "m.onnx"), "-o", str(out), "-q", "--no-latency", *extra], capsys)
         assert code == 2 and "external data is not supported" in err and not out.exists()
+
+
+def test_validate_checks_a_sparse_model_from_its_record(tmp_path):
+    model = builders.flatten_gemm(head="matmul")
+    sparse = graphprune.prune(model, pass_="sparsity", pattern="2:4", latency=False).model
+    later = graphprune.validate(model, sparse, latency=False)
+    assert later.passed and later.exact.checked and "2:4" in later.exact.note
+    tampered = onnx.ModelProto()
+    tampered.CopyFrom(sparse)
+    layer = json.loads(next(p.value for p in sparse.metadata_props if p.key == "graphprune.sparsity"))["layers"][-1]
+    t = next(t for t in tampered.graph.initializer if t.name == layer["weight"])
+    w = numpy_helper.to_array(t).copy()
+    w[w != 0] *= 1.5  # kept weights changed: no longer the original with zeros
+    t.CopyFrom(numpy_helper.from_array(w, t.name))
+    assert not graphprune.validate(model, tampered, latency=False).passed
+    w[w == 0] = 1.0  # and now the 2:4 pattern is gone too
+    t.CopyFrom(numpy_helper.from_array(w, t.name))
+    broken = graphprune.validate(model, tampered, latency=False)
+    assert not broken.passed and "fails on" in broken.exact.note
+    data = save_npz(tmp_path, "c.npz", 16, (3, 9, 9))
+    kw = dict(pass_="sparsity", sparsity_criterion="obs", calib=data, latency=False)
+    obs = graphprune.prune(conv_model(batch=None), **kw)
+    noted = graphprune.validate(conv_model(batch=None), obs.model, latency=False)
+    assert noted.passed and not noted.exact.checked and "OBS" in noted.exact.note
