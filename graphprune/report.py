@@ -122,6 +122,8 @@ class Report:
                 f"groups: {p.get('groups_pruned', 0)} pruned of {p.get('groups_prunable', 0)} prunable,"
                 f" {p.get('groups_blocked', 0)} blocked, {p.get('channels_removed', 0)} channels removed"
             )
+        if p.get("mode") == "mask" or any(s.get("mode") == "mask" for s in p.get("passes") or []):
+            lines.append("mode: mask: what is pruned is written as zeros, all shapes kept (parameters, MACs unchanged)")
         if p.get("channel_step"):  # counts kept on it: say so, the ratio asked was rounded
             s = p["channel_step"]
             lines.append(
