@@ -266,3 +266,12 @@ def test_validate_checks_a_sparse_model_from_its_record(tmp_path):
     obs = graphprune.prune(conv_model(batch=None), **kw)
     noted = graphprune.validate(conv_model(batch=None), obs.model, latency=False)
     assert noted.passed and not noted.exact.checked and "OBS" in noted.exact.note
+
+
+def test_cli_with_nothing_to_sparsify_writes_nothing_and_says_why(tmp_path, capsys):
+    from models import variants
+
+    src, out = tmp_path / "q.onnx", tmp_path / "s.onnx"
+    onnx.save(variants.to_qdq(builders.conv_chain()), src)
+    code, err = _cli(["prune", str(src), "-o", str(out), "--pass", "sparsity", "-q"], capsys)
+    assert code == 0 and "nothing to prune" in err and "integer weight" in err and not out.exists()
