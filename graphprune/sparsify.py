@@ -75,6 +75,12 @@ def prune_sparsity(model, options: dict, *, validate: bool, latency: bool, feeds
         "criterion": pass_.sparsity_criterion,
         "layers": [{"weight": ly.weight, "in_axis": ly.in_axis} for ly in result.layers],
     }
+    # earlier steps' plans address the input's ancestors, which do not have these zeros: the
+    # sparse model carries its own record only (validate it against its input)
+    keep = [(p.key, p.value) for p in result.model.metadata_props if not p.key.startswith("graphprune.")]
+    del result.model.metadata_props[:]
+    for k, v in keep:
+        set_metadata(result.model, k, v)
     set_metadata(result.model, SPARSITY_METADATA_KEY, json.dumps(record, separators=(",", ":")))
     before = api.sample_cost(original, sizes)
     report = api._costs_report(before, api.sample_cost(result.model, sizes), details)
@@ -125,6 +131,11 @@ def stored_exactness(original, sparse, feeds):
         if name not in mine or name not in deps.view.initializers:
             return Exactness(note=f"the sparse model's record names {name}, which is not a weight of both models")
         w = numpy_helper.to_array(mine[name])
+        if tuple(w.shape) != tuple(deps.view.shapes.get(name) or ()):
+            return Exactness(
+                note=f"{name} has another shape in the original: the model was sparsified after other steps;"
+                " validate it against the model it was sparsified from"
+            )
         readers = list(deps.view.consumers.get(name, []))
         axis = int(entry["in_axis"])
         layers.append(SparseLayer("", -1, "", name, readers, tuple(w.shape), axis, 0, "", w == 0))
