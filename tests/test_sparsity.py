@@ -284,3 +284,13 @@ def test_a_pruned_then_sparsified_model_is_validated_against_its_input_not_faile
     assert graphprune.validate(pruned, sparse, latency=False).exact.passed
     later = graphprune.validate(model, sparse, latency=False)
     assert later.passed and not later.exact.checked and "another shape" in later.exact.note
+
+
+def test_wanda_compares_within_each_output_row(tmp_path):
+    model = conv_model(batch=None)
+    data = save_npz(tmp_path, "c.npz", 16, (3, 9, 9))
+    r = graphprune.prune(model, pass_="sparsity", sparsity=0.25, sparsity_criterion="wanda", calib=data, latency=False)
+    w = weights_of(r.model)["w2"].reshape(4, -1)  # 4 outputs x 72 inputs
+    assert ((w == 0).sum(axis=1) == 18).all()  # a quarter of every row, not of the layer
+    m = graphprune.prune(model, pass_="sparsity", sparsity=0.25, latency=False)
+    assert (weights_of(m.model)["w2"] == 0).sum() == 18 * 4  # magnitude: a quarter of the layer

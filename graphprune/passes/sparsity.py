@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..calibrate import DEFAULT_MAX_FEATURES as MAX_FEATURES  # a wider layer gets no Hessian: magnitude
 from ..data import DEFAULT_BATCH
 from ..errors import InputError
 from . import PassResult, TransformMixin
@@ -47,7 +48,6 @@ DEFAULT_SPARSITY = 0.5
 OBS_BLOCK = 128  # columns per SparseGPT block
 OBS_DAMP = 0.01  # λ as a fraction of the Hessian's mean diagonal
 MAX_ROWS = 256  # calibration rows per sample and layer (positions of a Conv)
-MAX_FEATURES = 8192  # a wider layer gets no Hessian (falls back to magnitude)
 _FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
@@ -195,6 +195,14 @@ def _smallest(scores: np.ndarray, k: int) -> np.ndarray:
     return mask.reshape(scores.shape)
 
 
+def _smallest_per_row(scores: np.ndarray, k: int) -> np.ndarray:
+    """Bool mask of the ``k`` smallest entries of each row of 2-D ``scores``."""
+    mask = np.zeros(scores.shape, bool)
+    if k > 0:
+        np.put_along_axis(mask, np.argsort(scores, axis=1, kind="stable")[:, :k], True, axis=1)
+    return mask
+
+
 def select(scores: np.ndarray, pattern: str, sparsity: float, per_output: bool) -> np.ndarray:
     """Mask ``[O, K, taps]`` (True = zero) of the lowest ``scores`` under ``pattern``."""
     o, k, taps = scores.shape
@@ -209,12 +217,13 @@ def select(scores: np.ndarray, pattern: str, sparsity: float, per_output: bool) 
     if pattern == "kernel":
         ks = scores.sum(axis=2)  # [O, K]
         if per_output:
-            km = np.stack([_smallest(r, int(round(sparsity * k))) for r in ks])
+            km = _smallest_per_row(ks, int(round(sparsity * k)))
         else:
             km = _smallest(ks, int(round(sparsity * ks.size)))
         return np.repeat(km[:, :, None], taps, axis=2)
     if per_output:
-        return np.stack([_smallest(r, int(round(sparsity * r.size))) for r in scores])
+        flat = scores.reshape(o, -1)
+        return _smallest_per_row(flat, int(round(sparsity * flat.shape[1]))).reshape(scores.shape)
     return _smallest(scores, int(round(sparsity * scores.size)))
 
 
