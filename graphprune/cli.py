@@ -591,9 +591,7 @@ def _prune_sparsity(args, src: Path, out: Path) -> int:
         raise InputError(f"prune: --pass sparsity does not take --{_targets(args)[0].replace('_', '-')}")
     if args.save_plan:
         raise InputError("prune: --pass sparsity removes no channel: it has no plan to --save-plan")
-    options = _pass_options(args, plan=None)
-    options["ratio"] = 0.5  # the API's default: not an option of this pass
-    options["round_to"] = 1
+    options = _pass_options(args, plan=None)  # any option the pass does not take is refused
     from .sparsify import sparsity_pass
 
     sparsity_pass(options)  # usage errors before the (possibly long) load

@@ -194,6 +194,8 @@ def test_cli_sparsity_writes_model_and_report_keys(tmp_path, capsys):
         (["--pass", "sparsity", "filter"], "runs alone"),
         (["--pass", "sparsity", "--ratio", "0.3"], "does not take --ratio"),
         (["--pass", "sparsity", "--target-flops", "0.5"], "does not take --target-flops"),
+        (["--pass", "sparsity", "--round-to", "8"], "does not take round-to"),
+        (["--pass", "sparsity", "--unit", "mlp"], "does not take units"),
     ],
 )
 def test_cli_bad_sparsity_combinations_exit_2(tmp_path, capsys, extra, message):
