@@ -2,12 +2,13 @@
 
 Rules:
 1. Channels (filter and channel passes): for each node that sums over a removed channel,
-   that channel's columns of its weight are zeroed (Conv input channels with all their kernel
-   taps, the K rows of a MatMul/Gemm weight), so the channel contributes exactly what removal
-   leaves: nothing, whatever sits between producer and consumer (a BatchNormalization's bias
-   would otherwise leak). Where the weight is not a float constant read by that node alone
-   (an integer op, a tied or computed weight), the masked reference's ``Mul`` by a 0/1 mask
-   (:mod:`graphprune.masking`) is inserted instead. The producers' removed filters ("out"
+   that channel's entries of its weight's input axis (the one a rule marks "in": Conv input
+   channels with all their kernel taps, the K rows of a MatMul/Gemm weight, ConvTranspose's
+   axis 0) are zeroed, so the channel contributes exactly what removal leaves: nothing,
+   whatever sits between producer and consumer (a BatchNormalization's bias would otherwise
+   leak). Where the weight is not a float constant read by that node alone (an integer op, a
+   tied or computed weight, a grouped convolution), the masked reference's ``Mul`` by a 0/1
+   mask (:mod:`graphprune.masking`) is inserted instead. The producers' removed filters ("out"
    weights) and the per-channel constants their nodes read with them (biases) are zeroed
    too, as soft filter pruning exports them.
 2. Blocks (layer pass): every float constant of more than one element read only by the
@@ -25,7 +26,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .consumers import consumers_of, features_of, from_matrix, weight_matrix
 from .dependency import DependencyGraph
 from .errors import InputError
 from .plan import Plan
@@ -65,6 +65,33 @@ def _copy(model: onnx.ModelProto, what: str) -> onnx.ModelProto:
     return out
 
 
+def _zero(t: onnx.TensorProto, axis: int, idx: np.ndarray) -> None:
+    w = numpy_helper.to_array(t).copy()
+    index = [slice(None)] * w.ndim
+    index[axis] = idx
+    w[tuple(index)] = 0
+    _write(t, w)
+
+
+def _input_column(mv, node_index: int, dim, roles: dict, removed: dict, protos: dict) -> tuple[str, int] | None:
+    """The (float constant, axis) whose entries on the removed channels of ``dim`` node
+    ``node_index`` multiplies: its weight's one input ("in") axis, when that weight is read by
+    this node alone and loses the same channels; None otherwise (rule 1's Mul then)."""
+    node = mv.nodes[node_index]
+    found = []
+    for w in node.input:
+        source = mv.weight_source(w) if w and w != dim[0] else None
+        if source is None or source not in protos or protos[source].data_type not in _FLOAT:
+            continue
+        if {i for i, _ in mv.weight_readers(source)} != {node_index}:
+            continue  # tied: zeroing it would change another node
+        rank = len(mv.shapes.get(source) or ())
+        found += [(source, a) for a in range(rank) if roles.get((source, a)) == "in" and (source, a) in removed]
+    if len(found) != 1 or len(removed[found[0]]) != len(removed[dim]):
+        return None
+    return found[0]
+
+
 def mask_plan(model: onnx.ModelProto, deps: DependencyGraph, plan: Plan) -> onnx.ModelProto:
     """``model`` (analysed as ``deps``) with ``plan``'s removed channels zeroed (rule 1)."""
     from .masking import masked_bytes
@@ -72,25 +99,22 @@ def mask_plan(model: onnx.ModelProto, deps: DependencyGraph, plan: Plan) -> onnx
     out = _copy(model, "channels")
     removed = removed_entries(deps, plan)
     protos = _constants(out)
-    consumers = consumers_of(deps)
     mv = deps.view
+    roles = {**{(m.tensor, m.axis): m.role for g in deps.groups for m in g.members}, **deps.roles}
     runtime_masks: dict = {}
+    zeroed: set[tuple[str, int]] = set()
     for node_index, dim in deps.contractions:
         idx = removed.get(dim)
         if idx is None or not len(idx):
             continue
-        c = consumers.get(node_index)
-        t = protos.get(c.weight) if c is not None and c.weight is not None else None
-        if t is None or t.data_type not in _FLOAT:
+        column = _input_column(mv, node_index, dim, roles, removed, protos)
+        if column is None:
             mask = np.ones(mv.shapes[dim[0]][dim[1]])
             mask[idx] = 0
             runtime_masks[dim] = mask
-            continue
-        w = numpy_helper.to_array(t)
-        m = weight_matrix(c, w)
-        m[:, features_of(c, idx)] = 0.0
-        _write(t, from_matrix(c, m, w))
-    roles = {(m.tensor, m.axis): m.role for g in deps.groups for m in g.members}
+        elif column not in zeroed:
+            zeroed.add(column)
+            _zero(protos[column[0]], column[1], removed[column])
     producers = {name for (name, _axis), role in roles.items() if role == "out"}
     with_bias = {}  # per-channel constants read by a producing node alongside its filters
     for i, node in enumerate(mv.nodes):
@@ -102,11 +126,7 @@ def mask_plan(model: onnx.ModelProto, deps: DependencyGraph, plan: Plan) -> onnx
         if not len(idx) or name not in protos or protos[name].data_type not in _FLOAT:
             continue
         if roles.get((name, axis)) == "out" or (roles.get((name, axis)) == "param" and name in with_bias):
-            w = numpy_helper.to_array(protos[name]).copy()
-            index = [slice(None)] * w.ndim
-            index[axis] = idx
-            w[tuple(index)] = 0
-            _write(protos[name], w)
+            _zero(protos[name], axis, idx)
     if runtime_masks:
         data, _ = masked_bytes(out, deps, runtime_masks)
         out = onnx.load_from_string(data)

@@ -13,7 +13,7 @@ import graphprune
 from graphprune.cli import main
 from graphprune.errors import InputError
 from graphprune.validation import run
-from models import builders, transformers
+from models import builders, fused, transformers, variants
 from tests.test_calibrate import conv_model
 from tests.test_calibrate import save as save_npz
 
@@ -23,6 +23,9 @@ STRUCTURES = {
     "split": (lambda: builders.split_chunk(), {}),
     "heads": (lambda: transformers.encoder_block(), {"units": ["heads"]}),
     "mlp": (lambda: transformers.encoder_block(), {"units": ["mlp"]}),
+    "convtranspose": (lambda: builders.convtranspose_decoder(), {}),
+    "fused": (lambda: fused.fused_conv_gemm(), {}),  # com.microsoft FusedConv / FusedGemm
+    "qdq": (lambda: variants.to_qdq(builders.residual_net()), {}),  # weights dequantized: Muls at the consumers
 }
 
 
@@ -44,6 +47,8 @@ def test_masked_filter_pruning_equals_real_pruning(name):
     assert masked.report.passed and masked.report.exact.checked and masked.report.exact.passed
     assert masked.report.prune["mode"] == "mask" and masked.report.prune["channels_removed"] > 0
     assert shapes(masked.model) == shapes(model)  # nothing removed
+    added = len(masked.model.graph.node) - len(model.graph.node)
+    assert added > 0 if name == "qdq" else added == 0  # float weights are zeroed in place, no Mul
     assert masked.report.params_after == masked.report.params_before
     assert removed.report.params_after < removed.report.params_before
     assert masked.plan.same_removals(removed.plan)
