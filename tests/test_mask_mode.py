@@ -46,7 +46,8 @@ def test_masked_filter_pruning_equals_real_pruning(name):
     masked = graphprune.prune(model, ratio=0.5, latency=False, mode="mask", **kwargs)
     assert masked.report.passed and masked.report.exact.checked and masked.report.exact.passed
     assert masked.report.prune["mode"] == "mask" and masked.report.prune["channels_removed"] > 0
-    assert shapes(masked.model) == shapes(model)  # nothing removed
+    kept = shapes(masked.model)
+    assert all(kept[k] == v for k, v in shapes(model).items())  # nothing removed (a Mul's mask may be added)
     added = len(masked.model.graph.node) - len(model.graph.node)
     assert added > 0 if name == "qdq" else added == 0  # float weights are zeroed in place, no Mul
     assert masked.report.params_after == masked.report.params_before
