@@ -50,7 +50,8 @@ def test_masked_filter_pruning_equals_real_pruning(name):
     assert all(kept[k] == v for k, v in shapes(model).items())  # nothing removed (a Mul's mask may be added)
     added = len(masked.model.graph.node) - len(model.graph.node)
     assert added > 0 if name == "qdq" else added == 0  # float weights are zeroed in place, no Mul
-    assert masked.report.params_after == masked.report.params_before
+    if name != "qdq":  # a Mul's mask adds its elements and its products
+        assert masked.report.params_after == masked.report.params_before
     assert removed.report.params_after < removed.report.params_before
     assert masked.plan.same_removals(removed.plan)
     assert_same_outputs(removed.model, masked.model, builders.random_input(model))
