@@ -60,7 +60,7 @@ def test_masked_filter_pruning_equals_real_pruning(name):
     group = next(g for g in masked.deps.groups if len(masked.plan.removed(g)))
     gone = masked.plan.removed(group)
     for m in group.weights("out"):
-        if m.tensor in weights:
+        if m.tensor in weights and weights[m.tensor].dtype.kind == "f":  # integer weights: masked at the consumers
             idx = m.indices[gone].ravel()
             assert not np.take(weights[m.tensor], idx, axis=m.axis).any()
 
