@@ -133,7 +133,7 @@ def find_layers(deps) -> tuple[list[Candidate], list[dict]]:
                         "node": name,
                         "weight": source,
                         "reason": "integer weight (quantized: its zero is the zero point): not supported",
-                    }  # fmt: skip
+                    }
                 )
                 break
             readers = mv.weight_readers(source)
@@ -150,7 +150,7 @@ def find_layers(deps) -> tuple[list[Candidate], list[dict]]:
                         "weight": source,
                         "reason": f"{node.op_type}: no single input axis declared for"
                         " its weight (grouped convolution, or an op whose rule does not say)",
-                    }  # fmt: skip
+                    }
                 )
                 break
             # the reader of the source itself (a Cast reads it when the weight is converted)
@@ -424,10 +424,9 @@ class SparsityPruning(TransformMixin):
         candidates, skipped = find_layers(deps)
         mv = deps.view
         if self.ignore:
-            names = set(mv.node_names) | set(mv.producer) | set(mv.consumers)
-            for pattern in self.ignore:
-                if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-                    raise InputError(f"--ignore {pattern}: matches no node or tensor of the model")
+            from .finish import check_scope
+
+            check_scope(deps, self.ignore, ())  # a pattern that matches nothing is an error
             kept = []
             for c in candidates:
                 hit = [mv.node_names[c.node_index], c.weight]
@@ -447,7 +446,7 @@ class SparsityPruning(TransformMixin):
                             "node": mv.node_names[c.node_index],
                             "weight": c.weight,
                             "reason": f"input axis of {k} entries is not a multiple of {nm[1]}",
-                        }  # fmt: skip
+                        }
                     )
                 else:
                     kept.append(c)
