@@ -12,6 +12,10 @@ pass removes whole residual blocks, so it reaches only a few discrete levels (pr
 Torch-Pruning's L2 magnitude pruner, on the same trained torch model and without fine-tuning,
 is a reference line when torch and torch-pruning are installed (the ``bench`` extra).
 Accuracy is measured on ``digits_test.npz`` against the unpruned model's, in this process.
+``sparsity`` adds a table of its own: the sparsity pass (zeros written into the weights, shapes
+kept) at 50% and 75% unstructured and 2:4, by magnitude, Wanda and OBS (SparseGPT-like update);
+its MACs are the dense model's (dense kernels do not skip zeros), so the table gives the
+fraction of weights left non-zero and the zipped size instead of FLOPs kept.
 """
 
 from __future__ import annotations
@@ -74,8 +78,11 @@ LAYER_METHODS = {
     "layer-wn": ("layer pass (weight-norm)", "weight-norm"),
 }
 TORCH = {"torch-pruning": "Torch-Pruning L2 (no fine-tune)"}
-METHODS = [m for m in RATIO_METHODS if m not in EXTRA_METHODS] + [*LAYER_METHODS, *TORCH]
-ALL_METHODS = [*RATIO_METHODS, *LAYER_METHODS, *TORCH]
+SPARSITY = {"sparsity": "sparsity pass (zeros in the weights)"}
+SPARSITY_CONFIGS = [("unstructured", 0.5), ("unstructured", 0.75), ("2:4", 0.5)]  # (pattern, fraction zeroed)
+SPARSITY_CRITERIA = ["magnitude", "wanda", "obs"]
+METHODS = [m for m in RATIO_METHODS if m not in EXTRA_METHODS] + [*LAYER_METHODS, *TORCH, *SPARSITY]
+ALL_METHODS = [*RATIO_METHODS, *LAYER_METHODS, *TORCH, *SPARSITY]
 
 
 @dataclass
@@ -102,6 +109,21 @@ class Curve:
 
 
 @dataclass
+class SparsePoint:
+    """One sparsified model: its pattern, criterion and fraction zeroed, what it kept non-zero,
+    its test top-1 and zipped size."""
+
+    pattern: str
+    criterion: str
+    sparsity: float  # asked for (each sparsified layer)
+    nonzero: float  # fraction of the model's float weights left non-zero
+    accuracy: float
+    exact: bool
+    zip_ratio: float  # zipped size after / before
+    seconds: float
+
+
+@dataclass
 class Sweep:
     """The whole measurement: the unpruned accuracy, the shared ratios and every curve."""
 
@@ -110,6 +132,7 @@ class Sweep:
     calib_samples: int
     ratios: dict[float, tuple[float, float]]  # level -> (uniform ratio, FLOPs kept at it)
     curves: list[Curve]
+    sparsity: list[SparsePoint] = field(default_factory=list)
 
 
 def top1(model: onnx.ModelProto, test: Dataset, limit: int | None = None) -> float:
@@ -251,6 +274,56 @@ def torch_curve(levels, test: Dataset, limit, onnx_macs: int) -> Curve:
     return curve
 
 
+def sparsity_sweep(
+    model, calib, calib_samples, test, limit, configs=SPARSITY_CONFIGS, criteria=SPARSITY_CRITERIA
+) -> list[SparsePoint]:
+    """The sparsity pass at each (pattern, fraction) of ``configs`` by each criterion (the data
+    criteria on ``calib``), validated; accuracy on ``test``."""
+    out = []
+    for pattern, fraction in configs:
+        for criterion in criteria:
+            print(f"sparsity {pattern} {fraction:g} by {criterion} ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            data = {} if criterion == "magnitude" else dict(calib=calib, calib_samples=calib_samples)
+            result = graphprune.prune(
+                model,
+                pass_="sparsity",
+                pattern=pattern,
+                sparsity=None if ":" in pattern else fraction,
+                sparsity_criterion=criterion,
+                latency=False,
+                **data,
+            )
+            r, p = result.report, result.report.prune
+            out.append(
+                SparsePoint(
+                    pattern,
+                    criterion,
+                    fraction,
+                    1.0 - p["sparsity"]["of_all_weights"],
+                    top1(result.model, test, limit),
+                    bool(r.exact.checked and r.exact.passed),
+                    p["zip_bytes_after"] / p["zip_bytes_before"],
+                    time.perf_counter() - t0,
+                )
+            )
+    return out
+
+
+def sparsity_table(points: list[SparsePoint]) -> str:
+    """Rows = (pattern, fraction zeroed), columns = criteria, cells = top-1 %; then what every
+    criterion shares at that row: non-zero weights, zipped size, MACs (dense: unchanged)."""
+    criteria = list(dict.fromkeys(p.criterion for p in points))
+    rows = []
+    for key in dict.fromkeys((p.pattern, p.sparsity) for p in points):
+        ps = {p.criterion: p for p in points if (p.pattern, p.sparsity) == key}
+        cells = [f"{100 * ps[c].accuracy:.1f}" + ("" if ps[c].exact else "!") if c in ps else "-" for c in criteria]
+        first = next(iter(ps.values()))
+        rows.append((f"{key[0]} {key[1]:.0%}", *cells, f"{first.nonzero:.3f}", f"{first.zip_ratio:.3f}", "1.000"))
+    header = ("sparsity pattern", *criteria, "non-zero weights", "zip size", "MACs kept")
+    return grid(header, rows)
+
+
 def sweep(
     levels: list[float] = LEVELS,
     methods: list[str] = METHODS,
@@ -278,8 +351,11 @@ def sweep(
         n = calib.n_samples if calib_samples is None else calib_samples
         sens = measure_sensitivity(model, analyze(model), calib, samples=n, labels="labels")
     curves = []
+    sparse: list[SparsePoint] = []
     for name in methods:
-        if name in RATIO_METHODS:
+        if name in SPARSITY:
+            sparse = sparsity_sweep(model, calib, calib_samples, test, test_limit)
+        elif name in RATIO_METHODS:
             args = (model, name, levels, ratios, calib, calib_samples, test, test_limit, base, sens)
             curves.append(ratio_curve(*args))
         elif name in LAYER_METHODS:
@@ -290,7 +366,7 @@ def sweep(
             curves.append(torch_curve(levels, test, test_limit, cost_of(model).flops))
     n_test = test.n_samples if test_limit is None else min(test_limit, test.n_samples)
     n_calib = calib.n_samples if calib_samples is None else min(calib_samples, calib.n_samples)
-    return Sweep(base, n_test, n_calib, ratios, curves)
+    return Sweep(base, n_test, n_calib, ratios, curves, sparse)
 
 
 def table(s: Sweep, levels: list[float]) -> str:
@@ -386,11 +462,12 @@ def main(argv: list[str] | None = None) -> int:
     if s.ratios:
         shared = ", ".join(f"{lv:.0%}: {r:.3f} (reaches {k:.3f})" for lv, (r, k) in s.ratios.items())
         print(f"uniform ratio per group, shared by the ratio-based methods (same channels cut per group): {shared}")
-    print(table(s, levels))
-    print(
-        "cells: top-1 %; '@x' = FLOPs fraction reached when off the column; '!' = exactness failed; "
-        "random = mean over seeds " + ", ".join(map(str, SEEDS))
-    )
+    if s.curves:
+        print(table(s, levels))
+        print(
+            "cells: top-1 %; '@x' = FLOPs fraction reached when off the column; '!' = exactness failed; "
+            "random = mean over seeds " + ", ".join(map(str, SEEDS))
+        )
     for c in s.curves:
         if (c.method in LAYER_METHODS or c.method in ("random", "torch-pruning")) and c.points:
             print(
@@ -403,6 +480,13 @@ def main(argv: list[str] | None = None) -> int:
         for text in (c.note, c.missing):
             if text:
                 print(f"{c.label}: {text}")
+    if s.sparsity:
+        print("\nsparsity pass (zeros written into Conv/Gemm weights, shapes kept; MACs unchanged in dense kernels):")
+        print(sparsity_table(s.sparsity))
+        print(
+            "cells: top-1 %; '!' = exactness failed; non-zero weights = fraction of all float weights left"
+            " non-zero; zip size = zipped model after / before (deflate)"
+        )
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.out:
         try:

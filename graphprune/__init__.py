@@ -37,6 +37,7 @@ _LAZY = {
     "ChannelPruning": "passes",
     "FilterPruning": "passes",
     "LayerPruning": "passes",
+    "SparsityPruning": "passes",
     "PassResult": "passes",
     "Pipeline": "api",
     "Plan": "plan",
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
         validate,
     )
     from .dependency import DependencyGraph, Group, Member
-    from .passes import ChannelPruning, FilterPruning, LayerPruning, PassResult
+    from .passes import ChannelPruning, FilterPruning, LayerPruning, PassResult, SparsityPruning
     from .plan import Plan
     from .report import Report
     from .rules import register_rule
@@ -92,6 +93,7 @@ __all__ = [
     "Plan",
     "PruneResult",
     "Report",
+    "SparsityPruning",
     "ValidationFailed",
     "analyze",
     "load_model",

@@ -25,7 +25,7 @@ from .inputs import InputSizes, count_shapes, resolve
 from .iochange import io_changes, io_map
 from .passes import PassContext, PassResult
 from .passes.filter import PLAN_METADATA_KEY, get_metadata
-from .passes.finish import COMPENSATE_METADATA_KEY, HISTORY_METADATA_KEY, fingerprint, history_of
+from .passes.finish import COMPENSATE_METADATA_KEY, HISTORY_METADATA_KEY, SPARSITY_METADATA_KEY, fingerprint, history_of
 from .plan import IO_CHANGES_KEY, Plan, compose, plan_from_json, read_plan
 from .report import Report
 from .validation import Exactness, Step, check_steps
@@ -49,11 +49,12 @@ class PruneResult:
     deps: DependencyGraph | None = None
     steps: list[dict] = field(default_factory=list)
     plans: list[dict] = field(default_factory=list)
+    removed: bool = True  # whether any step changed the model
 
     @property
     def nothing_pruned(self) -> str | None:
         """Why nothing was removed (the report says it), or None when something was."""
-        if self.report.prune.get("channels_removed") or self.report.prune.get("blocks_removed"):
+        if self.removed:
             return None
         whys = [s["nothing_pruned"] for s in self.steps if "nothing_pruned" in s]
         return "; ".join(whys) or "no step removed anything"
@@ -234,6 +235,10 @@ def prune(
     ``calib`` and weight-norm without), validated as :func:`prune_layers` does; its ``plan`` is
     empty (no channel group loses entries) and the removed blocks are in
     ``report.prune["blocks_removed"]``.
+    ``pass_="sparsity"`` writes zeros into the weights instead (``pattern`` ``"unstructured"``,
+    ``"2:4"``, ``"4:8"`` or ``"kernel"``; ``sparsity`` the fraction zeroed; ``sparsity_criterion``
+    ``"magnitude"``, ``"wanda"`` or ``"obs"``): :mod:`graphprune.sparsify`. ``mode="mask"`` makes a
+    structured pass write zeros where it would remove (shapes kept): :mod:`graphprune.maskmode`.
     """
     options = {"ratio": ratio, "criterion": criterion, **options}
     plan = options.get("plan")
@@ -396,6 +401,7 @@ def run_passes(
         deps=single.deps if single is not None else None,
         steps=steps,
         plans=plans,
+        removed=removed,
     )
 
 
@@ -454,7 +460,10 @@ def _validated(report: Report, original, done: list, feeds, inputs_from: str, la
     # a lazy pruned model is written once (its sliced weights spilled to a file, which saving
     # then renames into the output), for every check
     weights.spill(final)
-    steps = [Step(before, r.model, r.reference, r.skipped_groups, cut=io_map(r.deps, r.plan)) for before, r in done]
+    steps = [
+        Step(before, r.model, r.reference, r.skipped_groups, cut=io_map(r.deps, r.plan), violations=r.violations)
+        for before, r in done
+    ]
     cut = _cut(done)
     with runnable(final) as source:
         v = check_steps(original, steps, feeds=feeds, final_source=source, inputs_from=inputs_from)
@@ -611,7 +620,10 @@ def _replayed_step(orig: onnx.ModelProto, new: onnx.ModelProto, pruned: ModelLik
     if steps is not None:
         # pruned several times since the original: one plan in the original's indices
         source = f"{pruned} (history in its metadata)" if named else "history"
-        if all(isinstance(s["plan"], dict) and "groups" in s["plan"] for s in steps):
+        if any(s.get("mode") == "mask" for s in steps[:-1]):
+            through = f"a step before the last of the {len(steps)} since the original wrote masks (--mode mask): the"
+            through += " later plans address its unpruned shapes, so the plans do not compose"
+        elif all(isinstance(s["plan"], dict) and "groups" in s["plan"] for s in steps):
             deps = _analyze(orig, inexact=True)
             plan = compose([s["plan"] for s in steps], deps, source=source)
             through = f"through {len(steps)} pruning steps, their plans composed into the original's indices"
@@ -635,6 +647,10 @@ def _replayed_step(orig: onnx.ModelProto, new: onnx.ModelProto, pruned: ModelLik
             " compensated original, which only the pruning run has; fidelity measures the pruned model"
         )
         return Step(orig, new, None, note=note, cut=cut), through, None, changed
+    if plan is None and not through and get_metadata(new, SPARSITY_METADATA_KEY):
+        from .sparsify import replayed_step  # a model of the sparsity pass: its zeros are its plan
+
+        return replayed_step(orig, new), "", None, []
     if plan is None:
         return (
             Step(orig, new, None, note=through or "no plan: exactness needs the plan the model was pruned with"),

@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(PASSES),
         help="passes to run, in order (default: filter). filter: remove output filters ranked by --criterion;"
         " channel: choose consumers' input channels by reconstruction error on --calib data and refit their"
-        " weights (implies --compensate lstsq); layer: remove whole residual blocks y = x + f(x)",
+        " weights (implies --compensate lstsq); layer: remove whole residual blocks y = x + f(x); sparsity: write"
+        " zeros into weights by --pattern and --sparsity (alone)",
     )
     pr.add_argument(
         "--input-shape",
@@ -355,6 +356,8 @@ def _prune_to(args) -> int:
         args.calib = dataset if args.input_map else args.calib
     elif args.input_map:
         raise InputError("--input-map needs --calib: it maps the data's keys to the model's inputs")
+    if "sparsity" in args.passes:
+        return _prune_sparsity(args, src, out)
     if len(args.passes) > 1 or "layer" in args.passes or args.remove_blocks is not None:
         if targets and ("filter" not in args.passes or args.target_latency is not None):
             raise InputError(
@@ -385,8 +388,8 @@ def _prune_to(args) -> int:
         input_shapes=_input_shapes(args),
         latency_runs=args.latency_runs,
     )
-    if result.plan.total_removed == 0:  # a copy of the input would pretend: say why, write nothing
-        why = result.report.prune["nothing_pruned"]
+    if result.nothing_pruned:  # a copy of the input would pretend: say why, write nothing
+        why = result.nothing_pruned
         print(f"graphprune: nothing to prune in {src}: {why}; nothing written", file=sys.stderr)
         return EXIT_OK
     return _write_outputs(
@@ -449,10 +452,8 @@ def _prune_passes(args, src: Path, out: Path) -> int:
         input_shapes=_input_shapes(args),
         latency_runs=args.latency_runs,
     )
-    if not result.report.prune.get("channels_removed") and not result.report.prune.get("blocks_removed"):
-        why = (
-            "; ".join(s["nothing_pruned"] for s in result.steps if "nothing_pruned" in s) or "no step removed anything"
-        )
+    if result.nothing_pruned:
+        why = result.nothing_pruned
         print(f"graphprune: nothing to prune in {src}: {why}; nothing written", file=sys.stderr)
         return EXIT_OK
     plan = result.plans[0]["plan"] if len(result.plans) == 1 else {"steps": result.plans}
@@ -486,6 +487,45 @@ def _pass_options(args, name: str) -> dict:
         # only a target measures latency tables, whose progress is worth showing
         options["progress"] = None if args.quiet or not _targets(args) else (lambda msg: _say(args, msg))
     return options
+
+
+def _prune_sparsity(args, src: Path, out: Path) -> int:
+    """``prune --pass sparsity``: zeros written into weights (alone: no other pass, no target)."""
+    from . import api
+
+    if len(args.passes) > 1:
+        raise InputError("prune: --pass sparsity runs alone")
+    for flag, given in (("--ratio", args.ratio), ("--plan", args.plan), ("--remove-blocks", args.remove_blocks)):
+        if given is not None:
+            raise InputError(f"prune: --pass sparsity does not take {flag} (the fraction zeroed is --sparsity)")
+    if _targets(args):
+        raise InputError(f"prune: --pass sparsity does not take --{_targets(args)[0].replace('_', '-')}")
+    if args.save_plan:
+        raise InputError("prune: --pass sparsity removes no channel: it has no plan to --save-plan")
+    if args.criterion is not None:
+        raise InputError(
+            "prune: the sparsity pass ranks weights by --sparsity-criterion (magnitude, wanda, obs), not --criterion"
+        )
+    _refuse_untaken_flags(args)
+    options = _pass_options(args, "sparsity")
+    api.make_pass("sparsity", **options)  # usage errors before the (possibly long) load
+    t0 = time.perf_counter()
+    _say(args, f"loading {src} ...")
+    model = api.load_model(src)
+    _say(args, f"sparsifying ({len(model.graph.node)} nodes) ...")
+    result = api.prune(
+        model,
+        **options,
+        pass_="sparsity",
+        validate=not args.no_validate,
+        latency=not args.no_latency,
+        input_shapes=_input_shapes(args),
+        latency_runs=args.latency_runs,
+    )
+    if result.nothing_pruned:
+        print(f"graphprune: nothing to prune in {src}: {result.nothing_pruned}; nothing written", file=sys.stderr)
+        return EXIT_OK
+    return _write_outputs(args, src, out, result.model, result.report, t0, lambda path: None)
 
 
 def _input_shapes(args) -> dict:

@@ -137,6 +137,9 @@ class DependencyGraph:
     # Model-level notes for inspect and prune: where analysis could not follow the model
     # (shape inference stopping, weights no group covers); other analyses append their own.
     notes: list[str] = field(default_factory=list)
+    # every weight dim a rule marked "out", "in" or "param" (groups keep only the non-trivial
+    # ones): which axis of a weight a node reduces over, for weight-level passes (sparsity)
+    roles: dict[Dim, str] = field(default_factory=dict)
     # weights (constants read by a node, rank >= 2) that no group covers, with why: shown and
     # counted by inspect beside the blocked groups
     unanalysed: dict[str, list[str]] = field(default_factory=dict)
@@ -247,6 +250,7 @@ def analyze(model: onnx.ModelProto | ModelView, *, inexact: bool = False) -> Dep
         groups=groups,
         forbidden=collector.forbidden,
         contractions=collector.contractions,
+        roles=dict(collector.roles),
     )
     _note_what_analysis_missed(deps, collector.unknown)
     deps.notes.extend(body_notes(mv.model, outer=False))

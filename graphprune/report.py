@@ -107,12 +107,24 @@ class Report:
             )
             lines.append(f"costs per sample at: {shown}")
         p = self.prune
-        if "groups_prunable" in p or ("groups_pruned" in p and "blocks_found" not in p):
+        if p.get("sparsity"):
+            sp = p["sparsity"]
+            lines.append(
+                f"sparsity ({p.get('pattern')}, {p.get('sparsity_criterion')}): {sp['overall']:.3f} of the weights of"
+                f" {sp['layers_sparsified']} layers zeroed, {len(sp['skipped'])} layers skipped; MACs of dense kernels"
+                " unchanged"
+            )
+            if p.get("zip_bytes_before") and p.get("zip_bytes_after"):
+                zb, za = p["zip_bytes_before"], p["zip_bytes_after"]
+                lines.append(f"zip (deflate): {_bytes(zb)} -> {_bytes(za)} ({_ratio(za, zb)})")
+        elif "groups_prunable" in p or ("groups_pruned" in p and "blocks_found" not in p):
             lines.append(
                 f"groups: {p.get('groups_pruned', 0)} pruned of {p.get('groups_prunable', 0)} prunable,"
                 f" {p.get('groups_blocked', 0)} blocked, {p.get('channels_removed', 0)} channels removed"
             )
         lines.extend(io_lines(p))
+        if p.get("mode") == "mask" or any(s.get("mode") == "mask" for s in p.get("passes") or []):
+            lines.append("mode: mask: what is pruned is written as zeros, all shapes kept (parameters, MACs unchanged)")
         if p.get("channel_step"):  # counts kept on it: say so, the ratio asked was rounded
             s = p["channel_step"]
             lines.append(

@@ -138,6 +138,7 @@ class Reference:
     build: Callable[[], bytes]
     deps: DependencyGraph | None = None
     plan: Plan | None = None
+    note: str = ""  # what the reference is, when the report should say it
 
     def __call__(self) -> bytes:
         return self.build()
@@ -167,6 +168,7 @@ class Step:
     # graph input/output entries ``after`` lost (a KV cache's heads: graphprune.iochange.IoMap);
     # None: from the reference's plan
     cut: Any = None
+    violations: list[str] = field(default_factory=list)  # postconditions the pass found broken
 
 
 def check(pruned: onnx.ModelProto | str) -> str:
@@ -581,6 +583,8 @@ def step_exactness(
             error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             return Exactness(note="the pruned model does not run"), before_out, None, error
         after_out, after_probe = after_all[:n], after_all[n:]
+        if ref is None and step.violations:
+            return Exactness(checked=True, passed=False, note="; ".join(step.violations)), before_out, after_out, ""
         if ref is None:
             note = step.note or (INEXACT_NOTE if step.skipped_groups else "not function-preserving: see fidelity")
             return (
@@ -602,10 +606,14 @@ def step_exactness(
         scale_of=[before_out[k] for k in held] + before_probe,
     )
     tol = exact_tolerance(after_out)
-    exact = Exactness(checked=True, passed=diff <= tol, max_rel_diff=diff, tolerance=tol)
+    exact = Exactness(checked=True, passed=diff <= tol, max_rel_diff=diff, tolerance=tol, note=ref.note)
     if saturated:
         inputs = ", ".join(dict.fromkeys(saturated.values()))
-        exact.note = f"outputs after a saturating op compared at its input ({inputs})"
+        said = f"outputs after a saturating op compared at its input ({inputs})"
+        exact.note = f"{exact.note}; {said}" if exact.note else said
+    if step.violations:  # the pass's own postconditions (a sparsity pattern): broken means failed
+        exact.passed = False
+        exact.note = "; ".join(step.violations)
     return exact, before_out, after_out, ""
 
 

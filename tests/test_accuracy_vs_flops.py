@@ -50,3 +50,19 @@ def test_table_has_a_row_per_method_and_a_column_per_level(sweep):
     assert "100%" in lines[0] and "50%" in lines[0]
     assert len(lines) == 2 + 3
     assert any("l2 + lstsq" in line for line in lines)
+
+
+def test_sparsity_rows_give_accuracy_and_non_zero_weights_at_unchanged_macs():
+    from graphprune.data import open_dataset
+    from models.examples import digits
+
+    model = bench.graphprune.load_model(str(digits.MODEL))
+    points = bench.sparsity_sweep(
+        model, None, None, open_dataset(digits.TEST), 100, configs=[("2:4", 0.5)], criteria=["magnitude"]
+    )
+    (p,) = points
+    assert p.exact and p.pattern == "2:4"
+    assert 0.5 <= p.nonzero < 0.6  # half of every sparsified weight; BN parameters and the 1-channel stem stay
+    assert p.zip_ratio < 0.7 and p.accuracy > 0.5
+    text = bench.sparsity_table(points)
+    assert "MACs kept" in text and "2:4 50%" in text and "1.000" in text

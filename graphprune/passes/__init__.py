@@ -57,10 +57,14 @@ class PassResult:
     skipped_groups: list[str] = field(default_factory=list)
     record: dict | None = None
     name: str = ""  # the pass's name in reports (its class name)
+    changed: bool | None = None  # whether the model changed; None: it did if the plan or blocks say so
+    violations: list[str] = field(default_factory=list)  # postconditions the pass found broken (fail exactness)
 
     @property
     def removed_anything(self) -> bool:
-        """Whether the step changed the model's structure (entries of a group, or blocks)."""
+        """Whether the step changed the model (entries of a group, blocks, or what ``changed`` says)."""
+        if self.changed is not None:
+            return self.changed
         return bool(self.plan is not None and self.plan.total_removed) or bool(self.report.get("blocks_removed"))
 
 
@@ -78,6 +82,7 @@ class TransformMixin:
 from .channel import ChannelPruning  # noqa: E402
 from .filter import FilterPruning  # noqa: E402
 from .layer import LayerPruning  # noqa: E402
+from .sparsity import SparsityPruning  # noqa: E402
 
 # ``--pass NAME``: one line per pass. The CLI and ``graphprune.prune`` give each pass the
 # options its dataclass has fields for.
@@ -85,6 +90,7 @@ PASSES: dict[str, type] = {
     "filter": FilterPruning,
     "channel": ChannelPruning,
     "layer": LayerPruning,
+    "sparsity": SparsityPruning,
 }
 
 __all__ = [
@@ -95,4 +101,5 @@ __all__ = [
     "Pass",
     "PassContext",
     "PassResult",
+    "SparsityPruning",
 ]

@@ -64,8 +64,17 @@ class ChannelPruning(TransformMixin):
     ignore: tuple[str, ...] = option((), "protect layers", metavar="NAME")
     units: tuple[str, ...] = option((), "prune only these units", flag="--unit", choices=UNITS)
     seed: int = option(0, "seed of the random criterion and inputs")
+    mode: str = option(
+        "remove",
+        "remove: cut the pruned entries out; mask: write zeros instead and keep every shape (for runtimes or"
+        " pipelines that need the original shapes; its outputs equal the pruned model's)",
+        choices=("remove", "mask"),
+    )  # graphprune.maskmode
 
     def __post_init__(self) -> None:
+        from ..maskmode import check_mode
+
+        check_mode(self.mode)
         if not 0.0 < self.ratio < 1.0:
             raise InputError(f"ratio must be between 0 and 1 (exclusive), got {self.ratio}")
         if self.selection not in SELECTIONS:

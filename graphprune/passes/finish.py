@@ -32,6 +32,8 @@ from . import PassResult
 PLAN_METADATA_KEY = "graphprune.plan"
 COMPENSATE_METADATA_KEY = "graphprune.compensate"
 HISTORY_METADATA_KEY = "graphprune.history"
+SPARSITY_METADATA_KEY = "graphprune.sparsity"  # the sparsity pass's record (its zeros are its plan)
+MASKED_METADATA_KEY = "graphprune.masked"  # set by mask mode: see mark_masked
 _EARLIER_KEYS = frozenset({"graphprune.pipeline", "graphprune.layer_plan"})  # what a history takes in
 
 
@@ -154,11 +156,21 @@ def finish(
     if stats is not None:
         notes["calibration"] = stats.summary()
     earlier, key = history_of(model), fingerprint(model)  # before an in-place surgery changes the model
-    pruned = apply_plan(reference, ref_deps, ref_plan, inplace=inplace)
+    masked = getattr(pass_, "mode", "remove") == "mask"
+    if masked:  # zeros written where removal would cut, shapes kept
+        from ..maskmode import mask_plan
+
+        pruned = mask_plan(reference, ref_deps, ref_plan)
+        notes["mode"] = "mask"
+    else:
+        pruned = apply_plan(reference, ref_deps, ref_plan, inplace=inplace)
     plan_json = ref_plan.to_json(ref_deps)
     set_metadata(pruned, PLAN_METADATA_KEY, json.dumps(plan_json, separators=(",", ":")))
-    if earlier:
-        steps = [*earlier, {"pass": type(pass_).__name__, "plan": plan_json, "input": key}]
+    if masked:
+        mark_masked(pruned, plan_json)
+    if earlier or masked:
+        this = {"pass": type(pass_).__name__, "plan": plan_json, "input": key, **({"mode": "mask"} if masked else {})}
+        steps = [*earlier, this]
         keep = [(p.key, p.value) for p in pruned.metadata_props if p.key not in _EARLIER_KEYS]
         del pruned.metadata_props[:]  # the earlier steps' own keys now live in the history
         for k, v in keep:
@@ -187,7 +199,18 @@ def fingerprint(model: onnx.ModelProto) -> str:
     h = hashlib.sha256()
     for t in sorted(model.graph.initializer, key=lambda t: t.name):
         h.update(f"{t.name}:{list(t.dims)}:{t.data_type};".encode())
+    masked = get_metadata(model, MASKED_METADATA_KEY)
+    if masked:  # a masked model has its original's shapes: its mask steps tell them apart
+        h.update(masked.encode())
     return h.hexdigest()[:16]
+
+
+def mark_masked(model: onnx.ModelProto, plan_json) -> None:
+    """Record a mask step (``--mode mask``) on ``model``: a hash chained over its mask steps'
+    plans, which :func:`fingerprint` reads."""
+    before = get_metadata(model, MASKED_METADATA_KEY) or ""
+    text = before + json.dumps(plan_json, sort_keys=True, separators=(",", ":"))
+    set_metadata(model, MASKED_METADATA_KEY, hashlib.sha256(text.encode()).hexdigest()[:16])
 
 
 def history_of(model: onnx.ModelProto) -> list[dict]:
@@ -200,10 +223,11 @@ def history_of(model: onnx.ModelProto) -> list[dict]:
     text = get_metadata(model, "graphprune.pipeline")
     if text:
         return [{"pass": s.get("pass"), "plan": s.get("plan"), "input": None} for s in json.loads(text)["steps"]]
+    mode = {"mode": "mask"} if get_metadata(model, MASKED_METADATA_KEY) else {}
     for key, name in ((PLAN_METADATA_KEY, None), ("graphprune.layer_plan", "LayerPruning")):
         text = get_metadata(model, key)
         if text:
-            return [{"pass": name, "plan": json.loads(text), "input": None}]
+            return [{"pass": name, "plan": json.loads(text), "input": None, **mode}]
     return []
 
 

@@ -62,10 +62,19 @@ class LayerPruning(TransformMixin):
     calib: str | os.PathLike | None = option(None, "calibration data", metavar="DATA")
     calib_limit: int | None = option(CALIB_LIMIT, cli=False)
     plan: dict | None = option(None, cli=False)  # a layer plan's JSON object, as stored in the metadata
+    mode: str = option(
+        "remove",
+        "remove: cut the pruned entries out; mask: write zeros instead and keep every shape (for runtimes or"
+        " pipelines that need the original shapes; its outputs equal the pruned model's)",
+        choices=("remove", "mask"),
+    )  # graphprune.maskmode
 
     def __post_init__(self) -> None:
         if self.criterion is None:
             object.__setattr__(self, "criterion", "influence" if self.calib is not None else "weight-norm")
+        from ..maskmode import check_mode
+
+        check_mode(self.mode)
         if self.plan is not None:
             return
         if isinstance(self.remove_blocks, bool) or not isinstance(self.remove_blocks, int) or self.remove_blocks < 1:
@@ -97,9 +106,18 @@ class LayerPruning(TransformMixin):
         else:
             scores = score_blocks(model, blocks, self.criterion, calib=self.calib, limit=self.calib_limit, mv=mv)
             chosen = lowest(blocks, scores, self.remove_blocks)
-        pruned = remove_blocks(model, chosen)
+        if self.mode == "mask":
+            from ..maskmode import mask_blocks
+
+            pruned = mask_blocks(model, chosen)
+        else:
+            pruned = remove_blocks(model, chosen)
         plan = plan_json(chosen, scores, None if self.plan is not None else self.criterion)
         set_metadata(pruned, LAYER_PLAN_KEY, json.dumps(plan, separators=(",", ":")))
+        if self.mode == "mask":
+            from .finish import mark_masked
+
+            mark_masked(pruned, plan)
         return pruned, chosen, self.report(blocks, chosen, scores), plan
 
     def report(self, blocks: Sequence[Block], chosen: Sequence[Block], scores: np.ndarray) -> dict:
@@ -111,6 +129,7 @@ class LayerPruning(TransformMixin):
             if self.calib is None
             else str(getattr(self.calib, "path", self.calib)),  # a Dataset: its path
             "blocks_found": len(blocks),
+            **({"mode": "mask"} if self.mode == "mask" else {}),
             "blocks_removed": [_entry(b, scores[b.id]) for b in chosen],
             "block_scores": [
                 {"add": b.add, "score": _num(scores[b.id]), "macs_share": b.macs / total_macs} for b in blocks
