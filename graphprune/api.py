@@ -237,7 +237,7 @@ def prune(
     ``report.prune["blocks_removed"]``.
     ``pass_="sparsity"`` writes zeros into the weights instead (``pattern`` ``"unstructured"``,
     ``"2:4"``, ``"4:8"`` or ``"kernel"``; ``sparsity`` the fraction zeroed; ``sparsity_criterion``
-    ``"magnitude"``, ``"wanda"`` or ``"obs"``): :mod:`graphprune.sparsify`. ``mode="mask"`` makes a
+    ``"magnitude"``, ``"wanda"`` or ``"obs"``): :mod:`graphprune.passes.sparsity`. ``mode="mask"`` makes a
     structured pass write zeros where it would remove (shapes kept): :mod:`graphprune.maskmode`.
     """
     options = {"ratio": ratio, "criterion": criterion, **options}
