@@ -597,23 +597,32 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
     run_id = entry_group[order] * nd + dim_of[order]
     starts = np.concatenate([[0], np.flatnonzero(np.diff(run_id)) + 1, [n]])
 
+    # One member per run; the per-run numbers are read out of numpy once (a DenseNet has
+    # thousands of runs: concat outputs hold a segment of every earlier layer's group).
+    first = order[starts[:-1]]
+    run_group, run_dim = entry_group[first], dim_of[first]
+    local = order - offsets[dim_of[order]]  # each entry's index on its own dim
+    kinds = [g.nodes[d]["kind"] for d in dims]
     members: dict[int, list[Member]] = {}
     reasons: dict[int, list[str]] = {}
-    for lo, hi in zip(starts[:-1], starts[1:]):
-        run = order[lo:hi]
-        gi, d = int(entry_group[run[0]]), int(dim_of[run[0]])
-        n_cls = int(classes_per_group[gi])
+    for lo, hi, gi, d, n_cls in zip(
+        starts[:-1].tolist(),
+        starts[1:].tolist(),
+        run_group.tolist(),
+        run_dim.tolist(),
+        classes_per_group[run_group].tolist(),
+    ):
         dim = dims[d]
         members.setdefault(gi, []).append(
             Member(
                 tensor=dim[0],
                 axis=dim[1],
-                kind=g.nodes[dim]["kind"],
+                kind=kinds[d],
                 role=c.roles.get(dim),
-                indices=(run - offsets[d]).reshape(n_cls, len(run) // n_cls),
+                indices=local[lo:hi].reshape(n_cls, (hi - lo) // n_cls),
             )
         )
-        reasons.setdefault(gi, []).extend(c.forbidden.get(dim, []))
+        reasons.setdefault(gi, []).extend(c.forbidden.get(dim, ()))
     # A group of one entry can lose nothing (one entry always stays): batch axes met by
     # broadcasting, one entry of a shape vector that scales a weight. Entries that no weight
     # touches make no group either: there is nothing to remove them from.
