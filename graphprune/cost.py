@@ -588,7 +588,8 @@ def latency_ms(
 
     ``model`` is a ModelProto (serialized in memory, so its weights must be loaded and it must
     be under 2 GB) or a path (which also works for models with external data). ``warmup``
-    untimed runs (fewer when they take a quarter of ``budget_s``) precede
+    untimed runs (fewer when they take a quarter of ``budget_s``; none when one run takes a third of
+    it, the first run being timed then) precede
     ``repeats`` runs timed with :func:`time.perf_counter`; ``repeats=None`` times
     :data:`MAX_LATENCY_RUNS` runs, fewer when they take over ``budget_s`` seconds (at least
     :data:`MIN_LATENCY_RUNS`), so a large model is not timed for minutes (fcn_resnet50's 143 GMACs
@@ -613,12 +614,21 @@ def latency_ms(
         assert proto is not None
         feeds = random_feeds(proto)
     feeds = feedable(sess, feeds)
+    times: list[float] = []
     start = time.perf_counter()
     for _ in range(max(warmup, 0)):
+        t0 = time.perf_counter()
         sess.run(None, feeds)
+        took = time.perf_counter() - t0
+        if repeats is None and took >= budget_s / MIN_LATENCY_RUNS:
+            # A run so slow that the fewest timed runs overrun the budget: its first run is
+            # timed too (what a first run adds, allocating, is small next to seconds of
+            # compute; the median of three leaves a slower one out). fcn_resnet50 at 143
+            # GMACs is then timed in 3 runs of each model, not 4.
+            times.append(took)
+            break
         if repeats is None and time.perf_counter() - start > budget_s / 4:
             break  # a slow model: one warm-up run is enough
-    times: list[float] = []
 
     def runs():
         begin = time.perf_counter()
