@@ -29,6 +29,7 @@ from .passes.filter import PLAN_METADATA_KEY, get_metadata
 from .passes.finish import COMPENSATE_METADATA_KEY, HISTORY_METADATA_KEY, fingerprint, history_of
 from .plan import Plan, compose, plan_from_json, read_plan
 from .report import Report
+from .surgery import pruned_shapes
 from .validation import Exactness, check_pruned
 from .weights import runnable
 
@@ -314,6 +315,8 @@ def prune(
         latency=latency,
         feeds=feeds,
         before=before,
+        # the pruned model's shapes follow from the analysis and the plan: no second inference
+        after=sample_cost(outcome.pruned, sizes, pruned_shapes(outcome.deps, outcome.plan)),
         reference=outcome.reference,
         sizes=sizes,
         inputs_from=inputs_from,
@@ -824,6 +827,7 @@ def _report(
     latency,
     feeds,
     before=None,
+    after=None,
     reference=None,
     sizes: InputSizes | None = None,
     inputs_from: str = "generated inputs",
@@ -832,7 +836,7 @@ def _report(
     # File sizes are filled in by whoever knows the files: measuring an in-memory model
     # would serialize it (a copy of every weight) just for a number.
     before = before or sample_cost(original, sizes)
-    after = sample_cost(pruned, sizes)
+    after = after or sample_cost(pruned, sizes)
     report = _costs_report(before, after, details)
     _assumed(report, sizes)
     if not validate:

@@ -593,7 +593,7 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
     on_first = dim_of == first_dim[entry_group]
     key = np.full(n, n, dtype=np.int64)
     np.minimum.at(key, label[on_first], np.flatnonzero(on_first))
-    order = np.lexsort((np.arange(n), key[label], dim_of, entry_group))
+    order = _order(entry_group, dim_of, key[label], n_groups, nd, n)
     run_id = entry_group[order] * nd + dim_of[order]
     starts = np.concatenate([[0], np.flatnonzero(np.diff(run_id)) + 1, [n]])
 
@@ -635,6 +635,14 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
         )
         for gi in ordered
     ]
+
+
+def _order(group: np.ndarray, dim: np.ndarray, rank: np.ndarray, n_groups: int, nd: int, n: int) -> np.ndarray:
+    """The entries sorted by (group, dim, class rank, entry): one argsort of a combined int64 key
+    where it fits (3-8x faster than ``np.lexsort`` of the four keys), else the lexsort."""
+    if n_groups * nd * (n + 1) * max(n, 1) < 2**62:
+        return np.argsort(((group * nd + dim) * (n + 1) + rank) * n + np.arange(n, dtype=np.int64))
+    return np.lexsort((np.arange(n), rank, dim, group))
 
 
 def _signature_salt(nd: int) -> np.ndarray:
