@@ -229,10 +229,10 @@ def measure_model(
                 copy.CopyFrom(model)
                 gc.collect()
                 t0 = time.perf_counter()
-                out = simplifier.apply_structured_pruning(copy, sparsity=ratio)
+                sim_out = simplifier.apply_structured_pruning(copy, sparsity=ratio)
                 t_sim.append(time.perf_counter() - t0)
-                res["onnxsim_params_after"] = _params(out)
-                del copy, out
+                res["onnxsim_params_after"] = _params(sim_out)
+                del copy, sim_out
         res["surgery_s"] = _summary(total)
         res["surgery_analyze_s"] = _summary(t_analyze)
         res["surgery_plan_and_apply_s"] = _summary(t_run)
