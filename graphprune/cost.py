@@ -174,7 +174,12 @@ def body_params(g: onnx.GraphProto) -> list[tuple[int, int]]:
     for i, node in enumerate(g.node):
         n = 0
         for attr in node.attribute:
-            bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            if attr.type == onnx.AttributeProto.GRAPH:
+                bodies = [attr.g]
+            elif attr.type in (onnx.AttributeProto.GRAPHS, onnx.AttributeProto.UNDEFINED):
+                bodies = list(attr.graphs)
+            else:
+                continue
             n += sum(graph_params(b) + sum(k for _, k in body_params(b)) for b in bodies)
         if n:
             out.append((i, n))
