@@ -174,7 +174,8 @@ def _write_sliced(dst: onnx.TensorProto, src: onnx.TensorProto, axes: dict[int, 
         # what from_array would build, written into dst directly (one copy of the bytes less)
         dst.Clear()
         dst.dims.extend(arr.shape)
-        dst.name = name
+        if name:  # as from_array: a Constant's value tensor stays without a name field
+            dst.name = name
         dst.raw_data = arr.tobytes()
     else:  # packed, string and exotic types: onnx knows their layout
         dst.CopyFrom(numpy_helper.from_array(arr, name))
