@@ -28,6 +28,7 @@ from .passes.filter import PLAN_METADATA_KEY, get_metadata
 from .passes.finish import COMPENSATE_METADATA_KEY, HISTORY_METADATA_KEY, SPARSITY_METADATA_KEY, fingerprint, history_of
 from .plan import IO_CHANGES_KEY, Plan, compose, plan_from_json, read_plan
 from .report import Report
+from .surgery import pruned_shapes
 from .validation import Exactness, Step, check_steps
 from .weights import runnable
 
@@ -378,7 +379,10 @@ def run_passes(
     single = done[0][1] if len(passes) == 1 and done else None
     # one pass: its report's keys at top level too (as a prune's report always had them)
     prune_section = {**{k: v for k, v in steps[0].items() if k != "pass"}, **_merge(steps)} if single else _merge(steps)
-    report = _costs_report(_before(costs, original, done, sizes), sample_cost(current, sizes), prune_section)
+    # one step over groups (not masked): the pruned shapes follow from the analysis and the plan
+    masked = single is not None and getattr(passes[0], "mode", "remove") == "mask"
+    derived = pruned_shapes(single.deps, single.plan) if single and single.plan and not masked else None
+    report = _costs_report(_before(costs, original, done, sizes), sample_cost(current, sizes, derived), prune_section)
     _assumed(report, sizes)
     removed = any(r.removed_anything for _, r in done)
     # a model left unchanged is validated only on inputs its original takes: else "nothing to prune" says more

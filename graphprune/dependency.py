@@ -597,27 +597,36 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
     on_first = dim_of == first_dim[entry_group]
     key = np.full(n, n, dtype=np.int64)
     np.minimum.at(key, label[on_first], np.flatnonzero(on_first))
-    order = np.lexsort((np.arange(n), key[label], dim_of, entry_group))
+    order = _order(entry_group, dim_of, key[label], n_groups, nd, n)
     run_id = entry_group[order] * nd + dim_of[order]
     starts = np.concatenate([[0], np.flatnonzero(np.diff(run_id)) + 1, [n]])
 
+    # One member per run; the per-run numbers are read out of numpy once (a DenseNet has
+    # thousands of runs: concat outputs hold a segment of every earlier layer's group).
+    first = order[starts[:-1]]
+    run_group, run_dim = entry_group[first], dim_of[first]
+    local = order - offsets[dim_of[order]]  # each entry's index on its own dim
+    kinds = [g.nodes[d]["kind"] for d in dims]
     members: dict[int, list[Member]] = {}
     reasons: dict[int, list[str]] = {}
-    for lo, hi in zip(starts[:-1], starts[1:]):
-        run = order[lo:hi]
-        gi, d = int(entry_group[run[0]]), int(dim_of[run[0]])
-        n_cls = int(classes_per_group[gi])
+    for lo, hi, gi, d, n_cls in zip(
+        starts[:-1].tolist(),
+        starts[1:].tolist(),
+        run_group.tolist(),
+        run_dim.tolist(),
+        classes_per_group[run_group].tolist(),
+    ):
         dim = dims[d]
         members.setdefault(gi, []).append(
             Member(
                 tensor=dim[0],
                 axis=dim[1],
-                kind=g.nodes[dim]["kind"],
+                kind=kinds[d],
                 role=c.roles.get(dim),
-                indices=(run - offsets[d]).reshape(n_cls, len(run) // n_cls),
+                indices=local[lo:hi].reshape(n_cls, (hi - lo) // n_cls),
             )
         )
-        reasons.setdefault(gi, []).extend(c.forbidden.get(dim, []))
+        reasons.setdefault(gi, []).extend(c.forbidden.get(dim, ()))
     # A group of one entry can lose nothing (one entry always stays): batch axes met by
     # broadcasting, one entry of a shape vector that scales a weight. Entries that no weight
     # touches make no group either: there is nothing to remove them from.
@@ -630,6 +639,14 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
         )
         for gi in ordered
     ]
+
+
+def _order(group: np.ndarray, dim: np.ndarray, rank: np.ndarray, n_groups: int, nd: int, n: int) -> np.ndarray:
+    """The entries sorted by (group, dim, class rank, entry): one argsort of a combined int64 key
+    where it fits (3-8x faster than ``np.lexsort`` of the four keys), else the lexsort."""
+    if n_groups * nd * (n + 1) * max(n, 1) < 2**62:
+        return np.argsort(((group * nd + dim) * (n + 1) + rank) * n + np.arange(n, dtype=np.int64))
+    return np.lexsort((np.arange(n), rank, dim, group))
 
 
 def _signature_salt(nd: int) -> np.ndarray:

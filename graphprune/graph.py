@@ -8,6 +8,7 @@ opened lazily are memory-mapped from their files when asked for (:mod:`graphprun
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -347,7 +348,7 @@ def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
         if _is_large(t):
             lg.initializer.append(_stub(t))
         elif weights.is_lazy(t):  # inference may need the value of a small one (a shape, axes)
-            small = int(np.prod(t.dims, dtype=np.int64)) <= _CACHE_LIMIT
+            small = math.prod(t.dims) <= _CACHE_LIMIT
             lg.initializer.append(numpy_helper.from_array(_to_array(t), t.name) if small else _stub(t))
         else:
             lg.initializer.append(t)
@@ -403,14 +404,12 @@ def infer_with_folding(model: onnx.ModelProto, rounds: int = 64, hints: dict | N
 def _small_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     out = {}
     for t in model.graph.initializer:
-        if int(np.prod(t.dims, dtype=np.int64)) <= 64 and (
-            t.data_location != onnx.TensorProto.EXTERNAL or weights.is_lazy(t)
-        ):
+        if math.prod(t.dims) <= 64 and (t.data_location != onnx.TensorProto.EXTERNAL or weights.is_lazy(t)):
             out[t.name] = _to_array(t)
     for node in model.graph.node:
         if node.op_type == "Constant":
             for a in node.attribute:
-                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR and int(np.prod(a.t.dims)) <= 64:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR and math.prod(a.t.dims) <= 64:
                     out[node.output[0]] = numpy_helper.to_array(a.t)
     return out
 
@@ -482,7 +481,7 @@ def declared_dim(d: onnx.TensorShapeProto.Dimension) -> int | None:
 def _is_large(t: onnx.TensorProto) -> bool:
     if t.data_type not in weights.FLOAT_TYPES:
         return False
-    return int(np.prod(t.dims, dtype=np.int64)) > _LIGHT_THRESHOLD
+    return math.prod(t.dims) > _LIGHT_THRESHOLD
 
 
 def _has_large_tensor_attr(node: onnx.NodeProto) -> bool:
@@ -501,7 +500,12 @@ def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     """Names a node's subgraphs read from the outer scope (If/Loop/Scan bodies)."""
     names: set[str] = set()
     for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        if attr.type == onnx.AttributeProto.GRAPH:
+            graphs = [attr.g]
+        elif attr.type in (onnx.AttributeProto.GRAPHS, onnx.AttributeProto.UNDEFINED):
+            graphs = list(attr.graphs)
+        else:  # most attributes: no graph (reading .graphs of every one costs a wrapper each)
+            continue
         for sub in graphs:
             local = {v.name for v in sub.input} | {t.name for t in sub.initializer}
             for n in sub.node:

@@ -55,7 +55,7 @@ class Plan:
                 {
                     "anchor": anchor.tensor,
                     "axis": anchor.axis,
-                    "remove": sorted(int(i) for i in anchor.indices[idx].ravel()),
+                    "remove": np.sort(anchor.indices[idx].ravel()).tolist(),
                     "size": group.size,
                 }
             )

@@ -14,6 +14,7 @@ Rules:
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 
 import numpy as np
@@ -27,6 +28,12 @@ from .plan import Plan
 from .rules import opsets, rewriter_for
 from .weights import set_field
 
+# element types whose raw_data is the array's bytes, one element after another (little-endian)
+_RAW_TYPES = frozenset(
+    getattr(onnx.TensorProto, t)
+    for t in "FLOAT FLOAT16 DOUBLE BFLOAT16 BOOL INT8 UINT8 INT16 UINT16 INT32 UINT32 INT64 UINT64".split()
+)
+
 
 def removed_entries(deps: DependencyGraph, plan: Plan) -> dict[tuple[str, int], np.ndarray]:
     """Sorted entries removed from each (tensor, axis) by ``plan``."""
@@ -38,7 +45,16 @@ def removed_entries(deps: DependencyGraph, plan: Plan) -> dict[tuple[str, int], 
         for m in group.members:
             if m.kind != VIRTUAL:
                 parts[(m.tensor, m.axis)].append(m.indices[js].ravel())
-    return {d: np.unique(np.concatenate(p)) for d, p in parts.items()}
+    return {d: _sorted_unique(p) for d, p in parts.items()}
+
+
+def _sorted_unique(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.unique`` of the concatenated parts, without its per-call overhead (thousands of
+    small index arrays in a DenseNet)."""
+    arr = np.sort(parts[0] if len(parts) == 1 else np.concatenate(parts))
+    if len(arr) > 1:
+        arr = arr[np.concatenate(([True], arr[1:] != arr[:-1]))]
+    return arr
 
 
 def apply_plan(model: onnx.ModelProto, deps: DependencyGraph, plan: Plan, *, inplace: bool = False) -> onnx.ModelProto:
@@ -50,12 +66,7 @@ def apply_plan(model: onnx.ModelProto, deps: DependencyGraph, plan: Plan, *, inp
     for (tensor, axis), idx in removed.items():
         by_tensor[tensor][axis] = idx
     old_shapes = deps.view.shapes
-    new_shapes = dict(old_shapes)
-    for tensor, axes in by_tensor.items():
-        shape = list(old_shapes[tensor])
-        for axis, idx in axes.items():
-            shape[axis] -= len(idx)
-        new_shapes[tensor] = tuple(shape)
+    new_shapes = _shrunk(old_shapes, removed)
 
     if inplace:
         out = model
@@ -85,6 +96,22 @@ def apply_plan(model: onnx.ModelProto, deps: DependencyGraph, plan: Plan, *, inp
     return out
 
 
+def pruned_shapes(deps: DependencyGraph, plan: Plan) -> dict:
+    """The shapes of the model ``apply_plan(model, deps, plan)`` makes: the analysis' shapes with
+    the removed entries taken off (what shape inference of the pruned model finds, without
+    running it again: the cost of a pruned DenseNet is counted in 5 ms instead of 25)."""
+    return _shrunk(deps.view.shapes, removed_entries(deps, plan))
+
+
+def _shrunk(shapes: dict, removed: dict[tuple[str, int], np.ndarray]) -> dict:
+    out = dict(shapes)
+    for (tensor, axis), idx in removed.items():
+        shape = list(out[tensor])
+        shape[axis] -= len(idx)
+        out[tensor] = tuple(shape)
+    return out
+
+
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -111,12 +138,13 @@ def _copy_slicing_initializers(model: onnx.ModelProto, by_tensor) -> onnx.ModelP
 
 
 def _sliced(arr: np.ndarray, axes: dict[int, np.ndarray]) -> np.ndarray:
-    """``arr`` without the given entries on each axis, in one copy."""
+    """``arr`` without the given entries on each axis: one ``take`` per sliced axis, the axis
+    that loses most first (an ``np.ix_`` over every axis gathers element by element: 20x slower
+    on a conv weight)."""
     keep = {a: _kept(arr.shape[a], idx) for a, idx in axes.items()}
-    if len(keep) == 1:
-        ((axis, k),) = keep.items()
-        return np.take(arr, k, axis=axis)
-    return arr[np.ix_(*[keep.get(a, np.arange(n)) for a, n in enumerate(arr.shape)])]
+    for axis in sorted(keep, key=lambda a: len(keep[a]) / max(arr.shape[a], 1)):
+        arr = np.take(arr, keep[axis], axis=axis)
+    return arr
 
 
 def _kept(n: int, removed: np.ndarray) -> np.ndarray:
@@ -131,11 +159,19 @@ def _write_sliced(dst: onnx.TensorProto, src: onnx.TensorProto, axes: dict[int, 
             dst.CopyFrom(src)
         weights.slice_lazy(dst, axes)
         return
-    arr = _sliced(numpy_helper.to_array(src), axes)
-    new = numpy_helper.from_array(np.ascontiguousarray(arr), src.name)
-    new.data_type = src.data_type  # keeps bfloat16 and friends as they were
-    new.doc_string = src.doc_string
-    dst.CopyFrom(new)
+    arr = np.ascontiguousarray(_sliced(numpy_helper.to_array(src), axes))
+    name, data_type, doc = src.name, src.data_type, src.doc_string
+    if data_type in _RAW_TYPES and sys.byteorder == "little":
+        # what from_array would build, written into dst directly (one copy of the bytes less)
+        dst.Clear()
+        dst.dims.extend(arr.shape)
+        if name:  # as from_array: a Constant's value tensor stays without a name field
+            dst.name = name
+        dst.raw_data = arr.tobytes()
+    else:  # packed, string and exotic types: onnx knows their layout
+        dst.CopyFrom(numpy_helper.from_array(arr, name))
+    dst.data_type = data_type  # keeps bfloat16 and friends as they were
+    dst.doc_string = doc
 
 
 def _slice_tensor(t: onnx.TensorProto, axes: dict[int, np.ndarray]) -> None:

@@ -277,6 +277,49 @@ def test_latency_ms_model_and_path(tmp_path):
     assert latency_ms(path, repeats=1, warmup=0) > 0
 
 
+def _counting_runs(monkeypatch) -> list:
+    """Every ``run`` of the sessions latency_ms builds, counted (onnxruntime otherwise as is)."""
+    import types
+
+    from graphprune import runtime
+
+    real = runtime.ort()
+    runs: list = []
+
+    class Counting:
+        def __init__(self, *args, **kwargs):
+            self._sess = real.InferenceSession(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self._sess, name)
+
+        def run(self, *args, **kwargs):
+            runs.append(1)
+            return self._sess.run(*args, **kwargs)
+
+    fake = types.SimpleNamespace(
+        InferenceSession=Counting,
+        SessionOptions=real.SessionOptions,
+        GraphOptimizationLevel=real.GraphOptimizationLevel,
+    )
+    monkeypatch.setattr(runtime, "ort", lambda: fake)
+    return runs
+
+
+def test_a_model_slower_than_a_third_of_the_budget_per_run_is_timed_in_three_runs(monkeypatch):
+    """Its first run is one of the three timed runs, not an extra warm-up (fcn_resnet50: 3 runs
+    of 7 s each instead of 4)."""
+    runs = _counting_runs(monkeypatch)
+    assert latency_ms(_conv_model(3, 8, 3, 8), repeats=None, warmup=3, budget_s=0.0) > 0
+    assert len(runs) == 3
+
+
+def test_a_fast_model_gets_its_warm_up_runs_before_the_timed_ones(monkeypatch):
+    runs = _counting_runs(monkeypatch)
+    assert latency_ms(_conv_model(3, 8, 3, 8), repeats=None, warmup=3, budget_s=1e9) > 0
+    assert len(runs) == 3 + 20  # warm-ups untimed, then MAX_LATENCY_RUNS
+
+
 def test_latency_rejects_zero_repeats():
     with pytest.raises(ValueError):
         latency_ms(_conv_model(3, 8, 3, 8), repeats=0)

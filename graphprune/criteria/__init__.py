@@ -35,18 +35,25 @@ class ScoreContext:
     stats: Statistics | None = None
     fallbacks: dict[str, int] = field(default_factory=dict)
     _entry_cache: dict[tuple[str, int, str], np.ndarray] = field(default_factory=dict, repr=False)
+    _weight_axes: dict[str, set[int]] | None = field(default=None, repr=False)
 
     def entry_stats(self, deps: DependencyGraph, m: Member, reduce: str) -> np.ndarray:
         """Per group index: the l1 or squared-l2 mass of the member's slices.
 
         The per-entry sums of a weight axis are computed once and shared by every group that
-        owns part of that axis (a DenseNet conv reads segments of many groups).
+        owns part of that axis (a DenseNet conv reads segments of many groups); a weight is
+        read once for all its axes that prunable groups hold (a conv's filters and its input
+        channels), not once per axis.
         """
         key = (m.tensor, m.axis, reduce)
         per_entry = self._entry_cache.get(key)
         if per_entry is None:
-            per_entry = entry_masses(deps.view.value(m.tensor), m.axis, reduce)
-            self._entry_cache[key] = per_entry
+            if self._weight_axes is None:
+                self._weight_axes = _weight_axes(deps)
+            axes = sorted(self._weight_axes.get(m.tensor, set()) | {m.axis})
+            for axis, masses in entry_masses_by_axis(deps.view.value(m.tensor), axes, reduce).items():
+                self._entry_cache[(m.tensor, axis, reduce)] = masses
+            per_entry = self._entry_cache[key]
         return per_entry[m.indices].sum(axis=1)
 
     def fell_back(self, what: str) -> None:
@@ -67,20 +74,35 @@ def criterion(name: str) -> Callable[[Criterion], Criterion]:
 
 
 def entry_masses(arr: np.ndarray, axis: int, reduce: str, block: int = 1 << 20) -> np.ndarray:
-    """The l1 or squared-l2 mass of each entry of ``axis`` (summed over the other axes).
+    """The l1 or squared-l2 mass of each entry of ``axis`` (summed over the other axes)."""
+    return entry_masses_by_axis(arr, [axis], reduce, block)[axis]
+
+
+def entry_masses_by_axis(arr: np.ndarray, axes: list[int], reduce: str, block: int = 1 << 20) -> dict[int, np.ndarray]:
+    """:func:`entry_masses` of each of ``axes``, from one pass over the weight.
 
     Large weights (a memory-mapped float16 matrix) are reduced in blocks of the leading axis
     of about ``block`` elements, and a memory map lets go of each block once it is read:
     no temporary and no resident copy the size of the weight is made.
     """
     if arr.ndim == 0 or arr.size <= block:
-        return _masses(arr, axis, reduce)
+        return {axis: _masses(arr, axis, reduce) for axis in axes}
     step = max(1, block // max(1, arr.size // arr.shape[0]))
-    parts = []
+    parts: dict[int, list[np.ndarray]] = {axis: [] for axis in axes}
     for i in range(0, arr.shape[0], step):
-        parts.append(_masses(arr[i : i + step], axis, reduce))
+        for axis in axes:
+            parts[axis].append(_masses(arr[i : i + step], axis, reduce))
         drop_pages(arr)
-    return np.concatenate(parts) if axis == 0 else np.sum(parts, axis=0)
+    return {axis: np.concatenate(p) if axis == 0 else np.sum(p, axis=0) for axis, p in parts.items()}
+
+
+def _weight_axes(deps: DependencyGraph) -> dict[str, set[int]]:
+    """The axes of each weight that prunable groups hold (what scoring will ask of it)."""
+    out: dict[str, set[int]] = {}
+    for g in deps.prunable_groups():
+        for m in g.weights():
+            out.setdefault(m.tensor, set()).add(m.axis)
+    return out
 
 
 def _masses(arr: np.ndarray, axis: int, reduce: str) -> np.ndarray:
