@@ -28,27 +28,28 @@ from onnx import numpy_helper
 
 from .dependency import DependencyGraph
 from .errors import InputError
+from .options import option
 from .plan import Plan
 from .surgery import removed_entries
-from .weights import has_lazy
+from .weights import constant_tensors, has_lazy
 
 MODES = ("remove", "mask")
 _FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
 
 
+def mode_option():
+    """The ``mode`` option of every structured pass (filter, channel, layer), declared once."""
+    return option(
+        "remove",
+        "remove: cut the pruned entries out; mask: write zeros instead and keep every shape (for runtimes or"
+        " pipelines that need the original shapes; its outputs equal the pruned model's)",
+        choices=MODES,
+    )
+
+
 def check_mode(mode: str) -> None:
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-
-
-def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    out = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
-                    out[node.output[0]] = a.t
-    return out
 
 
 def _write(t: onnx.TensorProto, arr: np.ndarray) -> None:
@@ -98,7 +99,7 @@ def mask_plan(model: onnx.ModelProto, deps: DependencyGraph, plan: Plan) -> onnx
 
     out = _copy(model, "channels")
     removed = removed_entries(deps, plan)
-    protos = _constants(out)
+    protos = constant_tensors(out)
     mv = deps.view
     roles = {**{(m.tensor, m.axis): m.role for g in deps.groups for m in g.members}, **deps.roles}
     runtime_masks: dict = {}
@@ -136,7 +137,7 @@ def mask_plan(model: onnx.ModelProto, deps: DependencyGraph, plan: Plan) -> onnx
 def mask_blocks(model: onnx.ModelProto, blocks: Iterable) -> onnx.ModelProto:
     """``model`` with each block's ``f`` silenced by zeroing its weights (rule 2)."""
     out = _copy(model, "blocks")
-    protos = _constants(out)
+    protos = constant_tensors(out)
     readers: dict[str, set[int]] = {}
     for i, node in enumerate(out.graph.node):
         for name in node.input:

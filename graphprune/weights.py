@@ -86,6 +86,18 @@ FLOAT_TYPES = frozenset(
 )  # the element types weights are counted and ranked in
 
 
+def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """The tensors of ``model``'s main graph that hold constant values, by name: its initializers
+    and the ``value`` of its Constant nodes (the protos themselves: writing into them edits the model)."""
+    out = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    out[node.output[0]] = a.t
+    return out
+
+
 def set_field(dst, field, value) -> None:
     """Copy one protobuf field's ``value`` into ``dst`` (repeated fields extended, messages copied)."""
     # protobuf >= 5 has is_repeated; older releases only the (now deprecated) label

@@ -34,6 +34,7 @@ from ..criteria import CRITERIA, ScoreContext
 from ..data import DEFAULT_BATCH
 from ..dependency import DependencyGraph, Group, analyze
 from ..errors import InputError
+from ..maskmode import mode_option
 from ..options import option
 from ..plan import Plan
 from . import PassContext, PassResult, TransformMixin
@@ -64,12 +65,7 @@ class ChannelPruning(TransformMixin):
     ignore: tuple[str, ...] = option((), "protect layers", metavar="NAME")
     units: tuple[str, ...] = option((), "prune only these units", flag="--unit", choices=UNITS)
     seed: int = option(0, "seed of the random criterion and inputs")
-    mode: str = option(
-        "remove",
-        "remove: cut the pruned entries out; mask: write zeros instead and keep every shape (for runtimes or"
-        " pipelines that need the original shapes; its outputs equal the pruned model's)",
-        choices=("remove", "mask"),
-    )  # graphprune.maskmode
+    mode: str = mode_option()  # remove | mask (graphprune.maskmode)
 
     def __post_init__(self) -> None:
         from ..maskmode import check_mode

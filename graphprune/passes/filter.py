@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..headcount import even_heads
 from ..inputs import count_shapes
 from ..iochange import io_changes, release_io
-from ..maskmode import check_mode
+from ..maskmode import check_mode, mode_option
 from ..options import option
 from ..plan import Plan, plan_from_json
 from ..surgery import apply_plan
@@ -130,12 +130,7 @@ class FilterPruning(TransformMixin):
     )
     threads: int = option(1, "onnxruntime threads for latency tables (default 1)")
     progress: Callable[[str], None] | None = option(None, cli=False, compare=False)
-    mode: str = option(
-        "remove",
-        "remove: cut the pruned entries out; mask: write zeros instead and keep every shape (for runtimes or"
-        " pipelines that need the original shapes; its outputs equal the pruned model's)",
-        choices=("remove", "mask"),
-    )  # graphprune.maskmode
+    mode: str = mode_option()  # remove | mask (graphprune.maskmode)
     # measured drops per group (a Sensitivity or its JSON file) price each group's removals for a target
     sensitivity: Any = option(
         None,

@@ -34,6 +34,7 @@ import onnx
 from ..blocks import Block, effective, find_blocks, remove_blocks, zeroed_reference_bytes
 from ..errors import InputError
 from ..graph import ModelView, view
+from ..maskmode import mode_option
 from ..options import option
 from ..validation import Reference
 from . import PassContext, PassResult, TransformMixin
@@ -62,12 +63,7 @@ class LayerPruning(TransformMixin):
     calib: str | os.PathLike | None = option(None, "calibration data", metavar="DATA")
     calib_limit: int | None = option(CALIB_LIMIT, cli=False)
     plan: dict | None = option(None, cli=False)  # a layer plan's JSON object, as stored in the metadata
-    mode: str = option(
-        "remove",
-        "remove: cut the pruned entries out; mask: write zeros instead and keep every shape (for runtimes or"
-        " pipelines that need the original shapes; its outputs equal the pruned model's)",
-        choices=("remove", "mask"),
-    )  # graphprune.maskmode
+    mode: str = mode_option()  # remove | mask (graphprune.maskmode)
 
     def __post_init__(self) -> None:
         if self.criterion is None:

@@ -41,6 +41,7 @@ from ..calibrate import DEFAULT_MAX_FEATURES as MAX_FEATURES  # a wider layer ge
 from ..data import DEFAULT_BATCH
 from ..errors import InputError
 from ..options import option
+from ..weights import constant_tensors
 from . import PassContext, PassResult, TransformMixin
 
 PATTERNS = ("unstructured", "2:4", "4:8", "kernel")
@@ -570,18 +571,8 @@ class Sparsified:
     deps: Any
 
 
-def _constant_protos(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    out = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
-                    out[node.output[0]] = a.t
-    return out
-
-
 def _base_value(model: onnx.ModelProto, layer: SparseLayer) -> np.ndarray:
-    return numpy_helper.to_array(_constant_protos(model)[layer.weight])
+    return numpy_helper.to_array(constant_tensors(model)[layer.weight])
 
 
 def write_layers(model: onnx.ModelProto, layers: list[SparseLayer], *, masked: bool = True) -> onnx.ModelProto:
@@ -589,7 +580,7 @@ def write_layers(model: onnx.ModelProto, layers: list[SparseLayer], *, masked: b
     when ``masked``, zeros where its mask says."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    protos = _constant_protos(out)
+    protos = constant_tensors(out)
     for layer in layers:
         t = protos[layer.weight]
         w = layer.updated if layer.updated is not None else numpy_helper.to_array(t)
@@ -607,7 +598,7 @@ def reference_bytes(model: onnx.ModelProto, layers: list[SparseLayer]) -> bytes:
     from ..masking import MaskPoint, insert_masks
 
     base = write_layers(model, [ly for ly in layers if ly.updated is not None], masked=False)
-    protos = _constant_protos(base)
+    protos = constant_tensors(base)
     points = [
         MaskPoint(ly.weight, list(ly.readers), list(ly.shape), protos[ly.weight].data_type, (~ly.mask).astype(float))
         for ly in layers
@@ -656,7 +647,7 @@ def check_layers(model: onnx.ModelProto, layers: list[SparseLayer], pattern: str
     """The independent pattern check of a sparse model (rule 6): read back each layer's weight
     and count the groups of M that have fewer than N zeros (N:M), or the zeros (others)."""
     nm = n_of_m(pattern)
-    protos = _constant_protos(model)
+    protos = constant_tensors(model)
     bad: list[str] = []
     for ly in layers:
         w = numpy_helper.to_array(protos[ly.weight])
