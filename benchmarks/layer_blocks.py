@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from graphprune.blocks import find_blocks, remove_blocks, zeroed_reference_bytes
+from graphprune.blocks import find_blocks, remove_blocks
 from graphprune.cost import cost_of, random_feeds
 from graphprune.data import open_dataset
+from graphprune.masking import zeroed_reference_bytes
 from graphprune.passes.layer import lowest, score_blocks
 from graphprune.report import grid
 from graphprune.validation import EXACT_RTOL, fidelity, rel_diff, run

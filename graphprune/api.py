@@ -598,7 +598,8 @@ def _replayed_step(orig: onnx.ModelProto, new: onnx.ModelProto, pruned: ModelLik
     ``new``'s metadata: a plan, a layer plan, or a history of steps composed into the original's
     indices): ``(step, a note on how it was rebuilt, the shapes the analysis inferred, the graph
     inputs/outputs its plan changed)``."""
-    from .blocks import find_blocks, zeroed_reference_bytes
+    from .blocks import find_blocks
+    from .masking import zeroed_reference_bytes
     from .passes.layer import blocks_of_plan
     from .validation import INEXACT_NOTE, Reference, plan_reference
 

@@ -31,9 +31,7 @@ import numpy as np
 import onnx
 
 from .cost import node_macs
-from .errors import InputError
 from .graph import ModelView, view
-from .masking import MaskPoint, insert_masks
 from .weights import FLOAT_TYPES, set_field
 
 _SRC = "graphprune:source"
@@ -362,31 +360,3 @@ def _outer_reads(node: onnx.NodeProto) -> set[str]:
     from .graph import _subgraph_inputs
 
     return _subgraph_inputs(node) if _reads_outer(node) else set()
-
-
-# --------------------------------------------------------------------------- reference
-
-
-def zeroed_reference_bytes(original: onnx.ModelProto, blocks: Iterable[Block]) -> bytes:
-    """The original, serialized, with each block's ``f(x)`` multiplied by zero at its ``Add``.
-
-    The Muls are put into ``original`` itself, serialized and taken out again (in
-    ``finally``), so no second copy of the weights is made and the caller's model ends as it
-    began. Independent of :func:`remove_blocks`: no node is dropped, no input rewired but
-    the Add's own.
-    """
-    data, _ = insert_masks(original, block_points(original, blocks, zero=True), prefix="graphprune_zero")
-    return data
-
-
-def block_points(model: onnx.ModelProto, blocks: Iterable[Block], *, zero: bool) -> list[MaskPoint]:
-    """A scalar mask on each block's ``f(x)`` where its Add reads it: a constant 0 (``zero``),
-    or a graph input (1 keeps the block, 0 removes it) for sensitivity analysis."""
-    points = []
-    for b in blocks:
-        node = model.graph.node[b.add_index]
-        if node.output[0] != b.y or b.fx not in node.input:
-            raise InputError(f"block {b.add}: the model does not have this block (plan from another model?)")
-        pos = list(node.input).index(b.fx)
-        points.append(MaskPoint(b.fx, [(b.add_index, pos)], [], b.dtype, np.zeros(()) if zero else None))
-    return points

@@ -36,8 +36,7 @@ from .calibrate import Statistics
 from .consumers import Consumer, features_of, from_matrix, weight_matrix
 from .dependency import DependencyGraph
 from .graph import fresh_name
-from .plan import Plan
-from .surgery import removed_entries
+from .plan import Plan, removed_entries
 
 METHODS = ("none", "bias", "lstsq")
 DEFAULT_RIDGE = 1e-3

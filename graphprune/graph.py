@@ -267,7 +267,8 @@ def _reshape_hints(mv: ModelView) -> dict[str, tuple[int, tuple]]:
 
 def _reshape_dims(mv: ModelView, x: str, elements, symbol) -> list:
     """The output sizes of a Reshape of ``x`` to ``elements``, as monomials (None if unknown)."""
-    from .rules.shape import _product, _quotient
+    from .shapefold import monomial_product as _product
+    from .shapefold import monomial_quotient as _quotient
 
     xs = mv.shapes[x]
     dims: list = []

@@ -155,7 +155,7 @@ def _ancestors(mv, tensor: str) -> set[str]:
 
 def io_changes(deps: DependencyGraph, plan: Plan) -> list[IoChange]:
     """Every graph input and output whose declared shape ``plan`` changes (rule 3), inputs first."""
-    from .surgery import removed_entries
+    from .plan import removed_entries
 
     removed = removed_entries(deps, plan)
     mv = deps.view
@@ -217,7 +217,7 @@ def io_map(deps: DependencyGraph | None, plan: Plan | None) -> IoMap:
     """The :class:`IoMap` of ``plan`` on ``deps``: empty unless a released group loses entries."""
     if deps is None or plan is None or not any("io" in g.facts and len(plan.removed(g)) for g in deps.groups):
         return IoMap({}, frozenset())
-    from .surgery import removed_entries
+    from .plan import removed_entries
 
     removed: dict[str, dict[int, np.ndarray]] = {}
     for (tensor, axis), idx in removed_entries(deps, plan).items():

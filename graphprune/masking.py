@@ -24,13 +24,14 @@ Rules:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .blocks import Block
 from .dependency import DependencyGraph, Dim
 from .errors import InputError
 from .graph import fresh_name
@@ -209,3 +210,31 @@ def insert_masks(
         assert len(g.node) == n_nodes
         for node, position, tensor in originals:
             node.input[position] = tensor
+
+
+# --------------------------------------------------------------------------- residual blocks
+
+
+def zeroed_reference_bytes(original: onnx.ModelProto, blocks: Iterable[Block]) -> bytes:
+    """The original, serialized, with each block's ``f(x)`` multiplied by zero at its ``Add``.
+
+    The Muls are put into ``original`` itself, serialized and taken out again (in
+    ``finally``), so no second copy of the weights is made and the caller's model ends as it
+    began. Independent of :func:`graphprune.blocks.remove_blocks`: no node is dropped, no input rewired but
+    the Add's own.
+    """
+    data, _ = insert_masks(original, block_points(original, blocks, zero=True), prefix="graphprune_zero")
+    return data
+
+
+def block_points(model: onnx.ModelProto, blocks: Iterable[Block], *, zero: bool) -> list[MaskPoint]:
+    """A scalar mask on each block's ``f(x)`` where its Add reads it: a constant 0 (``zero``),
+    or a graph input (1 keeps the block, 0 removes it) for sensitivity analysis."""
+    points = []
+    for b in blocks:
+        node = model.graph.node[b.add_index]
+        if node.output[0] != b.y or b.fx not in node.input:
+            raise InputError(f"block {b.add}: the model does not have this block (plan from another model?)")
+        pos = list(node.input).index(b.fx)
+        points.append(MaskPoint(b.fx, [(b.add_index, pos)], [], b.dtype, np.zeros(()) if zero else None))
+    return points

@@ -29,8 +29,7 @@ from onnx import numpy_helper
 from .dependency import DependencyGraph
 from .errors import InputError
 from .options import option
-from .plan import Plan
-from .surgery import removed_entries
+from .plan import Plan, removed_entries
 from .weights import constant_tensors, has_lazy
 
 MODES = ("remove", "mask")

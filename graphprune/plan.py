@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .dependency import DependencyGraph, Group
+from .dependency import VIRTUAL, DependencyGraph, Group
 from .errors import InputError
 
 FORMAT = "graphprune-plan-v1"
@@ -159,7 +160,6 @@ def compose(steps: list[dict], deps: DependencyGraph, source: str = "plan") -> d
     its indices are positions among the entries the earlier steps kept, mapped back here.
     Raises ``InputError`` if a step does not fit the model the earlier ones leave.
     """
-    from .surgery import removed_entries  # surgery reads plans: imported here, not at the top
 
     entries: list[dict] = []
     # graph inputs/outputs any step changed (--allow-io-change): the composed plan changes them too
@@ -187,3 +187,25 @@ def compose(steps: list[dict], deps: DependencyGraph, source: str = "plan") -> d
                 )
             entries.append({"anchor": anchor, "axis": axis, "remove": kept[remove].tolist()})
     return {**meta, "groups": entries}
+
+
+def removed_entries(deps: DependencyGraph, plan: Plan) -> dict[tuple[str, int], np.ndarray]:
+    """Sorted entries removed from each (tensor, axis) by ``plan``."""
+    parts: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
+    for group in deps.groups:
+        js = plan.removed(group)
+        if len(js) == 0:
+            continue
+        for m in group.members:
+            if m.kind != VIRTUAL:
+                parts[(m.tensor, m.axis)].append(m.indices[js].ravel())
+    return {d: _sorted_unique(p) for d, p in parts.items()}
+
+
+def _sorted_unique(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.unique`` of the concatenated parts, without its per-call overhead (thousands of
+    small index arrays in a DenseNet)."""
+    arr = np.sort(parts[0] if len(parts) == 1 else np.concatenate(parts))
+    if len(arr) > 1:
+        arr = arr[np.concatenate(([True], arr[1:] != arr[:-1]))]
+    return arr

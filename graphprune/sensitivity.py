@@ -19,16 +19,15 @@ import numpy as np
 import onnx
 
 from . import weights
-from .blocks import Block, block_points, find_blocks
+from .blocks import Block, find_blocks
 from .criteria import score_groups
 from .data import DEFAULT_BATCH, Dataset, input_specs
 from .dependency import DependencyGraph, Dim
 from .errors import InputError
 from .evaluate import check_labels, class_indices
-from .masking import channel_points, insert_masks, mask_dtype, mask_shape
-from .plan import Plan
+from .masking import block_points, channel_points, insert_masks, mask_dtype, mask_shape
+from .plan import Plan, removed_entries
 from .progress import progress
-from .surgery import removed_entries
 
 FORMAT = "graphprune-sensitivity-v1"
 DEFAULT_RATIOS = (0.25, 0.5, 0.75)

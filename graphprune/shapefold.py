@@ -341,3 +341,28 @@ def _elements(mv, name: str, consumer: tuple[int, int], depth: int) -> list[Shap
 def _end(e: int) -> int | None:
     """A Slice end as a Python slice end (INT64_MAX-style ends mean 'to the end')."""
     return None if e >= 2**31 else e
+
+
+def monomial_mul(a, b):
+    """The product of two sizes as monomials ``(integer, sorted symbols)``."""
+    return (a[0] * b[0], tuple(sorted(a[1] + b[1])))
+
+
+def monomial_product(ms):
+    """The product of sizes as monomials."""
+    out = (1, ())
+    for m in ms:
+        out = monomial_mul(out, m)
+    return out
+
+
+def monomial_quotient(a, b):
+    """``a / b`` as a monomial, or None if ``b`` does not divide ``a``."""
+    if b[0] == 0 or a[0] % b[0]:
+        return None
+    rest = list(a[1])
+    for s in b[1]:
+        if s not in rest:
+            return None
+        rest.remove(s)
+    return (a[0] // b[0], tuple(rest))

@@ -22,9 +22,9 @@ import onnx
 from onnx import numpy_helper
 
 from . import weights
-from .dependency import VIRTUAL, DependencyGraph
+from .dependency import DependencyGraph
 from .graph import fresh_name
-from .plan import Plan
+from .plan import Plan, removed_entries
 from .rules import opsets, rewriter_for
 from .weights import set_field
 
@@ -33,28 +33,6 @@ _RAW_TYPES = frozenset(
     getattr(onnx.TensorProto, t)
     for t in "FLOAT FLOAT16 DOUBLE BFLOAT16 BOOL INT8 UINT8 INT16 UINT16 INT32 UINT32 INT64 UINT64".split()
 )
-
-
-def removed_entries(deps: DependencyGraph, plan: Plan) -> dict[tuple[str, int], np.ndarray]:
-    """Sorted entries removed from each (tensor, axis) by ``plan``."""
-    parts: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
-    for group in deps.groups:
-        js = plan.removed(group)
-        if len(js) == 0:
-            continue
-        for m in group.members:
-            if m.kind != VIRTUAL:
-                parts[(m.tensor, m.axis)].append(m.indices[js].ravel())
-    return {d: _sorted_unique(p) for d, p in parts.items()}
-
-
-def _sorted_unique(parts: list[np.ndarray]) -> np.ndarray:
-    """``np.unique`` of the concatenated parts, without its per-call overhead (thousands of
-    small index arrays in a DenseNet)."""
-    arr = np.sort(parts[0] if len(parts) == 1 else np.concatenate(parts))
-    if len(arr) > 1:
-        arr = arr[np.concatenate(([True], arr[1:] != arr[:-1]))]
-    return arr
 
 
 def apply_plan(model: onnx.ModelProto, deps: DependencyGraph, plan: Plan, *, inplace: bool = False) -> onnx.ModelProto:

@@ -42,9 +42,8 @@ from .dependency import DependencyGraph
 from .errors import InputError
 from .iochange import io_map
 from .masking import masked_bytes
-from .plan import Plan
+from .plan import Plan, removed_entries
 from .quantized import QUANT_STEPS, fake_quant_bypassed, integer_sums, is_quantized, output_steps, step_diffs
-from .surgery import removed_entries
 from .weights import DIR_KEY, has_lazy, runnable
 
 EXACT_RTOL = 1e-4

@@ -12,8 +12,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphprune import InputError, api
-from graphprune.blocks import find_blocks, remove_blocks, zeroed_reference_bytes
+from graphprune.blocks import find_blocks, remove_blocks
 from graphprune.cost import cost_of, random_feeds
+from graphprune.masking import zeroed_reference_bytes
 from graphprune.passes import FilterPruning, LayerPruning
 from graphprune.passes.filter import PLAN_METADATA_KEY, get_metadata
 from graphprune.passes.layer import LAYER_PLAN_KEY, lowest, score_blocks

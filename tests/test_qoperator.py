@@ -16,8 +16,8 @@ from test_quantized import quantize
 
 import graphprune
 from graphprune.dependency import analyze
-from graphprune.plan import Plan
-from graphprune.surgery import apply_plan, removed_entries
+from graphprune.plan import Plan, removed_entries
+from graphprune.surgery import apply_plan
 from graphprune.validation import EXACT_RTOL, check_pruned, run
 from models import builders, variants
 

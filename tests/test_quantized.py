@@ -117,7 +117,7 @@ def test_one_consumer_weight_sliced_at_the_wrong_channels_fails(qdq_net):
     # part of its rewrite. One channel of one layer: the float comparison still sees it.
     result = graphprune.prune(qdq_net, ratio=0.5, validate=False)
     deps, plan = result.deps, result.plan
-    from graphprune.surgery import removed_entries
+    from graphprune.plan import removed_entries
 
     removed = removed_entries(deps, plan)
     before = {t.name: numpy_helper.to_array(t) for t in qdq_net.graph.initializer}

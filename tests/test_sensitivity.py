@@ -11,9 +11,9 @@ from graphprune.cli import main
 from graphprune.data import input_specs, open_dataset
 from graphprune.dependency import analyze
 from graphprune.errors import InputError
-from graphprune.plan import Plan
+from graphprune.plan import Plan, removed_entries
 from graphprune.sensitivity import MaskedRunner, measure, read_sensitivity
-from graphprune.surgery import apply_plan, removed_entries
+from graphprune.surgery import apply_plan
 from graphprune.validation import run
 from models import builders
 

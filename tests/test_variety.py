@@ -22,7 +22,7 @@ from onnx import TensorProto, numpy_helper
 import graphprune
 from graphprune.criteria import score_groups
 from graphprune.graph import opset_of
-from graphprune.surgery import removed_entries
+from graphprune.plan import removed_entries
 from graphprune.validation import masked_reference, rel_diff, run
 from models import builders, variants
 

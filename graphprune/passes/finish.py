@@ -23,8 +23,8 @@ from ..calibrate import DEFAULT_MAX_ROWS, Statistics, as_dataset, calibrate
 from ..compensate import DEFAULT_RIDGE, METHODS, compensated_plan
 from ..dependency import DependencyGraph
 from ..errors import InputError
-from ..plan import Plan
-from ..surgery import apply_plan, removed_entries
+from ..plan import Plan, removed_entries
+from ..surgery import apply_plan
 from ..validation import plan_reference
 from ..weights import set_entry
 from . import PassResult

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..blocks import Block, effective, find_blocks, remove_blocks, zeroed_reference_bytes
+from ..blocks import Block, effective, find_blocks, remove_blocks
 from ..errors import InputError
 from ..graph import ModelView, view
+from ..masking import zeroed_reference_bytes
 from ..maskmode import mode_option
 from ..options import option
 from ..validation import Reference

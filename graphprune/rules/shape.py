@@ -26,6 +26,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..shapefold import monomial_mul as _mul
+from ..shapefold import monomial_product as _product
+from ..shapefold import monomial_quotient as _quotient
 from ..shapefold import shape_elements
 from . import RuleContext, SurgeryContext, rewriter, rule
 
@@ -309,29 +312,6 @@ def _symbol(mv, tensor: str, axis: int, size: int | None):
     names = mv.dim_params.get(tensor) or ()
     name = names[axis] if axis < len(names) else None
     return (1, (name if name and name != "?" else f"{tensor}[{axis}]",))
-
-
-def _mul(a, b):
-    return (a[0] * b[0], tuple(sorted(a[1] + b[1])))
-
-
-def _product(ms):
-    out = (1, ())
-    for m in ms:
-        out = _mul(out, m)
-    return out
-
-
-def _quotient(a, b):
-    """``a / b`` as a monomial, or None if ``b`` does not divide ``a``."""
-    if b[0] == 0 or a[0] % b[0]:
-        return None
-    rest = list(a[1])
-    for s in b[1]:
-        if s not in rest:
-            return None
-        rest.remove(s)
-    return (a[0] // b[0], tuple(rest))
 
 
 def _divides(a, b) -> bool:
