@@ -217,6 +217,43 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     _input_map_flag(se)
 
+    sr = sub.add_parser(
+        "search", parents=[common], help="search pruning configurations for the best metric per MAC (resumable)"
+    )
+    sr.add_argument("model")
+    sr.add_argument("--calib", required=True, metavar="CALIB", help="calibration data (.npz or a folder of them)")
+    sr.add_argument("--data", required=True, metavar="TEST", help="evaluation data each trial is measured on")
+    sr.add_argument(
+        "--labels",
+        nargs="?",
+        const="labels",
+        metavar="KEY",
+        help="measure top-1 accuracy against this key of TEST (default key: labels) instead of fidelity",
+    )
+    sr.add_argument("--space", metavar="SPACE.json", help="option lists replacing the default space's")
+    sr.add_argument("--trials", type=int, required=True, metavar="N", help="trials in the search")
+    sr.add_argument("--workers", type=int, metavar="W", help="trials at a time (default: the machine's cores)")
+    sr.add_argument("--executor", default="local", help="local (a process pool, default) or ray")
+    sr.add_argument(
+        "--ray-address", metavar="ADDR", help="Ray cluster to join (auto: a running one; default: start a local Ray)"
+    )
+    sr.add_argument(
+        "--store", required=True, metavar="RUNS.db", help="SQLite store of the trials (resumed if it exists)"
+    )
+    sr.add_argument(
+        "--out", required=True, metavar="DIR", help="where the front's models, front.json, plot and page go"
+    )
+    sr.add_argument(
+        "--objective", choices=["accuracy", "fidelity"], help="the metric (default: accuracy with --labels)"
+    )
+    limit = sr.add_mutually_exclusive_group()
+    limit.add_argument("--max-latency", type=float, metavar="L", help="front only: latency ratio at most L")
+    limit.add_argument("--max-flops", type=float, metavar="F", help="front only: MACs ratio at most F")
+    sr.add_argument("--seed", type=int, default=0, help="seed of the design and refinement (default 0)")
+    sr.add_argument("--json", action="store_true", help="print the trials and front as JSON")
+    sr.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    _input_map_flag(sr)
+
     v = sub.add_parser("validate", parents=[common], help="validate a pruned model against its original")
     v.add_argument("original")
     v.add_argument("pruned")
@@ -279,6 +316,7 @@ def _main(argv: list[str], debug: bool) -> int:
         except SystemExit as exc:  # --help, --version: printed, and done
             return EXIT_OK if exc.code in (0, None) else EXIT_INPUT
         commands = {"inspect": _inspect, "prune": _prune, "validate": _validate, "sensitivity": _sensitivity}
+        commands["search"] = _search
         return commands[args.command](args)
     except InputError as exc:
         print(f"graphprune: error: {exc}", file=sys.stderr)
@@ -675,6 +713,41 @@ def _sensitivity(args) -> int:
     if not args.quiet:
         print(sensitivity_table(sens))
         print(f"wrote {args.output}" + (f" and {args.plot}" if args.plot else ""))
+    return EXIT_OK
+
+
+def _search(args) -> int:
+    from .search import search
+    from .search.report import front_table, write_outdir
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"{args.out}: exists and is not a directory; --out names a folder")
+    _quiet_progress(args)
+    result = search(
+        args.model,
+        calib=args.calib,
+        data=args.data,
+        store=args.store,
+        trials=args.trials,
+        labels=args.labels,
+        space=args.space,
+        workers=args.workers,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        objective=args.objective,
+        max_latency=args.max_latency,
+        max_flops=args.max_flops,
+        seed=args.seed,
+        input_map=_input_map(args),
+        progress=None if args.quiet else (lambda msg: _say(args, msg)),
+    )
+    for note in write_outdir(result, args.out):
+        _say(args, f"note: {note}")
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    elif not args.quiet:
+        print(front_table(result))
+        print(f"wrote {len(result.front)} front models, front.json, search.png and trials.html to {args.out}")
     return EXIT_OK
 
 
