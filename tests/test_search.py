@@ -226,3 +226,14 @@ def test_ray_executor_without_ray_is_one_line_exit_2(tiny, tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "pip install 'graphprune[ray]'" in err
     assert not store.exists()
+
+
+def test_ray_executor_gives_the_local_executors_trials_and_metrics(searched, tiny, tmp_path, capsys):
+    pytest.importorskip("ray")
+    result, _, _ = searched
+    args = _args(tiny, tmp_path / "ray.db", tmp_path / "out", "--trials", "10", "--workers", "2", "--json", "-q")
+    assert main([*args, "--executor", "ray"]) == 0  # a local Ray started with num_cpus=2, then shut down
+    on_ray = json.loads(capsys.readouterr().out)
+    pick = ("id", "config", "status", "metric", "macs_ratio", "params_ratio", "error")
+    assert [{k: t[k] for k in pick} for t in on_ray["trials"]] == [{k: t[k] for k in pick} for t in result["trials"]]
+    assert on_ray["front"] == result["front"] and on_ray["ran_now"] == 10
