@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--no-blocks", action="store_true", help="skip the residual blocks (layer pass)")
     se.add_argument("--force", action="store_true", help="overwrite existing outputs")
     se.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    se.add_argument("--executor", default="local", help="local (this process, default) or ray (groups shared out)")
+    se.add_argument("--workers", type=int, metavar="W", help="--executor ray: shards (default: the machine's cores)")
+    se.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (auto: a running one)")
     _input_map_flag(se)
 
     sr = sub.add_parser(
@@ -687,6 +690,9 @@ def _sensitivity(args) -> int:
         raise InputError(f"unknown criterion {args.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
     if args.samples < 1:
         raise InputError(f"samples must be a positive integer, got {args.samples}")
+    from .search.executors import check_executor
+
+    check_executor(args.executor)
     _quiet_progress(args)
     dataset = _dataset(args, args.calib)
     model = api.load_model(args.model)
@@ -694,10 +700,7 @@ def _sensitivity(args) -> int:
     for note in check_scope(deps, (), tuple(args.unit)):  # no group of any unit asked for: an error
         _say(args, f"note: {note}")
     _say(args, f"measuring {len(deps.prunable_groups())} groups x {len(args.ratios)} ratios on {args.calib} ...")
-    sens = measure(
-        model,
-        deps,
-        dataset,
+    options = dict(
         ratios=tuple(args.ratios),
         criterion=args.criterion,
         samples=args.samples,
@@ -707,6 +710,15 @@ def _sensitivity(args) -> int:
         blocks=not args.no_blocks,
         name=Path(args.model).name,
     )
+    if args.executor == "ray":  # the groups shared out over Ray workers; the same result
+        from .search.sensitivity_ray import measure_on_ray
+
+        workers = args.workers or os.cpu_count() or 1
+        sens = measure_on_ray(
+            args.model, args.calib, workers=workers, address=args.ray_address, input_map=_input_map(args), **options
+        )
+    else:
+        sens = measure(model, deps, dataset, **options)
     sens.save(args.output)
     if args.plot:
         plot(sens, args.plot)

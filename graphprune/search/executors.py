@@ -90,6 +90,29 @@ class LocalExecutor:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def init_ray(workers: int, address: str | None) -> bool:
+    """Join ``address`` (``auto``: a running cluster) or start a local Ray with ``workers``
+    CPUs (rule 3); True if this call started it (and should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        return True
+    # a local Ray runs the graphprune this driver imported, wherever it is installed
+    here = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(
+        num_cpus=workers,
+        logging_level="ERROR",
+        log_to_driver=False,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
+    return True
+
+
 class RayExecutor:
     """Ray actors, one per worker, fed by reference from the object store (rule 3)."""
 
@@ -102,21 +125,7 @@ class RayExecutor:
             if Path(p).is_dir():  # before Ray starts
                 raise InputError(f"{p}: --executor ray sends data as one file; a folder of .npz is not supported yet")
         self.ray = ray
-        self.started = not ray.is_initialized()
-        if self.started:
-            if address:
-                ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-            else:
-                # a local Ray runs the graphprune this driver imported, wherever it is installed
-                here = str(Path(__file__).resolve().parents[2])
-                path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
-                ray.init(
-                    num_cpus=workers,
-                    logging_level="ERROR",
-                    log_to_driver=False,
-                    include_dashboard=False,
-                    runtime_env={"env_vars": {"PYTHONPATH": path}},
-                )
+        self.started = init_ray(workers, address)
         files = {k: worker_args[k] for k in ("model_path", "calib", "test")}
         refs = {k: ray.put(Path(p).read_bytes()) for k, p in files.items()}  # once, shared by every actor
         rest = {k: v for k, v in worker_args.items() if k not in files}
