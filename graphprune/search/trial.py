@@ -6,7 +6,8 @@ Rules:
 2. A trial prunes through :func:`graphprune.api.prune` (or :func:`graphprune.api.run_passes`
    when residual blocks go first), with validation: a result that fails the checker,
    onnxruntime or exactness is ``failed`` with the reason, and so is an option the model
-   refuses (``InputError``). Only a validated model is measured.
+   refuses (``InputError``); an unexpected exception (a bug) fails the trial with its type and
+   message instead of ending the search. Only a validated model is measured.
 3. The metric is the pruned model's top-1 accuracy on TEST with labels, else the cosine of its
    outputs to the original's on TEST. MACs and parameters are per sample, as the report counts
    them; latency is the median of interleaved onnxruntime runs of both models on TEST's first
@@ -57,6 +58,10 @@ class Worker:
             pruned, report, plan = self._prune(config, timings)
         except GraphpruneError as exc:
             return _failed(f"refused: {exc}", t0, timings)
+        except Exception as exc:  # a bug in one trial must not end a search of hours: recorded, reported
+            return _failed(
+                f"internal error ({type(exc).__name__}: {exc}); this is a bug, please report it", t0, timings
+            )
         if not report.passed:
             return _failed(_why_failed(report), t0, timings)
         if not (report.prune.get("channels_removed") or report.prune.get("blocks_removed") or plan):
