@@ -108,6 +108,15 @@ def test_search_json_lists_every_trial_with_the_contract_keys(searched):
     assert [r[0] for r in _rows(store)] == [t["id"] for t in result["trials"]]
 
 
+def test_each_worker_loads_the_model_once_for_all_its_trials(searched):
+    _, store, _ = searched
+    con = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    timings = [json.loads(r[0]) for r in con.execute("SELECT timings FROM trials")]
+    con.close()
+    assert len(timings) == 10 and all(t["worker_loads"] == 1 for t in timings)
+    assert len({t["worker_pid"] for t in timings}) <= 2
+
+
 def test_search_front_is_the_pareto_front_of_done_trials(searched):
     result, _, _ = searched
     trials = [Trial(t["id"], 0, 0, t["config"], t["status"], t["metric"], t["macs_ratio"]) for t in result["trials"]]

@@ -31,7 +31,9 @@ def front_table(result: SearchResult) -> str:
     done = sum(t.status == "done" for t in result.trials)
     failed = sum(t.status == "failed" for t in result.trials)
     base = f"original {name} {result.baseline:.4f}; " if result.objective == "accuracy" else ""
-    text = f"Pareto front ({len(result.front)} of {done} done, {failed} failed; {base}ratios to the original):\n"
+    text = (
+        f"Pareto front: {len(result.front)} of the {done} trials done ({failed} failed); {base}ratios to the original\n"
+    )
     text += "\n".join(rows)
     text += "\n* latency of the front timed again alone after the search (median of interleaved runs)"
     return text

@@ -16,6 +16,7 @@ Rules:
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ import numpy as np
 import onnx
 
 LATENCY_RUNS = 10
+_LOADS = 0  # Workers built in this process: one per worker process or actor (rule 1)
 
 
 @dataclass
@@ -41,6 +43,8 @@ class Worker:
         from .. import api
         from ..data import open_dataset
 
+        global _LOADS
+        _LOADS += 1
         t = time.perf_counter()
         self.model = api.load_model(self.model_path)
         self.calib_ds = open_dataset(self.calib, self.input_map)
@@ -53,7 +57,7 @@ class Worker:
         from ..errors import GraphpruneError
 
         t0 = time.perf_counter()
-        timings: dict[str, float] = {}
+        timings: dict[str, float] = {"worker_pid": os.getpid(), "worker_loads": _LOADS}
         try:
             pruned, report, plan = self._prune(config, timings)
         except GraphpruneError as exc:
