@@ -161,7 +161,7 @@ def search(
     w = Worker(**worker_args)
     models = {}
     for t in fr:
-        pruned, report, _ = w._prune(t.config, {})
+        pruned, report, _ = w.prune(t.config, {})
         if not report.passed:  # the same options gave a model that fails now: say so, keep the row
             raise RuntimeError(f"trial {t.id} passed in the search but its rebuild failed validation")
         models[t.id] = pruned

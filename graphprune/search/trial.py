@@ -59,7 +59,7 @@ class Worker:
         t0 = time.perf_counter()
         timings: dict[str, float] = {"worker_pid": os.getpid(), "worker_loads": _LOADS}
         try:
-            pruned, report, plan = self._prune(config, timings)
+            pruned, report, plan = self.prune(config, timings)
         except GraphpruneError as exc:
             return _failed(f"refused: {exc}", t0, timings)
         except Exception as exc:  # a bug in one trial must not end a search of hours: recorded, reported
@@ -88,7 +88,8 @@ class Worker:
             "plan": plan,
         }
 
-    def _prune(self, config: dict, timings: dict):
+    def prune(self, config: dict, timings: dict):
+        """The pruned model, its report and plan, for ``config`` (timed into ``timings``)."""
         from .. import api
         from ..passes.layer import LayerPruning
 
