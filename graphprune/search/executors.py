@@ -6,6 +6,7 @@ Rules:
 2. ``local``: spawned processes get the model and data by path (one machine, one file
    system); each records its own results in the store (several writers, store rule 4), and
    exits when the search that started it is gone (a killed search leaves no workers behind).
+   Each runs numpy's BLAS on one thread: a worker has one core, as a Ray worker has.
 3. ``ray``: ``ray.init(address=...)`` (``auto``: a running cluster), or a local Ray with
    ``workers`` CPUs when no address is given. The model and data files' bytes are put once
    into Ray's object store and every actor receives the references, so nodes without the
@@ -25,6 +26,7 @@ from pathlib import Path
 from ..errors import InputError
 
 EXECUTORS = ("local", "ray")
+ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 _WORKER = None  # the local worker process's Worker
 _STORE = None
@@ -57,6 +59,10 @@ def _init_local(worker_args: dict, store_path: str, parent: int) -> None:
     _STORE = Store(store_path)
 
 
+def _ready() -> int:
+    return os.getpid()
+
+
 def _run_local(tid: str, attempt: int, config: dict) -> tuple[str, int, dict, bool]:
     result = _WORKER.run(config)
     recorded = _STORE.finish(tid, attempt, result)
@@ -77,6 +83,18 @@ class LocalExecutor:
             initargs=(worker_args, store_path, os.getpid()),
         )
         self.workers = workers
+        # every worker is started now, with one BLAS/OpenMP thread (it has one core, as a Ray
+        # worker has): numpy's threads fighting over the cores made lstsq trials 2-3x slower
+        saved = {k: os.environ.get(k) for k in ONE_THREAD}
+        os.environ.update(dict.fromkeys(ONE_THREAD, "1"))
+        try:
+            cf.wait([self.pool.submit(_ready) for _ in range(workers)])
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def submit(self, tid: str, attempt: int, config: dict):
         return self.pool.submit(_run_local, tid, attempt, config)
