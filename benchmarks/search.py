@@ -5,11 +5,11 @@ python -m benchmarks.search [--trials 6] [--workers 1 2] [--executors local ray]
 Each (executor, workers) pair runs the same search of the bundled digits CNN (a fixed space
 of the filter pass at several targets and criteria with lstsq, so every trial does the same
 kind of work) into a fresh store. Reported per pair: trials per minute while trials ran
-(from the first worker start to the last result), the start-up before the first trial (pool
-or Ray, loading the model and data in each worker) and the end (rebuilding and timing the
-front alone), and the mean of what each trial's time was made of: prune and validate (analysis,
-calibration, allocation, surgery, checker, onnxruntime, exactness), evaluation on the test
-split, and latency timing.
+(from the executor's start to the last result), the input checks before it, the time to the
+first result (starting the pool or Ray, each worker loading the model and data, the first
+trial), the end (rebuilding the front and timing it alone), and the mean of what each trial's
+time was made of: prune and validate (analysis, calibration, allocation, compensation,
+surgery, checker, onnxruntime, exactness), evaluation on the test split, latency timing.
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         "workers",
         "trials",
         "trials/min",
-        "start-up s",
-        "first result s",
+        "checks s",
+        "to 1st result s",
         "end s",
         "trial s",
         "prune+validate s",
