@@ -48,8 +48,8 @@ def describe(config: dict) -> str:
     parts = [f"--pass {config['pass']}"]
     if config.get("remove_blocks"):
         parts = [f"--pass layer {config['pass']} --remove-blocks {config['remove_blocks']}"]
-    if config["pass"] == "channel":
-        parts.append(f"--ratio {config['ratio']}")
+    if config["pass"] == "channel":  # its criterion ranks groups no calibrated consumer reads
+        parts.append(f"--ratio {config['ratio']} --criterion {config['criterion']}")
     else:
         parts.append(f"--target-flops {config['target_flops']} --criterion {config['criterion']}")
         if config["compensate"] != "none":
