@@ -693,6 +693,12 @@ def _sensitivity(args) -> int:
     from .search.executors import check_executor
 
     check_executor(args.executor)
+    if args.executor != "ray" and (args.workers is not None or args.ray_address):
+        raise InputError(
+            f"sensitivity: --{'workers' if args.workers is not None else 'ray-address'} needs --executor ray"
+        )
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be a positive integer, got {args.workers}")
     _quiet_progress(args)
     dataset = _dataset(args, args.calib)
     model = api.load_model(args.model)
@@ -759,7 +765,10 @@ def _search(args) -> int:
         print(json.dumps(result.to_json(), indent=1))
     elif not args.quiet:
         print(front_table(result))
-        print(f"wrote {len(result.front)} front models, front.json, search.png and trials.html to {args.out}")
+        print(
+            f"wrote the {len(result.front)} front models with their plans, front.json and the trials' pages"
+            f" to {args.out}"
+        )
     return EXIT_OK
 
 

@@ -203,6 +203,7 @@ def _store_state(store: Path) -> tuple[bytes, list]:
     "change, message",
     [
         (("--executor", "spark"), "unknown executor 'spark'"),
+        (("--ray-address", "auto"), "--ray-address needs --executor ray"),
         (("--space", "BADSPACE"), "unknown criterion"),
         (("MODEL", "OTHER"), "store of another model"),
     ],

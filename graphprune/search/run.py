@@ -80,6 +80,8 @@ def search(
     from ..evaluate import check_labels
 
     check_executor(executor)
+    if ray_address and executor != "ray":
+        raise InputError("search: --ray-address needs --executor ray")
     sp = space if isinstance(space, Space) else load_space(space)
     if trials < 1:
         raise InputError(f"--trials must be a positive integer, got {trials}")
