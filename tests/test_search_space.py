@@ -79,3 +79,19 @@ def test_front_drops_dominated_and_constrained_trials():
     assert [t.id for t in pareto(feasible(trials, max_flops=0.45))] == ["b", "d"]
     assert [t.id for t in feasible(trials, max_latency=0.65)] == ["b", "c"]
     assert [t.id for t in pareto(feasible(trials, max_latency=0.65))] == ["b"]  # b beats c on both
+
+
+def test_outdir_without_matplotlib_skips_the_plot_with_a_note(tmp_path, monkeypatch):
+    import sys
+
+    from graphprune.search.report import write_outdir
+    from graphprune.search.run import SearchResult
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    config = {"pass": "filter", "criterion": "l2", "compensate": "lstsq", "target_flops": 0.5, "round_to": 1}
+    trial = Trial("abc", 0, 0, {**config, "units": [], "remove_blocks": 0}, "done", 0.9, 0.5, 0.6, 0.7, 1.0)
+    notes = write_outdir(SearchResult([trial], [], 1, 0.95, "accuracy"), tmp_path)
+    assert notes == ["search.png skipped: plotting needs matplotlib (pip install 'graphprune[plot]')"]
+    assert not (tmp_path / "search.png").exists()
+    assert json.loads((tmp_path / "front.json").read_text())["front"] == []
+    assert "abc" in (tmp_path / "trials.html").read_text()
