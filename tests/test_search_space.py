@@ -95,3 +95,19 @@ def test_outdir_without_matplotlib_skips_the_plot_with_a_note(tmp_path, monkeypa
     assert not (tmp_path / "search.png").exists()
     assert json.loads((tmp_path / "front.json").read_text())["front"] == []
     assert "abc" in (tmp_path / "trials.html").read_text()
+
+
+def test_ray_refuses_a_model_with_external_data_before_starting(tmp_path):
+    import onnx
+
+    from graphprune import api
+    from graphprune.search.executors import check_ray_files
+    from models import builders
+
+    m = builders.residual_net(width=8, blocks=2, num_classes=4, input_shape=[1, 3, 8, 8])
+    onnx.save(m, tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
+    api.load_model(tmp_path / "m.onnx")
+    with pytest.raises(InputError, match="external data is not supported yet"):
+        check_ray_files(tmp_path / "m.onnx")
+    with pytest.raises(InputError, match="a folder of .npz is not supported yet"):
+        check_ray_files(tmp_path / "none.onnx", tmp_path)

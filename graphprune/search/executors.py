@@ -108,6 +108,18 @@ class LocalExecutor:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def check_ray_files(model: str | os.PathLike, *data: str | os.PathLike) -> None:
+    """Ray gets each file's bytes: a model with external data, or a folder of data, is refused
+    before Ray starts (the model must have been loaded in this process, as the search does)."""
+    from ..io import had_external_data
+
+    if had_external_data(model):
+        raise InputError(f"{model}: --executor ray sends the model as one file; external data is not supported yet")
+    for p in data:
+        if Path(p).is_dir():
+            raise InputError(f"{p}: --executor ray sends data as one file; a folder of .npz is not supported yet")
+
+
 def init_ray(workers: int, address: str | None) -> bool:
     """Join ``address`` (``auto``: a running cluster) or start a local Ray with ``workers``
     CPUs (rule 3); True if this call started it (and should shut it down)."""
@@ -139,9 +151,7 @@ class RayExecutor:
     def __init__(self, worker_args: dict, workers: int, address: str | None = None):
         import ray
 
-        for p in (worker_args["calib"], worker_args["test"]):
-            if Path(p).is_dir():  # before Ray starts
-                raise InputError(f"{p}: --executor ray sends data as one file; a folder of .npz is not supported yet")
+        check_ray_files(worker_args["model_path"], worker_args["calib"], worker_args["test"])
         self.ray = ray
         self.started = init_ray(workers, address)
         files = {k: worker_args[k] for k in ("model_path", "calib", "test")}

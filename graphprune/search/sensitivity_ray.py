@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import InputError
-from .executors import check_executor, init_ray
+from .executors import check_executor, check_ray_files, init_ray
 
 
 def measure_on_ray(
@@ -26,8 +25,7 @@ def measure_on_ray(
 ):
     """:func:`graphprune.sensitivity.measure` over ``workers`` shards on Ray."""
     check_executor("ray")
-    if Path(calib).is_dir():
-        raise InputError(f"{calib}: --executor ray sends data as one file; a folder of .npz is not supported yet")
+    check_ray_files(model_path, calib)
     import ray
 
     from ..sensitivity import merge_shards
