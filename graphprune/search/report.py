@@ -54,6 +54,8 @@ def describe(config: dict) -> str:
         parts.append(f"--target-flops {config['target_flops']} --criterion {config['criterion']}")
         if config["compensate"] != "none":
             parts.append(f"--compensate {config['compensate']}")
+        if config.get("sensitivity"):
+            parts.append("--sensitivity SENS.json")
     parts.append(f"--round-to {config['round_to']}")
     if config.get("units"):
         parts.append("--unit " + " ".join(config["units"]))

@@ -6,14 +6,17 @@ Rules:
    pass; the channel pass takes ``ratio = 1 - sqrt(target_flops)``, the per-layer ratio that
    keeps about that share of a conv chain's MACs), ``round_to``, ``units`` and
    ``remove_blocks`` (residual blocks removed by the layer pass first; the target stays a
-   share of the original's MACs). Options a pass ignores are dropped (the channel pass always
+   share of the original's MACs) and ``sensitivity`` (the filter pass without block removal
+   allocates to the target by each group's drop measured on the calibration data, as
+   ``prune --sensitivity`` does). Options a pass ignores are dropped (the channel pass always
    refits by lstsq), so two configurations that prune the same way have one id.
 2. A space lists the values each option may take; ``--space SPACE.json`` replaces the lists
    it names and keeps the defaults for the others. An unknown key or value (a criterion that
    does not exist, a target outside (0, 1)) is an ``InputError`` naming the file.
 3. Proposals are deterministic given the seed and the results so far: first a seeded design
-   (the README's recipe, filter/l2/lstsq on the channel step, at each target, then a balanced
-   random design where every value of every option appears about equally), then rounds of
+   (the README's recipe, filter/l2/lstsq on a 16-channel step, at the smallest, middle and
+   largest target, then the same allocated by measured sensitivity, then a balanced random
+   design where every value of every option appears about equally), then rounds of
    refinement around the Pareto front of metric against MACs: each front member is moved one
    step along one option. A round is proposed only from finished trials, so the trials do
    not depend on the number of workers or the order they finish in.
@@ -44,6 +47,7 @@ DEFAULTS: dict[str, list] = {
     "round_to": [1, 8, 16],
     "units": [[]],
     "remove_blocks": [0, 1, 2],
+    "sensitivity": [False, True],
 }
 
 
@@ -103,6 +107,8 @@ def _checked(path, key: str, v):
         raise bad("a positive integer")
     if key == "remove_blocks" and not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
         raise bad("a count of residual blocks, 0 or more")
+    if key == "sensitivity" and not isinstance(v, bool):
+        raise bad("true (allocate to the target by measured sensitivity) or false")
     if key == "units":
         if not isinstance(v, list) or any(u not in UNITS for u in v):
             raise bad(f"a list of units from {', '.join(UNITS)} ([] for all but hidden)")
@@ -121,6 +127,8 @@ def normalize(config: dict) -> dict:
         "units": sorted(config.get("units") or []),
         "remove_blocks": int(config.get("remove_blocks") or 0),
     }
+    # allocation by measured sensitivity: the filter pass alone (its groups are the original's)
+    c["sensitivity"] = bool(config.get("sensitivity")) and c["pass"] == "filter" and not c["remove_blocks"]
     if c["pass"] == "channel":
         c["compensate"] = "lstsq"  # the channel pass always refits
         c["ratio"] = round(1.0 - math.sqrt(c["target_flops"]), 4)
@@ -133,8 +141,9 @@ def trial_id(config: dict) -> str:
 
 
 def design(space: Space, seed: int) -> list[dict]:
-    """The seeded design (rule 3): the README's recipe at a spread of targets, then a
-    balanced random design; at most :data:`DESIGN_SIZE` distinct configurations."""
+    """The seeded design (rule 3): the README's recipe at a spread of targets, with and
+    without sensitivity, then a balanced random design; at most :data:`DESIGN_SIZE`
+    distinct configurations."""
     v = space.values
     rng = random.Random(f"design-{seed}")
     out: list[dict] = []
@@ -153,10 +162,14 @@ def design(space: Space, seed: int) -> list[dict]:
         "round_to": _pick(v["round_to"], 16),
         "units": v["units"][0],
         "remove_blocks": _pick(v["remove_blocks"], 0),
+        "sensitivity": _pick(v["sensitivity"], False),
     }
     targets = sorted(v["target_flops"])
     for t in _spread(targets, 3):
         add({**recipe, "target_flops": t})
+    if True in v["sensitivity"]:  # the same, allocated by measured sensitivity (usage.md: 99.4% at half the MACs)
+        for t in _spread(targets, 3):
+            add({**recipe, "target_flops": t, "sensitivity": True})
     # balanced: each option's values in a shuffled cycle, so every value shows up about equally
     cycles = {k: _cycle(vals, rng) for k, vals in v.items()}
     for _ in range(10 * DESIGN_SIZE):

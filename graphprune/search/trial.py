@@ -107,6 +107,8 @@ class Worker:
             options.update(target_flops=config["target_flops"])
             if config["compensate"] != "none":
                 options["compensate"] = config["compensate"]
+        if config.get("sensitivity"):
+            options["sensitivity"] = self.sensitivity()
         blocks = config.get("remove_blocks", 0)
         if blocks:
             step = LayerPruning(remove_blocks=blocks, criterion="influence", calib=self.calib_ds)
@@ -118,6 +120,19 @@ class Worker:
         result = api.prune(self.model, pass_=config["pass"], latency=False, feeds=self.feeds, **options)
         timings["prune_validate"] = time.perf_counter() - t
         return result.model, result.report, result.plan.to_json(result.deps) if result.plan.total_removed else None
+
+    def sensitivity(self):
+        """Each group's measured drop on the calibration data (top-1 when it has the labels,
+        else cosine), measured once per worker, when a trial first needs it."""
+        if getattr(self, "_sensitivity", None) is None:
+            from ..dependency import analyze
+            from ..sensitivity import measure
+
+            labelled = self.labels is not None and all(self.labels in keys for keys in self.calib_ds.keys)
+            self._sensitivity = measure(
+                self.model, analyze(self.model), self.calib_ds, labels=self.labels if labelled else None
+            )
+        return self._sensitivity
 
     def measure(self, pruned: onnx.ModelProto) -> float:
         """The metric of ``pruned`` on TEST (rule 3)."""
