@@ -35,6 +35,7 @@ SPACE = {
     "round_to": [8],
     "units": [[]],
     "remove_blocks": [0],
+    "sensitivity": [False],
 }
 
 
