@@ -137,7 +137,47 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--no-blocks", action="store_true", help="skip the residual blocks (layer pass)")
     se.add_argument("--force", action="store_true", help="overwrite existing outputs")
     se.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    se.add_argument("--executor", default="local", help="local (this process, default) or ray (groups shared out)")
+    se.add_argument("--workers", type=int, metavar="W", help="--executor ray: shards (default: the machine's cores)")
+    se.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (auto: a running one)")
     _input_map_flag(se)
+
+    sr = sub.add_parser(
+        "search", parents=[common], help="search pruning configurations for the best metric per MAC (resumable)"
+    )
+    sr.add_argument("model")
+    sr.add_argument("--calib", required=True, metavar="CALIB", help="calibration data (.npz or a folder of them)")
+    sr.add_argument("--data", required=True, metavar="TEST", help="evaluation data each trial is measured on")
+    sr.add_argument(
+        "--labels",
+        nargs="?",
+        const="labels",
+        metavar="KEY",
+        help="measure top-1 accuracy against this key of TEST (default key: labels) instead of fidelity",
+    )
+    sr.add_argument("--space", metavar="SPACE.json", help="option lists replacing the default space's")
+    sr.add_argument("--trials", type=int, required=True, metavar="N", help="trials in the search")
+    sr.add_argument("--workers", type=int, metavar="W", help="trials at a time (default: the machine's cores)")
+    sr.add_argument("--executor", default="local", help="local (a process pool, default) or ray")
+    sr.add_argument(
+        "--ray-address", metavar="ADDR", help="Ray cluster to join (auto: a running one; default: start a local Ray)"
+    )
+    sr.add_argument(
+        "--store", required=True, metavar="RUNS.db", help="SQLite store of the trials (resumed if it exists)"
+    )
+    sr.add_argument(
+        "--out", required=True, metavar="DIR", help="where the front's models, front.json, plot and page go"
+    )
+    sr.add_argument(
+        "--objective", choices=["accuracy", "fidelity"], help="the metric (default: accuracy with --labels)"
+    )
+    limit = sr.add_mutually_exclusive_group()
+    limit.add_argument("--max-latency", type=float, metavar="L", help="front only: latency ratio at most L")
+    limit.add_argument("--max-flops", type=float, metavar="F", help="front only: MACs ratio at most F")
+    sr.add_argument("--seed", type=int, default=0, help="seed of the design and refinement (default 0)")
+    sr.add_argument("--json", action="store_true", help="print the trials and front as JSON")
+    sr.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    _input_map_flag(sr)
 
     v = sub.add_parser("validate", parents=[common], help="validate a pruned model against its original")
     v.add_argument("original")
@@ -201,6 +241,7 @@ def _main(argv: list[str], debug: bool) -> int:
         except SystemExit as exc:  # --help, --version: printed, and done
             return EXIT_OK if exc.code in (0, None) else EXIT_INPUT
         commands = {"inspect": _inspect, "prune": _prune, "validate": _validate, "sensitivity": _sensitivity}
+        commands["search"] = _search
         return commands[args.command](args)
     except InputError as exc:
         print(f"graphprune: error: {exc}", file=sys.stderr)
@@ -603,6 +644,15 @@ def _sensitivity(args) -> int:
         raise InputError(f"unknown criterion {args.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
     if args.samples < 1:
         raise InputError(f"samples must be a positive integer, got {args.samples}")
+    from .search.executors import check_executor
+
+    check_executor(args.executor)
+    if args.executor != "ray" and (args.workers is not None or args.ray_address):
+        raise InputError(
+            f"sensitivity: --{'workers' if args.workers is not None else 'ray-address'} needs --executor ray"
+        )
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be a positive integer, got {args.workers}")
     _quiet_progress(args)
     dataset = _dataset(args, args.calib)
     model = api.load_model(args.model)
@@ -610,10 +660,7 @@ def _sensitivity(args) -> int:
     for note in check_scope(deps, (), tuple(args.unit)):  # no group of any unit asked for: an error
         _say(args, f"note: {note}")
     _say(args, f"measuring {len(deps.prunable_groups())} groups x {len(args.ratios)} ratios on {args.calib} ...")
-    sens = measure(
-        model,
-        deps,
-        dataset,
+    options = dict(
         ratios=tuple(args.ratios),
         criterion=args.criterion,
         samples=args.samples,
@@ -623,12 +670,59 @@ def _sensitivity(args) -> int:
         blocks=not args.no_blocks,
         name=Path(args.model).name,
     )
+    if args.executor == "ray":  # the groups shared out over Ray workers; the same result
+        from .search.sensitivity_ray import measure_on_ray
+
+        workers = args.workers or os.cpu_count() or 1
+        sens = measure_on_ray(
+            args.model, args.calib, workers=workers, address=args.ray_address, input_map=_input_map(args), **options
+        )
+    else:
+        sens = measure(model, deps, dataset, **options)
     sens.save(args.output)
     if args.plot:
         plot(sens, args.plot)
     if not args.quiet:
         print(sensitivity_table(sens))
         print(f"wrote {args.output}" + (f" and {args.plot}" if args.plot else ""))
+    return EXIT_OK
+
+
+def _search(args) -> int:
+    from .search import search
+    from .search.report import front_table, write_outdir
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"{args.out}: exists and is not a directory; --out names a folder")
+    _quiet_progress(args)
+    result = search(
+        args.model,
+        calib=args.calib,
+        data=args.data,
+        store=args.store,
+        trials=args.trials,
+        labels=args.labels,
+        space=args.space,
+        workers=args.workers,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        objective=args.objective,
+        max_latency=args.max_latency,
+        max_flops=args.max_flops,
+        seed=args.seed,
+        input_map=_input_map(args),
+        progress=None if args.quiet else (lambda msg: _say(args, msg)),
+    )
+    for note in write_outdir(result, args.out):
+        _say(args, f"note: {note}")
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    elif not args.quiet:
+        print(front_table(result))
+        print(
+            f"wrote the {len(result.front)} front models with their plans, front.json and the trials' pages"
+            f" to {args.out}"
+        )
     return EXIT_OK
 
 

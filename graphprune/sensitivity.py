@@ -166,9 +166,14 @@ def measure(
     units: tuple[str, ...] = (),
     blocks: bool = True,
     name: str = "model",
+    shard: tuple[int, int] | None = None,
 ) -> Sensitivity:
     """Each prunable group's drop when pruned alone to each of ``ratios`` by ``criterion``,
-    and (``blocks``) each removable residual block's drop when it alone is removed."""
+    and (``blocks``) each removable residual block's drop when it alone is removed.
+
+    ``shard=(k, n)`` measures only the groups and blocks at positions ``k``, ``k + n``, ...
+    with the same session (every mask inserted) as the whole run, so that the shards'
+    results, put back in order (:func:`merge_shards`), equal the whole run's."""
     if not ratios or not all(0 < r < 1 for r in ratios):
         raise InputError(f"ratios must be between 0 and 1 (exclusive), got {list(ratios)}")
     ratios = tuple(sorted(ratios))
@@ -216,6 +221,12 @@ def measure(
         )
         for g in groups
     }
+    if shard is not None:
+        k, n = shard
+        mine = {g.id for i, g in enumerate(groups) if i % n == k}
+        groups = [g for g in groups if g.id in mine]
+        variants = [v for v in variants if v[0] in mine]
+        found = [b for i, b in enumerate(found) if i % n == k]
     for gid, _, removed in progress(variants, "sensitivity"):
         outs = [runner.run(f, removed) for f in feeds]
         res = results[gid]
@@ -243,6 +254,24 @@ def measure(
         ratios=list(ratios),
         groups=[results[g.id] for g in groups],
         blocks=block_results,
+    )
+
+
+def merge_shards(shards: list[Sensitivity]) -> Sensitivity:
+    """The whole run's result from ``measure(shard=(k, n))`` for k = 0..n-1, in order."""
+    first = shards[0]
+    n = len(shards)
+    groups = [shards[i % n].groups[i // n] for i in range(sum(len(s.groups) for s in shards))]
+    blocks = [shards[i % n].blocks[i // n] for i in range(sum(len(s.blocks) for s in shards))]
+    return Sensitivity(
+        model=first.model,
+        metric=first.metric,
+        baseline=first.baseline,
+        samples=first.samples,
+        criterion=first.criterion,
+        ratios=first.ratios,
+        groups=groups,
+        blocks=blocks,
     )
 
 

@@ -45,7 +45,7 @@ def test_cli_reference_is_what_the_parser_gives():
 
 def test_cli_reference_documents_every_subcommand():
     text = (DOCS / "cli.md").read_text()
-    for command in ("inspect", "prune", "validate", "sensitivity"):
+    for command in ("inspect", "prune", "validate", "sensitivity", "search"):
         assert f"## graphprune {command}\n" in text
 
 
