@@ -180,6 +180,8 @@ def prune(
     input_shapes: dict | None = None,
     remove_blocks: int | None = None,
     latency_runs: int | None = None,
+    sequential: bool = False,
+    labels: str | None = None,
 ) -> PruneResult:
     """Prune ``model`` and (by default) validate the result against the whole contract.
 
@@ -213,6 +215,11 @@ def prune(
     ``selection="greedy"`` or ``"lasso"``). ``calib_samples`` limits the samples used,
     ``batch_size`` the samples per onnxruntime run. Fidelity is then measured on up to 256
     samples of ``calib``; exactness and latency on its first batch (unless ``feeds`` are given).
+    ``criterion="obs"`` selects by structured OBS and compensates by the OBS update by default
+    (``compensate="obs"``); ``criterion="dcp"`` does the same on samples weighted by the
+    classifier's margin, from the class labels under key ``labels`` of ``calib``.
+    ``sequential=True`` refits stage by stage on the pruned model's own inputs
+    (:mod:`graphprune.sequential`; any compensation but none).
 
     Symbolic input dims: costs are per sample (batch 1) with the other symbolic dims from
     ``input_shapes`` ({input name: dims}, the CLI's ``--input-shape``), the data, or defaults
@@ -256,6 +263,8 @@ def prune(
         threads=threads,
         progress=progress,
         sensitivity=sensitivity,
+        sequential=sequential,
+        labels=labels,
     )
     if pass_ == "layer":
         # what the layer pass takes is passed by name; any other option given is an error there

@@ -160,9 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, metavar="N", help="samples per onnxruntime run on --calib (default 32)")
     pr.add_argument(
         "--compensate",
-        choices=["none", "bias", "lstsq"],
+        choices=["none", "bias", "lstsq", "obs"],
         help="fold the removed channels' contribution into their consumers: bias (their mean), lstsq (least-squares"
-        " refit of the kept weights); needs --calib (default none; lstsq for --pass channel)",
+        " refit of the kept weights), obs (the optimal brain surgeon update: the refit damped toward the original"
+        " weights); needs --calib (default none; obs for --criterion obs/dcp, lstsq for --pass channel)",
+    )
+    pr.add_argument(
+        "--sequential",
+        action="store_true",
+        help="refit the consumers stage by stage in topological order on the pruned model's own inputs, so each"
+        " layer repairs the error of those before it (one pass over --calib per stage; any --compensate but none)",
+    )
+    pr.add_argument(
+        "--labels",
+        nargs="?",
+        const="labels",
+        metavar="KEY",
+        help="--criterion dcp: the class labels of --calib under KEY (default 'labels'); samples the classifier is"
+        " close to getting wrong weigh more in the statistics",
     )
     pr.add_argument(
         "--selection",
@@ -571,6 +586,8 @@ def _pass_options(args, plan) -> dict:
         # only a target measures latency tables, whose progress is worth showing
         progress=None if args.quiet or not _targets(args) else (lambda msg: _say(args, msg)),
         sensitivity=args.sensitivity,
+        sequential=args.sequential,
+        labels=args.labels,
     )
 
 

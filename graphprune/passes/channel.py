@@ -37,7 +37,16 @@ from ..errors import InputError
 from ..plan import Plan
 from . import PassResult, PruneOutcome, TransformMixin
 from .filter import DEFAULT_UNITS, UNITS
-from .finish import check_data_options, check_round_to, check_scope, finish, group_report, measure, round_to_of
+from .finish import (
+    check_data_options,
+    check_round_to,
+    check_scope,
+    check_sequential,
+    finish,
+    group_report,
+    measure,
+    round_to_of,
+)
 
 SELECTIONS = ("greedy", "lasso")
 
@@ -53,6 +62,7 @@ class ChannelPruning(TransformMixin):
     calib_samples: int | None = None
     batch_size: int = DEFAULT_BATCH
     compensate: str = "lstsq"
+    sequential: bool = False  # refit layer by layer on the pruned model's own inputs (graphprune.sequential)
     ridge: float = DEFAULT_RIDGE
     max_rows: int = DEFAULT_MAX_ROWS
     criterion: str = "l2"  # ranks groups that no calibrated consumer reads
@@ -76,6 +86,7 @@ class ChannelPruning(TransformMixin):
         if self.min_keep < 1:
             raise InputError(f"min-keep must be a positive integer, got {self.min_keep}")
         check_data_options("channel pruning", self.compensate, self.calib, True, self.batch_size, self.calib_samples)
+        check_sequential(self.sequential, self.compensate)
 
     inexact = False
 

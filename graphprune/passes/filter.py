@@ -20,6 +20,7 @@ from ..allocate import TargetResult, allocate, allocate_to_target
 from ..calibrate import Statistics
 from ..criteria import CRITERIA, score_groups
 from ..criteria.data import DATA_CRITERIA
+from ..criteria.second_order import DEFAULT_COMPENSATION, GRAM_CRITERIA
 from ..data import DEFAULT_BATCH
 from ..dependency import DependencyGraph, analyze
 from ..errors import InputError
@@ -29,8 +30,10 @@ from . import PassResult, PruneOutcome, TransformMixin
 from .finish import (
     PLAN_METADATA_KEY,
     check_data_options,
+    check_labels_option,
     check_round_to,
     check_scope,
+    check_sequential,
     finish,
     get_metadata,
     group_report,
@@ -75,7 +78,9 @@ class FilterPruning(TransformMixin):
     plan: dict | None = None
     plan_source: str = "plan"  # names the plan in error messages (its file, usually)
     units: tuple[str, ...] = ()  # prune only groups of these units (heads, mlp, channels); () = all
-    compensate: str = "none"  # none | bias | lstsq (needs calib)
+    compensate: str | None = None  # none | bias | lstsq | obs (needs calib); None: the criterion's (obs for obs/dcp)
+    sequential: bool = False  # refit layer by layer on the pruned model's own inputs (graphprune.sequential)
+    labels: str | None = None  # key of calib's class labels: criterion dcp weights samples by the margin
     calib: Any = None  # calibration data: a Dataset, or a path to an .npz file or a folder of them
     calib_samples: int | None = None  # use at most this many samples of calib
     batch_size: int = DEFAULT_BATCH
@@ -91,6 +96,8 @@ class FilterPruning(TransformMixin):
     sensitivity: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.compensate is None:  # frozen: the criterion's default is settled once, here
+            object.__setattr__(self, "compensate", DEFAULT_COMPENSATION.get(self.criterion, "none"))
         targets = {k: v for k, v in self.targets.items() if v is not None}
         if len(targets) > 1:
             raise InputError(f"choose one target, not {' and '.join('--target-' + k for k in targets)}")
@@ -117,9 +124,11 @@ class FilterPruning(TransformMixin):
                 raise InputError(f"ratio must be between 0 and 1 (exclusive), got {self.ratio}")
             if self.criterion not in CRITERIA:
                 raise InputError(f"unknown criterion {self.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
-        needs_data = self.plan is None and self.criterion in DATA_CRITERIA
+        needs_data = self.plan is None and self.criterion in (*DATA_CRITERIA, *GRAM_CRITERIA)
         what = f"criterion {self.criterion!r}"
         check_data_options(what, self.compensate, self.calib, needs_data, self.batch_size, self.calib_samples)
+        check_sequential(self.sequential, self.compensate)
+        check_labels_option(self.labels, None if self.plan is not None else self.criterion)
         unknown = set(self.units) - set(UNITS)
         if unknown:
             raise InputError(f"unknown unit {sorted(unknown)[0]!r}; choose from {', '.join(UNITS)}")
@@ -380,8 +389,10 @@ class FilterPruning(TransformMixin):
         asked) and cut."""
         scope = check_scope(deps, self.ignore, self.units)
         stats = None
-        if self.plan is None and self.criterion in DATA_CRITERIA:
-            stats = measure(self, model, deps, {"channels"})
+        if self.plan is None and self.criterion in (*DATA_CRITERIA, *GRAM_CRITERIA):
+            stats = measure(
+                self, model, deps, {"channels", "gram"} if self.criterion in GRAM_CRITERIA else {"channels"}
+            )
         if self.measures_candidates:
             plan, notes = self._fastest(model, deps, stats)
         else:
