@@ -32,6 +32,7 @@ from .activations import stream_activations
 from .consumers import Consumer, consumers_of, rows, tap_sums
 from .data import DEFAULT_BATCH, Dataset, input_specs, open_dataset
 from .dependency import DependencyGraph
+from .errors import InputError
 
 DEFAULT_MAX_ROWS = 64  # rows per sample and consumer for the Gram matrices
 DEFAULT_MAX_FEATURES = 4608  # a 3x3 conv over 512 channels: a Gram of 170 MB
@@ -39,16 +40,20 @@ DEFAULT_BATCH_BYTES = 256 << 20
 MARGIN_WEIGHT = 10.0  # extra weight of a sample the classifier gives no probability to its class
 
 
-def margin_weights(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def margin_weights(logits: np.ndarray, labels: np.ndarray, source="calibration data", key: str = "labels"):
     """Per sample ``1 + MARGIN_WEIGHT · (1 - p_y)``, ``p_y`` the softmax probability of its
     true class: the norm of the cross-entropy's gradient at the logits grows with ``1 - p_y``,
-    so samples near the decision boundary (small margin) weigh most (rule 4)."""
-    z = np.asarray(logits, dtype=np.float64).reshape(len(labels), -1)
+    so samples near the decision boundary (small margin) weigh most (rule 4). Labels that are
+    not class indices of the logits raise ``InputError`` naming ``source``."""
+    from .evaluate import class_indices
+
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2:
+        raise InputError(f"{source}: --labels needs a classifier: the model's first output has shape {list(z.shape)}")
+    y = class_indices(labels, z.shape[1], source, key)
     z = z - z.max(axis=1, keepdims=True)
     p = np.exp(z)
     p /= p.sum(axis=1, keepdims=True)
-    y = np.asarray(labels).reshape(len(labels), -1)
-    y = y.argmax(axis=1) if y.shape[1] > 1 else y[:, 0].astype(np.int64)
     return 1.0 + MARGIN_WEIGHT * (1.0 - p[np.arange(len(y)), y])
 
 
@@ -232,7 +237,8 @@ def calibrate(
     )
     for batch in stream:
         first = batch[tensors[0]]
-        weight = margin_weights(batch[model.graph.output[0].name], batch[labels]) if extra else None
+        logits = batch[model.graph.output[0].name] if extra else None
+        weight = margin_weights(logits, batch[labels], dataset.path, labels) if extra else None
         stats.batches += 1
         stats.samples += int(first.shape[0]) if first.ndim else 1
         for tensor, axis in channel_dims:

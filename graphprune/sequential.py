@@ -187,7 +187,8 @@ def sequential_compensate(
             inputs = {s.name: feeds[s.name] for s in specs}
             got_o = dict(zip(names_o, sess_o.run(names_o, inputs), strict=True))
             got_p = dict(zip(tensors, sess_p.run(tensors, inputs), strict=True))
-            weight = margin_weights(got_o[model.graph.output[0].name], feeds[labels]) if labels is not None else None
+            logits = got_o[model.graph.output[0].name]
+            weight = None if labels is None else margin_weights(logits, feeds[labels], dataset.path, labels)
             for i in stage:
                 c = consumers[i]
                 rng_seed = [seed, b, i]

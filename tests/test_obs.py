@@ -202,3 +202,11 @@ def test_labels_missing_from_the_data_name_the_file(tmp_path):
     calib = save(tmp_path, "c.npz", 16, (3, 8, 8))
     with pytest.raises(InputError, match="c.npz: no labels array 'labels'"):
         graphprune.prune(model, ratio=0.5, criterion="dcp", labels="labels", calib=calib, latency=False)
+
+
+def test_labels_that_are_not_classes_of_the_logits_name_the_file(tmp_path):
+    model = chain(classes=True)  # 4 classes
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=np.zeros((8, 3, 8, 8), np.float32), labels=np.arange(8))
+    with pytest.raises(InputError, match="bad.npz: labels 'labels' range over 0..7, the model has 4 classes"):
+        graphprune.prune(model, ratio=0.5, criterion="dcp", labels="labels", calib=path, latency=False)
