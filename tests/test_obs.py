@@ -210,3 +210,13 @@ def test_labels_that_are_not_classes_of_the_logits_name_the_file(tmp_path):
     np.savez(path, x=np.zeros((8, 3, 8, 8), np.float32), labels=np.arange(8))
     with pytest.raises(InputError, match="bad.npz: labels 'labels' range over 0..7, the model has 4 classes"):
         graphprune.prune(model, ratio=0.5, criterion="dcp", labels="labels", calib=path, latency=False)
+
+
+def test_channel_pass_refits_sequentially_and_stays_exact(tmp_path):
+    model = chain()
+    calib = save(tmp_path, "c.npz", 32, (3, 8, 8))
+    kw = dict(ratio=0.5, pass_="channel", calib=calib, latency=False)
+    one_shot, seq = graphprune.prune(model, **kw), graphprune.prune(model, sequential=True, **kw)
+    assert seq.report.passed and seq.report.exact.checked and seq.report.exact.passed
+    assert seq.report.prune["compensate"]["sequential_stages"] == 2
+    assert rel_error(model, seq.model, calib) < rel_error(model, one_shot.model, calib)
