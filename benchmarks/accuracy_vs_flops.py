@@ -71,6 +71,17 @@ EXTRA_METHODS: dict[str, tuple[str, dict]] = {
     "fluctuation+bias": ("fluctuation + bias (FLAP)", dict(criterion="fluctuation", compensate="bias", calib=True)),
     "fluctuation+lstsq": ("fluctuation + lstsq", dict(criterion="fluctuation", compensate="lstsq", calib=True)),
     "lasso": ("channel LASSO + lstsq", dict(pass_="channel", selection="lasso", calib=True)),
+    # second order, sequential refits, margin-weighted (issue 15); a sequential row reads the
+    # calibration data once per stage: about 8 minutes per level on the digits CNN (batch 1)
+    "obs": ("obs (structured OBS + OBS update)", dict(criterion="obs", calib=True)),
+    "lstsq+seq": (
+        "filter l2 + lstsq, sequential",
+        dict(criterion="l2", compensate="lstsq", calib=True, sequential=True),
+    ),
+    "obs+seq": ("obs, sequential", dict(criterion="obs", calib=True, sequential=True)),
+    "channel+seq": ("channel ThiNet + lstsq, sequential", dict(pass_="channel", calib=True, sequential=True)),
+    "dcp": ("dcp (margin-weighted OBS)", dict(criterion="dcp", calib=True, labels="labels")),
+    "dcp+seq": ("dcp, sequential", dict(criterion="dcp", calib=True, labels="labels", sequential=True)),
 }
 RATIO_METHODS.update(EXTRA_METHODS)
 LAYER_METHODS = {

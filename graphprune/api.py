@@ -215,6 +215,11 @@ def prune(
     ``selection="greedy"`` or ``"lasso"``). ``calib_samples`` limits the samples used,
     ``batch_size`` the samples per onnxruntime run. Fidelity is then measured on up to 256
     samples of ``calib``; exactness and latency on its first batch (unless ``feeds`` are given).
+    ``criterion="obs"`` selects by structured OBS and compensates by the OBS update by default
+    (``compensate="obs"``); ``criterion="dcp"`` does the same on samples weighted by the
+    classifier's margin, from the class labels under key ``labels`` of ``calib``.
+    ``sequential=True`` refits stage by stage on the pruned model's own inputs
+    (:mod:`graphprune.sequential`; any compensation but none).
 
     Symbolic input dims: costs are per sample (batch 1) with the other symbolic dims from
     ``input_shapes`` ({input name: dims}, the CLI's ``--input-shape``), the data, or defaults

@@ -13,7 +13,11 @@ Rules:
    as im2col patches, tokens of a matrix product). That is all least squares needs, in
    ``features²`` numbers whatever the number of samples; a consumer wider than
    ``max_features`` gets no Gram (noted in ``skipped``).
-4. Memory is bounded by one batch of the exposed tensors plus the statistics: a dynamic
+4. With ``labels`` (a key of the dataset holding class indices) each sample's rows count in
+   the Gram matrices with the weight :func:`margin_weights` gives it from the model's first
+   output (its logits): ``XᵀWX`` and ``ΣWx``, ``rows`` the sum of the weights. Samples the
+   classifier is close to getting wrong weigh up to ``1 + MARGIN_WEIGHT``, confident ones 1.
+5. Memory is bounded by one batch of the exposed tensors plus the statistics: a dynamic
    batch is shrunk so that one batch of them stays under ``batch_bytes``.
 """
 
@@ -28,10 +32,29 @@ from .activations import stream_activations
 from .consumers import Consumer, consumers_of, rows, tap_sums
 from .data import DEFAULT_BATCH, Dataset, input_specs, open_dataset
 from .dependency import DependencyGraph
+from .errors import InputError
 
 DEFAULT_MAX_ROWS = 64  # rows per sample and consumer for the Gram matrices
 DEFAULT_MAX_FEATURES = 4608  # a 3x3 conv over 512 channels: a Gram of 170 MB
 DEFAULT_BATCH_BYTES = 256 << 20
+MARGIN_WEIGHT = 10.0  # extra weight of a sample the classifier gives no probability to its class
+
+
+def margin_weights(logits: np.ndarray, labels: np.ndarray, source="calibration data", key: str = "labels"):
+    """Per sample ``1 + MARGIN_WEIGHT · (1 - p_y)``, ``p_y`` the softmax probability of its
+    true class: the norm of the cross-entropy's gradient at the logits grows with ``1 - p_y``,
+    so samples near the decision boundary (small margin) weigh most (rule 4). Labels that are
+    not class indices of the logits raise ``InputError`` naming ``source``."""
+    from .evaluate import class_indices
+
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2:
+        raise InputError(f"{source}: --labels needs a classifier: the model's first output has shape {list(z.shape)}")
+    y = class_indices(labels, z.shape[1], source, key)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    return 1.0 + MARGIN_WEIGHT * (1.0 - p[np.arange(len(y)), y])
 
 
 @dataclass
@@ -68,12 +91,20 @@ class GramStats:
     large product is much faster than many small ones, and memory stays bounded.
     """
 
-    rows: int
+    rows: float  # the number of rows (their total weight when weighted)
     gram: np.ndarray
     total: np.ndarray
     pending: list[np.ndarray] = field(default_factory=list, repr=False)
 
-    def add(self, x: np.ndarray) -> None:
+    def add(self, x: np.ndarray, weight: np.ndarray | None = None) -> None:
+        """Add rows ``x``, each counted ``weight`` times (default once)."""
+        if weight is None:
+            self.total += x.sum(axis=0)
+            self.rows += len(x)
+        else:
+            self.total += weight @ x
+            self.rows += float(weight.sum())
+            x = x * np.sqrt(weight)[:, None]
         self.pending.append(x)
         if sum(p.nbytes for p in self.pending) >= min(16 << 20, max(1 << 20, self.gram.nbytes // 2)):
             self.flush()
@@ -84,8 +115,6 @@ class GramStats:
         x = np.concatenate(self.pending)
         self.pending.clear()
         self.gram += x.T @ x
-        self.total += x.sum(axis=0)
-        self.rows += len(x)
 
     @property
     def mean(self) -> np.ndarray:
@@ -168,11 +197,12 @@ def calibrate(
     limit: int | None = None,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
     seed: int = 0,
+    labels: str | None = None,
 ) -> Statistics:
     """Run ``model`` over ``dataset`` and gather the statistics asked for.
 
     ``nodes`` limits the consumers (node indices) whose inputs are measured; by default
-    every consumer of a prunable group.
+    every consumer of a prunable group. ``labels``: weight the Gram rows by margin (rule 4).
     """
     want = set(want)
     consumers = calibrated_consumers(deps)
@@ -201,8 +231,14 @@ def calibrate(
     rng = np.random.default_rng(seed)
     channel_dims = sorted({(c.data, c.axis) for c in consumers.values()}) if "channels" in want else []
     tap_nodes = [i for i, c in consumers.items() if c.layout == "conv" and c.taps > 1] if "channels" in want else []
-    for batch in stream_activations(model, dataset, tensors, dtypes=mv.dtypes, batch_size=batch_size, limit=limit):
+    extra = (labels,) if labels is not None and gram_nodes else ()
+    stream = stream_activations(
+        model, dataset, tensors, dtypes=mv.dtypes, batch_size=batch_size, limit=limit, extra=extra
+    )
+    for batch in stream:
         first = batch[tensors[0]]
+        logits = batch[model.graph.output[0].name] if extra else None
+        weight = margin_weights(logits, batch[labels], dataset.path, labels) if extra else None
         stats.batches += 1
         stats.samples += int(first.shape[0]) if first.ndim else 1
         for tensor, axis in channel_dims:
@@ -212,12 +248,12 @@ def calibrate(
             before = stats.taps.get(i)
             stats.taps[i] = (total, count) if before is None else (before[0] + total, before[1] + count)
         for i, c in gram_nodes.items():
-            x = rows(c, batch[c.data], max_rows, rng)
+            x, owner = rows(c, batch[c.data], max_rows, rng, owners=True)
             g = stats.grams.get(i)
             if g is None:
                 f = c.features
                 g = stats.grams[i] = GramStats(0, np.zeros((f, f)), np.zeros(f))
-            g.add(x)
+            g.add(x, None if weight is None else weight[owner])
     for g in stats.grams.values():
         g.flush()
     return stats

@@ -18,6 +18,9 @@ Rules:
    with ``Σ`` the input covariance and ``λ = ridge · trace(Σₖₖ) / |k|``. A consumer with no
    bias slot (MatMul not followed by a bias Add) is fit without a bias, on ``E[x xᵀ]``. A
    consumer without a Gram (too wide) falls back to ``bias``.
+2b. ``obs``: the optimal brain surgeon update on the same statistics (:func:`graphprune.obs.obs_refit`):
+   the same least squares with its ridge pulling the kept weights toward their original
+   values instead of toward zero (equal to ``lstsq`` as ``ridge → 0``); same bias and fallback.
 3. Weights keep their dtype (float16 is solved in float64 and stored back) and their place
    (an initializer, or a ``Constant`` node's value); consumers whose weight is computed at
    run time (QDQ, bfloat16 Cast) or shared between nodes are left alone and listed in the notes.
@@ -38,7 +41,7 @@ from .dependency import DependencyGraph
 from .graph import fresh_name
 from .plan import Plan, removed_entries
 
-METHODS = ("none", "bias", "lstsq")
+METHODS = ("none", "bias", "lstsq", "obs")
 DEFAULT_RIDGE = 1e-3
 
 
@@ -52,6 +55,7 @@ class Compensation:
     skipped: dict[str, str] = field(default_factory=dict)  # consumer node name -> why
     fallbacks: dict[str, str] = field(default_factory=dict)  # node name -> what was done instead
     added_bias: bool = False
+    stages: int | None = None  # sequential refits (graphprune.sequential): how many stages
 
     def summary(self) -> dict:
         return {
@@ -59,6 +63,7 @@ class Compensation:
             "consumers": len(self.changed),
             "skipped": dict(self.skipped),
             "fallbacks": dict(self.fallbacks),
+            **({"sequential_stages": self.stages} if self.stages is not None else {}),
         }
 
 
@@ -90,7 +95,7 @@ def compensate(
             result.skipped[c.name] = c.note
             continue
         how = method
-        if how == "lstsq" and i not in stats.grams:
+        if how in ("lstsq", "obs") and i not in stats.grams:
             how = "bias"
             result.fallbacks[c.name] = "bias (" + stats.skipped.get(i, "no Gram matrix") + ")"
         mean = stats.feature_mean(i) if how == "bias" else None
@@ -109,7 +114,8 @@ def compensate(
             b_new = b + m[:, f] @ mean[f]
             m_new = m
         else:
-            m_new, b_new = _refit(c, m, b, stats.grams[i].second_moment, stats.grams[i].mean, gone, ridge)
+            g = stats.grams[i]
+            m_new, b_new = _refit(c, m, b, g.second_moment, g.mean, gone, ridge, toward_original=how == "obs")
         w_t.CopyFrom(_tensor_like(from_matrix(c, m_new, w), w_t))
         if b_new is not None:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(deps.view.dtypes.get(c.data, onnx.TensorProto.FLOAT))
@@ -130,8 +136,9 @@ def _constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return out
 
 
-def _refit(c: Consumer, m, b, moment, mean, gone, ridge: float):
-    """Ridge least-squares refit of the kept columns (and the bias, if the consumer has a slot)."""
+def _refit(c: Consumer, m, b, moment, mean, gone, ridge: float, toward_original: bool = False):
+    """Ridge least-squares refit of the kept columns (and the bias, if the consumer has a slot);
+    ``toward_original``: the OBS update (rule 2b)."""
     keep_mask = np.ones(c.features, dtype=bool)
     keep_mask[features_of(c, gone)] = False
     k = np.flatnonzero(keep_mask)
@@ -139,6 +146,11 @@ def _refit(c: Consumer, m, b, moment, mean, gone, ridge: float):
     sigma = moment(centered)
     s_kk = sigma[np.ix_(k, k)]
     lam = ridge * max(float(np.trace(s_kk)) / max(len(k), 1), 1e-12)
+    if toward_original:
+        from .obs import obs_refit
+
+        m_new = obs_refit(m, sigma, k, lam)
+        return m_new, (b + m @ mean - m_new[:, k] @ mean[k]) if centered else None
     rhs = sigma[k, :] @ m.T  # [k, O]
     try:
         sol = np.linalg.solve(s_kk + lam * np.eye(len(k)), rhs)
@@ -193,7 +205,13 @@ def compensated_plan(
     """:func:`compensate`, with the analysis and plan that apply to the compensated model: a
     bias added to a Conv or Gemm is a new member of its output group, so the model is analysed
     again and the plan carried over by its anchors (weight names, which do not change)."""
-    comp = compensate(model, deps, plan, stats, method, ridge=ridge)
+    return with_plan(compensate(model, deps, plan, stats, method, ridge=ridge), deps, plan, inexact=inexact)
+
+
+def with_plan(
+    comp: Compensation, deps: DependencyGraph, plan: Plan, *, inexact: bool = False
+) -> tuple[Compensation, DependencyGraph, Plan]:
+    """``comp`` with the analysis and plan that apply to its model (see :func:`compensated_plan`)."""
     if not comp.added_bias:
         return comp, deps, plan
     from .dependency import analyze

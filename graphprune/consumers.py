@@ -198,16 +198,20 @@ def _add_bias(deps: DependencyGraph, output: str) -> tuple[str | None, str]:
 # --- rows ---------------------------------------------------------------------------------
 
 
-def rows(c: Consumer, x: np.ndarray, per_sample: int, rng: np.random.Generator) -> np.ndarray:
+def rows(c: Consumer, x: np.ndarray, per_sample: int, rng: np.random.Generator, *, owners: bool = False):
     """At most ``per_sample`` input rows per sample of batch ``x`` (random positions), as
-    float64 ``[R, C * taps]`` in the feature order of :func:`weight_matrix`."""
+    float64 ``[R, C * taps]`` in the feature order of :func:`weight_matrix`; with ``owners``
+    also the sample (index in the batch) of each row."""
     if c.layout == "conv":
-        return _conv_rows(c, x, per_sample, rng)
+        out = _conv_rows(c, x, per_sample, rng)
+        return (out, np.repeat(np.arange(x.shape[0]), len(out) // max(x.shape[0], 1))) if owners else out
     flat = np.moveaxis(x, c.axis, -1).reshape(-1, c.channels)
+    owner = np.repeat(np.arange(x.shape[0]), len(flat) // max(x.shape[0], 1))  # axis 0 is the batch
     cap = len(flat) if x.ndim == 2 else per_sample * x.shape[0]  # a 2-D input has one row per sample
     if len(flat) > cap:
-        flat = flat[np.sort(rng.choice(len(flat), cap, replace=False))]
-    return flat.astype(np.float64)
+        pick = np.sort(rng.choice(len(flat), cap, replace=False))
+        flat, owner = flat[pick], owner[pick]
+    return (flat.astype(np.float64), owner) if owners else flat.astype(np.float64)
 
 
 def _padded(c: Consumer, x: np.ndarray):

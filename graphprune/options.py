@@ -36,10 +36,12 @@ def option(
     cli: bool = True,
     cli_default: Any = _UNSET,
     compare: bool = True,
+    const: Any = None,
 ) -> Any:
     """A pass's option: a dataclass field whose metadata makes its CLI flag (``flag`` defaults to
     ``--`` and the field's name with dashes). ``cli_default`` is what the CLI passes when the
-    flag is not given, if that differs from the field's default (the API's)."""
+    flag is not given, if that differs from the field's default (the API's). ``const``: the flag's
+    value may be left out (``--labels`` alone means ``--labels labels``)."""
     meta = {
         "help": help,
         "flag": flag,
@@ -47,6 +49,7 @@ def option(
         "metavar": metavar,
         "cli": cli,
         "cli_default": cli_default,
+        "const": const,
     }
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta, compare=compare)
@@ -64,6 +67,7 @@ class Flag:
     choices: tuple[str, ...] | None
     metavar: str | None
     fields: tuple[tuple[str, str], ...]  # (pass name, field name)
+    const: Any = None
 
 
 def _kind(annotation: str) -> str:
@@ -103,6 +107,7 @@ def flags(passes: dict[str, type]) -> list[Flag]:
                     "kind": _kind(f.type),
                     "choices": meta["choices"],
                     "metavar": meta["metavar"],
+                    "const": meta.get("const"),
                     "fields": [],
                 },
             )
@@ -119,6 +124,8 @@ def add_flags(parser: argparse.ArgumentParser, passes: dict[str, type]) -> None:
         else:
             if fl.kind == "list":
                 kwargs["nargs"] = "+"
+            elif fl.const is not None:
+                kwargs["nargs"], kwargs["const"] = "?", fl.const
             elif fl.kind in ("int", "float"):
                 kwargs["type"] = int if fl.kind == "int" else float
             if fl.choices:

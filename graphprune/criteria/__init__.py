@@ -143,4 +143,4 @@ def score_groups(
     return scores, ctx
 
 
-from . import data, magnitude  # noqa: E402,F401
+from . import data, magnitude, second_order  # noqa: E402,F401

@@ -28,7 +28,7 @@ import onnx
 
 from ..allocate import keep_count, protected, unit_step
 from ..calibrate import DEFAULT_MAX_ROWS, Statistics
-from ..compensate import DEFAULT_RIDGE
+from ..compensate import DEFAULT_RIDGE, METHODS
 from ..consumers import weight_matrix, weight_value
 from ..criteria import CRITERIA, ScoreContext
 from ..data import DEFAULT_BATCH
@@ -39,7 +39,16 @@ from ..options import option
 from ..plan import Plan
 from . import PassContext, PassResult, TransformMixin
 from .filter import DEFAULT_UNITS, UNITS
-from .finish import check_data_options, check_round_to, check_scope, finish, group_report, measure, round_to_of
+from .finish import (
+    check_data_options,
+    check_round_to,
+    check_scope,
+    check_sequential,
+    finish,
+    group_report,
+    measure,
+    round_to_of,
+)
 
 SELECTIONS = ("greedy", "lasso")
 
@@ -56,7 +65,12 @@ class ChannelPruning(TransformMixin):
     calib: Any = option(None, "calibration data", metavar="DATA")  # a Dataset, or an .npz file or a folder of them
     calib_samples: int | None = option(None, "use at most N samples of --calib", metavar="N")
     batch_size: int = option(DEFAULT_BATCH, "samples per onnxruntime run on --calib (default 32)", metavar="N")
-    compensate: str = option("lstsq", "how the consumers are refit", choices=("none", "bias", "lstsq"))
+    compensate: str = option("lstsq", "how the consumers are refit", choices=METHODS)
+    sequential: bool = option(
+        False,
+        "refit the consumers stage by stage in topological order on the pruned model's own inputs, so each"
+        " layer repairs the error of those before it (one pass over --calib per stage; any --compensate but none)",
+    )  # graphprune.sequential
     ridge: float = option(DEFAULT_RIDGE, cli=False)
     max_rows: int = option(DEFAULT_MAX_ROWS, cli=False)
     criterion: str = option("l2", "ranks groups that no calibrated consumer reads")
@@ -84,6 +98,7 @@ class ChannelPruning(TransformMixin):
         if self.min_keep < 1:
             raise InputError(f"min-keep must be a positive integer, got {self.min_keep}")
         check_data_options("channel pruning", self.compensate, self.calib, True, self.batch_size, self.calib_samples)
+        check_sequential(self.sequential, self.compensate)
 
     inexact = False
 

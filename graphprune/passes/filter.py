@@ -18,8 +18,10 @@ import onnx
 
 from ..allocate import TargetResult, allocate, allocate_to_target
 from ..calibrate import Statistics
+from ..compensate import METHODS
 from ..criteria import CRITERIA, score_groups
 from ..criteria.data import DATA_CRITERIA
+from ..criteria.second_order import DEFAULT_COMPENSATION, GRAM_CRITERIA
 from ..data import DEFAULT_BATCH
 from ..dependency import DependencyGraph, analyze
 from ..errors import InputError
@@ -34,8 +36,10 @@ from . import PassContext, PassResult, TransformMixin
 from .finish import (
     PLAN_METADATA_KEY,
     check_data_options,
+    check_labels_option,
     check_round_to,
     check_scope,
+    check_sequential,
     finish,
     get_metadata,
     group_report,
@@ -94,11 +98,24 @@ class FilterPruning(TransformMixin):
         flag="--unit",
         choices=UNITS,
     )
-    compensate: str = option(
-        "none",
+    compensate: str | None = option(  # None: the criterion's default (obs for obs/dcp, else none)
+        None,
         "fold the removed channels' contribution into their consumers: bias (their mean), lstsq (least-squares"
-        " refit of the kept weights); needs --calib (default none; lstsq for --pass channel)",
-        choices=("none", "bias", "lstsq"),
+        " refit of the kept weights), obs (the optimal brain surgeon update: the refit damped toward the original"
+        " weights); needs --calib (default none; obs for --criterion obs/dcp, lstsq for --pass channel)",
+        choices=METHODS,
+    )
+    sequential: bool = option(
+        False,
+        "refit the consumers stage by stage in topological order on the pruned model's own inputs, so each"
+        " layer repairs the error of those before it (one pass over --calib per stage; any --compensate but none)",
+    )  # graphprune.sequential
+    labels: str | None = option(
+        None,
+        "--criterion dcp: the class labels of --calib under KEY (default key: labels); samples the classifier"
+        " decides by a small margin weigh more in the selection",
+        metavar="KEY",
+        const="labels",
     )
     calib: Any = option(
         None,
@@ -153,6 +170,8 @@ class FilterPruning(TransformMixin):
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
+        if self.compensate is None:  # frozen: the criterion's default is settled once, here
+            object.__setattr__(self, "compensate", DEFAULT_COMPENSATION.get(self.criterion, "none"))
         targets = {k: v for k, v in self.targets.items() if v is not None}
         if len(targets) > 1:
             raise InputError(f"choose one target, not {' and '.join('--target-' + k for k in targets)}")
@@ -179,9 +198,11 @@ class FilterPruning(TransformMixin):
                 raise InputError(f"ratio must be between 0 and 1 (exclusive), got {self.ratio}")
             if self.criterion not in CRITERIA:
                 raise InputError(f"unknown criterion {self.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
-        needs_data = self.plan is None and self.criterion in DATA_CRITERIA
+        needs_data = self.plan is None and self.criterion in (*DATA_CRITERIA, *GRAM_CRITERIA)
         what = f"criterion {self.criterion!r}"
         check_data_options(what, self.compensate, self.calib, needs_data, self.batch_size, self.calib_samples)
+        check_sequential(self.sequential, self.compensate)
+        check_labels_option(self.labels, None if self.plan is not None else self.criterion)
         unknown = set(self.units) - set(UNITS)
         if unknown:
             raise InputError(f"unknown unit {sorted(unknown)[0]!r}; choose from {', '.join(UNITS)}")
@@ -209,8 +230,9 @@ class FilterPruning(TransformMixin):
             release_io(deps)
         scope = check_scope(deps, self.ignore, self.units)
         stats = None
-        if self.plan is None and self.criterion in DATA_CRITERIA:
-            stats = measure(self, model, deps, {"channels"})
+        if self.plan is None and self.criterion in (*DATA_CRITERIA, *GRAM_CRITERIA):
+            want = {"channels", "gram"} if self.criterion in GRAM_CRITERIA else {"channels"}
+            stats = measure(self, model, deps, want)
         if self.measures_candidates:
             plan, notes = self._fastest(model, deps, stats)
         else:

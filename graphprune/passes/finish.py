@@ -20,7 +20,7 @@ import json
 import onnx
 
 from ..calibrate import DEFAULT_MAX_ROWS, Statistics, as_dataset, calibrate
-from ..compensate import DEFAULT_RIDGE, METHODS, compensated_plan
+from ..compensate import DEFAULT_RIDGE, METHODS, compensated_plan, with_plan
 from ..dependency import DependencyGraph
 from ..errors import InputError
 from ..plan import Plan, removed_entries
@@ -101,8 +101,29 @@ def check_data_options(name: str, compensate: str, calib, needs_data: bool, batc
         raise InputError(f"calib-samples must be a positive integer, got {calib_samples}")
 
 
+def check_sequential(sequential: bool, compensate: str) -> None:
+    if sequential and compensate == "none":
+        raise InputError("--sequential refits weights: give --compensate bias, lstsq or obs")
+
+
+def check_labels_option(labels: str | None, criterion: str | None) -> None:
+    """``dcp`` needs labels; labels weigh calibration samples for ``dcp`` only."""
+    if criterion == "dcp" and labels is None:
+        raise InputError(
+            "criterion 'dcp' needs labelled calibration data: give --labels [KEY] (class labels in --calib)"
+        )
+    if labels is not None and criterion != "dcp":
+        raise InputError("--labels weights calibration samples by the classifier's margin: only --criterion dcp")
+
+
 def measure(pass_, model: onnx.ModelProto, deps: DependencyGraph, want, nodes=None) -> Statistics:
-    """Calibrate ``model`` on the pass's data (``calib``, ``calib_samples``, ``batch_size``)."""
+    """Calibrate ``model`` on the pass's data (``calib``, ``calib_samples``, ``batch_size``;
+    ``labels``: margin-weighted Gram matrices)."""
+    labels = getattr(pass_, "labels", None)
+    if labels is not None:
+        from ..evaluate import check_labels
+
+        check_labels(as_dataset(pass_.calib), labels)
     return calibrate(
         model,
         deps,
@@ -113,6 +134,7 @@ def measure(pass_, model: onnx.ModelProto, deps: DependencyGraph, want, nodes=No
         limit=pass_.calib_samples,
         seed=pass_.seed,
         max_rows=getattr(pass_, "max_rows", DEFAULT_MAX_ROWS),
+        labels=labels,
     )
 
 
@@ -140,9 +162,28 @@ def finish(
     ridge = getattr(pass_, "ridge", DEFAULT_RIDGE)
     notes: dict = {"compensate": {"method": method}, "calibration": None}
     reference, ref_deps, ref_plan = model, deps, plan
-    if method != "none" and plan.removals:
+    if method != "none" and plan.removals and getattr(pass_, "sequential", False):
+        from ..sequential import sequential_compensate
+
+        comp = sequential_compensate(
+            model,
+            deps,
+            plan,
+            as_dataset(pass_.calib),
+            method,
+            ridge=ridge,
+            max_rows=getattr(pass_, "max_rows", DEFAULT_MAX_ROWS),
+            batch_size=pass_.batch_size,
+            limit=pass_.calib_samples,
+            seed=pass_.seed,
+            labels=getattr(pass_, "labels", None),
+        )
+        comp, ref_deps, ref_plan = with_plan(comp, deps, plan, inexact=inexact)
+        reference = comp.model
+        notes["compensate"] = comp.summary()
+    elif method != "none" and plan.removals:
         nodes = consumers_losing(deps, plan)
-        want = {"channels"} | ({"gram"} if method == "lstsq" else set())
+        want = {"channels"} | ({"gram"} if method in ("lstsq", "obs") else set())
         have_grams = stats is not None and all(i in stats.grams or i in stats.skipped for i in nodes)
         have_channels = stats is not None and all(
             (c.data, c.axis) in stats.channels for i, c in stats.consumers.items() if i in nodes
