@@ -658,7 +658,7 @@ def _replayed_step(orig: onnx.ModelProto, new: onnx.ModelProto, pruned: ModelLik
         )
         return Step(orig, new, None, note=note, cut=cut), through, None, changed
     if plan is None and not through and get_metadata(new, SPARSITY_METADATA_KEY):
-        from .sparsify import replayed_step  # a model of the sparsity pass: its zeros are its plan
+        from .passes.sparsity import replayed_step  # a model of the sparsity pass: its zeros are its plan
 
         return replayed_step(orig, new), "", None, []
     if plan is None:

@@ -35,6 +35,7 @@ from .blocks import Block
 from .dependency import DependencyGraph, Dim
 from .errors import InputError
 from .graph import fresh_name
+from .plan import Plan, removed_entries
 
 # Per integer op: (its data input position, the node) -> (weight input position, the weight's
 # contracted axis, its output axis (where a per-channel zero point lies), zero point position),
@@ -210,6 +211,39 @@ def insert_masks(
         assert len(g.node) == n_nodes
         for node, position, tensor in originals:
             node.input[position] = tensor
+
+
+# --------------------------------------------------------------------------- the masked reference
+
+
+def masked_reference(original: onnx.ModelProto, deps: DependencyGraph, plan: Plan) -> onnx.ModelProto:
+    """The original with every removed channel multiplied by zero where a node sums over it.
+
+    A ``Mul`` by a 0/1 mask is inserted on the data input of each contracting node (Conv
+    input channels, the K axis of Gemm/MatMul): for these linear ops that is the same as
+    zeroing the weight's columns, whatever produced the weight (an initializer, a Cast, a
+    DequantizeLinear). Nothing of the surgery is used: no slicing, no attribute rewriting.
+    """
+    return onnx.load_from_string(masked_reference_bytes(original, deps, plan))
+
+
+def masked_reference_bytes(original: onnx.ModelProto, deps: DependencyGraph, plan: Plan) -> bytes:
+    """The serialized :func:`masked_reference`, made without copying the weights.
+
+    The masks only add nodes and small initializers and rename inputs, so they are put
+    into ``original`` itself, serialized, and taken out again (:func:`graphprune.masking.masked_bytes`):
+    the caller's model ends as it began, and memory never holds a second set of weights.
+    """
+    removed = removed_entries(deps, plan)
+    contracted = {d for _, d in deps.contractions}
+    masks = {}
+    for dim, idx in removed.items():
+        if dim in contracted and len(idx):
+            mask = np.ones(deps.view.shapes[dim[0]][dim[1]])
+            mask[idx] = 0
+            masks[dim] = mask
+    data, _ = masked_bytes(original, deps, masks)
+    return data
 
 
 # --------------------------------------------------------------------------- residual blocks

@@ -44,9 +44,8 @@ from .compensate import (
 from .consumers import Consumer, features_of, from_matrix, rows, weight_matrix
 from .data import DEFAULT_BATCH, Dataset, input_specs
 from .dependency import DependencyGraph
-from .plan import Plan
+from .plan import Plan, removed_entries
 from .progress import progress
-from .surgery import removed_entries
 
 
 def stages(deps: DependencyGraph, plan: Plan, consumers: dict[int, Consumer]) -> list[list[int]]:
@@ -151,7 +150,7 @@ def sequential_compensate(
 ) -> Compensation:
     """A copy of ``model`` whose consumers are refit stage by stage (rules 2-4)."""
     from .calibrate import calibrated_consumers
-    from .validation import masked_reference_bytes
+    from .masking import masked_reference_bytes
 
     out = onnx.ModelProto()
     out.CopyFrom(model)

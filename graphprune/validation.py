@@ -41,7 +41,7 @@ from .cost import cost_of, latency_ms, random_feeds
 from .dependency import DependencyGraph
 from .errors import InputError
 from .iochange import io_map
-from .masking import masked_bytes
+from .masking import masked_reference, masked_reference_bytes  # noqa: F401 (validation's names too)
 from .plan import Plan, removed_entries
 from .quantized import QUANT_STEPS, fake_quant_bypassed, integer_sums, is_quantized, output_steps, step_diffs
 from .weights import DIR_KEY, has_lazy, runnable
@@ -202,36 +202,6 @@ def run(model: onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarray]) -> l
     # Copies (runtime.run): onnxruntime's arrays keep the session's memory (every weight it holds)
     # alive for as long as they live, and validation keeps the outputs of three sessions.
     return run_session(sess, feeds)
-
-
-def masked_reference(original: onnx.ModelProto, deps: DependencyGraph, plan: Plan) -> onnx.ModelProto:
-    """The original with every removed channel multiplied by zero where a node sums over it.
-
-    A ``Mul`` by a 0/1 mask is inserted on the data input of each contracting node (Conv
-    input channels, the K axis of Gemm/MatMul): for these linear ops that is the same as
-    zeroing the weight's columns, whatever produced the weight (an initializer, a Cast, a
-    DequantizeLinear). Nothing of the surgery is used: no slicing, no attribute rewriting.
-    """
-    return onnx.load_from_string(masked_reference_bytes(original, deps, plan))
-
-
-def masked_reference_bytes(original: onnx.ModelProto, deps: DependencyGraph, plan: Plan) -> bytes:
-    """The serialized :func:`masked_reference`, made without copying the weights.
-
-    The masks only add nodes and small initializers and rename inputs, so they are put
-    into ``original`` itself, serialized, and taken out again (:func:`graphprune.masking.masked_bytes`):
-    the caller's model ends as it began, and memory never holds a second set of weights.
-    """
-    removed = removed_entries(deps, plan)
-    contracted = {d for _, d in deps.contractions}
-    masks = {}
-    for dim, idx in removed.items():
-        if dim in contracted and len(idx):
-            mask = np.ones(deps.view.shapes[dim[0]][dim[1]])
-            mask[idx] = 0
-            masks[dim] = mask
-    data, _ = masked_bytes(original, deps, masks)
-    return data
 
 
 def leaves(outputs) -> list[tuple[str, object]]:
