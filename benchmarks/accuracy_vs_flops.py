@@ -30,13 +30,13 @@ import numpy as np
 import onnx
 
 import graphprune
-from graphprune.activations import session_with_outputs
-from graphprune.cost import cost_of
-from graphprune.data import Dataset, input_specs, open_dataset
-from graphprune.dependency import analyze
+from graphprune.analysis.dependency import analyze
+from graphprune.calibration.activations import session_with_outputs
+from graphprune.calibration.datasets import Dataset, input_specs, open_dataset
 from graphprune.errors import InputError
-from graphprune.report import grid
-from graphprune.sensitivity import measure as measure_sensitivity
+from graphprune.objectives.cost import cost_of
+from graphprune.planning.sensitivity import measure as measure_sensitivity
+from graphprune.present.report import grid
 from models.examples import digits
 
 LEVELS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]

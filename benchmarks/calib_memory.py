@@ -15,10 +15,10 @@ import gc
 import resource
 import time
 
+from graphprune.analysis.dependency import analyze
 from graphprune.api import load_model
-from graphprune.calibrate import DEFAULT_MAX_ROWS, calibrate
-from graphprune.data import open_dataset
-from graphprune.dependency import analyze
+from graphprune.calibration.datasets import open_dataset
+from graphprune.calibration.statistics import DEFAULT_MAX_ROWS, calibrate
 
 
 def peak_mb() -> float:

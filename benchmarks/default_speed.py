@@ -27,10 +27,10 @@ import numpy as np
 import onnx
 
 from graphprune.cli import main as cli
-from graphprune.cost import cost_of
-from graphprune.hardware import channel_step
-from graphprune.report import grid
-from graphprune.runtime import options, ort
+from graphprune.ir.runtime import options, ort
+from graphprune.objectives.cost import cost_of
+from graphprune.objectives.hardware import channel_step
+from graphprune.present.report import grid
 
 DIGITS = Path(__file__).resolve().parents[1] / "models" / "examples" / "digits" / "digits_cnn.onnx"
 

@@ -14,11 +14,11 @@ import time
 
 import onnx
 
-from graphprune.blocks import find_blocks
-from graphprune.dependency import analyze
+from graphprune.analysis.blocks import find_blocks
+from graphprune.analysis.dependency import analyze
+from graphprune.edit.surgery import apply_plan
 from graphprune.passes.filter import FilterPruning
-from graphprune.report import grid
-from graphprune.surgery import apply_plan
+from graphprune.present.report import grid
 from models.builders import _Builder
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import onnx
 
-from graphprune.dependency import analyze
-from graphprune.html import render
-from graphprune.report import grid
+from graphprune.analysis.dependency import analyze
+from graphprune.present.html_page import render
+from graphprune.present.report import grid
 
 
 def decoder_stack(target_nodes: int, embed: int = 32, heads: int = 8, kv_heads: int = 2, mlp: int = 48):

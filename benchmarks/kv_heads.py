@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 
 import graphprune
-from graphprune.report import grid
-from graphprune.runtime import options, ort
+from graphprune.ir.runtime import options, ort
+from graphprune.present.report import grid
 from models.kv_decoder import kv_decoder
 
 

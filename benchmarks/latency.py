@@ -31,12 +31,12 @@ import sys
 import time
 
 import graphprune
-from graphprune.cost import cost_of
-from graphprune.dependency import analyze
-from graphprune.hardware import channel_step
-from graphprune.latency_table import compare_latency
+from graphprune.analysis.dependency import analyze
+from graphprune.objectives.cost import cost_of
+from graphprune.objectives.hardware import channel_step
 from graphprune.passes.filter import FilterPruning
-from graphprune.report import grid
+from graphprune.planning.layer_latency import compare_latency
+from graphprune.present.report import grid
 from models import deploy, zoo
 
 

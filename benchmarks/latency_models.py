@@ -17,11 +17,11 @@ import sys
 
 import numpy as np
 
-from graphprune.costmodel import CostModel
-from graphprune.dependency import analyze
-from graphprune.latency_table import LatencyModel, latency_table
-from graphprune.model_latency import ModelLatency, fit_rates, model_table
-from graphprune.report import grid
+from graphprune.analysis.dependency import analyze
+from graphprune.planning.cost_model import CostModel
+from graphprune.planning.layer_latency import LatencyModel, latency_table
+from graphprune.planning.model_latency import ModelLatency, fit_rates, model_table
+from graphprune.present.report import grid
 from models import zoo
 
 

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from graphprune.blocks import find_blocks, remove_blocks
-from graphprune.cost import cost_of, random_feeds
-from graphprune.data import open_dataset
-from graphprune.masking import zeroed_reference_bytes
+from graphprune.analysis.blocks import find_blocks, remove_blocks
+from graphprune.calibration.datasets import open_dataset
+from graphprune.edit.masking import zeroed_reference_bytes
+from graphprune.objectives.cost import cost_of, random_feeds
 from graphprune.passes.layer import lowest, score_blocks
-from graphprune.report import grid
-from graphprune.validation import EXACT_RTOL, fidelity, rel_diff, run
+from graphprune.present.report import grid
+from graphprune.validation.contract import EXACT_RTOL, fidelity, rel_diff, run
 
 
 def _random_npz(model: onnx.ModelProto, path: Path, seeds: range) -> Path:
@@ -39,7 +39,7 @@ def _random_npz(model: onnx.ModelProto, path: Path, seeds: range) -> Path:
 
 def _outputs(model: onnx.ModelProto, data: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """First output over every sample of ``data`` (one session), and the labels if there are any."""
-    from graphprune.activations import stream_activations
+    from graphprune.calibration.activations import stream_activations
 
     ds = open_dataset(data)
     extra = ("labels",) if all("labels" in k for k in ds.keys) else ()
@@ -92,7 +92,7 @@ def measure(name: str, model: onnx.ModelProto, calib: Path, test: Path, max_bloc
 
 
 def _feeds(model: onnx.ModelProto, data: Path):
-    from graphprune.data import input_specs
+    from graphprune.calibration.datasets import input_specs
 
     return open_dataset(data).batches(input_specs(model), limit=1)
 

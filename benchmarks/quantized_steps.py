@@ -8,7 +8,7 @@ Each zoo skeleton (random weights drawn from its stored statistics) is quantized
 weights; calibrated on four random batches), pruned by l2 and random filters at each ratio,
 and compared with its masked reference on ``--seeds`` random inputs: the largest output
 difference in steps of the output's quantization step (``QUANT_STEPS`` in
-``graphprune/quantized.py`` is the bound these measurements justify). Then, per model, two
+``graphprune/validation/quantized.py`` is the bound these measurements justify). Then, per model, two
 input channels of each fifth int8 Conv weight of the pruned model are swapped (a wrong
 surgery) and the same difference is printed with the comparison with fake quantization
 bypassed, which exactness also holds to the float tolerance.
@@ -25,9 +25,9 @@ import onnx
 from onnx import numpy_helper
 
 import graphprune
-from graphprune.cost import random_feeds
-from graphprune.quantized import fake_quant_bypassed, output_steps
-from graphprune.validation import masked_reference_bytes, rel_diff, run
+from graphprune.objectives.cost import random_feeds
+from graphprune.validation.contract import masked_reference_bytes, rel_diff, run
+from graphprune.validation.quantized import fake_quant_bypassed, output_steps
 from models import zoo
 
 

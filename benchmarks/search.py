@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from graphprune.report import grid
+from graphprune.present.report import grid
 from graphprune.search import search
 from graphprune.search.space import Space
 

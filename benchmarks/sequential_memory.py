@@ -18,15 +18,15 @@ import subprocess
 import sys
 import time
 
-from graphprune.allocate import allocate
+from graphprune.analysis.dependency import analyze
 from graphprune.api import load_model
-from graphprune.calibrate import calibrate
-from graphprune.compensate import compensate
-from graphprune.criteria import score_groups
-from graphprune.data import open_dataset
-from graphprune.dependency import analyze
+from graphprune.calibration.datasets import open_dataset
+from graphprune.calibration.statistics import calibrate
+from graphprune.edit.compensate import compensate
+from graphprune.edit.sequential import sequential_compensate
 from graphprune.passes.finish import consumers_losing
-from graphprune.sequential import sequential_compensate
+from graphprune.planning.allocate import allocate
+from graphprune.planning.criteria import score_groups
 
 
 def peak_mb() -> float:

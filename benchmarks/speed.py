@@ -187,7 +187,7 @@ def measure_model(
     timeout: float,
     tmp_root: str | None,
 ) -> dict:
-    from graphprune.dependency import analyze
+    from graphprune.analysis.dependency import analyze
     from graphprune.passes.filter import FilterPruning
 
     with tempfile.TemporaryDirectory(prefix=f"gp-speed-{name}-", dir=tmp_root) as tmp:
@@ -329,7 +329,7 @@ def profile_model(
     tmp_root: str | None,
 ) -> str:
     """cProfile (cumulative time) of the in-memory step and of ``prune --no-validate``."""
-    from graphprune.dependency import analyze
+    from graphprune.analysis.dependency import analyze
     from graphprune.passes.filter import FilterPruning
 
     parts = []
@@ -387,7 +387,7 @@ def _stats_text(stats: pstats.Stats, top: int) -> str:
 
 def _grid(header: tuple, rows: list[tuple]) -> str:
     try:
-        from graphprune.report import grid
+        from graphprune.present.report import grid
 
         return grid(header, rows)
     except Exception:  # the report module is not ours; fall back to a plain layout

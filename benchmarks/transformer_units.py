@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 import graphprune
-from graphprune.data import open_dataset
+from graphprune.calibration.datasets import open_dataset
 from graphprune.errors import InputError
-from graphprune.report import grid
+from graphprune.present.report import grid
 from models import zoo
 
 UNITS = (("heads",), ("mlp",), ("heads", "mlp"))

@@ -31,21 +31,23 @@ _LAZY = {
     "PipelineResult": "api",
     "save": "api",
     "validate": "api",
-    "DependencyGraph": "dependency",
-    "Group": "dependency",
-    "Member": "dependency",
+    "DependencyGraph": "analysis.dependency",
+    "Group": "analysis.dependency",
+    "Member": "analysis.dependency",
     "ChannelPruning": "passes",
     "FilterPruning": "passes",
     "LayerPruning": "passes",
     "SparsityPruning": "passes",
     "PassResult": "passes",
     "Pipeline": "api",
-    "Plan": "plan",
-    "Report": "report",
+    "Plan": "analysis.plan",
+    "Report": "present.report",
     "register_rule": "rules",
 }
 
 if TYPE_CHECKING:
+    from .analysis.dependency import DependencyGraph, Group, Member
+    from .analysis.plan import Plan
     from .api import (
         Pipeline,
         PipelineResult,
@@ -58,10 +60,8 @@ if TYPE_CHECKING:
         save,
         validate,
     )
-    from .dependency import DependencyGraph, Group, Member
     from .passes import ChannelPruning, FilterPruning, LayerPruning, PassResult, SparsityPruning
-    from .plan import Plan
-    from .report import Report
+    from .present.report import Report
     from .rules import register_rule
     from .tie import prune_many
 

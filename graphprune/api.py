@@ -13,24 +13,25 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import io, weights
-from .cost import Cost, cost_of, latency_ms, random_feeds
-from .data import DEFAULT_BATCH, Dataset, input_specs, open_dataset
-from .dependency import DependencyGraph
-from .dependency import analyze as _analyze
+from .analysis.dependency import DependencyGraph
+from .analysis.dependency import analyze as _analyze
+from .analysis.iochange import io_changes, io_map
+from .analysis.plan import IO_CHANGES_KEY, Plan, compose, plan_from_json, read_plan
+from .calibration.datasets import DEFAULT_BATCH, Dataset, input_specs, open_dataset
+from .edit.surgery import pruned_shapes
 from .errors import InputError
-from .evaluate import check_labels, evaluate
-from .graph import find_cycle
-from .inputs import InputSizes, count_shapes, resolve
-from .iochange import io_changes, io_map
+from .ir import files as io
+from .ir import weights
+from .ir.graph import find_cycle
+from .ir.input_sizes import InputSizes, count_shapes, resolve
+from .ir.weights import runnable
+from .objectives.cost import Cost, cost_of, latency_ms, random_feeds
 from .passes import PassContext, PassResult
 from .passes.filter import PLAN_METADATA_KEY, get_metadata
 from .passes.finish import COMPENSATE_METADATA_KEY, HISTORY_METADATA_KEY, SPARSITY_METADATA_KEY, fingerprint, history_of
-from .plan import IO_CHANGES_KEY, Plan, compose, plan_from_json, read_plan
-from .report import Report
-from .surgery import pruned_shapes
-from .validation import Exactness, Step, check_steps
-from .weights import runnable
+from .present.report import Report
+from .validation.contract import Exactness, Step, check_steps
+from .validation.evaluate import check_labels, evaluate
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 PIPELINE_METADATA_KEY = "graphprune.pipeline"
@@ -83,7 +84,7 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
                 shown = cycle if len(cycle) <= 6 else [*cycle[:3], "...", *cycle[-2:]]
                 raise InputError(f"{model}: the graph has a cycle: {' -> '.join(shown)}") from None
             raise InputError(f"{model}: fails the ONNX checker: {io.one_line(exc)}") from None
-    # External data stays on disk: weights are memory-mapped when needed (graphprune.weights)
+    # External data stays on disk: weights are memory-mapped when needed (graphprune.ir.weights)
     proto = io.load(model, lazy=True)
     io.check_opset(proto, model)
     return proto
@@ -106,10 +107,10 @@ def sample_sizes(
     *,
     probe: bool = True,
 ) -> InputSizes:
-    """Sizes of ``model``'s symbolic input dims (:mod:`graphprune.inputs`): from ``input_shapes``,
+    """Sizes of ``model``'s symbolic input dims (:mod:`graphprune.ir.input_sizes`): from ``input_shapes``,
     then the shapes of ``feeds`` (given, or the data's first batch), then defaults, the image
     size being the first candidate the original runs on (``probe``)."""
-    from .validation import run
+    from .validation.contract import run
 
     def runs(dims: dict) -> bool:
         try:
@@ -139,7 +140,7 @@ def _inputs(original, input_shapes, feeds, data, batch_size, *, validate: bool, 
 
 def _runs(original, feeds) -> bool:
     """Whether ``original`` runs on ``feeds``."""
-    from .validation import run_original
+    from .validation.contract import run_original
 
     try:
         run_original(original, feeds)
@@ -151,13 +152,13 @@ def _runs(original, feeds) -> bool:
 def _check_inputs(original, sizes: InputSizes, feeds, inputs_from: str) -> None:
     """When no default size runs the original, say so before pruning, not after it."""
     if sizes.runs is False:
-        from .validation import run_original
+        from .validation.contract import run_original
 
         run_original(original, feeds, inputs_from)
 
 
 def sample_cost(model: onnx.ModelProto, sizes: InputSizes | None = None, shapes: dict | None = None) -> Cost:
-    """``cost_of(model)`` per sample: at ``sizes`` (default: :func:`graphprune.inputs.resolve`'s
+    """``cost_of(model)`` per sample: at ``sizes`` (default: :func:`graphprune.ir.input_sizes.resolve`'s
     defaults) when its inputs have symbolic dims, else at ``shapes`` or its own."""
     counted = count_shapes(model, sizes if sizes is not None else resolve(model))
     return cost_of(model, counted if counted is not None else shapes)
@@ -196,10 +197,10 @@ def prune(
     target's metric). Latency is measured with onnxruntime on this machine (``threads``), per
     layer into a cached table (``latency_table`` names its file), or with ``latency_model="model"``
     as the whole model timed with each group pruned alone; channel counts then stay on the
-    machine's channel step (:func:`graphprune.hardware.channel_step`), and ``objective="latency"``
+    machine's channel step (:func:`graphprune.objectives.hardware.channel_step`), and ``objective="latency"``
     with a FLOPs or parameter target times two allocations and keeps the faster; ``progress`` receives
     one-line messages while it is measured. ``sensitivity`` (a
-    :class:`~graphprune.sensitivity.Sensitivity` or its JSON file, from ``graphprune
+    :class:`~graphprune.planning.sensitivity.Sensitivity` or its JSON file, from ``graphprune
     sensitivity``) prices each group's removals for a target by the drop measured when that
     group alone was pruned, instead of by its scores.
     Latency is the median of ``latency_runs`` timed runs of each model, or when None of 20 runs,
@@ -209,7 +210,7 @@ def prune(
     of a copy, to save memory on large models.
 
     Data-driven pruning: ``calib`` (a path to an ``.npz`` file or a folder of them, keys =
-    the model's input names, or a :class:`~graphprune.data.Dataset`) feeds the data criteria
+    the model's input names, or a :class:`~graphprune.calibration.datasets.Dataset`) feeds the data criteria
     (``activation``, ``apoz``, ``fluctuation``, ``wanda``), ``compensate`` (``"bias"`` or
     ``"lstsq"``) and ``pass_="channel"`` (consumer-side selection with least-squares refit;
     ``selection="greedy"`` or ``"lasso"``). ``calib_samples`` limits the samples used,
@@ -219,21 +220,21 @@ def prune(
     (``compensate="obs"``); ``criterion="dcp"`` does the same on samples weighted by the
     classifier's margin, from the class labels under key ``labels`` of ``calib``.
     ``sequential=True`` refits stage by stage on the pruned model's own inputs
-    (:mod:`graphprune.sequential`; any compensation but none).
+    (:mod:`graphprune.edit.sequential`; any compensation but none).
 
     Symbolic input dims: costs are per sample (batch 1) with the other symbolic dims from
     ``input_shapes`` ({input name: dims}, the CLI's ``--input-shape``), the data, or defaults
-    (:mod:`graphprune.inputs`); ``report.assumed_shapes`` says which. The pruned model keeps its
+    (:mod:`graphprune.ir.input_sizes`); ``report.assumed_shapes`` says which. The pruned model keeps its
     symbolic dims. Validation feeds: ``feeds``, else ``calib``'s first batch, else random inputs
     at those sizes; if the original does not run on them, ``InputError``.
 
     ``criterion`` None is the pass's default (``l2`` for the filter and channel passes).
     ``allow_io_change=True`` lets groups whose only obstacle is paired graph inputs/outputs (a
-    KV cache's past and present: :mod:`graphprune.iochange`) be pruned; ``report.prune["io_changes"]``
+    KV cache's past and present: :mod:`graphprune.analysis.iochange`) be pruned; ``report.prune["io_changes"]``
     lists every graph input/output whose shape changed. ``uniform_heads=True`` keeps the same
-    head count in every layer (:mod:`graphprune.headcount`; ``report.prune["num_key_value_heads"]``).
+    head count in every layer (:mod:`graphprune.planning.headcount`; ``report.prune["num_key_value_heads"]``).
     ``round_to`` keeps channel counts multiples of it; None (the CLI's default) keeps convolution
-    channels on this machine's channel step (:func:`graphprune.hardware.channel_step`, where
+    channels on this machine's channel step (:func:`graphprune.objectives.hardware.channel_step`, where
     onnxruntime's Conv kernels step in latency) and mlp neurons and heads free; the API's default
     stays 1, the ratio as asked, so that results do not depend on the machine.
     ``pass_="layer"`` removes ``remove_blocks`` (default 1) whole residual blocks ranked by
@@ -244,7 +245,7 @@ def prune(
     ``pass_="sparsity"`` writes zeros into the weights instead (``pattern`` ``"unstructured"``,
     ``"2:4"``, ``"4:8"`` or ``"kernel"``; ``sparsity`` the fraction zeroed; ``sparsity_criterion``
     ``"magnitude"``, ``"wanda"`` or ``"obs"``): :mod:`graphprune.passes.sparsity`. ``mode="mask"`` makes a
-    structured pass write zeros where it would remove (shapes kept): :mod:`graphprune.maskmode`.
+    structured pass write zeros where it would remove (shapes kept): :mod:`graphprune.edit.maskmode`.
     """
     options = {"ratio": ratio, "criterion": criterion, **options}
     plan = options.get("plan")
@@ -463,7 +464,7 @@ def _before(costs: dict, original: onnx.ModelProto, done: list, sizes: InputSize
 
 
 def _validated(report: Report, original, done: list, feeds, inputs_from: str, latency: bool, runs: int | None):
-    """The report's validation (:func:`graphprune.validation.check_steps`) and latencies; each
+    """The report's validation (:func:`graphprune.validation.contract.check_steps`) and latencies; each
     step's exactness."""
     final = done[-1][1].model if done else original
     # a lazy pruned model is written once (its sliced weights spilled to a file, which saving
@@ -490,7 +491,7 @@ def _cut(done: list):
 
 
 def _fill(report: Report, v) -> None:
-    """A :class:`~graphprune.validation.Validation` into the report's contract keys."""
+    """A :class:`~graphprune.validation.contract.Validation` into the report's contract keys."""
     report.validated = True
     report.checker = {"passed": v.checker_ok, "error": v.checker_error}
     report.runtime = {"passed": v.runtime_ok, "error": v.runtime_error}
@@ -560,11 +561,11 @@ def validate(
 
     Exactness needs the plan: given here, or read from the pruned model's metadata
     (graphprune writes it there). With ``data`` (an ``.npz`` file or folder keyed by input
-    names, see :mod:`graphprune.data`), fidelity is measured over all of it instead of on
+    names, see :mod:`graphprune.calibration.datasets`), fidelity is measured over all of it instead of on
     random inputs, and its first batch drives exactness and latency; ``labels`` (a key, or True
     for ``"labels"``) adds both models' top-1 accuracy. ``input_shapes`` ({input: dims}) sizes
     symbolic input dims for the costs (per sample) and the random inputs, as for :func:`prune`.
-    The checks are those of a prune (:func:`graphprune.validation.check_steps`), the step being
+    The checks are those of a prune (:func:`graphprune.validation.contract.check_steps`), the step being
     rebuilt from the plan.
     """
     orig = load_model(original)
@@ -603,10 +604,10 @@ def _replayed_step(orig: onnx.ModelProto, new: onnx.ModelProto, pruned: ModelLik
     ``new``'s metadata: a plan, a layer plan, or a history of steps composed into the original's
     indices): ``(step, a note on how it was rebuilt, the shapes the analysis inferred, the graph
     inputs/outputs its plan changed)``."""
-    from .blocks import find_blocks
-    from .masking import zeroed_reference_bytes
+    from .analysis.blocks import find_blocks
+    from .edit.masking import zeroed_reference_bytes
     from .passes.layer import blocks_of_plan
-    from .validation import INEXACT_NOTE, Reference, plan_reference
+    from .validation.contract import INEXACT_NOTE, Reference, plan_reference
 
     named = not isinstance(new, onnx.ModelProto) and not isinstance(pruned, onnx.ModelProto)
     source = "plan"

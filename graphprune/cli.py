@@ -272,7 +272,7 @@ def _main(argv: list[str], debug: bool) -> int:
 def _interrupted(since: int | None) -> int:
     """Say what an interrupted run wrote: this process's outputs committed after the first
     ``since`` (None: nothing, the run had not started writing)."""
-    io = sys.modules.get("graphprune.io")
+    io = sys.modules.get("graphprune.ir.files")
     written = io.committed()[since:] if io is not None and since is not None else []
     if written:  # the interrupt came after the output was renamed into place
         names = ", ".join(str(p) for p in written)
@@ -283,13 +283,14 @@ def _interrupted(since: int | None) -> int:
 
 
 def _inspect(args) -> int:
-    from . import api, io
-    from .inspect import describe, table
+    from . import api
+    from .ir import files as io
+    from .present.inspection import describe, table
 
     html = _html_path(args) if args.html else None  # refused before the analysis, not after it
     deps = api.analyze(args.model, input_shapes=_input_shapes(args))
     if html is not None:
-        from .html import render
+        from .present.html_page import render
 
         io.write_text_atomic(html, render(deps, title=Path(args.model).name))
         print(f"wrote {html}", file=sys.stderr)  # stdout stays the table (or the JSON)
@@ -318,7 +319,7 @@ def _dataset(args, path):
     file is reported before any analysis); None without ``path``."""
     if path is None:
         return None
-    from .data import open_dataset
+    from .calibration.datasets import open_dataset
 
     return open_dataset(path, _input_map(args))
 
@@ -354,7 +355,7 @@ def _say(args, msg: str) -> None:
 
 
 def _prune(args) -> int:
-    from .weights import spill_folder
+    from .ir.weights import spill_folder
 
     if len(args.model) > 1 or args.tie:
         from .cli_many import prune_files
@@ -369,7 +370,8 @@ def _prune(args) -> int:
 
 
 def _prune_to(args) -> int:
-    from . import api, io
+    from . import api
+    from .ir import files as io
 
     args.committed_before = len(io.committed())  # what an interrupt finds written is this run's
     src, out = Path(args.model), Path(args.output)
@@ -446,7 +448,7 @@ def _prune_to(args) -> int:
 
 def _write_outputs(args, src: Path, out: Path, model, report, t0: float, save_plan) -> int:
     """The end of every prune: the model (unless validation failed), plan, report and table."""
-    from . import io
+    from .ir import files as io
 
     report.file_bytes_before = src.stat().st_size
     failed = report.validated and not report.passed
@@ -470,7 +472,8 @@ def _write_outputs(args, src: Path, out: Path, model, report, t0: float, save_pl
 
 def _prune_passes(args, src: Path, out: Path) -> int:
     """``prune --pass ...``: several passes in order, or the layer pass."""
-    from . import api, io
+    from . import api
+    from .ir import files as io
 
     if "layer" in args.passes and args.remove_blocks is None:
         raise InputError("--pass layer needs --remove-blocks N")
@@ -571,7 +574,7 @@ def _prune_sparsity(args, src: Path, out: Path) -> int:
 
 def _input_shapes(args) -> dict:
     """``--input-shape NAME:D1,D2,...`` flags as {name: dims}; a name given twice is an error."""
-    from .inputs import parse_input_shape
+    from .ir.input_sizes import parse_input_shape
 
     shapes: dict = {}
     for text in args.input_shape:
@@ -630,10 +633,10 @@ def _validate(args) -> int:
 
 def _sensitivity(args) -> int:
     from . import api
-    from .criteria import CRITERIA
-    from .dependency import analyze
+    from .analysis.dependency import analyze
     from .passes.finish import check_scope
-    from .sensitivity import measure, plot
+    from .planning.criteria import CRITERIA
+    from .planning.sensitivity import measure, plot
 
     for path in [args.output] + ([args.plot] if args.plot else []):
         if Path(path).is_dir():

@@ -12,7 +12,7 @@ Rules:
 3. Every file is validated against its own original; if one fails, nothing is written (unless
    ``--keep-failed``). If no file lost anything, nothing is written. Otherwise every file is
    written, those left whole as they were, so that OUTDIR holds the complete set, and all are
-   renamed into place together (:func:`graphprune.io.save_all`).
+   renamed into place together (:func:`graphprune.ir.files.save_all`).
 4. ``--report`` writes ``{"tie": bool, "notes": [...], "files": [{"model", "output", ...the
    single-model report's keys..., "tied": [...]}]}``.
 
@@ -86,8 +86,9 @@ _TAKEN = ("ratio", "criterion", "round_to", "min_keep", "ignore", "units", "seed
 
 
 def prune_files(args) -> None:
-    from . import api, io
+    from . import api
     from .cli import _check_latency_runs, _failure, _input_shapes, _quiet_progress, _say
+    from .ir import files as io
     from .options import from_args
     from .passes import PASSES
     from .tie import prune_many

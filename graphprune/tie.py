@@ -34,15 +34,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .allocate import allocate, keep_count, protected, unit_step
-from .criteria import CRITERIA, score_groups
-from .criteria.data import DATA_CRITERIA
-from .dependency import CONSTANT, INITIALIZER, DependencyGraph
-from .dependency import analyze as _analyze
+from .analysis.dependency import CONSTANT, INITIALIZER, DependencyGraph
+from .analysis.dependency import analyze as _analyze
+from .analysis.plan import Plan
 from .errors import InputError
 from .passes.filter import DEFAULT_UNITS, UNITS
 from .passes.finish import check_round_to, check_scope, round_to_of
-from .plan import Plan
+from .planning.allocate import allocate, keep_count, protected, unit_step
+from .planning.criteria import CRITERIA, score_groups
+from .planning.criteria.data_driven import DATA_CRITERIA
 
 
 @dataclass

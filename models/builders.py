@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from graphprune.cost import random_feeds
+from graphprune.objectives.cost import random_feeds
 
 __all__ = [
     "BUILDERS",
@@ -823,5 +823,5 @@ BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
 
 def random_input(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
     """A seeded feed for every graph input that is not an initializer (see
-    :func:`graphprune.cost.random_feeds`, which it is)."""
+    :func:`graphprune.objectives.cost.random_feeds`, which it is)."""
     return random_feeds(model, seed=seed)

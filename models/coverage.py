@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import graphprune
-from graphprune.cost import cost_of
-from graphprune.report import grid
+from graphprune.objectives.cost import cost_of
+from graphprune.present.report import grid
 from models import zoo
 
 #: The classic-exporter CNNs the core issue covers; the transformers come later.

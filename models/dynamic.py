@@ -1,4 +1,4 @@
-"""Models with symbolic input dims, as real exports have them (test material for graphprune.inputs).
+"""Models with symbolic input dims, as real exports have them (test material for graphprune.ir.input_sizes).
 
 * :func:`fpn_detector` - a detector-like CNN with dynamic batch, height and width that only runs
   on image sizes that are multiples of 32: five stride-2 stages, then the deepest map is

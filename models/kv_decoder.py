@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from graphprune.graph import fresh_name
+from graphprune.ir.graph import fresh_name
 
 __all__ = ["kv_decoder"]
 

@@ -78,7 +78,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from graphprune.graph import fresh_name
+from graphprune.ir.graph import fresh_name
 from models.builders import _Builder
 
 __all__ = [

@@ -53,7 +53,7 @@ def test_table_has_a_row_per_method_and_a_column_per_level(sweep):
 
 
 def test_sparsity_rows_give_accuracy_and_non_zero_weights_at_unchanged_macs():
-    from graphprune.data import open_dataset
+    from graphprune.calibration.datasets import open_dataset
     from models.examples import digits
 
     model = bench.graphprune.load_model(str(digits.MODEL))

@@ -15,10 +15,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphprune
-from graphprune import io, weights
+from graphprune.edit.surgery import _sliced
 from graphprune.errors import InputError
-from graphprune.surgery import _sliced
-from graphprune.validation import run
+from graphprune.ir import files as io
+from graphprune.ir import weights
+from graphprune.validation.contract import run
 from models.llm_mlp import reference_output, weight_bytes, write_mlp_stack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -209,8 +210,8 @@ def test_a_float16_model_is_exact_to_a_few_float16_ulps_and_a_wrong_plan_still_f
 
 
 def test_fpgm_scores_do_not_depend_on_the_blocks_it_reads(monkeypatch):
-    from graphprune.criteria import ScoreContext, magnitude
-    from graphprune.dependency import analyze
+    from graphprune.analysis.dependency import analyze
+    from graphprune.planning.criteria import ScoreContext, magnitude
     from models.transformers import encoder_block
 
     deps = analyze(encoder_block())
@@ -320,7 +321,7 @@ def test_spills_left_unsaved_are_removed_when_the_process_ends(tmp_path):
     scratch.mkdir()
     code = (
         "import graphprune, sys; r = graphprune.prune(sys.argv[1], ratio=0.5, latency=False);"
-        " (spill,) = graphprune.weights.lazy_sources(r.model); print(r.report.passed, spill, spill.exists())"
+        " (spill,) = graphprune.ir.weights.lazy_sources(r.model); print(r.report.passed, spill, spill.exists())"
     )
     env = {**os.environ, "TMPDIR": str(scratch), "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run([sys.executable, "-c", code, str(src)], capture_output=True, text=True, env=env, timeout=300)

@@ -7,11 +7,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from graphprune.activations import stream_activations
-from graphprune.calibrate import calibrate
-from graphprune.consumers import consumers_of, rows, tap_sums, weight_matrix
-from graphprune.data import open_dataset
-from graphprune.dependency import analyze
+from graphprune.analysis.consumers import consumers_of, rows, tap_sums, weight_matrix
+from graphprune.analysis.dependency import analyze
+from graphprune.calibration.activations import stream_activations
+from graphprune.calibration.datasets import open_dataset
+from graphprune.calibration.statistics import calibrate
 from models import builders
 
 

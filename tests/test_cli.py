@@ -354,7 +354,7 @@ def test_an_interrupt_while_writing_leaves_no_output_and_no_temporary_file(run_c
 
 def test_an_interrupt_after_the_work_says_what_was_written_and_exits_130(tmp_path, monkeypatch, capsys):
     import graphprune.cli as cli
-    from graphprune import io
+    from graphprune.ir import files as io
 
     done = tmp_path / "out.onnx"
 

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 import graphprune
 from graphprune.errors import InputError
 from graphprune.passes.channel import greedy, lasso
-from graphprune.validation import check_pruned, run
+from graphprune.validation.contract import check_pruned, run
 from models import builders
 from tests.test_calibrate import conv_model, save
 
@@ -186,8 +186,8 @@ def test_data_options_without_data_are_usage_errors():
 
 @pytest.mark.parametrize("name", ["activation", "apoz", "fluctuation", "wanda"])
 def test_data_criteria_remove_what_they_measure_as_least_important(tmp_path, name):
-    from graphprune.activations import stream_activations
-    from graphprune.data import open_dataset
+    from graphprune.calibration.activations import stream_activations
+    from graphprune.calibration.datasets import open_dataset
 
     model = mlp("gemm")
     calib = save(tmp_path, "c.npz", 64, (16,))

@@ -11,9 +11,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphprune
-from graphprune.cost import cost_of
-from graphprune.dependency import analyze
-from graphprune.graph import infer_shapes
+from graphprune.analysis.dependency import analyze
+from graphprune.ir.graph import infer_shapes
+from graphprune.objectives.cost import cost_of
 from models import fused
 
 pytest.importorskip("onnxruntime.transformers.optimizer")

@@ -1,4 +1,4 @@
-"""Tests of graphprune.cost on tiny hand-built models with hand-computed counts."""
+"""Tests of graphprune.objectives.cost on tiny hand-built models with hand-computed counts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from graphprune.cost import Cost, cost_of, count_flops, count_params, latency_ms, random_feeds
+from graphprune.objectives.cost import Cost, cost_of, count_flops, count_params, latency_ms, random_feeds
 
 F = TensorProto.FLOAT
 
@@ -281,7 +281,7 @@ def _counting_runs(monkeypatch) -> list:
     """Every ``run`` of the sessions latency_ms builds, counted (onnxruntime otherwise as is)."""
     import types
 
-    from graphprune import runtime
+    from graphprune.ir import runtime
 
     real = runtime.ort()
     runs: list = []
@@ -330,7 +330,7 @@ def test_integer_weights_of_quantized_operators_are_parameters():
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from graphprune.cost import count_params
+    from graphprune.objectives.cost import count_params
 
     inits = [
         numpy_helper.from_array(np.ones((4, 3, 3, 3), np.int8), "w"),

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphprune.cost import cost_of
-from graphprune.costmodel import CostModel
-from graphprune.dependency import analyze
+from graphprune.analysis.dependency import analyze
+from graphprune.objectives.cost import cost_of
 from graphprune.passes.filter import FilterPruning
+from graphprune.planning.cost_model import CostModel
 from models import builders, transformers
 
 MODELS = {

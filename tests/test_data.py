@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from graphprune.data import input_specs, open_dataset
+from graphprune.calibration.datasets import input_specs, open_dataset
 from graphprune.errors import InputError
 
 
@@ -76,7 +76,7 @@ def test_initializers_listed_as_inputs_are_not_model_inputs():
 
 
 def test_stream_activations_exposes_intermediates_and_leaves_the_model_alone(tmp_path):
-    from graphprune.activations import stream_activations
+    from graphprune.calibration.activations import stream_activations
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
@@ -132,7 +132,7 @@ def test_a_scalar_input_takes_its_0d_array_with_every_batch(tmp_path):
 
 
 def test_a_scalar_array_for_an_input_with_samples_is_an_error(tmp_path):
-    from graphprune.data import InputSpec
+    from graphprune.calibration.datasets import InputSpec
 
     path = tmp_path / "data.npz"
     np.savez(path, x=np.array(1.0, np.float32), y=np.zeros((3, 2), np.float32))

@@ -233,7 +233,7 @@ def _group_layout(deps):
 def test_groups_stay_exact_when_every_class_signature_collides(monkeypatch, build, salt):
     # A constant salt makes every class's signature a function of its counts alone (0: all
     # equal), so classes on different dims share a hash bucket; the exact check must split them.
-    from graphprune import dependency
+    from graphprune.analysis import dependency
 
     model = build()
     expected = _group_layout(graphprune.analyze(model))
@@ -242,7 +242,7 @@ def test_groups_stay_exact_when_every_class_signature_collides(monkeypatch, buil
 
 
 def test_class_groups_split_a_bucket_by_the_exact_pairs(monkeypatch):
-    from graphprune import dependency
+    from graphprune.analysis import dependency
 
     monkeypatch.setattr(dependency, "_signature_salt", lambda nd: np.zeros(nd, dtype=np.uint64))
     # (label, dim, count) pairs sorted by (label, dim): classes 0 and 5 are equal; 2 differs

@@ -9,15 +9,15 @@ import pytest
 from onnx import numpy_helper
 
 import graphprune
-from graphprune.calibrate import calibrate
-from graphprune.cost import count_params, random_feeds
-from graphprune.criteria import CRITERIA, ScoreContext
-from graphprune.data import open_dataset
-from graphprune.dependency import analyze, body_notes
-from graphprune.graph import infer_with_folding, view
-from graphprune.inspect import table
-from graphprune.shapefold import shape_elements
-from graphprune.validation import run
+from graphprune.analysis.dependency import analyze, body_notes
+from graphprune.calibration.datasets import open_dataset
+from graphprune.calibration.statistics import calibrate
+from graphprune.ir.graph import infer_with_folding, view
+from graphprune.ir.shapefold import shape_elements
+from graphprune.objectives.cost import count_params, random_feeds
+from graphprune.planning.criteria import CRITERIA, ScoreContext
+from graphprune.present.inspection import table
+from graphprune.validation.contract import run
 from models import exporter_idioms
 from tests.test_calibrate import save
 
@@ -223,7 +223,7 @@ def test_least_squares_refits_consumers_whose_weights_are_constant_nodes(tmp_pat
 
 
 def test_weights_computed_at_run_time_are_named_by_their_op():
-    from graphprune.consumers import consumers_of
+    from graphprune.analysis.consumers import consumers_of
 
     model = exporter_idioms.constant_cnn()
     cast = next(n for n in model.graph.node if n.op_type == "Cast")

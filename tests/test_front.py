@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 from graphprune import InputError, api
-from graphprune.cost import random_feeds
+from graphprune.objectives.cost import random_feeds
 from models import builders
 
 DIGITS = Path(__file__).resolve().parents[1] / "models" / "examples" / "digits"
@@ -42,7 +42,7 @@ def test_api_prune_with_the_layer_pass_refuses_a_filter_option():
 
 
 def test_api_round_to_none_keeps_conv_channels_on_the_channel_step():
-    from graphprune.hardware import channel_step
+    from graphprune.objectives.hardware import channel_step
 
     step = channel_step().step
     model = builders.residual_net(width=2 * step, blocks=2, seed=0)
@@ -193,7 +193,7 @@ def test_input_map_naming_no_input_of_the_model_is_one_line(run_cli, tiny_model_
 
 
 def test_default_prune_keeps_conv_channels_on_the_channel_step(run_cli, tmp_path):
-    from graphprune.hardware import channel_step
+    from graphprune.objectives.hardware import channel_step
 
     step = channel_step().step
     src = tmp_path / "m.onnx"
@@ -226,7 +226,7 @@ def test_latency_runs_fixes_the_count_and_the_table_names_the_batch(run_cli, tin
 
 
 def test_latency_without_a_count_times_at_least_three_runs_within_the_budget(monkeypatch):
-    from graphprune import cost
+    from graphprune.objectives import cost
 
     model = builders.residual_net(width=8, blocks=1, seed=0)
     calls = []
@@ -237,8 +237,8 @@ def test_latency_without_a_count_times_at_least_three_runs_within_the_budget(mon
 
 
 def test_a_slower_pruned_model_is_said_with_the_likely_cause():
-    from graphprune.hardware import channel_step
-    from graphprune.report import Report
+    from graphprune.objectives.hardware import channel_step
+    from graphprune.present.report import Report
 
     r = Report(100, 80, 100, 80, latency_ms_before=1.0, latency_ms_after=1.2, latency_batch=32, prune={"round_to": 1})
     table = r.table()
@@ -282,7 +282,7 @@ def test_sensitivity_prints_the_samples_it_used(run_cli, tmp_path):
 
 
 def test_a_sample_limit_below_the_batch_size_is_honoured_with_a_dynamic_batch(tmp_path):
-    from graphprune.data import input_specs, open_dataset
+    from graphprune.calibration.datasets import input_specs, open_dataset
 
     model = _dynamic_batch(builders.residual_net(width=8, blocks=1, seed=0))
     data = _renamed_data(model, tmp_path / "c.npz", key=model.graph.input[0].name, n=40)
@@ -291,7 +291,7 @@ def test_a_sample_limit_below_the_batch_size_is_honoured_with_a_dynamic_batch(tm
 
 
 def test_a_model_narrower_than_the_channel_step_says_how_to_prune_it_anyway(run_cli, tmp_path):
-    from graphprune.hardware import channel_step
+    from graphprune.objectives.hardware import channel_step
 
     step = channel_step().step
     src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
@@ -304,9 +304,9 @@ def test_a_model_narrower_than_the_channel_step_says_how_to_prune_it_anyway(run_
 
 
 def test_fidelity_over_a_dataset_equals_fidelity_of_all_its_outputs_at_once():
-    from graphprune.data import input_specs, open_dataset
-    from graphprune.evaluate import evaluate
-    from graphprune.validation import fidelity, run
+    from graphprune.calibration.datasets import input_specs, open_dataset
+    from graphprune.validation.contract import fidelity, run
+    from graphprune.validation.evaluate import evaluate
 
     original = api.load_model(DIGITS / "digits_cnn.onnx")
     pruned = api.prune(original, ratio=0.5, validate=False).model

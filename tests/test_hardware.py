@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from graphprune.hardware import DEFAULT_STEP, channel_step
+from graphprune.objectives.hardware import DEFAULT_STEP, channel_step
 
 
 def conv_session(channels: int, tmp_path) -> list[list[int]]:

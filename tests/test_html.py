@@ -16,8 +16,8 @@ import onnx
 import pytest
 
 import graphprune
-from graphprune import html as page_html
-from graphprune.inspect import describe
+from graphprune.present import html_page as page_html
+from graphprune.present.inspection import describe
 from models import builders, zoo
 
 

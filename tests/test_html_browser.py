@@ -27,7 +27,7 @@ import onnx
 import pytest
 
 import graphprune
-from graphprune import html as page_html
+from graphprune.present import html_page as page_html
 from models import zoo
 
 playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")

@@ -1,4 +1,4 @@
-"""Symbolic input dims (graphprune.inputs): costs per sample, sizes from --input-shape, data or
+"""Symbolic input dims (graphprune.ir.input_sizes): costs per sample, sizes from --input-shape, data or
 defaults, validation inputs the original accepts, feeds of every type onnxruntime takes, and
 structural comparison of sequence and map outputs."""
 
@@ -14,10 +14,10 @@ from onnx import TensorProto, helper
 
 import graphprune
 from graphprune.cli import main
-from graphprune.cost import cost_of, random_feeds
 from graphprune.errors import InputError
-from graphprune.inputs import parse_input_shape, resolve
-from graphprune.validation import fidelity, rel_diff, run
+from graphprune.ir.input_sizes import parse_input_shape, resolve
+from graphprune.objectives.cost import cost_of, random_feeds
+from graphprune.validation.contract import fidelity, rel_diff, run
 from models import builders, dynamic, variants
 
 
@@ -377,7 +377,7 @@ def test_a_model_with_a_zipmap_output_validates():
 
 
 def test_residual_blocks_of_a_dynamic_model_are_counted_per_sample():
-    from graphprune.blocks import find_blocks
+    from graphprune.analysis.blocks import find_blocks
 
     fixed = builders.residual_net(width=16, blocks=3, input_shape=(1, 3, 64, 64))
     dynamic_dims = variants.with_dynamic_dims(fixed)
@@ -386,7 +386,7 @@ def test_residual_blocks_of_a_dynamic_model_are_counted_per_sample():
 
 
 def test_fidelity_over_data_compares_zipmap_outputs_element_by_element(tmp_path):
-    from graphprune.evaluate import evaluate
+    from graphprune.validation.evaluate import evaluate
 
     model = _zipmap_model()
     data = tmp_path / "d.npz"

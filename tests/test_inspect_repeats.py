@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.html_view import decoder_stack
-from graphprune.dependency import analyze
-from graphprune.inspect import _layer_of, describe, table
+from graphprune.analysis.dependency import analyze
+from graphprune.present.inspection import _layer_of, describe, table
 
 
 @pytest.fixture(scope="module")

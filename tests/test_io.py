@@ -8,8 +8,8 @@ import pytest
 from onnx import version_converter
 
 import graphprune
-from graphprune import io
 from graphprune.errors import InputError
+from graphprune.ir import files as io
 from models import builders
 
 

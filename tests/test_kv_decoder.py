@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 import graphprune
-from graphprune.validation import masked_reference
+from graphprune.validation.contract import masked_reference
 from models.kv_decoder import kv_decoder
 
 LAYERS, HIDDEN, HEADS, KV_HEADS, FFN, VOCAB = 2, 32, 4, 2, 64, 64

@@ -17,10 +17,10 @@ import pytest
 from onnx import numpy_helper
 
 import graphprune
-from graphprune.dependency import analyze
+from graphprune.analysis.dependency import analyze
+from graphprune.analysis.iochange import release_io
 from graphprune.errors import InputError
-from graphprune.iochange import release_io
-from graphprune.validation import masked_reference
+from graphprune.validation.contract import masked_reference
 from models.kv_decoder import kv_decoder
 
 LAYERS, HIDDEN, HEADS, KV_HEADS, FFN, VOCAB = 2, 32, 4, 2, 64, 64
@@ -383,7 +383,7 @@ def test_fused_gqa_generation_with_the_smaller_cache_matches_the_masked_original
 
 
 def test_inspect_says_which_groups_allow_io_change_would_free(model, tiny_model_bytes):
-    from graphprune.inspect import describe
+    from graphprune.present.inspection import describe
 
     notes = describe(analyze(model))["notes"]
     assert any(f"{LAYERS} groups are blocked only by graph inputs/outputs paired" in n for n in notes), notes

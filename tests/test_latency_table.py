@@ -11,11 +11,11 @@ import pytest
 from onnx import helper
 
 import graphprune
-import graphprune.latency_table as lt
-from graphprune.costmodel import CostModel
-from graphprune.dependency import analyze
-from graphprune.hardware import channel_step
-from graphprune.validation import run
+import graphprune.planning.layer_latency as lt
+from graphprune.analysis.dependency import analyze
+from graphprune.objectives.hardware import channel_step
+from graphprune.planning.cost_model import CostModel
+from graphprune.validation.contract import run
 from models import builders
 
 

@@ -12,13 +12,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphprune import InputError, api
-from graphprune.blocks import find_blocks, remove_blocks
-from graphprune.cost import cost_of, random_feeds
-from graphprune.masking import zeroed_reference_bytes
+from graphprune.analysis.blocks import find_blocks, remove_blocks
+from graphprune.edit.masking import zeroed_reference_bytes
+from graphprune.objectives.cost import cost_of, random_feeds
 from graphprune.passes import FilterPruning, LayerPruning
 from graphprune.passes.filter import PLAN_METADATA_KEY, get_metadata
 from graphprune.passes.layer import LAYER_PLAN_KEY, lowest, score_blocks
-from graphprune.validation import run
+from graphprune.validation.contract import run
 from models import builders, transformers, zoo
 
 
@@ -312,7 +312,7 @@ def test_digits_keeps_its_accuracy_without_its_least_important_blocks(criterion,
     # measured: one block (0.80 of the MACs) by either criterion keeps 99.60% (the original's);
     # two by weight-norm (0.61 of the MACs) keep 96.98%, where uniform l2 filter pruning at
     # 0.66 of the MACs keeps 64.39% (README, benchmarks/accuracy_vs_flops)
-    from graphprune.evaluate import evaluate
+    from graphprune.validation.evaluate import evaluate
     from models.examples import digits
 
     model = onnx.load(digits.MODEL)
@@ -326,7 +326,7 @@ def test_digits_keeps_its_accuracy_without_its_least_important_blocks(criterion,
 
 def test_prune_layers_takes_an_opened_dataset(tmp_path):
     import graphprune
-    from graphprune.data import input_specs, open_dataset
+    from graphprune.calibration.datasets import input_specs, open_dataset
 
     model = builders.residual_net(width=8, blocks=3)
     spec = input_specs(model)[0]

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 import graphprune
 from graphprune.cli import main
 from graphprune.errors import InputError
-from graphprune.validation import run
+from graphprune.validation.contract import run
 from models import builders, fused, transformers, variants
 from tests.test_calibrate import conv_model
 from tests.test_calibrate import save as save_npz

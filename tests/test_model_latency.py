@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import graphprune
-import graphprune.model_latency as ml
-from graphprune.allocate import allocate_to_target
-from graphprune.costmodel import CostModel
-from graphprune.dependency import analyze
+import graphprune.planning.model_latency as ml
+from graphprune.analysis.dependency import analyze
+from graphprune.planning.allocate import allocate_to_target
+from graphprune.planning.cost_model import CostModel
 from models import builders
 
 

@@ -132,7 +132,8 @@ def test_prune_whose_plan_removes_nothing_says_so(tmp_path, capsys, tiny_model_p
 
 
 def test_a_contrib_op_in_a_cnn_is_named_for_every_weight_it_hides(monkeypatch):
-    from graphprune import ortshapes, rules
+    from graphprune import rules
+    from graphprune.ir import ortshapes
 
     # an op graphprune knows nothing of: no rule, and no shape inference through it
     monkeypatch.delitem(rules.DOMAIN_RULES, ("com.microsoft", "Gelu"))

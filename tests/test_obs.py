@@ -9,16 +9,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphprune
-from graphprune.calibrate import calibrate
+from graphprune.analysis.consumers import weight_matrix
+from graphprune.analysis.dependency import analyze
+from graphprune.analysis.plan import Plan
+from graphprune.calibration.datasets import open_dataset
+from graphprune.calibration.statistics import calibrate
 from graphprune.cli import main
-from graphprune.compensate import compensate
-from graphprune.consumers import weight_matrix
-from graphprune.data import open_dataset
-from graphprune.dependency import analyze
+from graphprune.edit.compensate import compensate
+from graphprune.edit.obs import _part, _remove, obs_refit
 from graphprune.errors import InputError
-from graphprune.obs import _part, _remove, obs_refit
-from graphprune.plan import Plan
-from graphprune.validation import run
+from graphprune.validation.contract import run
 from tests.test_calibrate import conv_model, save
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 import graphprune
-from graphprune.dependency import analyze
+from graphprune.analysis.dependency import analyze
 
 pytest.importorskip("onnxruntime.transformers")
 

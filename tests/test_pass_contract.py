@@ -18,10 +18,10 @@ import pytest
 
 import graphprune
 from graphprune import InputError, ValidationFailed, api
-from graphprune.cost import random_feeds
+from graphprune.objectives.cost import random_feeds
 from graphprune.options import add_flags, flags, from_args
 from graphprune.passes import PASSES, ChannelPruning, FilterPruning, LayerPruning, PassContext, PassResult
-from graphprune.validation import Reference, Step, check_steps, run
+from graphprune.validation.contract import Reference, Step, check_steps, run
 from models import builders
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from graphprune.cost import cost_of
-from graphprune.dependency import analyze
-from graphprune.graph import infer_shapes
+from graphprune.analysis.dependency import analyze
+from graphprune.edit.surgery import apply_plan, pruned_shapes
+from graphprune.ir.graph import infer_shapes
+from graphprune.objectives.cost import cost_of
 from graphprune.passes.filter import FilterPruning
-from graphprune.surgery import apply_plan, pruned_shapes
 from models import builders
 
 MODELS = {

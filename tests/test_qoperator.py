@@ -15,10 +15,10 @@ from onnx import numpy_helper
 from test_quantized import quantize
 
 import graphprune
-from graphprune.dependency import analyze
-from graphprune.plan import Plan, removed_entries
-from graphprune.surgery import apply_plan
-from graphprune.validation import EXACT_RTOL, check_pruned, run
+from graphprune.analysis.dependency import analyze
+from graphprune.analysis.plan import Plan, removed_entries
+from graphprune.edit.surgery import apply_plan
+from graphprune.validation.contract import EXACT_RTOL, check_pruned, run
 from models import builders, variants
 
 ort_quant = pytest.importorskip("onnxruntime.quantization")
@@ -190,7 +190,7 @@ def test_qlinear_global_average_pool_passes_its_channel_axis_through(channels_la
 
 
 def test_a_qgemm_head_counts_its_macs_as_the_gemm_it_quantizes(qop_net):
-    from graphprune.cost import node_macs
+    from graphprune.objectives.cost import node_macs
 
     gemm = next(n for n in qop_net.graph.node if n.op_type == "QGemm")
     shapes = analyze(qop_net).view.shapes

@@ -15,11 +15,11 @@ import pytest
 from onnx import numpy_helper
 
 import graphprune
-from graphprune.dependency import analyze
-from graphprune.plan import Plan
-from graphprune.quantized import QUANT_STEPS, fake_quant_bypassed, is_quantized, output_steps
-from graphprune.surgery import apply_plan
-from graphprune.validation import EXACT_RTOL, check_pruned, masked_reference_bytes, quantized_exactness, run
+from graphprune.analysis.dependency import analyze
+from graphprune.analysis.plan import Plan
+from graphprune.edit.surgery import apply_plan
+from graphprune.validation.contract import EXACT_RTOL, check_pruned, masked_reference_bytes, quantized_exactness, run
+from graphprune.validation.quantized import QUANT_STEPS, fake_quant_bypassed, is_quantized, output_steps
 from models import builders, variants
 
 ort_quant = pytest.importorskip("onnxruntime.quantization")
@@ -117,7 +117,7 @@ def test_one_consumer_weight_sliced_at_the_wrong_channels_fails(qdq_net):
     # part of its rewrite. One channel of one layer: the float comparison still sees it.
     result = graphprune.prune(qdq_net, ratio=0.5, validate=False)
     deps, plan = result.deps, result.plan
-    from graphprune.plan import removed_entries
+    from graphprune.analysis.plan import removed_entries
 
     removed = removed_entries(deps, plan)
     before = {t.name: numpy_helper.to_array(t) for t in qdq_net.graph.initializer}

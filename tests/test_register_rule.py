@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import graphprune
 from graphprune import rules
-from graphprune.dependency import analyze
+from graphprune.analysis.dependency import analyze
 
 
 def _bias_gelu_mlp(ms_version: int = 1) -> onnx.ModelProto:

@@ -9,8 +9,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import graphprune
-from graphprune.cost import random_feeds
-from graphprune.validation import check_pruned, fidelity, run, saturating_inputs
+from graphprune.objectives.cost import random_feeds
+from graphprune.validation.contract import check_pruned, fidelity, run, saturating_inputs
 
 
 def _saturated_head(bias: float = -20.0) -> onnx.ModelProto:

@@ -33,7 +33,7 @@ SPACE = {
 
 
 def _labelled(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    from graphprune.validation import run
+    from graphprune.validation.contract import run
 
     return np.array([run(model, {"input": x[i : i + 1]})[0].argmax() for i in range(len(x))])
 

@@ -7,14 +7,14 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from graphprune.analysis.dependency import analyze
+from graphprune.analysis.plan import Plan, removed_entries
+from graphprune.calibration.datasets import input_specs, open_dataset
 from graphprune.cli import main
-from graphprune.data import input_specs, open_dataset
-from graphprune.dependency import analyze
+from graphprune.edit.surgery import apply_plan
 from graphprune.errors import InputError
-from graphprune.plan import Plan, removed_entries
-from graphprune.sensitivity import MaskedRunner, measure, read_sensitivity
-from graphprune.surgery import apply_plan
-from graphprune.validation import run
+from graphprune.planning.sensitivity import MaskedRunner, measure, read_sensitivity
+from graphprune.validation.contract import run
 from models import builders
 
 
@@ -93,8 +93,8 @@ def test_cli_writes_json_plot_and_accuracy_with_labels(tmp_path, model, data, ca
 
 
 def test_block_sensitivity_is_the_cost_of_removing_that_block(model, data):
-    from graphprune.blocks import find_blocks, remove_blocks
-    from graphprune.validation import fidelity
+    from graphprune.analysis.blocks import find_blocks, remove_blocks
+    from graphprune.validation.contract import fidelity
 
     deps = analyze(model)
     sens = measure(model, deps, open_dataset(data), ratios=(0.5,), samples=8)
@@ -111,7 +111,7 @@ def test_block_sensitivity_is_the_cost_of_removing_that_block(model, data):
 
 
 def _sens_for(model, drops: dict[str, list[float]], ratios=(0.25, 0.5, 0.75)):
-    from graphprune.sensitivity import GroupSensitivity, Sensitivity
+    from graphprune.planning.sensitivity import GroupSensitivity, Sensitivity
 
     deps = analyze(model)
     rows = []

@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
+from graphprune.analysis.dependency import analyze
+from graphprune.calibration.datasets import open_dataset
 from graphprune.cli import main
-from graphprune.data import open_dataset
-from graphprune.dependency import analyze
-from graphprune.sensitivity import measure, merge_shards
+from graphprune.planning.sensitivity import measure, merge_shards
 from models import builders
 
 

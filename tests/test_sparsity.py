@@ -20,7 +20,7 @@ import graphprune
 from graphprune.cli import main
 from graphprune.errors import InputError
 from graphprune.passes.sparsity import SparsityPruning, check_pattern
-from graphprune.validation import run
+from graphprune.validation.contract import run
 from models import builders
 from tests.test_calibrate import conv_model
 from tests.test_calibrate import save as save_npz

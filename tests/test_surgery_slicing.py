@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from graphprune.surgery import _write_sliced
+from graphprune.edit.surgery import _write_sliced
 
 DTYPES = [np.float32, np.float16, np.float64, ml_dtypes.bfloat16, np.int8, np.int32, np.int64, np.bool_]
 

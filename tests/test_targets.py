@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import graphprune
-from graphprune.allocate import keep_choices, uniform_to_target
-from graphprune.dependency import analyze
+from graphprune.analysis.dependency import analyze
+from graphprune.planning.allocate import keep_choices, uniform_to_target
 from models import builders
 
 TINY = Path(__file__).resolve().parents[1] / "models" / "examples" / "tiny_resnet.onnx"
@@ -73,7 +73,7 @@ def test_keep_choices_snap_to_a_grid_when_given_one():
 
 @pytest.mark.parametrize("round_to", [1, 16])
 def test_uniform_to_target_cuts_every_group_alike_nearest_the_target(round_to):
-    from graphprune.costmodel import CostModel
+    from graphprune.planning.cost_model import CostModel
 
     deps = analyze(builders.residual_net(width=64, blocks=4))
     cm = CostModel(deps)
@@ -150,7 +150,7 @@ def test_a_flops_target_after_the_layer_pass_is_a_fraction_of_the_original():
 
 def test_a_flops_target_on_a_model_with_dynamic_dims_is_counted_per_sample_at_the_default_size():
     # The "cannot count this model's MACs" error is now kept for models no size makes countable
-    # (tests/test_inputs.py); dynamic batch and image size are resolved (graphprune.inputs).
+    # (tests/test_inputs.py); dynamic batch and image size are resolved (graphprune.ir.input_sizes).
     from models import variants
 
     model = variants.with_dynamic_dims(builders.residual_net(width=16, blocks=3))
@@ -163,7 +163,7 @@ def test_a_flops_target_on_a_model_with_dynamic_dims_is_counted_per_sample_at_th
 def test_a_default_flops_target_keeps_conv_channels_on_the_channel_step_when_it_can():
     """round_to=None (the CLI's default): counts on the runtime's step when whole steps reach the
     target within STEPPED_TARGET_SLACK; else free, and the report says why."""
-    from graphprune.hardware import channel_step
+    from graphprune.objectives.hardware import channel_step
     from graphprune.passes.filter import STEPPED_TARGET_SLACK
 
     step = channel_step().step

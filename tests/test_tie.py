@@ -9,7 +9,7 @@ import pytest
 
 import graphprune
 from graphprune import tie
-from graphprune.validation import masked_reference
+from graphprune.validation.contract import masked_reference
 from models.multifile import decoder_pair, encoder_decoder
 
 SHARED = ("shared.ffn.up.weight", "shared.ffn.up.bias", "shared.ffn.down.weight")

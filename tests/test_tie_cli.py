@@ -156,7 +156,7 @@ def test_one_file_failing_validation_writes_none(run_cli, pair, tmp_path, monkey
 
 
 def test_a_failure_while_writing_leaves_no_output_and_no_staging(pair, tmp_path, monkeypatch):
-    from graphprune import io
+    from graphprune.ir import files as io
 
     out = tmp_path / "out"
     out.mkdir()

@@ -188,7 +188,7 @@ def test_hidden_width_prunes_only_when_asked_and_is_reported_inexact():
 
 
 def test_decomposed_layernorm_lets_hidden_width_through_only_when_inexact_is_allowed():
-    from graphprune.dependency import analyze
+    from graphprune.analysis.dependency import analyze
 
     model = T.encoder_block(layernorm="decomposed", norm="post")
     assert not any(g.unit == "hidden" for g in analyze(model).groups)

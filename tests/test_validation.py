@@ -6,8 +6,8 @@ import numpy as np
 from onnx import numpy_helper
 
 import graphprune
-from graphprune.cost import random_feeds
-from graphprune.validation import check_pruned, masked_reference, run
+from graphprune.objectives.cost import random_feeds
+from graphprune.validation.contract import check_pruned, masked_reference, run
 from models import builders
 
 
@@ -59,7 +59,7 @@ def test_report_has_the_contract_keys():
 
 
 def test_building_the_reference_leaves_the_original_as_it_was():
-    from graphprune.validation import masked_reference_bytes
+    from graphprune.validation.contract import masked_reference_bytes
 
     model = builders.dense_block()
     before = model.SerializeToString()
@@ -70,7 +70,7 @@ def test_building_the_reference_leaves_the_original_as_it_was():
 
 
 def test_rounding_of_a_cancelled_output_is_measured_at_the_original_scale():
-    from graphprune.validation import rel_diff
+    from graphprune.validation.contract import rel_diff
 
     reference, original = [np.array([1e-4])], [np.array([0.1])]
     rounding = [np.array([1e-4 + 3e-8])]  # float32 rounding of terms of size ~0.1

@@ -20,10 +20,10 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 import graphprune
-from graphprune.criteria import score_groups
-from graphprune.graph import opset_of
-from graphprune.plan import removed_entries
-from graphprune.validation import masked_reference, rel_diff, run
+from graphprune.analysis.plan import removed_entries
+from graphprune.ir.graph import opset_of
+from graphprune.planning.criteria import score_groups
+from graphprune.validation.contract import masked_reference, rel_diff, run
 from models import builders, variants
 
 RATIO = 0.5

@@ -8,7 +8,7 @@ The contract (one for every pass):
 2. ``pass_(model, context=None) -> PassResult``: the transformed model, the record of what the
    pass did (``report``, ``plan``) and how its exactness is proven (``reference``: the model the
    result must equal, built independently from the pass's input). Exactness is each pass's
-   postcondition; :func:`graphprune.validation.check_steps` checks it, for one step or a
+   postcondition; :func:`graphprune.validation.contract.check_steps` checks it, for one step or a
    pipeline of them alike.
 3. ``pass_.apply(model)`` is the same step as a plain ``ModelProto -> ModelProto`` function,
    for pipelines of model transforms (onnxslim/onnxsim style).
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import onnx
 
 if TYPE_CHECKING:
-    from ..dependency import DependencyGraph
-    from ..inputs import InputSizes
-    from ..plan import Plan
-    from ..validation import Reference
+    from ..analysis.dependency import DependencyGraph
+    from ..analysis.plan import Plan
+    from ..ir.input_sizes import InputSizes
+    from ..validation.contract import Reference
 
 
 @dataclass

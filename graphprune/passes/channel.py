@@ -26,17 +26,17 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..allocate import keep_count, protected, unit_step
-from ..calibrate import DEFAULT_MAX_ROWS, Statistics
-from ..compensate import DEFAULT_RIDGE, METHODS
-from ..consumers import weight_matrix, weight_value
-from ..criteria import CRITERIA, ScoreContext
-from ..data import DEFAULT_BATCH
-from ..dependency import DependencyGraph, Group, analyze
+from ..analysis.consumers import weight_matrix, weight_value
+from ..analysis.dependency import DependencyGraph, Group, analyze
+from ..analysis.plan import Plan
+from ..calibration.datasets import DEFAULT_BATCH
+from ..calibration.statistics import DEFAULT_MAX_ROWS, Statistics
+from ..edit.compensate import DEFAULT_RIDGE, METHODS
+from ..edit.maskmode import mode_option
 from ..errors import InputError
-from ..maskmode import mode_option
 from ..options import option
-from ..plan import Plan
+from ..planning.allocate import keep_count, protected, unit_step
+from ..planning.criteria import CRITERIA, ScoreContext
 from . import PassContext, PassResult, TransformMixin
 from .filter import DEFAULT_UNITS, UNITS
 from .finish import (
@@ -70,7 +70,7 @@ class ChannelPruning(TransformMixin):
         False,
         "refit the consumers stage by stage in topological order on the pruned model's own inputs, so each"
         " layer repairs the error of those before it (one pass over --calib per stage; any --compensate but none)",
-    )  # graphprune.sequential
+    )  # graphprune.edit.sequential
     ridge: float = option(DEFAULT_RIDGE, cli=False)
     max_rows: int = option(DEFAULT_MAX_ROWS, cli=False)
     criterion: str = option("l2", "ranks groups that no calibrated consumer reads")
@@ -79,10 +79,10 @@ class ChannelPruning(TransformMixin):
     ignore: tuple[str, ...] = option((), "protect layers", metavar="NAME")
     units: tuple[str, ...] = option((), "prune only these units", flag="--unit", choices=UNITS)
     seed: int = option(0, "seed of the random criterion and inputs")
-    mode: str = mode_option()  # remove | mask (graphprune.maskmode)
+    mode: str = mode_option()  # remove | mask (graphprune.edit.maskmode)
 
     def __post_init__(self) -> None:
-        from ..maskmode import check_mode
+        from ..edit.maskmode import check_mode
 
         check_mode(self.mode)
         if not 0.0 < self.ratio < 1.0:

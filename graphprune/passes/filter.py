@@ -16,22 +16,22 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..allocate import TargetResult, allocate, allocate_to_target
-from ..calibrate import Statistics
-from ..compensate import METHODS
-from ..criteria import CRITERIA, score_groups
-from ..criteria.data import DATA_CRITERIA
-from ..criteria.second_order import DEFAULT_COMPENSATION, GRAM_CRITERIA
-from ..data import DEFAULT_BATCH
-from ..dependency import DependencyGraph, analyze
+from ..analysis.dependency import DependencyGraph, analyze
+from ..analysis.iochange import io_changes, release_io
+from ..analysis.plan import Plan, plan_from_json
+from ..calibration.datasets import DEFAULT_BATCH
+from ..calibration.statistics import Statistics
+from ..edit.compensate import METHODS
+from ..edit.maskmode import check_mode, mode_option
+from ..edit.surgery import apply_plan
 from ..errors import InputError
-from ..headcount import even_heads
-from ..inputs import count_shapes
-from ..iochange import io_changes, release_io
-from ..maskmode import check_mode, mode_option
+from ..ir.input_sizes import count_shapes
 from ..options import option
-from ..plan import Plan, plan_from_json
-from ..surgery import apply_plan
+from ..planning.allocate import TargetResult, allocate, allocate_to_target
+from ..planning.criteria import CRITERIA, score_groups
+from ..planning.criteria.data_driven import DATA_CRITERIA
+from ..planning.criteria.second_order import DEFAULT_COMPENSATION, GRAM_CRITERIA
+from ..planning.headcount import even_heads
 from . import PassContext, PassResult, TransformMixin
 from .finish import (
     PLAN_METADATA_KEY,
@@ -109,7 +109,7 @@ class FilterPruning(TransformMixin):
         False,
         "refit the consumers stage by stage in topological order on the pruned model's own inputs, so each"
         " layer repairs the error of those before it (one pass over --calib per stage; any --compensate but none)",
-    )  # graphprune.sequential
+    )  # graphprune.edit.sequential
     labels: str | None = option(
         None,
         "--criterion dcp: the class labels of --calib under KEY (default key: labels); samples the classifier"
@@ -147,7 +147,7 @@ class FilterPruning(TransformMixin):
     )
     threads: int = option(1, "onnxruntime threads for latency tables (default 1)")
     progress: Callable[[str], None] | None = option(None, cli=False, compare=False)
-    mode: str = mode_option()  # remove | mask (graphprune.maskmode)
+    mode: str = mode_option()  # remove | mask (graphprune.edit.maskmode)
     # measured drops per group (a Sensitivity or its JSON file) price each group's removals for a target
     sensitivity: Any = option(
         None,
@@ -292,14 +292,14 @@ class FilterPruning(TransformMixin):
     def _to_target(
         self, deps: DependencyGraph, scores: dict, goal: float | None, cm: Any = None
     ) -> tuple[TargetResult, dict]:
-        from ..costmodel import CostModel
+        from ..planning.cost_model import CostModel
 
         metric, fraction = self.target  # type: ignore[misc]
         objective = self.objective or metric
         cm = cm or CostModel(deps)
         if "flops" in (metric, objective) and cm.flops_before == 0:
             # cost.py counts a node only when every shape it needs is known; symbolic input dims
-            # are sized (graphprune.inputs), so this is shape inference failing even then
+            # are sized (graphprune.ir.input_sizes), so this is shape inference failing even then
             raise InputError(
                 "cannot count this model's MACs: shape inference leaves its ops without shapes, even with its"
                 " dynamic dims sized; give other sizes with --input-shape, or use --target-params or --ratio"
@@ -364,7 +364,7 @@ class FilterPruning(TransformMixin):
 
     def _latency_round_to(self) -> tuple[int, dict]:
         """``round_to`` for a latency-aware allocation: a multiple of this machine's channel step."""
-        from ..hardware import channel_step
+        from ..objectives.hardware import channel_step
 
         step = channel_step()
         return math.lcm(self.round_to or 1, step.step), step.to_json()
@@ -391,9 +391,9 @@ class FilterPruning(TransformMixin):
         0.27 for a uniform cut at the same MACs). Allocating by the target's own metric was
         also tried as a third candidate and measured slowest every time (mobilenet_v2 at 28% of
         its MACs: 0.79-0.82 of the original's latency, against 0.38-0.40), so it is not timed."""
-        from ..allocate import uniform_to_target
-        from ..costmodel import CostModel
-        from ..latency_table import interleaved_ms, timing_sessions
+        from ..planning.allocate import uniform_to_target
+        from ..planning.cost_model import CostModel
+        from ..planning.layer_latency import interleaved_ms, timing_sessions
 
         metric, fraction = self.target  # type: ignore[misc]
         scores, ctx = self._scores(deps, stats)
@@ -446,7 +446,7 @@ class FilterPruning(TransformMixin):
         """The latency model of ``latency_model`` (its table measured or read from the cache)
         and the report's note on its table."""
         if self.latency_model == "model":
-            from ..model_latency import ModelLatency, model_table
+            from ..planning.model_latency import ModelLatency, model_table
 
             mt = model_table(deps, cm, threads=self.threads, path=self.latency_table, progress=self.progress)
             note = {
@@ -457,7 +457,7 @@ class FilterPruning(TransformMixin):
                 "threads": self.threads,
             }
             return ModelLatency(mt, cm), note
-        from ..latency_table import LatencyModel, latency_table
+        from ..planning.layer_latency import LatencyModel, latency_table
 
         table = latency_table(deps, cm, threads=self.threads, path=self.latency_table, progress=self.progress)
         note = {
@@ -471,7 +471,7 @@ class FilterPruning(TransformMixin):
         return LatencyModel(table, cm), note
 
     def _losses(self, deps: DependencyGraph) -> tuple[dict, dict]:
-        from ..sensitivity import Sensitivity, loss_curves, read_sensitivity
+        from ..planning.sensitivity import Sensitivity, loss_curves, read_sensitivity
 
         sens = self.sensitivity
         source = "sensitivity" if isinstance(sens, Sensitivity) else str(sens)
@@ -493,7 +493,7 @@ class FilterPruning(TransformMixin):
         measured ratio misses the target by more than 5%, move the estimate's goal (secant
         through the tries so far) and allocate again; the try measured nearest the target wins.
         Compensation changes weights only, so the timing of the uncompensated cut stands."""
-        from ..latency_table import compare_latency
+        from ..planning.layer_latency import compare_latency
 
         target = float(self.target_latency)  # type: ignore[arg-type]
         goal = target

@@ -19,14 +19,14 @@ import json
 
 import onnx
 
-from ..calibrate import DEFAULT_MAX_ROWS, Statistics, as_dataset, calibrate
-from ..compensate import DEFAULT_RIDGE, METHODS, compensated_plan, with_plan
-from ..dependency import DependencyGraph
+from ..analysis.dependency import DependencyGraph
+from ..analysis.plan import Plan, removed_entries
+from ..calibration.statistics import DEFAULT_MAX_ROWS, Statistics, as_dataset, calibrate
+from ..edit.compensate import DEFAULT_RIDGE, METHODS, compensated_plan, with_plan
+from ..edit.surgery import apply_plan
 from ..errors import InputError
-from ..plan import Plan, removed_entries
-from ..surgery import apply_plan
-from ..validation import plan_reference
-from ..weights import set_entry
+from ..ir.weights import set_entry
+from ..validation.contract import plan_reference
 from . import PassResult
 
 PLAN_METADATA_KEY = "graphprune.plan"
@@ -51,7 +51,7 @@ def round_to_of(round_to: int | None, deps=None) -> tuple[int | dict[str, int], 
         # no convolution channels to keep on the step: no need to ask onnxruntime for it (the
         # probe imports onnxruntime, ~20 MB that a --no-validate prune of an LLM stack never needs)
         return 1, None
-    from ..hardware import channel_step
+    from ..objectives.hardware import channel_step
 
     step = channel_step()
     return {"channels": step.step}, step.to_json()
@@ -121,7 +121,7 @@ def measure(pass_, model: onnx.ModelProto, deps: DependencyGraph, want, nodes=No
     ``labels``: margin-weighted Gram matrices)."""
     labels = getattr(pass_, "labels", None)
     if labels is not None:
-        from ..evaluate import check_labels
+        from ..validation.evaluate import check_labels
 
         check_labels(as_dataset(pass_.calib), labels)
     return calibrate(
@@ -163,7 +163,7 @@ def finish(
     notes: dict = {"compensate": {"method": method}, "calibration": None}
     reference, ref_deps, ref_plan = model, deps, plan
     if method != "none" and plan.removals and getattr(pass_, "sequential", False):
-        from ..sequential import sequential_compensate
+        from ..edit.sequential import sequential_compensate
 
         comp = sequential_compensate(
             model,
@@ -199,7 +199,7 @@ def finish(
     earlier, key = history_of(model), fingerprint(model)  # before an in-place surgery changes the model
     masked = getattr(pass_, "mode", "remove") == "mask"
     if masked:  # zeros written where removal would cut, shapes kept
-        from ..maskmode import mask_plan
+        from ..edit.maskmode import mask_plan
 
         pruned = mask_plan(reference, ref_deps, ref_plan)
         notes["mode"] = "mask"
@@ -282,7 +282,7 @@ def get_metadata(model: onnx.ModelProto, key: str) -> str | None:
 
 def group_report(deps, plan, ignore, units) -> dict:
     """The report keys every group-pruning pass gives: what was pruned, blocked and why."""
-    from ..allocate import protected
+    from ..planning.allocate import protected
 
     blocked = deps.blocked_groups()
     return {

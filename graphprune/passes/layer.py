@@ -1,7 +1,7 @@
 """Layer pruning: remove the residual blocks ``y = x + f(x)`` that matter least, ``y := x``.
 
 Rules:
-1. Blocks are those of :func:`graphprune.blocks.find_blocks`; each gets a score, lower means
+1. Blocks are those of :func:`graphprune.analysis.blocks.find_blocks`; each gets a score, lower means
    less important, and the ``remove_blocks`` lowest go (a block inside an already chosen one
    is skipped: removing the outer block removed it).
 2. ``influence`` (ShortGPT's block influence, data-driven): 1 - mean over calibration samples
@@ -31,13 +31,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..blocks import Block, effective, find_blocks, remove_blocks
+from ..analysis.blocks import Block, effective, find_blocks, remove_blocks
+from ..edit.masking import zeroed_reference_bytes
+from ..edit.maskmode import mode_option
 from ..errors import InputError
-from ..graph import ModelView, view
-from ..masking import zeroed_reference_bytes
-from ..maskmode import mode_option
+from ..ir.graph import ModelView, view
 from ..options import option
-from ..validation import Reference
+from ..validation.contract import Reference
 from . import PassContext, PassResult, TransformMixin
 from .filter import set_metadata
 
@@ -50,7 +50,7 @@ CALIB_LIMIT = 256  # calibration samples read for the influence criterion
 class LayerPruning(TransformMixin):
     """Remove the ``remove_blocks`` residual blocks with the lowest ``criterion`` scores.
 
-    ``influence`` needs ``calib`` (an ``.npz`` file or folder, see :mod:`graphprune.data`).
+    ``influence`` needs ``calib`` (an ``.npz`` file or folder, see :mod:`graphprune.calibration.datasets`).
     ``plan`` (a layer plan's JSON object, as stored in the metadata) replaces scoring.
     """
 
@@ -64,12 +64,12 @@ class LayerPruning(TransformMixin):
     calib: str | os.PathLike | None = option(None, "calibration data", metavar="DATA")
     calib_limit: int | None = option(CALIB_LIMIT, cli=False)
     plan: dict | None = option(None, cli=False)  # a layer plan's JSON object, as stored in the metadata
-    mode: str = mode_option()  # remove | mask (graphprune.maskmode)
+    mode: str = mode_option()  # remove | mask (graphprune.edit.maskmode)
 
     def __post_init__(self) -> None:
         if self.criterion is None:
             object.__setattr__(self, "criterion", "influence" if self.calib is not None else "weight-norm")
-        from ..maskmode import check_mode
+        from ..edit.maskmode import check_mode
 
         check_mode(self.mode)
         if self.plan is not None:
@@ -104,7 +104,7 @@ class LayerPruning(TransformMixin):
             scores = score_blocks(model, blocks, self.criterion, calib=self.calib, limit=self.calib_limit, mv=mv)
             chosen = lowest(blocks, scores, self.remove_blocks)
         if self.mode == "mask":
-            from ..maskmode import mask_blocks
+            from ..edit.maskmode import mask_blocks
 
             pruned = mask_blocks(model, chosen)
         else:
@@ -217,7 +217,7 @@ def score_blocks(
     if criterion == "influence":
         if calib is None:
             raise InputError("the influence criterion needs calibration data (--calib DATA)")
-        from ..data import Dataset, open_dataset
+        from ..calibration.datasets import Dataset, open_dataset
 
         return influence(model, blocks, calib if isinstance(calib, Dataset) else open_dataset(calib), limit=limit)
     if criterion == "weight-norm":
@@ -228,7 +228,7 @@ def score_blocks(
 
 def influence(model: onnx.ModelProto, blocks: Sequence[Block], dataset, *, limit: int | None = CALIB_LIMIT):
     """1 - mean cosine similarity between each block's ``x`` and ``y`` (per sample, flattened)."""
-    from ..activations import stream_activations
+    from ..calibration.activations import stream_activations
 
     tensors = [t for b in blocks for t in (b.x, b.y)]
     dtypes = {t: b.dtype for b in blocks for t in (b.x, b.y)}

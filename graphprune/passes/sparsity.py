@@ -38,11 +38,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..calibrate import DEFAULT_MAX_FEATURES as MAX_FEATURES  # a wider layer gets no Hessian: magnitude
-from ..data import DEFAULT_BATCH
+from ..calibration.datasets import DEFAULT_BATCH
+from ..calibration.statistics import DEFAULT_MAX_FEATURES as MAX_FEATURES  # a wider layer gets no Hessian: magnitude
 from ..errors import InputError
+from ..ir.weights import constant_tensors
 from ..options import option
-from ..weights import constant_tensors
 from . import PassContext, PassResult, TransformMixin
 
 PATTERNS = ("unstructured", "2:4", "4:8", "kernel")
@@ -317,9 +317,9 @@ class LayerInputs:
 
 def calibrate_layers(model, deps, layers: list[Candidate], pass_, *, gram: bool) -> LayerInputs:
     """Stream the calibration data once and gather what the data criterion needs per layer."""
-    from ..activations import stream_activations
-    from ..calibrate import GramStats, as_dataset
-    from ..consumers import consumers_of, rows
+    from ..analysis.consumers import consumers_of, rows
+    from ..calibration.activations import stream_activations
+    from ..calibration.statistics import GramStats, as_dataset
 
     out = LayerInputs()
     cons = consumers_of(deps)
@@ -428,7 +428,7 @@ class SparsityPruning(TransformMixin):
         checked again as a postcondition (rule 6)."""
         import json
 
-        from ..validation import Reference
+        from ..validation.contract import Reference
         from .finish import SPARSITY_METADATA_KEY, set_metadata
 
         result = self.run(model, context.deps if context is not None else None)
@@ -478,8 +478,8 @@ class SparsityPruning(TransformMixin):
         """Choose and write the zeros: the sparse model, its record and report (rule 5)."""
         import fnmatch
 
-        from ..dependency import analyze
-        from ..weights import has_lazy
+        from ..analysis.dependency import analyze
+        from ..ir.weights import has_lazy
 
         if has_lazy(model):  # weights are written through copies of the tensors, which a lazy model does not hold
             raise InputError("--pass sparsity on a model with external data is not supported yet")
@@ -596,7 +596,7 @@ def write_layers(model: onnx.ModelProto, layers: list[SparseLayer], *, masked: b
 def reference_bytes(model: onnx.ModelProto, layers: list[SparseLayer]) -> bytes:
     """The exact reference of rule 5: ``model`` (with the obs layers' updated dense weights)
     serialized with a ``Mul`` by each layer's 0/1 mask where its weight is read."""
-    from ..masking import MaskPoint, insert_masks
+    from ..edit.masking import MaskPoint, insert_masks
 
     base = write_layers(model, [ly for ly in layers if ly.updated is not None], masked=False)
     protos = constant_tensors(base)
@@ -665,8 +665,8 @@ def replayed_step(original: onnx.ModelProto, sparse: onnx.ModelProto):
     masked on those weights, and the pattern is checked again from the written weights. After
     OBS the kept weights were updated from calibration data, which only the pruning run has:
     then only the pattern is checked, and the note says so."""
-    from ..dependency import analyze
-    from ..validation import Reference, Step
+    from ..analysis.dependency import analyze
+    from ..validation.contract import Reference, Step
     from .finish import SPARSITY_METADATA_KEY, get_metadata
 
     record = json.loads(get_metadata(sparse, SPARSITY_METADATA_KEY))

@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 import onnx
 
-from ..graph import ModelView
+from ..ir.graph import ModelView
 
 Dim = tuple[str, int]  # (tensor name, axis >= 0)
 

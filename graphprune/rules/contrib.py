@@ -43,7 +43,7 @@ Rules:
    and of an attention bias or head sink with a heads axis. Removing a KV head removes its
    query heads. The head dim blocks; packed QKV (key absent), or a node without its required
    ``seqlens_k`` and ``total_sequence_length``, blocks. A cache that is a graph
-   input/output blocks the heads unless ``--allow-io-change`` pairs it (graphprune.iochange).
+   input/output blocks the heads unless ``--allow-io-change`` pairs it (graphprune.analysis.iochange).
    The rewriter sets ``num_heads`` and ``kv_num_heads``.
 10. ``MatMulNBits`` (``A [.., K]``, ``B [N, n_blocks, blob]``, 2-D ``scales``/``zero_points``
     ``[N, ..]``, optional ``bias [N]``): the output axis N prunes freely (rows of B, scales,

@@ -23,7 +23,7 @@ Rules:
    y as in Concat.
 The masked reference of validation cannot zero a removed channel with a ``Mul`` on an
 integer activation (``(0 - x_zp)`` is not 0): for these ops it sets the weight entries that
-read the channel to the weight's zero point instead (:data:`graphprune.masking.ZERO_POINT_WEIGHTS`).
+read the channel to the weight's zero point instead (:data:`graphprune.edit.masking.ZERO_POINT_WEIGHTS`).
 """
 
 from __future__ import annotations

@@ -26,10 +26,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..shapefold import monomial_mul as _mul
-from ..shapefold import monomial_product as _product
-from ..shapefold import monomial_quotient as _quotient
-from ..shapefold import shape_elements
+from ..ir.shapefold import monomial_mul as _mul
+from ..ir.shapefold import monomial_product as _product
+from ..ir.shapefold import monomial_quotient as _quotient
+from ..ir.shapefold import shape_elements
 from . import RuleContext, SurgeryContext, rewriter, rule
 
 

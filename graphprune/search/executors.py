@@ -111,7 +111,7 @@ class LocalExecutor:
 def check_ray_files(model: str | os.PathLike, *data: str | os.PathLike) -> None:
     """Ray gets each file's bytes: a model with external data, or a folder of data, is refused
     before Ray starts (the model must have been loaded in this process, as the search does)."""
-    from ..io import had_external_data
+    from ..ir.files import had_external_data
 
     if had_external_data(model):
         raise InputError(f"{model}: --executor ray sends the model as one file; external data is not supported yet")

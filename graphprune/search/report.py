@@ -64,7 +64,7 @@ def describe(config: dict) -> str:
 
 def write_outdir(result: SearchResult, out: str | Path) -> list[str]:
     """Write OUTDIR; returns notes (a part skipped, and why)."""
-    from .. import io
+    from ..ir import files as io
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def plot(result: SearchResult, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_path
+    from ..ir.files import atomic_path
 
     done = [t for t in result.trials if t.status == "done"]
     on = set(result.front)

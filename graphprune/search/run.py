@@ -76,8 +76,8 @@ def search(
 ) -> SearchResult:
     """Search the pruning configurations of ``model`` (rules 1-3); results in ``store``."""
     from .. import api
-    from ..data import open_dataset
-    from ..evaluate import check_labels
+    from ..calibration.datasets import open_dataset
+    from ..validation.evaluate import check_labels
 
     check_executor(executor)
     if ray_address and executor != "ray":

@@ -3,7 +3,7 @@
 The model and calibration files' bytes go once into Ray's object store; shard ``k`` of ``n``
 analyses the model again (the same groups, in the same order) and measures the groups at
 positions ``k, k + n, ...`` in a session with every mask inserted, as the single process does,
-so the merged result equals the single-process one (:func:`graphprune.sensitivity.merge_shards`).
+so the merged result equals the single-process one (:func:`graphprune.planning.sensitivity.merge_shards`).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ def measure_on_ray(
     input_map: dict | None = None,
     **options,
 ):
-    """:func:`graphprune.sensitivity.measure` over ``workers`` shards on Ray."""
+    """:func:`graphprune.planning.sensitivity.measure` over ``workers`` shards on Ray."""
     check_executor("ray")
     check_ray_files(model_path, calib)
     import ray
 
-    from ..sensitivity import merge_shards
+    from ..planning.sensitivity import merge_shards
 
     started = init_ray(workers, address)
     try:
@@ -47,9 +47,9 @@ def _shard(model: bytes, calib: bytes, shard: tuple[int, int], input_map: dict, 
 
     import onnx
 
-    from ..data import open_dataset
-    from ..dependency import analyze
-    from ..sensitivity import measure
+    from ..analysis.dependency import analyze
+    from ..calibration.datasets import open_dataset
+    from ..planning.sensitivity import measure
 
     with tempfile.TemporaryDirectory(prefix="graphprune-ray-") as d:
         path = os.path.join(d, "calib.npz")

@@ -90,7 +90,7 @@ def load_space(path: str | os.PathLike | None) -> Space:
 
 
 def _checked(path, key: str, v):
-    from ..criteria import CRITERIA
+    from ..planning.criteria import CRITERIA
 
     def bad(why: str) -> InputError:
         return InputError(f"{path}: {key} {json.dumps(v)}: {why}")

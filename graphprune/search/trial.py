@@ -41,7 +41,7 @@ class Worker:
 
     def __post_init__(self):
         from .. import api
-        from ..data import open_dataset
+        from ..calibration.datasets import open_dataset
 
         global _LOADS
         _LOADS += 1
@@ -125,8 +125,8 @@ class Worker:
         """Each group's measured drop on the calibration data (top-1 when it has the labels,
         else cosine), measured once per worker, when a trial first needs it."""
         if getattr(self, "_sensitivity", None) is None:
-            from ..dependency import analyze
-            from ..sensitivity import measure
+            from ..analysis.dependency import analyze
+            from ..planning.sensitivity import measure
 
             labelled = self.labels is not None and all(self.labels in keys for keys in self.calib_ds.keys)
             self._sensitivity = measure(
@@ -136,7 +136,7 @@ class Worker:
 
     def measure(self, pruned: onnx.ModelProto) -> float:
         """The metric of ``pruned`` on TEST (rule 3)."""
-        from ..evaluate import evaluate
+        from ..validation.evaluate import evaluate
 
         ev = evaluate(self.model, pruned, self.test_ds, labels=self.labels)
         if self.objective == "accuracy":
@@ -145,7 +145,7 @@ class Worker:
 
     def baseline(self) -> float:
         """The original's metric on TEST (1.0 for fidelity)."""
-        from ..evaluate import evaluate
+        from ..validation.evaluate import evaluate
 
         if self.objective != "accuracy":
             return 1.0
@@ -153,7 +153,7 @@ class Worker:
 
     def latency_ratio(self, pruned: onnx.ModelProto, rounds: int = LATENCY_RUNS) -> float:
         """Median over ``rounds`` of the pruned model's time over the original's, run alternately."""
-        from ..runtime import session
+        from ..ir.runtime import session
 
         a, b = session(self.model, optimization="all"), session(pruned, optimization="all")
         feeds = {k: v for k, v in self.feeds.items() if k in {i.name for i in a.get_inputs()}}

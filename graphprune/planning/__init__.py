@@ -1,0 +1,3 @@
+"""Choosing what goes: criteria, allocation to a ratio or a target, cost and latency models,
+sensitivity, head counts kept even.
+"""
