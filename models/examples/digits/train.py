@@ -25,6 +25,7 @@ import sys
 
 import numpy as np
 
+from .. import onnx_accuracy
 from . import CALIB, MODEL, STATE_DICT, SUMMARY, TEST, TRAIN
 from .net import WIDTH, digits_cnn, load_trained
 
@@ -104,7 +105,6 @@ def export(net, path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     import onnx
-    import onnxruntime as ort
     import torch
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -129,16 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ops = [n.op_type for n in model.graph.node]
     if "BatchNormalization" not in ops:
         raise SystemExit("export folded BatchNormalization away")
-    sess = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
-    accuracy = {}
-    for name, (x, y) in data.items():
-        with torch.no_grad():
-            torch_pred = net(torch.from_numpy(x)).argmax(1).numpy()
-        ort_pred = np.array([sess.run(None, {"input": x[i : i + 1]})[0].argmax() for i in range(len(x))])
-        if not np.array_equal(torch_pred, ort_pred):
-            raise SystemExit(f"{name}: onnxruntime and torch disagree on {int((torch_pred != ort_pred).sum())} samples")
-        accuracy[name] = float(np.mean(ort_pred == y))
-        print(f"{name}: {len(y)} samples, top-1 {accuracy[name]:.4f} (onnxruntime = torch)")
+    accuracy = onnx_accuracy(MODEL, net, data)
     summary = {
         "accuracy": accuracy,
         "samples": {k: len(v[1]) for k, v in data.items()},

@@ -28,6 +28,7 @@ import sys
 
 import numpy as np
 
+from .. import onnx_accuracy
 from . import CALIB, MODEL, SUMMARY, TEST, TRAIN
 from .net import DEPTH, DIM, HEADS, MLP_RATIO, PATCH, digits_vit
 
@@ -102,7 +103,6 @@ def export(net, path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     import onnx
-    import onnxruntime as ort
     import torch
 
     import graphprune
@@ -122,16 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     units = sorted(g.unit for g in graphprune.analyze(model).prunable_groups())
     if units != ["heads"] * DEPTH + ["mlp"] * DEPTH:
         raise SystemExit(f"graphprune finds prunable {units}, expected {DEPTH} heads and {DEPTH} mlp groups")
-    sess = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
-    accuracy = {}
-    for name, (x, y) in data.items():
-        with torch.no_grad():
-            torch_pred = net(torch.from_numpy(x)).argmax(1).numpy()
-        ort_pred = np.array([sess.run(None, {"input": x[i : i + 1]})[0].argmax() for i in range(len(x))])
-        if not np.array_equal(torch_pred, ort_pred):
-            raise SystemExit(f"{name}: onnxruntime and torch disagree on {int((torch_pred != ort_pred).sum())} samples")
-        accuracy[name] = float(np.mean(ort_pred == y))
-        print(f"{name}: {len(y)} samples, top-1 {accuracy[name]:.4f} (onnxruntime = torch)")
+    accuracy = onnx_accuracy(MODEL, net, data)
     ops = [n.op_type for n in model.graph.node]
     summary = {
         "accuracy": accuracy,
