@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -25,7 +26,7 @@ from .ir import weights
 from .ir.graph import find_cycle
 from .ir.input_sizes import InputSizes, count_shapes, resolve
 from .ir.weights import runnable
-from .objectives.cost import Cost, cost_of, latency_ms, random_feeds
+from .objectives.cost import Cost, TimedSession, cost_of, latency_ms, random_feeds
 from .passes import PassContext, PassResult
 from .passes.filter import PLAN_METADATA_KEY, get_metadata
 from .passes.finish import COMPENSATE_METADATA_KEY, HISTORY_METADATA_KEY, SPARSITY_METADATA_KEY, fingerprint, history_of
@@ -475,12 +476,26 @@ def _validated(report: Report, original, done: list, feeds, inputs_from: str, la
         for before, r in done
     ]
     cut = _cut(done)
-    with runnable(final) as source:
-        v = check_steps(original, steps, feeds=feeds, final_source=source, inputs_from=inputs_from)
+    with runnable(final) as source, _timed(original, feeds, latency) as timed:
+        v = check_steps(
+            original, steps, feeds=feeds, final_source=source, inputs_from=inputs_from, timed_original=timed
+        )
         _fill(report, v)
         if latency and v.runtime_ok:
-            _time_both(report, original, source, feeds, runs, cut.feeds(feeds) if cut else None)
+            _time_both(report, timed, source, feeds, runs, cut.feeds(feeds) if cut else None)
     return v.steps
+
+
+@contextlib.contextmanager
+def _timed(original: onnx.ModelProto, feeds: dict, latency: bool):
+    """The original's latency session on ``feeds`` when latency is timed (validation's run of the
+    original is then latency's first run too), else None; a lazy original runs from a file beside
+    its data for the block's length."""
+    if not latency:
+        yield None
+        return
+    with runnable(original) as source:
+        yield TimedSession(source, feeds)
 
 
 def _cut(done: list):
@@ -582,11 +597,11 @@ def validate(
     report = _costs_report(before, sample_cost(new, sizes), {"io_changes": changed} if changed else {})
     _assumed(report, sizes)
     weights.spill(new)
-    with runnable(new) as source:
-        v = check_steps(orig, [step], feeds=feeds, final_source=source, inputs_from=inputs_from)
+    with runnable(new) as source, _timed(orig, feeds, latency) as timed:
+        v = check_steps(orig, [step], feeds=feeds, final_source=source, inputs_from=inputs_from, timed_original=timed)
         _fill(report, v)
         if latency and v.runtime_ok:
-            _time_both(report, orig, source, feeds, latency_runs, step.cut.feeds(feeds) if step.cut else None)
+            _time_both(report, timed, source, feeds, latency_runs, step.cut.feeds(feeds) if step.cut else None)
     if through:  # unchecked: the reason is the history's, not a missing plan
         report.exact.note = (
             through if not report.exact.note or not report.exact.checked else f"{report.exact.note}; {through}"
@@ -710,14 +725,16 @@ def _costs_report(before, after, prune: dict) -> Report:
     )
 
 
-def _time_both(report: Report, original, pruned_source, feeds: dict, runs: int | None, pruned_feeds=None) -> None:
-    """The report's latencies of ``original`` and the pruned model (as runnable) on ``feeds``
-    (``pruned_feeds`` for the pruned model when its inputs changed: iochange): ``runs`` timed
-    runs each, or up to 20 within about two seconds; the batch they ran at."""
+def _time_both(
+    report: Report, original: TimedSession, pruned_source, feeds: dict, runs: int | None, pruned_feeds=None
+) -> None:
+    """The report's latencies of the original (its latency session, which validation may have
+    run already) and the pruned model (as runnable) on ``feeds`` (``pruned_feeds`` for the pruned
+    model when its inputs changed: iochange): ``runs`` timed runs each, or up to 20 within about
+    two seconds; the batch they ran at."""
     batch = next((int(v.shape[0]) for v in feeds.values() if isinstance(v, np.ndarray) and v.ndim), None)
     at = f" (batch {batch})" if batch is not None else ""
-    with runnable(original) as source:
-        report.latency_ms_before = latency_ms(source, feeds=feeds, repeats=runs, label=f"timing the original{at}")
+    report.latency_ms_before = latency_ms(original, repeats=runs, label=f"timing the original{at}")
     report.latency_ms_after = latency_ms(
         pruned_source, feeds=pruned_feeds or feeds, repeats=runs, label=f"timing the pruned model{at}"
     )

@@ -353,3 +353,48 @@ def test_integer_weights_of_quantized_operators_are_parameters():
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert count_params(model) == 4 * 3 * 3 * 3 + 3  # the weights, and the three float scales
+
+
+def _sessions_by_level(monkeypatch) -> list:
+    """The optimisation level of every onnxruntime session built (onnxruntime otherwise as is)."""
+    from graphprune.ir import runtime
+
+    real, levels = runtime.session, []
+
+    def recording(source, **kwargs):
+        levels.append(kwargs.get("optimization"))
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(runtime, "session", recording)
+    return levels
+
+
+def test_validation_runs_the_original_through_its_latency_session(monkeypatch):
+    """With latency timed, the original is run once in a fully optimised session that validation
+    and timing share (fcn_resnet50: one run of seconds fewer), and the report is the one a run
+    without latency gives: the fidelity baseline differs by float rounding only."""
+    import graphprune
+    from models.builders import residual_net
+
+    model = residual_net(seed=3)
+    levels = _sessions_by_level(monkeypatch)
+    timed = graphprune.prune(model, ratio=0.5, criterion="l2", latency=True, latency_runs=3)
+    assert sorted(levels, key=str) == ["all", "all", "basic", "basic"]  # original and pruned; pruned and reference
+    del levels[:]
+    untimed = graphprune.prune(model, ratio=0.5, criterion="l2", latency=False)
+    assert levels == ["basic", "basic", "basic"]  # original, pruned, reference
+    assert timed.report.latency_ms_before > 0 and timed.report.latency_ms_after > 0
+    assert timed.report.exact.passed and untimed.report.exact.passed
+    assert timed.report.fidelity.cosine == pytest.approx(untimed.report.fidelity.cosine, abs=1e-6)
+    assert timed.report.fidelity.rel_l2 == pytest.approx(untimed.report.fidelity.rel_l2, abs=1e-6)
+
+
+def test_a_timed_session_s_earlier_run_counts_as_a_warm_up(monkeypatch):
+    from graphprune.objectives.cost import TimedSession
+
+    runs = _counting_runs(monkeypatch)
+    model = _conv_model(3, 8, 3, 8)
+    timed = TimedSession(model, random_feeds(model))
+    assert len(timed.run()) == 1 and len(timed.durations) == 1
+    assert latency_ms(timed, repeats=5, warmup=3) > 0
+    assert len(runs) == 1 + 2 + 5  # validation's run, two more warm-ups, the timed runs

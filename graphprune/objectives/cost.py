@@ -128,6 +128,7 @@ __all__ = [
     "count_params",
     "latency_ms",
     "random_feeds",
+    "TimedSession",
 ]
 
 
@@ -580,8 +581,35 @@ def _random_value(tp: onnx.TypeProto, dims: tuple | None, rng: np.random.Generat
     raise ValueError(f"input {name!r} has unsupported element type {dtype}; pass feeds")
 
 
+@dataclass
+class TimedSession:
+    """A model's latency session (full optimisations) and the seconds of each run it made on
+    ``feeds``: validation runs a float original through it, and :func:`latency_ms` counts that
+    run as its first warm-up (or timed) run instead of building a second session and running
+    the model again, which costs seconds on a large one (fcn_resnet50: 1.3-7 s a run)."""
+
+    source: object  # a ModelProto, its bytes or a path
+    feeds: dict
+    durations: list[float] = field(default_factory=list)
+    _session: object = field(default=None, repr=False)
+
+    @property
+    def session(self):
+        from ..ir.runtime import session
+
+        if self._session is None:
+            self._session = session(self.source, optimization="all")
+        return self._session
+
+    def run(self) -> list:
+        """The outputs on ``feeds`` (copies, as :func:`graphprune.ir.runtime.run` gives), timed."""
+        from ..ir.runtime import run
+
+        return run(self.session, self.feeds, self.durations)
+
+
 def latency_ms(
-    model: onnx.ModelProto | str | os.PathLike,
+    model: onnx.ModelProto | str | os.PathLike | TimedSession,
     *,
     repeats: int | None = 20,
     warmup: int = 3,
@@ -593,37 +621,48 @@ def latency_ms(
     """Median latency in milliseconds of one inference on onnxruntime's CPU provider.
 
     ``model`` is a ModelProto (serialized in memory, so its weights must be loaded and it must
-    be under 2 GB) or a path (which also works for models with external data). ``warmup``
-    untimed runs (fewer when they take a quarter of ``budget_s``; none when one run takes a third of
-    it, the first run being timed then) precede
-    ``repeats`` runs timed with :func:`time.perf_counter`; ``repeats=None`` times
-    :data:`MAX_LATENCY_RUNS` runs, fewer when they take over ``budget_s`` seconds (at least
-    :data:`MIN_LATENCY_RUNS`), so a large model is not timed for minutes (fcn_resnet50's 143 GMACs
-    took 9 minutes of 23 runs of each model). ``label`` draws a progress line on a terminal
-    (:mod:`graphprune.progress`).
+    be under 2 GB), a path (which also works for models with external data), or a
+    :class:`TimedSession` (its session and feeds; the runs it already made count first, as
+    warm-ups). ``warmup`` untimed runs (fewer once a quarter of ``budget_s`` is spent; none when
+    one run takes a third of it, the first run being timed then) precede ``repeats`` runs timed
+    with :func:`time.perf_counter`; ``repeats=None`` times :data:`MAX_LATENCY_RUNS` runs, fewer
+    once ``budget_s`` seconds are spent on the model, warm-ups included (at least
+    :data:`MIN_LATENCY_RUNS`), so a large model is not timed for minutes (fcn_resnet50's 143
+    GMACs took 9 minutes of 23 runs of each model). ``label`` draws a progress line on a
+    terminal (:mod:`graphprune.progress`).
     """
     from ..ir.runtime import feedable, session
     from ..progress import progress
 
     if repeats is not None and repeats < 1:
         raise ValueError("repeats must be at least 1")
-    if isinstance(model, onnx.ModelProto):
-        source: str | bytes = model.SerializeToString()
-        proto = model
+    earlier: list[float] = []
+    if isinstance(model, TimedSession):
+        sess, feeds, earlier = model.session, model.feeds, list(model.durations)
     else:
-        source = os.fspath(model)
-        proto = onnx.load(source, load_external_data=False) if feeds is None else None
-    sess = session(source, threads=threads, optimization="all")
-    if feeds is None:
-        assert proto is not None
-        feeds = random_feeds(proto)
+        if isinstance(model, onnx.ModelProto):
+            source: str | bytes = model.SerializeToString()
+            proto = model
+        else:
+            source = os.fspath(model)
+            proto = onnx.load(source, load_external_data=False) if feeds is None else None
+        sess = session(source, threads=threads, optimization="all")
+        if feeds is None:
+            assert proto is not None
+            feeds = random_feeds(proto)
     feeds = feedable(sess, feeds)
+
+    def warm_ups():
+        """Seconds of each warm-up run: the runs already made first."""
+        yield from earlier
+        for _ in range(max(warmup - len(earlier), 0)):
+            t0 = time.perf_counter()
+            sess.run(None, feeds)
+            yield time.perf_counter() - t0
+
     times: list[float] = []
-    start = time.perf_counter()
-    for _ in range(max(warmup, 0)):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        took = time.perf_counter() - t0
+    start = time.perf_counter() - sum(earlier)
+    for took in warm_ups():
         if repeats is None and took >= budget_s / MIN_LATENCY_RUNS:
             # A run so slow that the fewest timed runs overrun the budget: its first run is
             # timed too (what a first run adds, allocating, is small next to seconds of
@@ -635,13 +674,12 @@ def latency_ms(
             break  # a slow model: one warm-up run is enough
 
     def runs():
-        begin = time.perf_counter()
         while True:
             done = len(times)
             if repeats is not None and done >= repeats:
                 return
             if repeats is None and (
-                done >= MAX_LATENCY_RUNS or (done >= MIN_LATENCY_RUNS and time.perf_counter() - begin >= budget_s)
+                done >= MAX_LATENCY_RUNS or (done >= MIN_LATENCY_RUNS and time.perf_counter() - start >= budget_s)
             ):
                 return
             yield done

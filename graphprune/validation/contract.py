@@ -377,9 +377,20 @@ def fidelity(pruned_out: list, original_out: list) -> Fidelity:
     return Fidelity(cosine=cosine, rel_l2=rel_l2, top1_agreement=top1)
 
 
-def run_original(original, feeds: dict, inputs_from: str = "generated inputs") -> list:
+def run_original(original, feeds: dict, inputs_from: str = "generated inputs", timed=None) -> list:
     """The original's outputs on ``feeds``; an ``InputError`` naming the feeds' shapes if it does
-    not run on them: a pruned model cannot be blamed for inputs its original rejects."""
+    not run on them: a pruned model cannot be blamed for inputs its original rejects.
+
+    ``timed`` (a :class:`~graphprune.objectives.cost.TimedSession` of the original on these
+    feeds, when latency is timed after) runs it instead, so that run is also latency's first:
+    for a float model full optimisations change its outputs by rounding only, and the original
+    serves as fidelity's baseline and the scale of exactness, never as the reference. If the
+    fully optimised session fails, the basic one decides (timing will report its own error)."""
+    if timed is not None and timed.feeds is feeds and not is_quantized(original):
+        try:
+            return timed.run()
+        except Exception:
+            pass
     try:
         return run(original, feeds)
     except Exception as exc:
@@ -461,6 +472,7 @@ def check_steps(
     feeds: dict[str, np.ndarray] | None = None,
     final_source: onnx.ModelProto | str | None = None,
     inputs_from: str = "generated inputs",
+    timed_original=None,
 ) -> Validation:
     """Steps 1-4 of the validation contract for the last step's model, one step or a pipeline.
 
@@ -470,7 +482,8 @@ def check_steps(
     ``final_source``: what :func:`~graphprune.ir.weights.runnable` gave for the final model, if the
     caller has it (a lazy model is then written once for every check). The original runs first:
     if it does not run on ``feeds`` (described as ``inputs_from``), the inputs are at fault, not
-    the pruning (:func:`run_original`).
+    the pruning (:func:`run_original`), through ``timed_original`` when given (a
+    :class:`~graphprune.objectives.cost.TimedSession`: its run then counts for latency too).
     """
     feeds = feeds if feeds is not None else random_feeds(original)
     final = steps[-1].after if steps else original
@@ -481,14 +494,18 @@ def check_steps(
         for k, step in enumerate(steps):
             last = k == len(steps) - 1
             ex, before_out, after_out, error = step_exactness(
-                step, feeds, after_source=source if last else None, blame=inputs_from if k == 0 else None
+                step,
+                feeds,
+                after_source=source if last else None,
+                blame=inputs_from if k == 0 else None,
+                timed=timed_original if k == 0 else None,
             )
             exacts.append(ex)
             original_out = before_out if k == 0 else original_out
             if last:
                 final_out, runtime_error = after_out, error
         if not steps:
-            original_out = run_original(original, feeds, inputs_from)
+            original_out = run_original(original, feeds, inputs_from, timed_original)
             final_out = original_out
     fid = on_inputs(fidelity(final_out, original_out), inputs_from) if final_out is not None else Fidelity()
     return Validation(
@@ -525,14 +542,16 @@ def check_pruned(
 
 
 def step_exactness(
-    step: Step, feeds: dict, *, after_source=None, blame: str | None = None
+    step: Step, feeds: dict, *, after_source=None, blame: str | None = None, timed=None
 ) -> tuple[Exactness, list, list | None, str]:
     """One step's exactness: ``(exactness, the input's outputs, the result's outputs or None if it
     does not run, its runtime error)``. ``blame`` (what the feeds are) runs the step's input as
     the original (:func:`run_original`). Outputs made by a saturating op are compared at that
     op's input (:func:`saturating_inputs`), fetched as extra outputs when the models are in memory.
     A step that changed graph inputs/outputs (``step.cut``, :mod:`graphprune.analysis.iochange`) runs its
-    result on the kept entries of the changed inputs, and every run is compared at the kept entries."""
+    result on the kept entries of the changed inputs, and every run is compared at the kept entries.
+    ``timed``: the input's latency session, used when its outputs are all that is fetched
+    (:func:`run_original`)."""
     ref = step.reference
     base = ref.base if ref is not None else step.before
     deps = ref.deps if ref is not None else None
@@ -543,7 +562,8 @@ def step_exactness(
     names = [o.name for o in step.before.graph.output[:n]] + probes
     models = [m for m in (step.before, after, base) if isinstance(m, onnx.ModelProto)]
     with _fetching(models, probes, deps):
-        before_all = run_original(step.before, feeds, blame) if blame else run(step.before, feeds)
+        timed = timed if not probes else None  # probes are extra outputs: not the model timed
+        before_all = run_original(step.before, feeds, blame, timed) if blame else run(step.before, feeds)
         before_all = cut.outputs(names, before_all)
         before_out, before_probe = before_all[:n], before_all[n:]
         try:
