@@ -378,8 +378,14 @@ def test_validation_runs_the_original_through_its_latency_session(monkeypatch):
 
     model = residual_net(seed=3)
     levels = _sessions_by_level(monkeypatch)
+    runs = _counting_runs(monkeypatch)
     timed = graphprune.prune(model, ratio=0.5, criterion="l2", latency=True, latency_runs=3)
-    assert sorted(levels, key=str) == ["all", "all", "basic", "basic"]  # original and pruned; pruned and reference
+    # the original at full optimisation for validation and again for timing (its session is
+    # dropped in between, so validation never holds two); the pruned model and the reference basic
+    assert sorted(levels, key=str) == ["all", "all", "all", "basic", "basic"]
+    # validation: the original (also latency's first warm-up), pruned, reference; then the
+    # original's 2 more warm-ups and 3 timed runs, the pruned model's 3 and 3 (15 before)
+    assert len(runs) == 3 + (2 + 3) + (3 + 3)
     del levels[:]
     untimed = graphprune.prune(model, ratio=0.5, criterion="l2", latency=False)
     assert levels == ["basic", "basic", "basic"]  # original, pruned, reference

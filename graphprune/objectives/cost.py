@@ -585,27 +585,25 @@ def _random_value(tp: onnx.TypeProto, dims: tuple | None, rng: np.random.Generat
 class TimedSession:
     """A model's latency session (full optimisations) and the seconds of each run it made on
     ``feeds``: validation runs a float original through it, and :func:`latency_ms` counts that
-    run as its first warm-up (or timed) run instead of building a second session and running
-    the model again, which costs seconds on a large one (fcn_resnet50: 1.3-7 s a run)."""
+    run as its first warm-up (or timed) run instead of running the model again, which costs
+    seconds on a large one (fcn_resnet50: 1.3-7 s a run). No session is kept between uses, so
+    validation and timing never hold two models' weights in sessions at once."""
 
     source: object  # a ModelProto, its bytes or a path
     feeds: dict
     durations: list[float] = field(default_factory=list)
-    _session: object = field(default=None, repr=False)
 
-    @property
     def session(self):
+        """A session of ``source`` with every optimisation, not kept: whoever runs it holds it."""
         from ..ir.runtime import session
 
-        if self._session is None:
-            self._session = session(self.source, optimization="all")
-        return self._session
+        return session(self.source, optimization="all")
 
     def run(self) -> list:
         """The outputs on ``feeds`` (copies, as :func:`graphprune.ir.runtime.run` gives), timed."""
         from ..ir.runtime import run
 
-        return run(self.session, self.feeds, self.durations)
+        return run(self.session(), self.feeds, self.durations)
 
 
 def latency_ms(
@@ -638,7 +636,7 @@ def latency_ms(
         raise ValueError("repeats must be at least 1")
     earlier: list[float] = []
     if isinstance(model, TimedSession):
-        sess, feeds, earlier = model.session, model.feeds, list(model.durations)
+        sess, feeds, earlier = model.session(), model.feeds, list(model.durations)
     else:
         if isinstance(model, onnx.ModelProto):
             source: str | bytes = model.SerializeToString()
