@@ -233,11 +233,37 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _models_first(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with the ONNX files that a flag taking several values would swallow moved before
+    that flag: argparse reads ``prune --ignore conv1 model.onnx`` as two names to ignore and no
+    model. Only ``.onnx`` paths move (a missing one then gets its own error); names, numbers and
+    keys stay where they are."""
+    greedy = {
+        option
+        for sub in parser._subparsers._group_actions[0].choices.values()  # noqa: SLF001 (argparse has no public walk)
+        for action in sub._actions  # noqa: SLF001
+        if action.nargs in ("+", "*", "?") and action.option_strings
+        for option in action.option_strings
+    }
+    out, k = list(argv), 0
+    while k < len(out):
+        if out[k] in greedy:
+            j = k + 1
+            while j < len(out) and not out[j].startswith("-"):
+                if out[j].endswith(".onnx"):
+                    out.insert(k, out.pop(j))  # before the flag
+                    k += 1
+                j += 1
+        k += 1
+    return out
+
+
 def _main(argv: list[str], debug: bool) -> int:
     args = None
     try:
         try:
-            args = build_parser().parse_args(argv)
+            parser = build_parser()
+            args = parser.parse_args(_models_first(parser, argv))
         except SystemExit as exc:  # --help, --version: printed, and done
             return EXIT_OK if exc.code in (0, None) else EXIT_INPUT
         commands = {"inspect": _inspect, "prune": _prune, "validate": _validate, "sensitivity": _sensitivity}

@@ -285,6 +285,22 @@ def test_ignore_leaves_the_named_conv_weight_unchanged(run_cli, tiny_model_path)
     assert report["exact"]["passed"] is True
 
 
+def test_a_model_after_a_list_flag_is_the_model_not_a_value_of_the_flag(run_cli, tiny_model_path):
+    """argparse alone reads ``prune --ignore NAME MODEL`` as two names and no model."""
+    out = tiny_model_path.parent / "pruned.onnx"
+    report_path = out.with_suffix(".json")
+    code, _, err = run_cli(
+        "prune", "--ignore", IGNORED_CONV, tiny_model_path, "-o", out, "--no-latency", "--report", report_path
+    )
+    assert code == 0, err
+    report = json.loads(report_path.read_text())
+    assert shapes(out)[IGNORED_WEIGHT] == shapes(tiny_model_path)[IGNORED_WEIGHT]
+    assert report["groups_ignored"] >= 1
+    missing = tiny_model_path.parent / "missing.onnx"
+    code, _, err = run_cli("prune", "--ignore", IGNORED_CONV, missing, "-o", out, "--force", "-q")
+    assert one_error_line(code, err, "missing.onnx", "no such file")
+
+
 # ------------------------------------------------------------------------- validate
 
 
