@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write a page that draws the groups on the op graph (a directory: DIR/<model>.html)",
     )
     i.add_argument("--force", action="store_true", help="overwrite an existing --html page")
+    i.add_argument("-q", "--quiet", action="store_true", help="print only the table (or the JSON)")
     i.add_argument(
         "--input-shape",
         action="append",
@@ -313,13 +314,14 @@ def _inspect(args) -> int:
     from .ir import files as io
     from .present.inspection import describe, table
 
+    _quiet_progress(args)
     html = _html_path(args) if args.html else None  # refused before the analysis, not after it
     deps = api.analyze(args.model, input_shapes=_input_shapes(args))
     if html is not None:
         from .present.html_page import render
 
         io.write_text_atomic(html, render(deps, title=Path(args.model).name))
-        print(f"wrote {html}", file=sys.stderr)  # stdout stays the table (or the JSON)
+        _say(args, f"wrote {html}")  # stderr: stdout stays the table (or the JSON)
     if args.json:
         print(json.dumps({"model": str(args.model), **describe(deps)}, indent=1))
     else:

@@ -105,6 +105,8 @@ def test_inspect_html_into_a_directory_writes_model_html_and_says_so(run_cli, ti
     assert code == 0, err
     assert page.is_file() and page.read_text().lstrip().lower().startswith("<!doctype html")
     assert f"wrote {page}" in err
+    code, out, err = run_cli("inspect", tiny_model_path, "--html", folder, "--force", "-q")
+    assert code == 0 and err == "" and out.strip()  # -q: the table only
 
 
 def test_inspect_html_refuses_to_overwrite_without_force(run_cli, tiny_model_path, tmp_path):
