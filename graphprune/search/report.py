@@ -52,6 +52,8 @@ def describe(config: dict) -> str:
         parts.append(f"--ratio {config['ratio']} --criterion {config['criterion']}")
     else:
         parts.append(f"--target-flops {config['target_flops']} --criterion {config['criterion']}")
+        if config.get("target_at_most"):
+            parts.append("--target-at-most")
         if config["compensate"] != "none":
             parts.append(f"--compensate {config['compensate']}")
         if config.get("sensitivity"):
