@@ -294,11 +294,15 @@ def _store_state(store: Path) -> tuple[bytes, list]:
         (("--ray-address", "auto"), "--ray-address needs --executor ray"),
         (("--space", "BADSPACE"), "unknown criterion"),
         (("MODEL", "OTHER"), "store of another model"),
+        (("--executor", "ray", "NO-RAY"), "pip install 'graphprune[ray]'"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_store_untouched(searched, tiny, tmp_path, capsys, change, message):
+def test_bad_input_is_one_line_exit_2_store_untouched(searched, tiny, tmp_path, capsys, monkeypatch, change, message):
     _, store, out = searched
     before = _store_state(store)
+    if change[-1] == "NO-RAY":
+        monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+        change = change[:-1]
     args = _args(tiny, store, out, "--trials", "10")
     if change[0] == "--space":
         bad = tmp_path / "bad.json"
