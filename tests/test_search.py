@@ -195,6 +195,94 @@ def test_sigkilled_search_resumes_without_running_a_finished_trial_twice(tiny, t
     assert all(r[4] == 1 for r in rows if r[0] in finished_before), "a finished trial was started again"
 
 
+def test_a_claimed_trial_is_taken_over_only_when_its_claim_lapses(tmp_path):
+    import socket
+
+    from graphprune.search.store import Store, owner_token
+
+    db = Store(tmp_path / "runs.db", "sha", "m.onnx")
+    db.add("t1", 0, {"pass": "filter"})
+    mine, other = owner_token(), owner_token()
+    assert db.claim("t1", mine) == 1
+    assert db.claim("t1", other) is None  # held, its lease running
+    db.renew(mine)
+    db.con.execute("UPDATE trials SET lease = 0")  # not renewed for a lease: lapsed
+    assert db.claim("t1", other) == 2
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = f"{socket.gethostname()}:{int(gone.stdout)}:0000"
+    db.con.execute("UPDATE trials SET owner = ?, lease = 1e18", (dead,))  # a SIGKILLed search of this host
+    assert db.claim("t1", mine) == 3
+    assert not db.finish("t1", 2, {"status": "done", "metric": 0.5})  # the replaced attempt cannot record
+    assert db.finish("t1", 3, {"status": "done", "metric": 0.9})
+    assert db.claim("t1", other) is None and db.get("t1").metric == 0.9
+    db.close()
+
+
+DIGITS = ROOT / "models" / "examples" / "digits"
+CHEAP_SPACE = {  # filter trials without calibration or sensitivity: a few seconds each on the digits CNN
+    "pass": ["filter"],
+    "criterion": ["l2", "fpgm"],
+    "compensate": ["none"],
+    "target_flops": [0.5, 0.6, 0.75],
+    "round_to": [8],
+    "remove_blocks": [0],
+    "sensitivity": [False],
+}
+
+
+def test_two_searches_on_one_store_run_every_trial_once_and_share_the_results(tmp_path):
+    (tmp_path / "space.json").write_text(json.dumps(CHEAP_SPACE))
+    store = tmp_path / "runs.db"
+
+    def command(k: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "graphprune.cli",
+            "search",
+            str(DIGITS / "digits_cnn.onnx"),
+            "--calib",
+            str(DIGITS / "digits_calib.npz"),
+            "--data",
+            str(DIGITS / "digits_test.npz"),
+            "--labels",
+            "--space",
+            str(tmp_path / "space.json"),
+            "--trials",
+            "4",
+            "--workers",
+            "1",
+            "--store",
+            str(store),
+            "--out",
+            str(tmp_path / f"out{k}"),
+            "--json",
+            "-q",
+        ]
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(command(k), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for k in (0, 1)
+    ]
+    try:
+        outputs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
+    first, second = (json.loads(out) for out, _ in outputs)
+    rows = _rows(store)
+    assert len(rows) == 4 and all(r[1] in ("done", "failed") for r in rows)
+    assert all(r[4] == 1 for r in rows), "a trial was started by both searches"
+    assert all(r[5] == 1 for r in rows), "a trial's result was recorded twice"
+    assert first["ran_now"] + second["ran_now"] == 4  # each ran its share, none lost
+    pick = ("id", "config", "status", "metric", "macs_ratio")
+    assert [{k: t[k] for k in pick} for t in first["trials"]] == [{k: t[k] for k in pick} for t in second["trials"]]
+    assert first["front"] == second["front"]
+
+
 def _store_state(store: Path) -> tuple[bytes, list]:
     return store.read_bytes(), _rows(store)
 
@@ -206,11 +294,15 @@ def _store_state(store: Path) -> tuple[bytes, list]:
         (("--ray-address", "auto"), "--ray-address needs --executor ray"),
         (("--space", "BADSPACE"), "unknown criterion"),
         (("MODEL", "OTHER"), "store of another model"),
+        (("--executor", "ray", "NO-RAY"), "pip install 'graphprune[ray]'"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_store_untouched(searched, tiny, tmp_path, capsys, change, message):
+def test_bad_input_is_one_line_exit_2_store_untouched(searched, tiny, tmp_path, capsys, monkeypatch, change, message):
     _, store, out = searched
     before = _store_state(store)
+    if change[-1] == "NO-RAY":
+        monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+        change = change[:-1]
     args = _args(tiny, store, out, "--trials", "10")
     if change[0] == "--space":
         bad = tmp_path / "bad.json"

@@ -36,6 +36,34 @@ def test_refinement_moves_a_front_member_one_option_and_never_repeats():
     assert refine(sp, front, set(seen), seed=0, round_no=1, n=3) == out[:3]
 
 
+def test_design_allocates_the_recipe_by_sensitivity_first_then_without():
+    a = design(Space(), 0)
+    spread = [0.25, 0.4, 0.75]  # smallest, middle, largest of the default targets
+    assert [(c["sensitivity"], c["target_flops"]) for c in a[:6]] == [(True, t) for t in spread] + [
+        (False, t) for t in spread
+    ]
+    assert all(c["pass"] == "filter" and c["round_to"] == 16 for c in a[:6])
+    no_sens = Space({**Space().values, "sensitivity": [False]})
+    assert not any(c["sensitivity"] for c in design(no_sens, 0))
+
+
+def test_filter_trials_keep_at_most_their_target():
+    f = normalize({"pass": "filter", "criterion": "l2", "compensate": "lstsq", "target_flops": 0.4, "round_to": 16})
+    c = normalize({"pass": "channel", "criterion": "l2", "compensate": "lstsq", "target_flops": 0.4, "round_to": 16})
+    assert f["target_at_most"] is True and "target_at_most" not in c
+
+
+def test_refinement_moves_a_target_to_a_listed_neighbour_or_halfway():
+    sp = Space({**Space().values, "target_flops": [0.3, 0.4, 0.5]})
+    sp.values.update({k: [v[0]] for k, v in sp.values.items() if k != "target_flops"})  # only the target moves
+    base = normalize({"pass": "filter", "criterion": "l2", "compensate": "lstsq", "target_flops": 0.4, "round_to": 1})
+    out = refine(sp, [base], {trial_id(base)}, seed=0, round_no=1, n=8)
+    assert sorted(c["target_flops"] for c in out) == [0.3, 0.35, 0.45, 0.5]
+    again = normalize({**base, "target_flops": 0.45})  # from a target between listed ones
+    out = refine(sp, [again], {trial_id(again)}, seed=0, round_no=2, n=8)
+    assert sorted(c["target_flops"] for c in out) == [0.4, 0.425, 0.475, 0.5]
+
+
 def test_channel_pass_configs_normalise_to_one_id():
     a = normalize({"pass": "channel", "criterion": "l2", "compensate": "none", "target_flops": 0.25, "round_to": 1})
     b = normalize({"pass": "channel", "criterion": "l2", "compensate": "bias", "target_flops": 0.25, "round_to": 1})

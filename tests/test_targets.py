@@ -181,3 +181,22 @@ def test_a_default_flops_target_keeps_conv_channels_on_the_channel_step_when_it_
     assert "channel_step_skipped" in result.report.prune
     free = graphprune.prune(narrow, target_flops=0.5, round_to=1, validate=False)  # the same as counts left free
     assert result.report.flops_after == free.report.flops_after
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.4, 0.55])
+def test_target_at_most_keeps_at_most_the_target_on_a_coarse_channel_step(fraction):
+    nearest = graphprune.prune(resnet(), target_flops=fraction, round_to=16, latency=False).report
+    within = graphprune.prune(resnet(), target_flops=fraction, round_to=16, target_at_most=True, latency=False).report
+    assert within.passed and within.exact.passed
+    kept = within.flops_after / within.flops_before
+    assert kept <= fraction + 1e-9
+    assert kept <= nearest.flops_after / nearest.flops_before + 1e-9  # never more than the nearest plan
+    assert within.prune["target"] == {"metric": "flops", "fraction": fraction, "at_most": True}
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"target_latency": 0.5}, {"target_flops": 0.5, "objective": "latency"}], ids=str
+)
+def test_target_at_most_without_a_cost_model_target_is_refused(options):
+    with pytest.raises(graphprune.InputError, match="target-at-most needs target-flops or target-params"):
+        graphprune.prune(resnet(), target_at_most=True, latency=False, **options)

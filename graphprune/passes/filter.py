@@ -131,6 +131,11 @@ class FilterPruning(TransformMixin):
     target_latency: float | None = option(
         None, "keep this fraction of the onnxruntime latency measured on this machine (0<L<1)", metavar="L"
     )
+    target_at_most: bool = option(
+        False,
+        "with --target-flops/--target-params: the nearest plan that keeps at most the target (a budget that"
+        " --round-to steps never carry over); default: the plan nearest the target, above or below",
+    )
     objective: str | None = option(
         None,
         "what allocation to a target credits a removed channel with saving (default: the target's metric);"
@@ -187,6 +192,13 @@ class FilterPruning(TransformMixin):
                 raise InputError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
             if not targets:
                 raise InputError("objective needs a target (target-flops, target-params or target-latency)")
+        if self.target_at_most and (
+            not targets or "latency" in targets or self.objective == "latency" or self.plan is not None
+        ):
+            raise InputError(
+                "target-at-most needs target-flops or target-params, allocated by the cost model"
+                " (not target-latency, objective latency or a plan)"
+            )
         if self.sensitivity is not None and not targets:
             raise InputError(
                 "sensitivity-based allocation needs a target (target-flops, target-params or target-latency)"
@@ -306,6 +318,8 @@ class FilterPruning(TransformMixin):
             )
         costs = _metric_costs(cm)
         notes: dict = {"target": {"metric": metric, "fraction": fraction}, "objective": objective}
+        if self.target_at_most:
+            notes["target"]["at_most"] = True
         # By default (round_to None) a FLOPs or parameter target keeps convolution channels on the
         # runtime's channel step, as a ratio does (YOLOv8n at half its MACs: 0.62 of the latency
         # on the step, 0.81 off it), unless whole steps are too coarse to meet it within
@@ -342,6 +356,7 @@ class FilterPruning(TransformMixin):
                 min_keep=self.min_keep,
                 ignore=self.ignore,
                 losses=losses,
+                at_most=self.target_at_most,
             )
 
         result = None

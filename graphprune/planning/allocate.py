@@ -13,7 +13,9 @@ Rules:
    patterns allowed) are not pruned.
 5. Target: instead of a ratio, a fraction of the original FLOPs, parameters or latency to
    keep; one global price per unit of cost saved decides how much each group loses
-   (:func:`allocate_to_target`), within rules 3 and 4.
+   (:func:`allocate_to_target`), within rules 3 and 4. The plan is the one nearest the target,
+   or with ``at_most`` the nearest that keeps at most the target (a budget: ``round_to``
+   steps never carry it over).
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ def allocate_to_target(
     min_keep: int = 1,
     ignore: Iterable[str] = (),
     losses: dict[int, Callable[[np.ndarray], np.ndarray]] | None = None,
+    at_most: bool = False,
 ) -> TargetResult:
     """Remove the least important units per unit of ``objective`` saved until ``cost`` keeps
     ``target`` (a fraction) of the original.
@@ -158,6 +161,9 @@ def allocate_to_target(
     allocation lands on the start of steps (the most channels for the same cost). Savings are
     priced at the current plan, re-priced twice, so coupled groups (a conv between two) count
     what they really save together.
+
+    ``at_most``: the plan nearest the target among those keeping at most the target (rule 5),
+    when one exists within ``round_to`` and ``min_keep``.
     """
     objective = objective or cost
     skip = protected(deps, ignore)
@@ -209,8 +215,9 @@ def allocate_to_target(
         above, below = choose(lo, savings), choose(hi, savings)
         candidates += [above, below]
         current = below
-    best = min(candidates, key=lambda x: abs(reached(x) - target))
-    best = _settle(best, options, target, cost, objective)
+    within = [x for x in candidates if reached(x) <= target] if at_most else []
+    best = min(within or candidates, key=lambda x: abs(reached(x) - target))
+    best = _settle(best, options, target, cost, objective, at_most=at_most)
     removals = {}
     for c, _, _, order in options:
         n = int(best[c])
@@ -220,11 +227,19 @@ def allocate_to_target(
 
 
 def _settle(
-    x: np.ndarray, options: list, target: float, cost: CostFn, objective: CostFn, steps: int = 400
+    x: np.ndarray,
+    options: list,
+    target: float,
+    cost: CostFn,
+    objective: CostFn,
+    steps: int = 400,
+    *,
+    at_most: bool = False,
 ) -> np.ndarray:
     """Move one group at a time to its next allowed count, toward the target: down, the move
     that loses the least importance per objective saved; up, the one that restores the most
-    importance per objective spent. Stops at the count nearest the target as it is crossed.
+    importance per objective spent. Stops at the count nearest the target as it is crossed
+    (``at_most``: the count on the target's side of it, at or below).
     The price bisection lands between two plans that can differ by a large step (several groups
     jump a flat latency step at once): this closes the gap one group step at a time."""
     for _ in range(steps):
@@ -256,7 +271,9 @@ def _settle(
             k = int(np.argmin(lost_arr)) if down else int(np.argmax(-lost_arr))
         nxt = rows_arr[k]
         after = float(cost(nxt[None, :])[0])
-        if (after > target) != down:  # crossed the target: keep the nearer side
+        if (after > target) != down:  # crossed the target: keep the nearer side (or the one within it)
+            if at_most:
+                return nxt if down else x
             return nxt if abs(after - target) < abs(now - target) else x
         x = nxt
     return x

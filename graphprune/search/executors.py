@@ -99,9 +99,10 @@ class LocalExecutor:
     def submit(self, tid: str, attempt: int, config: dict):
         return self.pool.submit(_run_local, tid, attempt, config)
 
-    def wait(self, handles: list) -> tuple[list, list]:
-        """``(finished results, handles still running)``; blocks until one finishes."""
-        done, rest = cf.wait(handles, return_when=cf.FIRST_COMPLETED)
+    def wait(self, handles: list, timeout: float | None = None) -> tuple[list, list]:
+        """``(finished results, handles still running)``; blocks until one finishes, or
+        ``timeout`` seconds pass (then nothing may have finished)."""
+        done, rest = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)
         return [h.result() for h in done], list(rest)
 
     def close(self) -> None:
@@ -169,8 +170,8 @@ class RayExecutor:
         self.busy[ref] = actor
         return ref
 
-    def wait(self, handles: list) -> tuple[list, list]:
-        done, rest = self.ray.wait(handles, num_returns=1)
+    def wait(self, handles: list, timeout: float | None = None) -> tuple[list, list]:
+        done, rest = self.ray.wait(handles, num_returns=1, timeout=timeout)
         out = []
         for ref in done:
             self.idle.append(self.busy.pop(ref))

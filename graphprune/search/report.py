@@ -52,6 +52,8 @@ def describe(config: dict) -> str:
         parts.append(f"--ratio {config['ratio']} --criterion {config['criterion']}")
     else:
         parts.append(f"--target-flops {config['target_flops']} --criterion {config['criterion']}")
+        if config.get("target_at_most"):
+            parts.append("--target-at-most")
         if config["compensate"] != "none":
             parts.append(f"--compensate {config['compensate']}")
         if config.get("sensitivity"):
@@ -108,8 +110,13 @@ def plot(result: SearchResult, path: Path) -> None:
         ax.scatter([getattr(t, key) for t in rest], [t.metric for t in rest], c="tab:gray", s=18, label="trial")
         style = "o-" if key == "macs_ratio" else "o"  # the front is a line in MACs, points in latency
         ax.plot([getattr(t, key) for t in fr], [t.metric for t in fr], style, c="tab:red", label="front")
+        tied: dict[tuple, list[str]] = {}  # front members at one point (ties) share one label
         for t in fr:
-            ax.annotate(t.id[:6], (getattr(t, key), t.metric), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            tied.setdefault((getattr(t, key), t.metric), []).append(t.id[:6])
+        for k, ((x, y), ids) in enumerate(tied.items()):  # above and below in turn: near points stay legible
+            ax.annotate(
+                ", ".join(ids), (x, y), fontsize=7, xytext=(3, 4 if k % 2 == 0 else -11), textcoords="offset points"
+            )
         if result.objective == "accuracy":
             ax.axhline(result.baseline, ls="--", c="tab:blue", lw=0.8, label="original")
         ax.set_xlabel(label + " (of the original)")

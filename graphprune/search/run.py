@@ -10,12 +10,18 @@ Rules:
 3. At the end every front model is built again in this process (the same options give the
    same model, validated again) and timed alone against the original, so its latency ratio
    is not disturbed by the trials that ran beside it; the result says so.
+4. Several searches may share a store (same model and settings): each claims a trial before
+   running it (``store`` rule 5) and renews its claims from a heartbeat thread while it runs;
+   a trial another search holds is waited for, not run, and its result counts for both. So
+   the rounds, and the trials in them, are the same as one search alone would run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +30,10 @@ from ..errors import InputError
 from . import front as front_mod
 from .executors import check_executor, make_executor
 from .space import Space, design, load_space, refine, trial_id
-from .store import FINAL, Store, Trial, model_hash
+from .store import FINAL, LEASE_SECONDS, Store, Trial, model_hash, owner_token
 
 RETIME_ROUNDS = 30
+POLL_SECONDS = 0.5  # how often a search waiting on another search's trials looks again (rule 4)
 
 
 @dataclass
@@ -116,9 +123,7 @@ def search(
         sort_keys=True,
     )
     _check_settings(store, key, Path(model).name, settings)
-    db = Store(store, key, Path(model).name)
-    if db.meta("settings") is None:
-        db.set_meta("settings", settings)
+    db = Store(store, key, Path(model).name, settings)
     say = progress or (lambda msg: None)
     worker_args = dict(
         model_path=str(Path(model).resolve()),
@@ -131,20 +136,22 @@ def search(
     )
     ran_now = 0
     ex = None
+    owner = owner_token()
+    heartbeat = _Heartbeat(store, owner)
     try:
         round_no, proposals = 0, design(sp, seed)[:trials]
         sequence: list[str] = []
         while proposals:
             for c in proposals:
                 tid = trial_id(c)
-                db.add(tid, len(db.trials()), round_no, c)
+                db.add(tid, round_no, c)
                 sequence.append(tid)
             todo = [t for t in db.trials() if t.id in set(sequence) and t.status not in FINAL]
             if todo:
                 if ex is None:
                     say(f"starting {workers} {executor} worker{'s' if workers > 1 else ''} ...")
                     ex = make_executor(executor, worker_args, str(store), workers, ray_address)
-                ran_now += _run_round(db, ex, todo, workers, sequence, say, max_flops, max_latency)
+                ran_now += _run_round(db, ex, todo, workers, sequence, say, max_flops, max_latency, owner)
             done = [t for t in db.trials() if t.id in set(sequence)]
             if len(sequence) >= trials:
                 break
@@ -153,6 +160,7 @@ def search(
             proposals = refine(sp, [t.config for t in fr], set(sequence), seed, round_no)
             proposals = proposals[: trials - len(sequence)]
     finally:
+        heartbeat.stop()
         if ex is not None:
             ex.close()
     final = [t for t in db.trials() if t.id in set(sequence)]
@@ -193,11 +201,14 @@ def _check_settings(store, key: str, name: str, settings: str) -> None:
     check_store(store, key, name)
     if not Path(store).exists():
         return
-    con = sqlite3.connect(f"file:{Path(store)}?mode=ro", uri=True, timeout=60.0)
     try:
-        row = con.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
-    finally:
-        con.close()
+        con = sqlite3.connect(f"file:{Path(store)}?mode=ro", uri=True, timeout=60.0)
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:  # check_store passed it: another search is creating it (Store checks again)
+        return
     if row is not None and row[0] != settings:
         old, new = json.loads(row[0]), json.loads(settings)
         diff = [k for k in new if old.get(k) != new[k]]
@@ -211,22 +222,58 @@ def _front(trials: list[Trial], max_flops, max_latency) -> list[Trial]:
     return front_mod.pareto(front_mod.feasible(trials, max_flops, max_latency))
 
 
-def _run_round(db: Store, ex, todo: list[Trial], workers: int, sequence, say, max_flops, max_latency) -> int:
-    """Run ``todo`` with at most ``workers`` in flight; the number of results recorded."""
+class _Heartbeat:
+    """Renews the leases of the trials ``owner`` runs, from a thread with its own connection
+    (rule 4), every quarter of :data:`LEASE_SECONDS`."""
+
+    def __init__(self, path, owner: str):
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._beat, args=(path, owner), daemon=True)
+        self.thread.start()
+
+    def _beat(self, path, owner: str) -> None:
+        db = Store(path)
+        try:
+            while not self.done.wait(LEASE_SECONDS / 4):
+                db.renew(owner)
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def _run_round(
+    db: Store, ex, todo: list[Trial], workers: int, sequence, say, max_flops, max_latency, owner: str
+) -> int:
+    """Run ``todo`` with at most ``workers`` in flight, claiming each trial first and waiting
+    for those another search holds (rule 4); the number of results this search recorded."""
     queue = list(todo)
     running: list = []
     ran = 0
     while queue or running:
-        while queue and len(running) < workers:
-            t = queue.pop(0)
-            attempt = db.start(t.id)
-            running.append(ex.submit(t.id, attempt, t.config))
-        results, running = ex.wait(running)
+        for t in list(queue):
+            if len(running) >= workers:
+                break
+            attempt = db.claim(t.id, owner)
+            if attempt is not None:
+                queue.remove(t)
+                running.append(ex.submit(t.id, attempt, t.config))
+            elif db.status(t.id) in FINAL:  # another search finished it
+                queue.remove(t)
+        if not running:
+            if queue:  # the rest are held by another search: wait for them
+                time.sleep(POLL_SECONDS)
+            continue
+        # with a free worker and trials held elsewhere, look again soon: their claim may lapse
+        results, running = ex.wait(running, timeout=POLL_SECONDS if queue else None)
         for tid, attempt, result, recorded in results:
             if not ex.records:
                 recorded = db.finish(tid, attempt, result)
             ran += bool(recorded)
-        say(_progress_line(db, sequence, len(running), max_flops, max_latency))
+        if results:
+            say(_progress_line(db, sequence, len(running), max_flops, max_latency))
     return ran
 
 

@@ -8,18 +8,24 @@ Rules:
    ``remove_blocks`` (residual blocks removed by the layer pass first; the target stays a
    share of the original's MACs) and ``sensitivity`` (the filter pass without block removal
    allocates to the target by each group's drop measured on the calibration data, as
-   ``prune --sensitivity`` does). Options a pass ignores are dropped (the channel pass always
-   refits by lstsq), so two configurations that prune the same way have one id.
+   ``prune --sensitivity`` does). A filter pass's target is a budget (``target_at_most``,
+   ``prune --target-at-most``): the trial keeps at most that share of the MACs, so a
+   ``round_to`` step never carries it past a value the user asked for. Options a pass ignores
+   are dropped (the channel pass always refits by lstsq), so two configurations that prune the
+   same way have one id.
 2. A space lists the values each option may take; ``--space SPACE.json`` replaces the lists
-   it names and keeps the defaults for the others. An unknown key or value (a criterion that
-   does not exist, a target outside (0, 1)) is an ``InputError`` naming the file.
+   it names and keeps the defaults for the others (refinement also tries targets between
+   listed ones, rule 3). An unknown key or value (a criterion that does not exist, a target
+   outside (0, 1)) is an ``InputError`` naming the file.
 3. Proposals are deterministic given the seed and the results so far: first a seeded design
-   (the README's recipe, filter/l2/lstsq on a 16-channel step, at the smallest, middle and
-   largest target, then the same allocated by measured sensitivity, then a balanced random
-   design where every value of every option appears about equally), then rounds of
-   refinement around the Pareto front of metric against MACs: each front member is moved one
-   step along one option. A round is proposed only from finished trials, so the trials do
-   not depend on the number of workers or the order they finish in.
+   (the README's recipe, filter/l2/lstsq on a 16-channel step, allocated by measured
+   sensitivity when the space allows it, at the smallest, middle and largest target; then
+   the same without sensitivity; then a balanced random design where every value of every
+   option appears about equally), then rounds of refinement around the Pareto front of
+   metric against MACs: each front member is moved one step along one option. A target
+   moves to a neighbouring listed value or halfway to it, so the front is searched in finer
+   steps than the list. A round is proposed only from finished trials, so the trials do not
+   depend on the number of workers or the order they finish in.
 """
 
 from __future__ import annotations
@@ -132,6 +138,8 @@ def normalize(config: dict) -> dict:
     if c["pass"] == "channel":
         c["compensate"] = "lstsq"  # the channel pass always refits
         c["ratio"] = round(1.0 - math.sqrt(c["target_flops"]), 4)
+    else:
+        c["target_at_most"] = True  # the target is a budget (rule 1)
     return c
 
 
@@ -141,9 +149,9 @@ def trial_id(config: dict) -> str:
 
 
 def design(space: Space, seed: int) -> list[dict]:
-    """The seeded design (rule 3): the README's recipe at a spread of targets, with and
-    without sensitivity, then a balanced random design; at most :data:`DESIGN_SIZE`
-    distinct configurations."""
+    """The seeded design (rule 3): the README's recipe at a spread of targets, allocated by
+    sensitivity first (when the space allows it), then without, then a balanced random
+    design; at most :data:`DESIGN_SIZE` distinct configurations."""
     v = space.values
     rng = random.Random(f"design-{seed}")
     out: list[dict] = []
@@ -165,11 +173,11 @@ def design(space: Space, seed: int) -> list[dict]:
         "sensitivity": _pick(v["sensitivity"], False),
     }
     targets = sorted(v["target_flops"])
-    for t in _spread(targets, 3):
-        add({**recipe, "target_flops": t})
-    if True in v["sensitivity"]:  # the same, allocated by measured sensitivity (usage.md: 99.4% at half the MACs)
+    # allocation by measured sensitivity first (usage.md: 99.4% at half the MACs; every member of
+    # the digits search's front used it), then the same recipe without it
+    for sensitivity in sorted(set(v["sensitivity"]), reverse=True):
         for t in _spread(targets, 3):
-            add({**recipe, "target_flops": t, "sensitivity": True})
+            add({**recipe, "target_flops": t, "sensitivity": sensitivity})
     # balanced: each option's values in a shuffled cycle, so every value shows up about equally
     cycles = {k: _cycle(vals, rng) for k, vals in v.items()}
     for _ in range(10 * DESIGN_SIZE):
@@ -213,9 +221,10 @@ def refine(
         base = front[(tries - 1) % len(front)]
         key = rng.choice(options)
         c = dict(base)
-        c[key] = _step(
-            space.values[key], base.get(key), rng, ordered=key in ("target_flops", "round_to", "remove_blocks")
-        )
+        if key == "target_flops":
+            c[key] = _finer_step(space.values[key], base[key], rng)
+        else:
+            c[key] = _step(space.values[key], base.get(key), rng, ordered=key in ("round_to", "remove_blocks"))
         c = normalize(c)
         tid = trial_id(c)
         if tid not in seen:
@@ -234,3 +243,16 @@ def _step(values: list, current, rng: random.Random, *, ordered: bool):
         return min(vals, key=lambda x: abs(x - current))
     others = [x for x in values if x != current]
     return rng.choice(others) if others else current
+
+
+def _finer_step(values: list, current: float, rng: random.Random) -> float:
+    """A target one step from ``current``: the nearest listed value below or above it, or
+    halfway to it (rule 3), so refinement closes in on the front between the listed targets."""
+    below = [x for x in values if x < current]
+    above = [x for x in values if x > current]
+    near = []
+    if below:
+        near += [max(below), round((max(below) + current) / 2, 4)]
+    if above:
+        near += [round((current + min(above)) / 2, 4), min(above)]
+    return rng.choice(near) if near else current

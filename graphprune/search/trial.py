@@ -104,7 +104,7 @@ class Worker:
         if config["pass"] == "channel":
             options["ratio"] = config["ratio"]
         else:
-            options.update(target_flops=config["target_flops"])
+            options.update(target_flops=config["target_flops"], target_at_most=config.get("target_at_most", False))
             if config["compensate"] != "none":
                 options["compensate"] = config["compensate"]
         if config.get("sensitivity"):
