@@ -16,7 +16,7 @@ import onnx
 
 from .analysis.dependency import DependencyGraph
 from .analysis.dependency import analyze as _analyze
-from .analysis.iochange import io_changes, io_map
+from .analysis.iochange import io_changes, io_map, release_for
 from .analysis.plan import IO_CHANGES_KEY, Plan, compose, plan_from_json, read_plan
 from .calibration.datasets import DEFAULT_BATCH, Dataset, input_specs, open_dataset
 from .edit.surgery import pruned_shapes
@@ -651,6 +651,7 @@ def _replayed_step(orig: onnx.ModelProto, new: onnx.ModelProto, pruned: ModelLik
             through += " later plans address its unpruned shapes, so the plans do not compose"
         elif all(isinstance(s["plan"], dict) and "groups" in s["plan"] for s in steps):
             deps = _analyze(orig, inexact=True)
+            release_for([s["plan"] for s in steps], deps)
             plan = compose([s["plan"] for s in steps], deps, source=source)
             through = f"through {len(steps)} pruning steps, their plans composed into the original's indices"
         else:
@@ -664,6 +665,8 @@ def _replayed_step(orig: onnx.ModelProto, new: onnx.ModelProto, pruned: ModelLik
     io_plan = plan if isinstance(plan, dict) and plan.get(IO_CHANGES_KEY) else None
     if io_plan is not None and deps is None:
         deps = _analyze(orig, inexact=True)
+    if io_plan is not None:
+        release_for(io_plan, deps)
     io_chosen = plan_from_json(io_plan, deps, source=source) if io_plan is not None else None
     cut = io_map(deps, io_chosen) if io_chosen is not None else None
     changed = [c.to_json() for c in io_changes(deps, io_chosen)] if io_chosen is not None else []
@@ -685,6 +688,7 @@ def _replayed_step(orig: onnx.ModelProto, new: onnx.ModelProto, pruned: ModelLik
             [],
         )
     deps = deps if deps is not None else _analyze(orig, inexact=True)
+    release_for(plan, deps)
     chosen = plan_from_json(plan, deps, source=source)
     inexact = [g.label for g in deps.groups if "inexact" in g.facts and len(chosen.removed(g))]
     if inexact:

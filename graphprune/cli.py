@@ -16,6 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
+from .cli_shared import check_latency_runs, failure, input_shapes, quiet_progress, say
 from .errors import GraphpruneError, InputError, ValidationFailed
 
 # The rest of graphprune (numpy, onnx, networkx) is imported inside main(), so that an
@@ -314,14 +315,14 @@ def _inspect(args) -> int:
     from .ir import files as io
     from .present.inspection import describe, table
 
-    _quiet_progress(args)
+    quiet_progress(args)
     html = _html_path(args) if args.html else None  # refused before the analysis, not after it
-    deps = api.analyze(args.model, input_shapes=_input_shapes(args))
+    deps = api.analyze(args.model, input_shapes=input_shapes(args))
     if html is not None:
         from .present.html_page import render
 
         io.write_text_atomic(html, render(deps, title=Path(args.model).name))
-        _say(args, f"wrote {html}")  # stderr: stdout stays the table (or the JSON)
+        say(args, f"wrote {html}")  # stderr: stdout stays the table (or the JSON)
     if args.json:
         print(json.dumps({"model": str(args.model), **describe(deps)}, indent=1))
     else:
@@ -365,23 +366,6 @@ def _input_map(args) -> dict[str, str]:
     return mapping
 
 
-def _check_latency_runs(args) -> None:
-    if args.latency_runs is not None and args.latency_runs < 1:
-        raise InputError(f"--latency-runs must be a positive integer, got {args.latency_runs}")
-
-
-def _quiet_progress(args) -> None:
-    """Progress bars (calibration, timing) follow -q; else they draw on a terminal only."""
-    from . import progress
-
-    progress.ENABLED = False if getattr(args, "quiet", False) else None
-
-
-def _say(args, msg: str) -> None:
-    if not args.quiet:
-        print(msg, file=sys.stderr, flush=True)
-
-
 def _prune(args) -> int:
     from .ir.weights import spill_folder
 
@@ -420,8 +404,8 @@ def _prune_to(args) -> int:
         raise InputError("prune: --objective needs --target-flops, --target-params or --target-latency")
     if args.sensitivity and not targets:
         raise InputError("prune: --sensitivity needs --target-flops, --target-params or --target-latency")
-    _check_latency_runs(args)
-    _quiet_progress(args)
+    check_latency_runs(args)
+    quiet_progress(args)
     if args.calib is not None:  # a missing or unreadable file is said before the (long) analysis
         dataset = _dataset(args, args.calib)
         args.calib = dataset if args.input_map else args.calib
@@ -441,14 +425,14 @@ def _prune_to(args) -> int:
     _refuse_untaken_flags(args)
     api.make_pass(pass_name, **{**_pass_options(args, pass_name), "plan": {} if args.plan else None})
     t0 = time.perf_counter()
-    _say(args, f"loading {src} ...")
+    say(args, f"loading {src} ...")
     model = api.load_model(src)
     steps = "analyzing, pruning" + (
         ""
         if args.no_validate
         else ", validating (checker, onnxruntime, exactness, fidelity" + ("" if args.no_latency else ", latency") + ")"
     )
-    _say(args, f"{steps} ({len(model.graph.node)} nodes) ...")
+    say(args, f"{steps} ({len(model.graph.node)} nodes) ...")
     result = api.prune(
         model,
         **_pass_options(args, pass_name),
@@ -456,7 +440,7 @@ def _prune_to(args) -> int:
         validate=not args.no_validate,
         latency=not args.no_latency,
         inplace=args.no_validate,  # nothing needs the original afterwards: save a copy
-        input_shapes=_input_shapes(args),
+        input_shapes=input_shapes(args),
         latency_runs=args.latency_runs,
     )
     if result.nothing_pruned:  # a copy of the input would pretend: say why, write nothing
@@ -494,7 +478,7 @@ def _write_outputs(args, src: Path, out: Path, model, report, t0: float, save_pl
             f" in {time.perf_counter() - t0:.1f}s"
         )
     if failed:
-        raise ValidationFailed(_failure(report) + ("" if args.keep_failed else "; output not written"))
+        raise ValidationFailed(failure(report) + ("" if args.keep_failed else "; output not written"))
     return EXIT_OK
 
 
@@ -513,15 +497,15 @@ def _prune_passes(args, src: Path, out: Path) -> int:
     _refuse_untaken_flags(args)
     passes = [api.make_pass(name, **{**_pass_options(args, name), "plan": None}) for name in args.passes]
     t0 = time.perf_counter()
-    _say(args, f"loading {src} ...")
+    say(args, f"loading {src} ...")
     model = api.load_model(src)
-    _say(args, f"running {' then '.join(args.passes)} ({len(model.graph.node)} nodes) ...")
+    say(args, f"running {' then '.join(args.passes)} ({len(model.graph.node)} nodes) ...")
     result = api.run_passes(
         model,
         passes,
         validate=not args.no_validate,
         latency=not args.no_latency,
-        input_shapes=_input_shapes(args),
+        input_shapes=input_shapes(args),
         latency_runs=args.latency_runs,
     )
     if result.nothing_pruned:
@@ -557,7 +541,7 @@ def _pass_options(args, name: str) -> dict:
     options = from_args(args, name, PASSES)
     if "progress" in {f.name for f in dataclasses.fields(PASSES[name])}:
         # only a target measures latency tables, whose progress is worth showing
-        options["progress"] = None if args.quiet or not _targets(args) else (lambda msg: _say(args, msg))
+        options["progress"] = None if args.quiet or not _targets(args) else (lambda msg: say(args, msg))
     return options
 
 
@@ -582,16 +566,16 @@ def _prune_sparsity(args, src: Path, out: Path) -> int:
     options = _pass_options(args, "sparsity")
     api.make_pass("sparsity", **options)  # usage errors before the (possibly long) load
     t0 = time.perf_counter()
-    _say(args, f"loading {src} ...")
+    say(args, f"loading {src} ...")
     model = api.load_model(src)
-    _say(args, f"sparsifying ({len(model.graph.node)} nodes) ...")
+    say(args, f"sparsifying ({len(model.graph.node)} nodes) ...")
     result = api.prune(
         model,
         **options,
         pass_="sparsity",
         validate=not args.no_validate,
         latency=not args.no_latency,
-        input_shapes=_input_shapes(args),
+        input_shapes=input_shapes(args),
         latency_runs=args.latency_runs,
     )
     if result.nothing_pruned:
@@ -600,32 +584,8 @@ def _prune_sparsity(args, src: Path, out: Path) -> int:
     return _write_outputs(args, src, out, result.model, result.report, t0, lambda path: None)
 
 
-def _input_shapes(args) -> dict:
-    """``--input-shape NAME:D1,D2,...`` flags as {name: dims}; a name given twice is an error."""
-    from .ir.input_sizes import parse_input_shape
-
-    shapes: dict = {}
-    for text in args.input_shape:
-        name, dims = parse_input_shape(text)
-        if name in shapes:
-            raise InputError(f"--input-shape {name}: given twice")
-        shapes[name] = dims
-    return shapes
-
-
 def _targets(args) -> list[str]:
     return [f for f in ("target_flops", "target_params", "target_latency") if getattr(args, f) is not None]
-
-
-def _failure(report) -> str:
-    if not report.checker["passed"]:
-        return f"checker: {report.checker['error']}"
-    if not report.runtime["passed"]:
-        return f"onnxruntime: {report.runtime['error']}"
-    e = report.exact
-    if e.float_max_rel_diff is not None and e.note.startswith("with fake quantization bypassed"):
-        return f"exactness: {e.note}"  # a quantized graph whose outputs stayed within their steps
-    return f"exactness: max relative difference {e.max_rel_diff:.2e} over {e.tolerance:.0e}"
 
 
 def _validate(args) -> int:
@@ -635,8 +595,8 @@ def _validate(args) -> int:
         raise InputError("--labels needs --data: the labelled samples to measure accuracy on")
     if args.input_map and args.data is None:
         raise InputError("--input-map needs --data: it maps the data's keys to the model's inputs")
-    _check_latency_runs(args)
-    _quiet_progress(args)
+    check_latency_runs(args)
+    quiet_progress(args)
     report = api.validate(
         args.original,
         args.pruned,
@@ -645,7 +605,7 @@ def _validate(args) -> int:
         data=_dataset(args, args.data),
         labels=args.labels,
         batch_size=args.batch_size,
-        input_shapes=_input_shapes(args),
+        input_shapes=input_shapes(args),
         latency_runs=args.latency_runs,
     )
     report.file_bytes_before = Path(args.original).stat().st_size
@@ -655,7 +615,7 @@ def _validate(args) -> int:
     elif not args.quiet:
         print(report.table())
     if not report.passed:
-        raise ValidationFailed(_failure(report))
+        raise ValidationFailed(failure(report))
     return EXIT_OK
 
 
@@ -684,13 +644,13 @@ def _sensitivity(args) -> int:
         )
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be a positive integer, got {args.workers}")
-    _quiet_progress(args)
+    quiet_progress(args)
     dataset = _dataset(args, args.calib)
     model = api.load_model(args.model)
     deps = analyze(model, inexact="hidden" in args.unit)
     for note in check_scope(deps, (), tuple(args.unit)):  # no group of any unit asked for: an error
-        _say(args, f"note: {note}")
-    _say(args, f"measuring {len(deps.prunable_groups())} groups x {len(args.ratios)} ratios on {args.calib} ...")
+        say(args, f"note: {note}")
+    say(args, f"measuring {len(deps.prunable_groups())} groups x {len(args.ratios)} ratios on {args.calib} ...")
     options = dict(
         ratios=tuple(args.ratios),
         criterion=args.criterion,
@@ -725,7 +685,7 @@ def _search(args) -> int:
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"{args.out}: exists and is not a directory; --out names a folder")
-    _quiet_progress(args)
+    quiet_progress(args)
     result = search(
         args.model,
         calib=args.calib,
@@ -742,10 +702,10 @@ def _search(args) -> int:
         max_flops=args.max_flops,
         seed=args.seed,
         input_map=_input_map(args),
-        progress=None if args.quiet else (lambda msg: _say(args, msg)),
+        progress=None if args.quiet else (lambda msg: say(args, msg)),
     )
     for note in write_outdir(result, args.out):
-        _say(args, f"note: {note}")
+        say(args, f"note: {note}")
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     elif not args.quiet:

@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cli_shared import check_latency_runs, failure, input_shapes, quiet_progress, say
 from .errors import InputError, ValidationFailed
 
 REFUSED = (
@@ -87,7 +88,6 @@ _TAKEN = ("ratio", "criterion", "round_to", "min_keep", "ignore", "units", "seed
 
 def prune_files(args) -> None:
     from . import api
-    from .cli import _check_latency_runs, _failure, _input_shapes, _quiet_progress, _say
     from .ir import files as io
     from .options import from_args
     from .passes import PASSES
@@ -95,15 +95,15 @@ def prune_files(args) -> None:
 
     check_flags(args)
     srcs, dsts = outputs(args)
-    _check_latency_runs(args)
-    _quiet_progress(args)
+    check_latency_runs(args)
+    quiet_progress(args)
     args.committed_before = len(io.committed())
     t0 = time.perf_counter()
     models = []
     for src in srcs:  # every file loads (and its error names it) before any work
-        _say(args, f"loading {src} ...")
+        say(args, f"loading {src} ...")
         models.append(api.load_model(src))
-    _say(args, f"pruning {len(models)} models {'with one tied plan' if args.tie else 'each on its own'} ...")
+    say(args, f"pruning {len(models)} models {'with one tied plan' if args.tie else 'each on its own'} ...")
     result = prune_many(
         models,
         tie=args.tie,
@@ -111,7 +111,7 @@ def prune_files(args) -> None:
         **{k: v for k, v in from_args(args, "filter", PASSES).items() if k in _TAKEN},
         validate=not args.no_validate,
         latency=not args.no_latency,
-        input_shapes=_input_shapes(args),
+        input_shapes=input_shapes(args),
         latency_runs=args.latency_runs,
     )
     reports = [r.report for r in result.results]
@@ -155,7 +155,7 @@ def prune_files(args) -> None:
         print(f"{state} in {time.perf_counter() - t0:.1f}s")
     if failed:
         name, report = failed[0]
-        raise ValidationFailed(f"{name}: {_failure(report)}" + ("" if args.keep_failed else "; nothing written"))
+        raise ValidationFailed(f"{name}: {failure(report)}" + ("" if args.keep_failed else "; nothing written"))
 
 
 def tied_lines(result) -> list[str]:

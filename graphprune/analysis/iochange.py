@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 
 from .dependency import DependencyGraph, reason_kind
-from .plan import Plan
+from .plan import IO_CHANGES_KEY, Plan
 
 IO_REASONS = frozenset({"graph input", "graph output"})
 
@@ -111,6 +111,15 @@ def release_io(deps: DependencyGraph) -> Released:
         if note not in deps.notes:  # released twice (a plan applied with the flag): said once
             deps.notes.append(note)
     return out
+
+
+def release_for(plans: dict | list, deps: DependencyGraph, allow: bool | None = None) -> None:
+    """:func:`release_io` when ``allow``, or (None) when one of ``plans`` (plans' JSON objects, or
+    one) lists graph inputs/outputs it changed, as a prune that allowed them writes: applying,
+    composing or validating such a plan needs those groups prunable."""
+    listed = [plans] if isinstance(plans, dict) else plans
+    if allow or (allow is None and any(isinstance(p, dict) and p.get(IO_CHANGES_KEY) for p in listed)):
+        release_io(deps)
 
 
 def _pair(mv, declared: dict, ins: list, outs: list) -> tuple[list[tuple[str, str]], list[str]]:

@@ -85,18 +85,11 @@ def read_plan(path: str | os.PathLike) -> dict:
     return data
 
 
-def plan_from_json(
-    data: dict, deps: DependencyGraph, source: str = "plan", *, allow_io_change: bool | None = None
-) -> Plan:
+def plan_from_json(data: dict, deps: DependencyGraph, source: str = "plan") -> Plan:
     """Turn a plan's JSON object into group removals, checking it against ``deps``.
 
-    ``allow_io_change`` releases the groups blocked only by paired graph inputs/outputs
-    (:func:`graphprune.analysis.iochange.release_io`); None does so when the plan lists the inputs and
-    outputs it changes (``io_changes``, written by a prune that allowed them), as validation needs."""
-    if allow_io_change or (allow_io_change is None and data.get(IO_CHANGES_KEY)):
-        from .iochange import release_io
-
-        release_io(deps)
+    A plan that changes graph inputs/outputs (``io_changes``) needs the groups they block
+    released in ``deps`` first (:func:`graphprune.analysis.iochange.release_for`)."""
     by_member: dict[tuple[str, int], list] = {}
     for group in deps.groups:
         for m in group.members:
@@ -154,7 +147,9 @@ def plan_from_json(
 
 def compose(steps: list[dict], deps: DependencyGraph, source: str = "plan") -> dict:
     """One plan, in the indices of ``deps``'s model, that removes what ``steps`` (plans' JSON
-    objects, oldest first, each addressing the model the previous ones made) removed in turn.
+    objects, oldest first, each addressing the model the previous ones made) removed in turn
+    (groups the steps' graph input/output changes need released in ``deps`` first:
+    :func:`graphprune.analysis.iochange.release_for`).
 
     Surgery keeps tensor names, so a later step's anchor is a tensor of the first model too:
     its indices are positions among the entries the earlier steps kept, mapped back here.

@@ -215,7 +215,10 @@ def with_plan(
     if not comp.added_bias:
         return comp, deps, plan
     from ..analysis.dependency import analyze
+    from ..analysis.iochange import release_for
     from ..analysis.plan import plan_from_json
 
     new_deps = analyze(comp.model, inexact=inexact)
-    return comp, new_deps, plan_from_json(plan.to_json(deps), new_deps, source="compensated plan")
+    data = plan.to_json(deps)
+    release_for(data, new_deps)
+    return comp, new_deps, plan_from_json(data, new_deps, source="compensated plan")

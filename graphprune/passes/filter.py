@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from ..analysis.dependency import DependencyGraph, analyze
-from ..analysis.iochange import io_changes, release_io
+from ..analysis.iochange import io_changes, release_for, release_io
 from ..analysis.plan import Plan, plan_from_json
 from ..calibration.datasets import DEFAULT_BATCH
 from ..calibration.statistics import Statistics
@@ -278,7 +278,8 @@ class FilterPruning(TransformMixin):
         calibration statistics for a data criterion; ``goal`` overrides the fraction a target
         asks of its cost model, to correct a latency estimate)."""
         if self.plan is not None:
-            chosen = plan_from_json(self.plan, deps, source=self.plan_source, allow_io_change=self.allow_io_change)
+            release_for(self.plan, deps, self.allow_io_change)
+            chosen = plan_from_json(self.plan, deps, source=self.plan_source)
             return chosen, {"source": self.plan_source}
         scores, ctx = self._scores(deps, stats)
         if self.target is not None:
