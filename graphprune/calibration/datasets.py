@@ -203,3 +203,24 @@ def _checked(arr: np.ndarray, spec: InputSpec, file: Path) -> np.ndarray:
             raise InputError(f"{file}: array {spec.name!r} is {arr.dtype}, the model expects {spec.dtype}")
         arr = arr.astype(spec.dtype)
     return arr
+
+
+def class_indices(y: np.ndarray, classes: int, path, key: str) -> np.ndarray:
+    """Class indices from integer labels ``[N]`` or per-class scores ``[N, classes]``."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == classes:
+        return y.argmax(axis=1)
+    if y.ndim != 1:
+        raise InputError(
+            f"{path}: labels {key!r} have shape {list(y.shape)}; expected class indices [N] or [N, {classes}]"
+        )
+    if y.dtype.kind == "f":
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise InputError(f"{path}: labels {key!r} are not whole numbers (class indices)")
+    elif y.dtype.kind not in "iub":
+        raise InputError(f"{path}: labels {key!r} are {y.dtype}, not class indices")
+    if y.size and (y.min() < 0 or y.max() >= classes):
+        raise InputError(
+            f"{path}: labels {key!r} range over {int(y.min())}..{int(y.max())}, the model has {classes} classes"
+        )
+    return y.astype(np.int64)

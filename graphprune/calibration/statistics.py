@@ -45,7 +45,7 @@ def margin_weights(logits: np.ndarray, labels: np.ndarray, source="calibration d
     true class: the norm of the cross-entropy's gradient at the logits grows with ``1 - p_y``,
     so samples near the decision boundary (small margin) weigh most (rule 4). Labels that are
     not class indices of the logits raise ``InputError`` naming ``source``."""
-    from ..validation.evaluate import class_indices
+    from .datasets import class_indices
 
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim != 2:

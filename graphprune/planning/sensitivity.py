@@ -21,12 +21,12 @@ import onnx
 from ..analysis.blocks import Block, find_blocks
 from ..analysis.dependency import DependencyGraph, Dim
 from ..analysis.plan import Plan, removed_entries
-from ..calibration.datasets import DEFAULT_BATCH, Dataset, input_specs
+from ..calibration.datasets import DEFAULT_BATCH, Dataset, class_indices, input_specs
 from ..edit.masking import block_points, channel_points, insert_masks, mask_dtype, mask_shape
 from ..errors import InputError
 from ..ir import weights
 from ..progress import progress
-from ..validation.evaluate import check_labels, class_indices
+from ..validation.evaluate import check_labels
 from .criteria import score_groups
 
 FORMAT = "graphprune-sensitivity-v1"
