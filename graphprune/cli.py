@@ -28,6 +28,13 @@ EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's usage dump becomes our one-line error
         command = self.prog.removeprefix("graphprune").strip()  # "graphprune: error:" is said once, by main
+        if not command and message.endswith("required: command") and self._subparsers is not None:
+            # bare `graphprune`: argparse names only the missing "command"; say which there are
+            names = sorted(self._subparsers._group_actions[0].choices)  # noqa: SLF001 (argparse has no public walk)
+            message = (
+                f"no command given: one of {', '.join(names)}"
+                " (graphprune --help says what each does; graphprune COMMAND --help lists its flags)"
+            )
         raise InputError(f"{command}: {message}" if command else message)
 
 

@@ -558,3 +558,9 @@ def test_a_real_process_reports_a_usage_error_in_one_line(run_cli_subprocess, tm
     assert code == 2 and stdout == ""
     assert len(err.splitlines()) == 1, err
     assert err.startswith("graphprune: error:") and "usage:" not in err
+
+
+def test_a_bare_graphprune_names_its_commands(run_cli):
+    code, out, err = run_cli()
+    assert (code, out) == (2, "") and len(err.splitlines()) == 1, err
+    assert all(name in err for name in ("inspect", "prune", "validate", "sensitivity", "search", "--help")), err

@@ -179,6 +179,7 @@ def test_a_default_flops_target_keeps_conv_channels_on_the_channel_step_when_it_
     result = graphprune.prune(narrow, target_flops=0.5, round_to=None, latency=False)
     assert result.report.passed
     assert "channel_step_skipped" in result.report.prune
+    assert f"channel step: not kept: whole steps of {step} channels reach" in result.report.table()
     free = graphprune.prune(narrow, target_flops=0.5, round_to=1, validate=False)  # the same as counts left free
     assert result.report.flops_after == free.report.flops_after
 

@@ -131,6 +131,8 @@ class Report:
                 f"channel step: {s['step']} ({s['source']}): convolution channel counts kept on its multiples"
                 + ("" if p.get("target") else "; --round-to 1 for the ratio as asked")
             )
+        if p.get("channel_step_skipped"):  # a target the step could not meet: counts left free, say why
+            lines.append(f"channel step: not kept: {p['channel_step_skipped']}")
         lines.extend(f"note: {n}" for n in p.get("notes") or [])  # where analysis could not follow the model
         if p.get("target"):
             t = p["target"]
