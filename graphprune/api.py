@@ -585,6 +585,8 @@ def validate(
     """
     orig = load_model(original)
     new = load_model(pruned, check=False)
+    if plan is None:
+        _check_origin(orig, new, original, pruned)
     key = "labels" if labels is True else (labels or None)
     if data is None and key is not None:
         raise InputError("labels need data: pass data= (the CLI's --data) with the labelled samples")
@@ -612,6 +614,39 @@ def validate(
         ev = evaluate(orig, new, dataset, labels=key, batch_size=batch_size, cut=step.cut or None)
         report.fidelity, report.accuracy = ev.fidelity, ev.accuracy
     return report
+
+
+def _check_origin(orig: onnx.ModelProto, new: onnx.ModelProto, original: ModelLike, pruned: ModelLike) -> None:
+    """An ``InputError`` when ``new``'s history records the models it was pruned from (their
+    initializers' names, shapes and types: :func:`~graphprune.passes.finish.fingerprint`) and
+    ``orig`` is none of them: checking against another model would blame the pruning (a run
+    failing on inputs it rejects, a plan naming weights it lacks) for a mix-up of files."""
+    steps = history_of(new)
+    if not steps or fingerprint(orig) in {s.get("input") for s in steps}:
+        return
+    what = "the pruned model" if isinstance(pruned, onnx.ModelProto) else str(pruned)
+    source = "the original given" if isinstance(original, onnx.ModelProto) else str(original)
+    hint = "; pass the model it was pruned from (or its plan with --plan)"
+    if all(s.get("input") for s in steps):
+        raise InputError(
+            f"{what} was not pruned from {source}: its history records the weights (names, shapes, types)"
+            f" of the models it was pruned from, and these are not among them{hint}"
+        )
+    # the first step's input is not recorded (a single prune records its plan only): its plan must fit
+    first = steps[0].get("plan")
+    if isinstance(first, dict) and isinstance(first.get("groups"), list):  # a plan without its input's fingerprint
+        shapes = {t.name: list(t.dims) for t in orig.graph.initializer}
+        constants = {o for n in orig.graph.node if n.op_type == "Constant" for o in n.output}
+        for g in first["groups"]:
+            # (a group's "size" counts its units, heads for instance, not the anchor's axis)
+            anchor, axis = (g.get("anchor"), g.get("axis")) if isinstance(g, dict) else (None, None)
+            dims = shapes.get(anchor) if isinstance(anchor, str) else None
+            if not (anchor in constants or (dims is not None and isinstance(axis, int) and 0 <= axis < len(dims))):
+                have = "no weight named" if dims is None and anchor not in constants else f"no axis {axis} in"
+                raise InputError(
+                    f"{what} was not pruned from {source}: its plan prunes axis {axis} of {anchor!r},"
+                    f" and {source} has {have} it{hint}"
+                )
 
 
 def _replayed_step(orig: onnx.ModelProto, new: onnx.ModelProto, pruned: ModelLike, plan):

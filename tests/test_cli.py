@@ -334,6 +334,26 @@ def test_validate_with_a_plan_that_does_not_match_the_pruned_model_exits_1(run_c
     assert "FAILED" in stdout
 
 
+def test_validate_against_a_model_it_was_not_pruned_from_is_an_input_error(run_cli, tiny_model_path):
+    """Not "validation failed" (the pruning was fine) nor a plan's 'no initializer named': the
+    files are mixed up, for a single prune (its plan does not fit) and a history (its
+    fingerprints), compensated or not; the real original, or an intermediate step, passes."""
+    from models.builders import conv_chain
+
+    tmp = tiny_model_path.parent
+    other = tmp / "other.onnx"
+    onnx.save(conv_chain(), other)
+    once, twice = tmp / "once.onnx", tmp / "twice.onnx"
+    prune_ok(run_cli, tiny_model_path, once, "--round-to", "1")
+    prune_ok(run_cli, once, twice, "--round-to", "1")
+    for pruned in (once, twice):
+        code, _, err = run_cli("validate", other, pruned, "--no-latency", "-q")
+        one_error_line(code, err, f"{pruned} was not pruned from {other}")
+    for original in (tiny_model_path, once):
+        code, _, err = run_cli("validate", original, twice, "--no-latency", "-q")
+        assert code == 0, err
+
+
 # ------------------------------------------------------------------------ atomicity
 
 
