@@ -151,7 +151,7 @@ def search(
                 if ex is None:
                     say(f"starting {workers} {executor} worker{'s' if workers > 1 else ''} ...")
                     ex = make_executor(executor, worker_args, str(store), workers, ray_address)
-                ran_now += _run_round(db, ex, todo, workers, sequence, say, max_flops, max_latency, owner)
+                ran_now += _run_round(db, ex, todo, workers, sequence, trials, say, max_flops, max_latency, owner)
             done = [t for t in db.trials() if t.id in set(sequence)]
             if len(sequence) >= trials:
                 break
@@ -245,7 +245,7 @@ class _Heartbeat:
 
 
 def _run_round(
-    db: Store, ex, todo: list[Trial], workers: int, sequence, say, max_flops, max_latency, owner: str
+    db: Store, ex, todo: list[Trial], workers: int, sequence, total: int, say, max_flops, max_latency, owner: str
 ) -> int:
     """Run ``todo`` with at most ``workers`` in flight, claiming each trial first and waiting
     for those another search holds (rule 4); the number of results this search recorded."""
@@ -273,11 +273,13 @@ def _run_round(
                 recorded = db.finish(tid, attempt, result)
             ran += bool(recorded)
         if results:
-            say(_progress_line(db, sequence, len(running), max_flops, max_latency))
+            say(_progress_line(db, sequence, total, len(running), max_flops, max_latency))
     return ran
 
 
-def _progress_line(db: Store, sequence, running: int, max_flops, max_latency) -> str:
+def _progress_line(db: Store, sequence, total: int, running: int, max_flops, max_latency) -> str:
+    """Trials done, running and failed of the ``total`` asked for (``--trials``; a search whose
+    refinement runs out of new configurations ends before it), and the best so far."""
     ids = set(sequence)
     rows = [t for t in db.trials() if t.id in ids]
     done = sum(t.status == "done" for t in rows)
@@ -287,4 +289,4 @@ def _progress_line(db: Store, sequence, running: int, max_flops, max_latency) ->
     if fr:
         b = fr[0]
         best = f"; best so far {b.metric:.4f} at {b.macs_ratio:.3f} of the MACs ({b.id})"
-    return f"trials done {done}, running {running}, failed {failed} of {len(sequence)}{best}"
+    return f"trials done {done}, running {running}, failed {failed} of {total}{best}"
