@@ -143,6 +143,8 @@ class DependencyGraph:
     # weights (constants read by a node, rank >= 2) that no group covers, with why: shown and
     # counted by inspect beside the blocked groups
     unanalysed: dict[str, list[str]] = field(default_factory=dict)
+    # the last plan's removed entries (graphprune.analysis.plan.removed_entries), keyed by its contents
+    _removed: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def model(self) -> onnx.ModelProto:
