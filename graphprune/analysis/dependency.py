@@ -608,12 +608,20 @@ def _entry_groups(c: _Collector, dims: list[Dim], comps: list[list[Dim]] | None 
     salt = _signature_salt(len(dims))
     parts: list[_Part] = []
     rest: list[int] = []
+    cuts: dict[int, set[int]] = {}
+    edges: list[tuple[int, int, int]] = []
     for comp in comps if comps is not None else [dims]:
-        found = _atom_parts(c, dims, sorted(index[d] for d in comp), salt) if comps is not None else None
+        found = _cut_points(c, dims, sorted(index[d] for d in comp)) if comps is not None else None
         if found is None:
             rest.extend(index[d] for d in comp)
         else:
-            parts.extend(found)
+            cuts.update(found[0])
+            edges.extend(found[1])
+    if cuts:
+        found = _atom_parts(c, dims, cuts, edges, salt)
+        if found is None:  # hashes collided: resolve everything at once, as the exact split orders it
+            return _ordered(c, _entry_parts(c, dims, list(range(len(dims))), salt, exact=True))
+        parts.extend(found)
     if rest:
         found = _entry_parts(c, dims, sorted(rest), salt)
         if found is None:  # hashes collided: resolve everything at once, as the exact split orders it
@@ -622,6 +630,11 @@ def _entry_groups(c: _Collector, dims: list[Dim], comps: list[list[Dim]] | None 
             parts.extend(found)
     if len({p.sig for p in parts}) < len(parts):  # two groups' hashes collide (across resolutions)
         parts = _entry_parts(c, dims, list(range(len(dims))), salt, exact=True)
+    return _ordered(c, parts)
+
+
+def _ordered(c: _Collector, parts: list[_Part]) -> list[Group]:
+    """The non-trivial groups, by first dim and then hash (or number, when split exactly)."""
     ordered = sorted((p for p in parts if not p.trivial), key=lambda p: (p.first_dim, p.sig))
     return [
         _with_unit(c, Group(id=0, size=p.size, members=p.members, reasons=list(dict.fromkeys(p.reasons))))
@@ -634,32 +647,51 @@ def _entry_groups(c: _Collector, dims: list[Dim], comps: list[list[Dim]] | None 
 _ATOM_SHARE = 0.25
 
 
-def _atom_parts(c: _Collector, dims: list[Dim], comp: list[int], salt: np.ndarray) -> list[_Part] | None:
-    """The groups of one component resolved over atoms, or None: not translations only, too
-    many atoms, or colliding signature hashes (the caller then resolves it entry by entry)."""
+def _cut_points(
+    c: _Collector, dims: list[Dim], comp: list[int]
+) -> tuple[dict[int, set[int]], list[tuple[int, int, int]]] | None:
+    """The cut points of one component's dims (indices into ``dims``), closed under its
+    couplings, and those couplings as translations ``(a, b, shift)``: entry x of a is entry
+    x + shift of b. None if a coupling is not a translation or there would be too many atoms."""
     g = c.graph
     sizes = {i: g.nodes[dims[i]]["size"] for i in comp}
     local = {dims[i]: i for i in comp}
-    # cut points of each dim, and the translations between dims: entry x of a is x + shift of b
+    # the translations between dims (entry x of a is x + shift of b); dims joined by identities
+    # share their cut points, so cut points travel between those classes along segments only
     edges: list[tuple[int, int, int]] = []
-    moves: dict[int, list[tuple[int, int, int, int]]] = {i: [] for i in comp}  # to, shift, lo, hi
+    same = {i: i for i in comp}
+
+    def rep(i: int) -> int:
+        while same[i] != i:
+            same[i] = same[same[i]]
+            i = same[i]
+        return i
+
+    segments = []
     for _a, _b, data in g.edges([dims[i] for i in comp], data=True):
         kind = data["kind"]
+        ia, ib = local[data["a"]], local[data["b"]]
         if kind == "identity":
-            shift = 0
+            edges.append((ia, ib, 0))
+            ra, rb = rep(ia), rep(ib)
+            if ra != rb:
+                same[max(ra, rb)] = min(ra, rb)
         elif kind == "segment":
-            shift = data["param"]
+            edges.append((ia, ib, data["param"]))
+            segments.append((ia, ib, data["param"]))
         else:
             return None
-        ia, ib = local[data["a"]], local[data["b"]]
-        edges.append((ia, ib, shift))
-        moves[ia].append((ib, shift, 0, sizes[ia]))
-        moves[ib].append((ia, -shift, shift, shift + sizes[ia]))
+    moves: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)  # to, shift, lo, hi
+    for ia, ib, shift in segments:
+        ra, rb = rep(ia), rep(ib)
+        moves[ra].append((rb, shift, 0, sizes[ia]))
+        moves[rb].append((ra, -shift, shift, shift + sizes[ia]))
+    reps = [i for i in comp if rep(i) == i]
     budget = max(64, int(_ATOM_SHARE * sum(sizes.values())))
-    cuts = {i: {0, sizes[i]} for i in comp}
-    count = 2 * len(comp)
-    pending = {i: set(cuts[i]) for i in comp}
-    work = list(comp)
+    cuts = {i: {0, sizes[i]} for i in reps}
+    count = 2 * len(reps)
+    pending = {i: set(cuts[i]) for i in reps if i in moves}
+    work = list(pending)
     while work:
         u = work.pop()
         points = pending.pop(u)
@@ -677,6 +709,16 @@ def _atom_parts(c: _Collector, dims: list[Dim], comp: list[int], salt: np.ndarra
             else:
                 pending[v] = new
                 work.append(v)
+    return {i: cuts[rep(i)] for i in comp}, edges
+
+
+def _atom_parts(
+    c: _Collector, dims: list[Dim], cuts: dict[int, set[int]], edges: list[tuple[int, int, int]], salt: np.ndarray
+) -> list[_Part] | None:
+    """The groups of components resolved over their atoms (``cuts`` and ``edges`` from
+    :func:`_cut_points`), or None if two signatures' hashes collide."""
+    g = c.graph
+    comp = sorted(cuts)
     # atoms: consecutive cut points of each dim, numbered dim by dim (dims by position in comp)
     nc = len(comp)
     bounds = [np.array(sorted(cuts[i]), dtype=np.int64) for i in comp]
@@ -710,7 +752,8 @@ def _atom_parts(c: _Collector, dims: list[Dim], comp: list[int], salt: np.ndarra
     nd = len(dims)
     pair, counts = np.unique(label * nd + atom_dim, return_counts=True)
     pair_label, pair_dim = pair // nd, pair % nd
-    roots, start, length = np.unique(pair_label, return_index=True, return_counts=True)
+    start = np.flatnonzero(np.concatenate([[True], pair_label[1:] != pair_label[:-1]]))
+    roots, length = pair_label[start], np.diff(np.concatenate([start, [len(pair_label)]]))
     with np.errstate(over="ignore"):
         sig = np.add.reduceat(salt[pair_dim] * counts.astype(np.uint64), start)
     signature: dict[int, tuple[bytes, bytes]] = {}
