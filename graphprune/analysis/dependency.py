@@ -21,15 +21,18 @@ and prune print.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 import onnx
 
 from ..ir.graph import ModelView, view
 from ..rules import Dim, opsets, rule_for
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 INITIALIZER, CONSTANT, ACTIVATION, VIRTUAL = "initializer", "constant", "activation", "virtual"
 
@@ -127,7 +130,7 @@ class DependencyGraph:
     """The result of :func:`analyze`: the dims, their couplings and the groups."""
 
     view: ModelView
-    graph: nx.MultiGraph
+    couplings: Couplings
     groups: list[Group]
     forbidden: dict[Dim, list[str]]
     contractions: list[tuple[int, Dim]]  # (node index, data dim it sums over)
@@ -145,6 +148,14 @@ class DependencyGraph:
     unanalysed: dict[str, list[str]] = field(default_factory=dict)
     # the last plan's removed entries (graphprune.analysis.plan.removed_entries), keyed by its contents
     _removed: tuple | None = field(default=None, repr=False, compare=False)
+    _graph: nx.MultiGraph | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def graph(self) -> nx.MultiGraph:
+        """The dims and couplings as a networkx graph (built when first asked for)."""
+        if self._graph is None:
+            self._graph = self.couplings.to_networkx()
+        return self._graph
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -248,7 +259,7 @@ def analyze(model: onnx.ModelProto | ModelView, *, inexact: bool = False) -> Dep
     groups = _resolve(collector)
     deps = DependencyGraph(
         view=mv,
-        graph=collector.graph,
+        couplings=collector.graph,
         groups=groups,
         forbidden=collector.forbidden,
         contractions=collector.contractions,
@@ -334,6 +345,82 @@ def _note_what_analysis_missed(deps: DependencyGraph, unknown: dict[str, str]) -
         deps.notes.append(f"{n} weight{'s' if n > 1 else ''} outside any group: {why} (at {shown})")
 
 
+class Couplings:
+    """The dims (``nodes``: dim -> ``{"size", "kind"}``) and their couplings (edges, each
+    ``{"a", "b", "kind", "param"}``): the dependency graph in plain dicts, which analysis
+    builds and walks (a DenseNet has 2,000 dims and 3,800 couplings);
+    :meth:`to_networkx` gives it as a networkx MultiGraph."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[Dim, dict] = {}
+        self._edges: list[dict] = []
+        self._adj: dict[Dim, list[int]] = {}
+
+    def __contains__(self, d) -> bool:
+        return d in self.nodes
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def add_node(self, d: Dim, **attr) -> None:
+        self.nodes.setdefault(d, {}).update(attr)
+        self._adj.setdefault(d, [])
+
+    def add_edge(self, u: Dim, v: Dim, /, **attr) -> None:
+        for d in (u, v):
+            if d not in self.nodes:
+                self.add_node(d)
+        self._adj[u].append(len(self._edges))
+        self._adj[v].append(len(self._edges))
+        self._edges.append(attr)
+
+    def edges(self, nbunch: Iterable[Dim] | None = None, data: bool = True) -> Iterator[tuple[Dim, Dim, dict]]:
+        """Each coupling touching ``nbunch`` (default: every one) once, as ``(a, b, attrs)``."""
+        if nbunch is None:
+            for e in self._edges:
+                yield e["a"], e["b"], e
+            return
+        seen: set[int] = set()
+        for d in nbunch:
+            for i in self._adj.get(d, ()):
+                if i not in seen:
+                    seen.add(i)
+                    e = self._edges[i]
+                    yield e["a"], e["b"], e
+
+    def number_of_edges(self) -> int:
+        return len(self._edges)
+
+    def components(self) -> Iterator[list[Dim]]:
+        """Connected components, in the order of their first dim."""
+        seen: set[Dim] = set()
+        for start in self.nodes:
+            if start in seen:
+                continue
+            seen.add(start)
+            comp, stack = [start], [start]
+            while stack:
+                d = stack.pop()
+                for i in self._adj[d]:
+                    e = self._edges[i]
+                    other = e["b"] if e["a"] == d else e["a"]
+                    if other not in seen:
+                        seen.add(other)
+                        comp.append(other)
+                        stack.append(other)
+            yield comp
+
+    def to_networkx(self) -> nx.MultiGraph:
+        import networkx as nx
+
+        g = nx.MultiGraph()
+        for d, attr in self.nodes.items():
+            g.add_node(d, **attr)
+        for e in self._edges:
+            g.add_edge(e["a"], e["b"], **e)
+        return g
+
+
 class _Collector:
     """Implements the rules' :class:`~graphprune.rules.RuleContext` and gathers their output."""
 
@@ -341,7 +428,7 @@ class _Collector:
         self.view = mv
         self.inexact = inexact
         self.opsets = opsets(mv.model)  # which registered rules apply (register_rule's versions)
-        self.graph = nx.MultiGraph()
+        self.graph = Couplings()
         self.roles: dict[Dim, str] = {}
         self.forbidden: dict[Dim, list[str]] = defaultdict(list)
         self.declared: set[tuple[int, str, int]] = set()
@@ -480,7 +567,7 @@ class _Collector:
         """Forbid dims that leave the graph or meet a node that does not follow them."""
         mv = self.view
         inputs, outputs = set(mv.graph_inputs), set(mv.graph_outputs)
-        for d, data in self.graph.nodes(data=True):
+        for d, data in self.graph.nodes.items():
             if data["kind"] == VIRTUAL:
                 continue
             tensor, axis = d
@@ -517,8 +604,7 @@ def _resolve(c: _Collector) -> list[Group]:
     g = c.graph
     comps: list[list[Dim]] = []
     broken: list[tuple[list[Dim], str]] = []
-    for comp in nx.connected_components(g):
-        comp = list(comp)
+    for comp in g.components():
         if not any(d in c.roles for d in comp):
             continue  # batch/spatial/kernel axes, shape arithmetic: no weight entry to remove
         reason = _inconsistent(g, comp)
@@ -553,7 +639,7 @@ def _dim_order(c: _Collector):
     return key
 
 
-def _inconsistent(g: nx.MultiGraph, comp: Iterable[Dim]) -> str | None:
+def _inconsistent(g: Couplings, comp: Iterable[Dim]) -> str | None:
     for d in comp:
         if g.nodes[d]["size"] is None:
             return Reason(d[0], f"unknown size of axis {d[1]}")
@@ -980,7 +1066,7 @@ def _with_unit(c: _Collector, group: Group) -> Group:
     return group
 
 
-def _entry_pairs(g: nx.MultiGraph, index: dict, sizes: np.ndarray, offsets: np.ndarray):
+def _entry_pairs(g: Couplings, index: dict, sizes: np.ndarray, offsets: np.ndarray):
     """Entry pairs ``(u, v)`` of every coupling, built for all edges at once.
 
     Edge ``e`` pairs ``n_e`` entries, ``t = 0 .. n_e-1``: ``u = a + t // q`` and
