@@ -363,15 +363,20 @@ class Couplings:
         return len(self.nodes)
 
     def add_node(self, d: Dim, **attr) -> None:
-        self.nodes.setdefault(d, {}).update(attr)
-        self._adj.setdefault(d, [])
+        if d in self.nodes:
+            self.nodes[d].update(attr)
+        else:
+            self.nodes[d] = attr
+            self._adj[d] = []
 
     def add_edge(self, u: Dim, v: Dim, /, **attr) -> None:
-        for d in (u, v):
-            if d not in self.nodes:
-                self.add_node(d)
-        self._adj[u].append(len(self._edges))
-        self._adj[v].append(len(self._edges))
+        adj = self._adj
+        if u not in adj:
+            self.add_node(u)
+        if v not in adj:
+            self.add_node(v)
+        adj[u].append(len(self._edges))
+        adj[v].append(len(self._edges))
         self._edges.append(attr)
 
     def edges(self, nbunch: Iterable[Dim] | None = None, data: bool = True) -> Iterator[tuple[Dim, Dim, dict]]:
@@ -475,7 +480,7 @@ class _Collector:
             return None
         axis = axis + rank if axis < 0 else axis
         d = (tensor, axis)
-        if d not in self.graph:
+        if d not in self.graph.nodes:
             self.graph.add_node(d, size=shape[axis], kind=self._kind(tensor))
         self.declared.add((self._node_index, tensor, axis))
         return d
@@ -612,11 +617,12 @@ def _resolve(c: _Collector) -> list[Group]:
             broken.append((comp, reason))
         else:
             comps.append(comp)
+    order = _dim_order(c)
     keep = [d for comp in comps for d in comp]
-    keep.sort(key=_dim_order(c))
+    keep.sort(key=order)
     groups = _entry_groups(c, keep, comps)
     for comp, reason in broken:
-        comp.sort(key=_dim_order(c))
+        comp.sort(key=order)
         members = [
             Member(t, ax, g.nodes[(t, ax)]["kind"], c.roles.get((t, ax)), np.zeros((0, 1), np.int64)) for t, ax in comp
         ]
@@ -886,15 +892,18 @@ def _atom_parts(
     members: list[list[Member]] = [[] for _ in range(n_groups)]
     reasons: list[list[str]] = [[] for _ in range(n_groups)]
     first_dim: list[int] = [nd] * n_groups
+    nodes, roles, forbidden = g.nodes, c.roles, c.forbidden
     for gi, d, lo, hi in zip(g_o[mem_start].tolist(), d_o[mem_start].tolist(), mem_lo.tolist(), mem_hi.tolist()):
         dim = dims[d]
         if not members[gi]:
             first_dim[gi] = d
         n = size_of_group[gi]
         members[gi].append(
-            Member(dim[0], dim[1], g.nodes[dim]["kind"], c.roles.get(dim), values[lo:hi].reshape(n, (hi - lo) // n))
+            Member(dim[0], dim[1], nodes[dim]["kind"], roles.get(dim), values[lo:hi].reshape(n, (hi - lo) // n))
         )
-        reasons[gi].extend(c.forbidden.get(dim, ()))
+        why = forbidden.get(dim)
+        if why:
+            reasons[gi].extend(why)
     return [
         _Part(first_dim=first_dim[gi], sig=s, size=size_of_group[gi], members=members[gi], reasons=reasons[gi])
         for s, gi in sigs.items()
