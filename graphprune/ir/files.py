@@ -257,6 +257,12 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def cache_dir() -> Path:
+    """Where measurements of this machine are kept (latency tables, the channel step):
+    ``$GRAPHPRUNE_CACHE_DIR``, else ``~/.cache/graphprune``."""
+    return Path(os.environ.get("GRAPHPRUNE_CACHE_DIR") or Path.home() / ".cache" / "graphprune")
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a text file (report, plan) atomically."""
     with atomic_path(path) as tmp:
