@@ -122,15 +122,20 @@ def _probe_key() -> dict | None:
     return {"format": CACHE_FORMAT, "onnxruntime": runtime, "machine": platform.machine(), "cpu": cpu}
 
 
-def _cache_file() -> Path:
+def _cache_file() -> Path | None:
+    """The cache file, or None where there is no home to keep it in (``~`` not expanded)."""
     from ..ir.files import cache_dir
 
-    return cache_dir() / "channel-step.json"
+    folder = cache_dir()
+    return folder / "channel-step.json" if folder.is_absolute() else None
 
 
 def _read_cached(key: dict) -> ChannelStep | None:
+    path = _cache_file()
+    if path is None:
+        return None
     try:
-        data = json.loads(_cache_file().read_text())
+        data = json.loads(path.read_text())
         if data.get("key") == key and isinstance(data.get("step"), int) and data["step"] >= 1:
             return ChannelStep(data["step"], str(data["source"]))
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
@@ -141,7 +146,10 @@ def _read_cached(key: dict) -> ChannelStep | None:
 def _write_cached(key: dict, step: ChannelStep) -> None:
     from ..ir.files import write_text_atomic
 
+    path = _cache_file()
+    if path is None:
+        return
     try:
-        write_text_atomic(_cache_file(), json.dumps({"key": key, **step.to_json()}, indent=1) + "\n")
+        write_text_atomic(path, json.dumps({"key": key, **step.to_json()}, indent=1) + "\n")
     except OSError:  # a read-only home: probe again next time
         pass
