@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 import graphprune
 from graphprune.errors import InputError
 from models import builders
+from models.random_graphs import random_model
 
 
 def member(group, tensor, axis):
@@ -254,3 +255,80 @@ def test_class_groups_split_a_bucket_by_the_exact_pairs(monkeypatch):
     assert roots.tolist() == [0, 2, 3, 5, 7]
     assert group[0] == group[3]
     assert len({int(group[i]) for i in (0, 1, 2, 4)}) == 4
+
+
+def _groups_in_order(deps):
+    return [
+        (
+            g.size,
+            g.unit,
+            list(g.reasons),
+            [(m.tensor, m.axis, m.kind, m.role, m.indices.dtype.str, m.indices.tolist()) for m in g.members],
+        )
+        for g in deps.groups
+    ]
+
+
+def _atom_resolutions(monkeypatch) -> list[int]:
+    """Count the components resolved over atoms (to show a comparison is not vacuous)."""
+    from graphprune.analysis import dependency
+
+    calls: list[int] = []
+    real = dependency._atom_parts
+
+    def counted(c, dims, cuts, edges, salt):
+        calls.append(len(cuts))
+        return real(c, dims, cuts, edges, salt)
+
+    monkeypatch.setattr(dependency, "_atom_parts", counted)
+    return calls
+
+
+ATOM_CASES = [
+    builders.dense_block,
+    builders.split_chunk,
+    builders.inception_block,
+    builders.residual_net,
+    builders.unet,
+    builders.grouped_conv,
+    *[lambda seed=seed: random_model(seed) for seed in (3, 17, 40, 41, 99)],
+]
+
+
+@pytest.mark.parametrize("build", ATOM_CASES)
+def test_atom_resolution_gives_the_groups_of_entry_resolution(monkeypatch, build):
+    # Translation-only components are resolved over entry ranges (atoms); resolving every
+    # component entry by entry must give the same groups, members, reasons and order.
+    from graphprune.analysis import dependency
+
+    model = build()
+    calls = _atom_resolutions(monkeypatch)
+    over_atoms = _groups_in_order(graphprune.analyze(model))
+    monkeypatch.setattr(dependency, "_cut_points", lambda c, dims, comp: None)
+    assert _groups_in_order(graphprune.analyze(model)) == over_atoms
+    if build is builders.dense_block:
+        assert calls and calls[0] > 0
+
+
+def test_dense_block_concats_are_resolved_over_atoms_with_one_member_per_segment(monkeypatch):
+    calls = _atom_resolutions(monkeypatch)
+    deps = graphprune.analyze(builders.dense_block())
+    assert calls, "the dense block's components are translations only"
+    sizes = {g.size for g in deps.prunable_groups()}
+    assert len(sizes) >= 2  # the stem's channels and the growth of each layer
+    for g in deps.groups:
+        for m in g.members:
+            assert m.indices.shape == (g.size, 1)
+            # a segment of a concat: consecutive entries of its axis
+            assert np.array_equal(np.diff(m.indices[:, 0]), np.ones(g.size - 1, dtype=np.int64))
+
+
+def test_the_dependency_graph_is_a_networkx_multigraph_of_the_couplings():
+    import networkx as nx
+
+    deps = graphprune.analyze(builders.dense_block())
+    g = deps.graph
+    assert isinstance(g, nx.MultiGraph)
+    assert g.number_of_nodes() == len(deps.couplings) and g.number_of_edges() == deps.couplings.number_of_edges()
+    assert all({"a", "b", "kind", "param"} <= set(data) for _, _, data in g.edges(data=True))
+    assert all({"size", "kind"} <= set(data) for _, data in g.nodes(data=True))

@@ -44,3 +44,51 @@ def test_channel_step_is_the_block_onnxruntime_pads_channels_to(tmp_path):
     shapes = conv_session(step.step + 4, tmp_path)
     assert [2 * step.step, 2 * step.step, 1, 1] in shapes
     assert channel_step() is step  # probed once per process
+
+
+def _step_in_child(cache) -> tuple[str, bool]:
+    """The channel step a fresh process finds, and whether it imported onnxruntime for it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from graphprune.objectives.hardware import channel_step\n"
+        "s = channel_step()\n"
+        "print(json.dumps([s.to_json(), 'onnxruntime' in sys.modules]))\n"
+    )
+    env = {**os.environ, "GRAPHPRUNE_CACHE_DIR": str(cache)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    step, imported = json.loads(out.stdout.strip().splitlines()[-1])
+    return step, imported
+
+
+def test_the_channel_step_is_probed_once_per_runtime_and_cpu_then_read_from_the_cache(tmp_path):
+    first, imported = _step_in_child(tmp_path)
+    assert imported  # probed: onnxruntime optimised the tiny Conv
+    again, imported = _step_in_child(tmp_path)
+    assert again == first and not imported  # the cache answers without importing onnxruntime
+    assert again == channel_step().to_json()
+
+
+def test_another_runtime_or_cpu_probes_again_and_a_failed_probe_is_not_kept(tmp_path, monkeypatch):
+    from graphprune.objectives import hardware
+
+    monkeypatch.setenv("GRAPHPRUNE_CACHE_DIR", str(tmp_path))
+    key = hardware._probe_key()
+    assert key is not None
+    hardware._write_cached(key, hardware.ChannelStep(16, "onnxruntime NCHWc block"))
+    assert hardware._read_cached(key) == hardware.ChannelStep(16, "onnxruntime NCHWc block")
+    assert hardware._read_cached({**key, "cpu": "another"}) is None
+    assert hardware._read_cached({**key, "onnxruntime": [["elsewhere", 1, 2]]}) is None
+
+    monkeypatch.setattr(hardware, "_probe", lambda: (hardware.ChannelStep(DEFAULT_STEP, "default"), False))
+    monkeypatch.setattr(hardware, "_probe_key", lambda: {**key, "cpu": "failing"})
+    hardware.channel_step.cache_clear()
+    try:
+        assert hardware.channel_step() == hardware.ChannelStep(DEFAULT_STEP, "default")
+        assert hardware._read_cached({**key, "cpu": "failing"}) is None
+    finally:
+        hardware.channel_step.cache_clear()

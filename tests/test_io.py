@@ -97,3 +97,22 @@ def test_float16_weights_keep_their_dtype_and_prune_exactly():
     assert result.report.exact.passed
     halves = [t for t in result.model.graph.initializer if t.name.endswith(".half")]
     assert halves and all(t.data_type == onnx.TensorProto.FLOAT16 for t in halves)
+
+
+@pytest.mark.parametrize("limit_over_weights, external", [(8.0, False), (1.5, None), (0.5, True)])
+def test_save_splits_out_weights_only_when_the_model_would_not_fit_one_protobuf(
+    tmp_path, monkeypatch, limit_over_weights, external
+):
+    # Far under the limit the weights' bytes decide without serialising; near it ByteSize does.
+    model = builders.residual_net()
+    weights = sum(len(t.raw_data) for t in model.graph.initializer)
+    monkeypatch.setattr(io, "_PROTOBUF_LIMIT", int(weights * limit_over_weights))
+    asked = []
+    monkeypatch.setattr(io, "_byte_size", lambda m: asked.append(1) or m.ByteSize())
+    io.save(model, tmp_path / "m.onnx")
+    split = (tmp_path / "m.onnx.data").exists()
+    if external is None:  # within a quarter of the limit: the exact size decides
+        assert asked and split == (model.ByteSize() > io._PROTOBUF_LIMIT)
+    else:
+        assert split == external
+        assert bool(asked) == (limit_over_weights < 4)

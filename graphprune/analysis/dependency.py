@@ -1,11 +1,22 @@
 """Channel dependencies: op rules -> couplings between dims -> groups.
 
 A *dim* is one axis of one tensor (or a virtual axis such as the groups of a grouped
-Conv). Rules couple dims with index maps (identity, segment, block) in a networkx graph.
-Resolving the maps to single entries (a union-find over entries, vectorised with numpy)
-gives entry classes that must be removed together; classes touching the same dims the
-same way form one :class:`Group`: a channel space of size N whose index ``j`` owns
-``member.indices[j]`` on every member's axis.
+Conv). Rules couple dims with index maps (identity, segment, block, strided): the
+dependency graph (:class:`Couplings`, plain dicts; ``DependencyGraph.graph`` gives it as a
+networkx MultiGraph). Resolving the maps to single entries gives entry classes that must be
+removed together; classes touching the same dims the same way form one :class:`Group`: a
+channel space of size N whose index ``j`` owns ``member.indices[j]`` on every member's axis.
+
+Resolution, in two ways that give the same groups, members and order:
+1. A component whose couplings are all translations (identity, segment: CNNs, concats,
+   splits) is cut into *atoms*, the entry ranges every coupling maps onto ranges whole (cut
+   points propagated along the segments until closed); a union-find over atoms gives atom
+   classes, and an entry class is an atom class and an offset in it. densenet121's 323,582
+   entries on 923 dims are 5,235 atoms.
+2. Any other component (block and strided maps: grouped convolutions, heads), or one that
+   would have atoms for more than a quarter of its entries, is resolved entry by entry (a
+   union-find over entries, vectorised with numpy). So is everything when two signatures'
+   hashes collide, where the exact split orders the groups.
 
 A group is blocked when any member dim is forbidden: a graph input or output, a dim a
 node reads or writes without a rule that follows it, a dim a rule forbids (Softmax over
@@ -21,15 +32,18 @@ and prune print.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 import onnx
 
 from ..ir.graph import ModelView, view
 from ..rules import Dim, opsets, rule_for
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 INITIALIZER, CONSTANT, ACTIVATION, VIRTUAL = "initializer", "constant", "activation", "virtual"
 
@@ -127,7 +141,7 @@ class DependencyGraph:
     """The result of :func:`analyze`: the dims, their couplings and the groups."""
 
     view: ModelView
-    graph: nx.MultiGraph
+    couplings: Couplings
     groups: list[Group]
     forbidden: dict[Dim, list[str]]
     contractions: list[tuple[int, Dim]]  # (node index, data dim it sums over)
@@ -143,6 +157,16 @@ class DependencyGraph:
     # weights (constants read by a node, rank >= 2) that no group covers, with why: shown and
     # counted by inspect beside the blocked groups
     unanalysed: dict[str, list[str]] = field(default_factory=dict)
+    # the last plan's removed entries (graphprune.analysis.plan.removed_entries), keyed by its contents
+    _removed: tuple | None = field(default=None, repr=False, compare=False)
+    _graph: nx.MultiGraph | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def graph(self) -> nx.MultiGraph:
+        """The dims and couplings as a networkx graph (built when first asked for)."""
+        if self._graph is None:
+            self._graph = self.couplings.to_networkx()
+        return self._graph
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -246,7 +270,7 @@ def analyze(model: onnx.ModelProto | ModelView, *, inexact: bool = False) -> Dep
     groups = _resolve(collector)
     deps = DependencyGraph(
         view=mv,
-        graph=collector.graph,
+        couplings=collector.graph,
         groups=groups,
         forbidden=collector.forbidden,
         contractions=collector.contractions,
@@ -332,6 +356,87 @@ def _note_what_analysis_missed(deps: DependencyGraph, unknown: dict[str, str]) -
         deps.notes.append(f"{n} weight{'s' if n > 1 else ''} outside any group: {why} (at {shown})")
 
 
+class Couplings:
+    """The dims (``nodes``: dim -> ``{"size", "kind"}``) and their couplings (edges, each
+    ``{"a", "b", "kind", "param"}``): the dependency graph in plain dicts, which analysis
+    builds and walks (a DenseNet has 2,000 dims and 3,800 couplings);
+    :meth:`to_networkx` gives it as a networkx MultiGraph."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[Dim, dict] = {}
+        self._edges: list[dict] = []
+        self._adj: dict[Dim, list[int]] = {}
+
+    def __contains__(self, d) -> bool:
+        return d in self.nodes
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def add_node(self, d: Dim, **attr) -> None:
+        if d in self.nodes:
+            self.nodes[d].update(attr)
+        else:
+            self.nodes[d] = attr
+            self._adj[d] = []
+
+    def add_edge(self, u: Dim, v: Dim, /, **attr) -> None:
+        adj = self._adj
+        if u not in adj:
+            self.add_node(u)
+        if v not in adj:
+            self.add_node(v)
+        adj[u].append(len(self._edges))
+        adj[v].append(len(self._edges))
+        self._edges.append(attr)
+
+    def edges(self, nbunch: Iterable[Dim] | None = None, data: bool = True) -> Iterator[tuple[Dim, Dim, dict]]:
+        """Each coupling touching ``nbunch`` (default: every one) once, as ``(a, b, attrs)``."""
+        if nbunch is None:
+            for e in self._edges:
+                yield e["a"], e["b"], e
+            return
+        seen: set[int] = set()
+        for d in nbunch:
+            for i in self._adj.get(d, ()):
+                if i not in seen:
+                    seen.add(i)
+                    e = self._edges[i]
+                    yield e["a"], e["b"], e
+
+    def number_of_edges(self) -> int:
+        return len(self._edges)
+
+    def components(self) -> Iterator[list[Dim]]:
+        """Connected components, in the order of their first dim."""
+        seen: set[Dim] = set()
+        for start in self.nodes:
+            if start in seen:
+                continue
+            seen.add(start)
+            comp, stack = [start], [start]
+            while stack:
+                d = stack.pop()
+                for i in self._adj[d]:
+                    e = self._edges[i]
+                    other = e["b"] if e["a"] == d else e["a"]
+                    if other not in seen:
+                        seen.add(other)
+                        comp.append(other)
+                        stack.append(other)
+            yield comp
+
+    def to_networkx(self) -> nx.MultiGraph:
+        import networkx as nx
+
+        g = nx.MultiGraph()
+        for d, attr in self.nodes.items():
+            g.add_node(d, **attr)
+        for e in self._edges:
+            g.add_edge(e["a"], e["b"], **e)
+        return g
+
+
 class _Collector:
     """Implements the rules' :class:`~graphprune.rules.RuleContext` and gathers their output."""
 
@@ -339,7 +444,7 @@ class _Collector:
         self.view = mv
         self.inexact = inexact
         self.opsets = opsets(mv.model)  # which registered rules apply (register_rule's versions)
-        self.graph = nx.MultiGraph()
+        self.graph = Couplings()
         self.roles: dict[Dim, str] = {}
         self.forbidden: dict[Dim, list[str]] = defaultdict(list)
         self.declared: set[tuple[int, str, int]] = set()
@@ -386,7 +491,7 @@ class _Collector:
             return None
         axis = axis + rank if axis < 0 else axis
         d = (tensor, axis)
-        if d not in self.graph:
+        if d not in self.graph.nodes:
             self.graph.add_node(d, size=shape[axis], kind=self._kind(tensor))
         self.declared.add((self._node_index, tensor, axis))
         return d
@@ -478,7 +583,7 @@ class _Collector:
         """Forbid dims that leave the graph or meet a node that does not follow them."""
         mv = self.view
         inputs, outputs = set(mv.graph_inputs), set(mv.graph_outputs)
-        for d, data in self.graph.nodes(data=True):
+        for d, data in self.graph.nodes.items():
             if data["kind"] == VIRTUAL:
                 continue
             tensor, axis = d
@@ -513,21 +618,22 @@ class _Collector:
 def _resolve(c: _Collector) -> list[Group]:
     """Entry-level classes of the coupled dims, gathered into groups."""
     g = c.graph
-    keep: list[Dim] = []
+    comps: list[list[Dim]] = []
     broken: list[tuple[list[Dim], str]] = []
-    for comp in nx.connected_components(g):
-        comp = list(comp)
+    for comp in g.components():
         if not any(d in c.roles for d in comp):
             continue  # batch/spatial/kernel axes, shape arithmetic: no weight entry to remove
         reason = _inconsistent(g, comp)
         if reason:
             broken.append((comp, reason))
         else:
-            keep.extend(comp)
-    keep.sort(key=_dim_order(c))
-    groups = _entry_groups(c, keep)
+            comps.append(comp)
+    order = _dim_order(c)
+    keep = [d for comp in comps for d in comp]
+    keep.sort(key=order)
+    groups = _entry_groups(c, keep, comps)
     for comp, reason in broken:
-        comp.sort(key=_dim_order(c))
+        comp.sort(key=order)
         members = [
             Member(t, ax, g.nodes[(t, ax)]["kind"], c.roles.get((t, ax)), np.zeros((0, 1), np.int64)) for t, ax in comp
         ]
@@ -550,7 +656,7 @@ def _dim_order(c: _Collector):
     return key
 
 
-def _inconsistent(g: nx.MultiGraph, comp: Iterable[Dim]) -> str | None:
+def _inconsistent(g: Couplings, comp: Iterable[Dim]) -> str | None:
     for d in comp:
         if g.nodes[d]["size"] is None:
             return Reason(d[0], f"unknown size of axis {d[1]}")
@@ -569,21 +675,275 @@ def _inconsistent(g: nx.MultiGraph, comp: Iterable[Dim]) -> str | None:
     return None
 
 
-def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
+@dataclass
+class _Part:
+    """A group found by one resolution, before ordering: its first dim (index in the sorted
+    dims), its signature hash (the tie-break of groups with the same first dim) and contents."""
+
+    first_dim: int
+    sig: int
+    size: int
+    members: list[Member]
+    reasons: list[str]
+
+    @property
+    def trivial(self) -> bool:
+        # A group of one entry can lose nothing (one entry always stays): batch axes met by
+        # broadcasting, one entry of a shape vector that scales a weight. Entries that no weight
+        # touches make no group either: there is nothing to remove them from.
+        return self.size == 1 or not any(m.role for m in self.members)
+
+
+def _entry_groups(c: _Collector, dims: list[Dim], comps: list[list[Dim]] | None = None) -> list[Group]:
+    """The groups of ``dims`` (sorted), which are whole connected ``comps``.
+
+    A component whose couplings are all translations (identity, segment) is resolved over
+    *atoms*, the ranges of entries that every coupling maps onto ranges whole (one per conv
+    output inside a DenseNet's concats): the entry classes are then (atom class, offset), and
+    a group is the atom classes with equal (dim, count) signatures. The others (block and
+    strided maps: grouped convolutions, heads) are resolved entry by entry. Both give the same
+    groups, members and order as resolving every dim entry by entry (:func:`_entry_parts`), which
+    is what runs when two signatures' hashes collide.
+    """
     if not dims:
         return []
-    g = c.graph
     index = {d: i for i, d in enumerate(dims)}
-    sizes = np.array([g.nodes[d]["size"] for d in dims], dtype=np.int64)
+    salt = _signature_salt(len(dims))
+    parts: list[_Part] = []
+    rest: list[int] = []
+    cuts: dict[int, set[int]] = {}
+    edges: list[tuple[int, int, int]] = []
+    for comp in comps if comps is not None else [dims]:
+        found = _cut_points(c, dims, sorted(index[d] for d in comp)) if comps is not None else None
+        if found is None:
+            rest.extend(index[d] for d in comp)
+        else:
+            cuts.update(found[0])
+            edges.extend(found[1])
+    if cuts:
+        found = _atom_parts(c, dims, cuts, edges, salt)
+        if found is None:  # hashes collided: resolve everything at once, as the exact split orders it
+            return _ordered(c, _entry_parts(c, dims, list(range(len(dims))), salt, exact=True))
+        parts.extend(found)
+    if rest:
+        found = _entry_parts(c, dims, sorted(rest), salt)
+        if found is None:  # hashes collided: resolve everything at once, as the exact split orders it
+            parts = _entry_parts(c, dims, list(range(len(dims))), salt, exact=True)
+        else:
+            parts.extend(found)
+    if len({p.sig for p in parts}) < len(parts):  # two groups' hashes collide (across resolutions)
+        parts = _entry_parts(c, dims, list(range(len(dims))), salt, exact=True)
+    return _ordered(c, parts)
+
+
+def _ordered(c: _Collector, parts: list[_Part]) -> list[Group]:
+    """The non-trivial groups, by first dim and then hash (or number, when split exactly)."""
+    ordered = sorted((p for p in parts if not p.trivial), key=lambda p: (p.first_dim, p.sig))
+    return [
+        _with_unit(c, Group(id=0, size=p.size, members=p.members, reasons=list(dict.fromkeys(p.reasons))))
+        for p in ordered
+    ]
+
+
+# A component whose atoms would outnumber its entries by this fraction is resolved entry by
+# entry: atoms are worth it only when there are few of them (whole conv outputs, not entries).
+_ATOM_SHARE = 0.25
+
+
+def _cut_points(
+    c: _Collector, dims: list[Dim], comp: list[int]
+) -> tuple[dict[int, set[int]], list[tuple[int, int, int]]] | None:
+    """The cut points of one component's dims (indices into ``dims``), closed under its
+    couplings, and those couplings as translations ``(a, b, shift)``: entry x of a is entry
+    x + shift of b. None if a coupling is not a translation or there would be too many atoms."""
+    g = c.graph
+    sizes = {i: g.nodes[dims[i]]["size"] for i in comp}
+    local = {dims[i]: i for i in comp}
+    # the translations between dims (entry x of a is x + shift of b); dims joined by identities
+    # share their cut points, so cut points travel between those classes along segments only
+    edges: list[tuple[int, int, int]] = []
+    same = {i: i for i in comp}
+
+    def rep(i: int) -> int:
+        while same[i] != i:
+            same[i] = same[same[i]]
+            i = same[i]
+        return i
+
+    segments = []
+    for _a, _b, data in g.edges([dims[i] for i in comp], data=True):
+        kind = data["kind"]
+        ia, ib = local[data["a"]], local[data["b"]]
+        if kind == "identity":
+            edges.append((ia, ib, 0))
+            ra, rb = rep(ia), rep(ib)
+            if ra != rb:
+                same[max(ra, rb)] = min(ra, rb)
+        elif kind == "segment":
+            edges.append((ia, ib, data["param"]))
+            segments.append((ia, ib, data["param"]))
+        else:
+            return None
+    moves: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)  # to, shift, lo, hi
+    for ia, ib, shift in segments:
+        ra, rb = rep(ia), rep(ib)
+        moves[ra].append((rb, shift, 0, sizes[ia]))
+        moves[rb].append((ra, -shift, shift, shift + sizes[ia]))
+    reps = [i for i in comp if rep(i) == i]
+    budget = max(64, int(_ATOM_SHARE * sum(sizes.values())))
+    cuts = {i: {0, sizes[i]} for i in reps}
+    count = 2 * len(reps)
+    pending = {i: set(cuts[i]) for i in reps if i in moves}
+    work = list(pending)
+    while work:
+        u = work.pop()
+        points = pending.pop(u)
+        for v, shift, lo, hi in moves[u]:
+            new = {p + shift for p in points if lo <= p <= hi}
+            new.difference_update(cuts[v])
+            if not new:
+                continue
+            count += len(new)
+            if count > budget:
+                return None
+            cuts[v] |= new
+            if v in pending:
+                pending[v] |= new
+            else:
+                pending[v] = new
+                work.append(v)
+    return {i: cuts[rep(i)] for i in comp}, edges
+
+
+def _atom_parts(
+    c: _Collector, dims: list[Dim], cuts: dict[int, set[int]], edges: list[tuple[int, int, int]], salt: np.ndarray
+) -> list[_Part] | None:
+    """The groups of components resolved over their atoms (``cuts`` and ``edges`` from
+    :func:`_cut_points`), or None if two signatures' hashes collide."""
+    g = c.graph
+    comp = sorted(cuts)
+    # atoms: consecutive cut points of each dim, numbered dim by dim (dims by position in comp)
+    nc = len(comp)
+    bounds = [np.array(sorted(cuts[i]), dtype=np.int64) for i in comp]
+    n_cuts = np.array([len(b) for b in bounds], dtype=np.int64)
+    cut_off = np.concatenate([[0], np.cumsum(n_cuts)])
+    first_atom = cut_off[:-1] - np.arange(nc)  # each dim has one cut more than atoms
+    n_atoms = int(cut_off[-1]) - nc
+    cut = np.concatenate(bounds)
+    atom_pos = np.repeat(np.arange(nc), n_cuts - 1)
+    keep_cut = np.ones(len(cut), dtype=bool)
+    keep_cut[cut_off[1:] - 1] = False  # the last cut of a dim starts no atom
+    atom_start = cut[keep_cut]
+    atom_len = cut[1:][keep_cut[:-1]] - atom_start
+    # each translation joins the atoms of a to the atoms of b they land on (cuts match exactly)
+    pos = {i: p for p, i in enumerate(comp)}
+    if edges:
+        ea, eb, eshift = (np.array(col, dtype=np.int64) for col in zip(*edges))
+        ea, eb = np.array([pos[i] for i in ea.tolist()]), np.array([pos[i] for i in eb.tolist()])
+        count = n_cuts[ea] - 1
+        rep = np.repeat(np.arange(len(ea)), count)
+        within = np.arange(int(count.sum()), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
+        u = first_atom[ea][rep] + within
+        span = int(cut.max()) + 1
+        target = eb[rep] * span + atom_start[u] + eshift[rep]
+        v = np.searchsorted(np.repeat(np.arange(nc), n_cuts) * span + cut, target) - eb[rep]
+        label = _union_find(n_atoms, u, v)
+    else:
+        label = np.arange(n_atoms, dtype=np.int64)
+    atom_dim = np.asarray(comp, dtype=np.int64)[atom_pos]  # index in dims
+    # an atom class's signature: its (dim, count) pairs, as each entry class of it has them
+    nd = len(dims)
+    pair, counts = np.unique(label * nd + atom_dim, return_counts=True)
+    pair_label, pair_dim = pair // nd, pair % nd
+    start = np.flatnonzero(np.concatenate([[True], pair_label[1:] != pair_label[:-1]]))
+    roots, length = pair_label[start], np.diff(np.concatenate([start, [len(pair_label)]]))
+    with np.errstate(over="ignore"):
+        sig = np.add.reduceat(salt[pair_dim] * counts.astype(np.uint64), start)
+    signature: dict[int, tuple[bytes, bytes]] = {}
+    group_of_class = np.empty(len(roots), dtype=np.int64)
+    sigs: dict[int, int] = {}  # hash -> group number
+    for k, (s, lo, n) in enumerate(zip(sig.tolist(), start.tolist(), length.tolist())):
+        exact = (pair_dim[lo : lo + n].tobytes(), counts[lo : lo + n].tobytes())
+        if signature.setdefault(s, exact) != exact:
+            return None  # a collision: the entry-level resolution splits it exactly
+        group_of_class[k] = sigs.setdefault(s, len(sigs))
+    class_of_root = np.full(n_atoms, -1, dtype=np.int64)
+    class_of_root[roots] = np.arange(len(roots))
+    cls = class_of_root[label]
+    class_len = atom_len[roots]
+    if not np.array_equal(atom_len, class_len[cls]):  # cannot be, cut points being closed: be safe
+        return None
+    grp = group_of_class[cls]
+    # a class's rank in its group: its first entry on the group's first dim (classes of one
+    # group share their dims, and their atoms on a dim are disjoint)
+    first_start = np.full(len(roots), np.iinfo(np.int64).max, dtype=np.int64)
+    first_dim_of_class = np.full(len(roots), nd, dtype=np.int64)
+    np.minimum.at(first_dim_of_class, cls, atom_dim)
+    on_first = atom_dim == first_dim_of_class[cls]
+    np.minimum.at(first_start, cls[on_first], atom_start[on_first])
+    # atoms as members lay them out, (group, dim, class rank, start); a member's row of class
+    # entry t is its atoms' starts + t
+    order = np.lexsort((atom_start, first_start[cls], atom_dim, grp))
+    g_o, d_o, c_o, s_o = grp[order], atom_dim[order], cls[order], atom_start[order]
+    change = (g_o[1:] != g_o[:-1]) | (d_o[1:] != d_o[:-1])
+    seg_start = np.flatnonzero(np.concatenate([[True], change | (c_o[1:] != c_o[:-1])]))
+    k_seg = np.diff(np.concatenate([seg_start, [n_atoms]]))
+    size_seg = k_seg * class_len[c_o[seg_start]]
+    flat_base = np.concatenate([[0], np.cumsum(size_seg)])
+    seg_of = np.repeat(np.arange(len(seg_start)), size_seg)
+    e = np.arange(int(flat_base[-1]), dtype=np.int64) - flat_base[seg_of]
+    k_of = k_seg[seg_of]
+    values = s_o[seg_start[seg_of] + e % k_of] + e // k_of
+    # members: runs of (group, dim)
+    mem_start = np.flatnonzero(np.concatenate([[True], change]))
+    mem_lo = flat_base[np.searchsorted(seg_start, mem_start)]
+    mem_hi = np.concatenate([mem_lo[1:], flat_base[-1:]])
+    n_groups = len(sigs)
+    size_of_group = np.bincount(group_of_class, weights=class_len, minlength=n_groups).astype(np.int64).tolist()
+    members: list[list[Member]] = [[] for _ in range(n_groups)]
+    reasons: list[list[str]] = [[] for _ in range(n_groups)]
+    first_dim: list[int] = [nd] * n_groups
+    nodes, roles, forbidden = g.nodes, c.roles, c.forbidden
+    for gi, d, lo, hi in zip(g_o[mem_start].tolist(), d_o[mem_start].tolist(), mem_lo.tolist(), mem_hi.tolist()):
+        dim = dims[d]
+        if not members[gi]:
+            first_dim[gi] = d
+        n = size_of_group[gi]
+        members[gi].append(
+            Member(dim[0], dim[1], nodes[dim]["kind"], roles.get(dim), values[lo:hi].reshape(n, (hi - lo) // n))
+        )
+        why = forbidden.get(dim)
+        if why:
+            reasons[gi].extend(why)
+    return [
+        _Part(first_dim=first_dim[gi], sig=s, size=size_of_group[gi], members=members[gi], reasons=reasons[gi])
+        for s, gi in sigs.items()
+    ]
+
+
+def _entry_parts(
+    c: _Collector, dims: list[Dim], sub: list[int], salt: np.ndarray, *, exact: bool = False
+) -> list[_Part] | None:
+    """The groups of the dims ``sub`` (indices into ``dims``, ascending; whole components)
+    resolved entry by entry. None if two classes' signature hashes collide, unless ``exact``:
+    then the groups are split by their exact pairs, and numbered as that split orders them."""
+    g = c.graph
+    sdims = [dims[i] for i in sub]
+    index = {d: i for i, d in enumerate(sdims)}
+    sizes = np.array([g.nodes[d]["size"] for d in sdims], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     n = int(offsets[-1])
     label = _union_find(n, *_entry_pairs(g, index, sizes, offsets))
-    dim_of = np.repeat(np.arange(len(dims)), sizes)
+    dim_of = np.repeat(np.arange(len(sdims)), sizes)
 
     # Classes with the same dims, touched the same number of times, form one group.
-    nd = len(dims)
+    nd = len(sdims)
     pair, counts = np.unique(label * nd + dim_of, return_counts=True)
-    roots, group_of_root = _class_groups(pair // nd, pair % nd, counts, nd)
+    roots, group_of_root, sigs, collided = _class_groups(
+        pair // nd, pair % nd, counts, nd, salt=salt[np.asarray(sub, dtype=np.int64)], with_sigs=True
+    )
+    if collided and not exact:
+        return None
     n_groups = int(group_of_root.max()) + 1
     classes_per_group = np.bincount(group_of_root, minlength=n_groups)
     group_of_label = np.full(n, -1, dtype=np.int64)
@@ -606,7 +966,7 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
     first = order[starts[:-1]]
     run_group, run_dim = entry_group[first], dim_of[first]
     local = order - offsets[dim_of[order]]  # each entry's index on its own dim
-    kinds = [g.nodes[d]["kind"] for d in dims]
+    kinds = [g.nodes[d]["kind"] for d in sdims]
     members: dict[int, list[Member]] = {}
     reasons: dict[int, list[str]] = {}
     for lo, hi, gi, d, n_cls in zip(
@@ -616,7 +976,7 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
         run_dim.tolist(),
         classes_per_group[run_group].tolist(),
     ):
-        dim = dims[d]
+        dim = sdims[d]
         members.setdefault(gi, []).append(
             Member(
                 tensor=dim[0],
@@ -627,17 +987,16 @@ def _entry_groups(c: _Collector, dims: list[Dim]) -> list[Group]:
             )
         )
         reasons.setdefault(gi, []).extend(c.forbidden.get(dim, ()))
-    # A group of one entry can lose nothing (one entry always stays): batch axes met by
-    # broadcasting, one entry of a shape vector that scales a weight. Entries that no weight
-    # touches make no group either: there is nothing to remove them from.
-    trivial = {gi for gi in range(n_groups) if classes_per_group[gi] == 1 or not any(m.role for m in members[gi])}
-    ordered = sorted((gi for gi in range(n_groups) if gi not in trivial), key=lambda gi: int(first_dim[gi]))
+    # with exact splitting the group number, not the hash, orders groups of one first dim
     return [
-        _with_unit(
-            c,
-            Group(id=0, size=int(classes_per_group[gi]), members=members[gi], reasons=list(dict.fromkeys(reasons[gi]))),
+        _Part(
+            first_dim=sub[int(first_dim[gi])],
+            sig=gi if exact else sigs[gi],
+            size=int(classes_per_group[gi]),
+            members=members[gi],
+            reasons=reasons[gi],
         )
-        for gi in ordered
+        for gi in range(n_groups)
     ]
 
 
@@ -655,18 +1014,28 @@ def _signature_salt(nd: int) -> np.ndarray:
 
 
 def _class_groups(
-    pair_label: np.ndarray, pair_dim: np.ndarray, counts: np.ndarray, nd: int
-) -> tuple[np.ndarray, np.ndarray]:
+    pair_label: np.ndarray,
+    pair_dim: np.ndarray,
+    counts: np.ndarray,
+    nd: int,
+    *,
+    salt: np.ndarray | None = None,
+    with_sigs: bool = False,
+):
     """The classes (``roots``, sorted) and the group of each: classes group together exactly
     when their (dim, count) pairs are equal. Pairs come sorted by (label, dim).
 
     A salted sum over a class's pairs buckets the classes; every class is then compared pair
     by pair with the first class of its bucket, and a bucket where one differs (a collision
     of the sums) is split by the exact pairs, so correctness does not rest on the hash.
+    ``salt`` (one weight per dim; default :func:`_signature_salt`) and ``with_sigs``: also
+    return each group's hash (a Python int; group numbers follow them unless split) and
+    whether a bucket was split.
     """
+    salt = _signature_salt(nd) if salt is None else salt
     roots, start, length = np.unique(pair_label, return_index=True, return_counts=True)
     with np.errstate(over="ignore"):
-        sig = np.add.reduceat(_signature_salt(nd)[pair_dim] * counts.astype(np.uint64), start)
+        sig = np.add.reduceat(salt[pair_dim] * counts.astype(np.uint64), start)
     _, first, bucket = np.unique(sig, return_index=True, return_inverse=True)
     bucket = bucket.reshape(-1)
     rep = first[bucket]  # the first class of each class's bucket
@@ -676,7 +1045,8 @@ def _class_groups(
     differs = (pair_dim != pair_dim[rep_pair]) | (counts != counts[rep_pair])
     bad = length != length[rep]
     bad[class_of_pair[differs]] = True
-    if bad.any():
+    collided = bool(bad.any())
+    if collided:
         split = np.flatnonzero(np.isin(bucket, bucket[bad]))
         exact: dict[tuple[bytes, bytes], int] = {}
         bucket = bucket.copy()
@@ -685,7 +1055,9 @@ def _class_groups(
             key = (pair_dim[s:e].tobytes(), counts[s:e].tobytes())
             bucket[ci] = len(first) + exact.setdefault(key, len(exact))
         _, bucket = np.unique(bucket, return_inverse=True)
-    return roots, bucket.reshape(-1)
+    if not with_sigs:
+        return roots, bucket.reshape(-1)
+    return roots, bucket.reshape(-1), sig[first].tolist(), collided
 
 
 # onnxruntime contrib ops that make channels from a weight as MatMul does (rules/contrib.py)
@@ -714,7 +1086,7 @@ def _with_unit(c: _Collector, group: Group) -> Group:
     return group
 
 
-def _entry_pairs(g: nx.MultiGraph, index: dict, sizes: np.ndarray, offsets: np.ndarray):
+def _entry_pairs(g: Couplings, index: dict, sizes: np.ndarray, offsets: np.ndarray):
     """Entry pairs ``(u, v)`` of every coupling, built for all edges at once.
 
     Edge ``e`` pairs ``n_e`` entries, ``t = 0 .. n_e-1``: ``u = a + t // q`` and

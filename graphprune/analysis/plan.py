@@ -185,7 +185,15 @@ def compose(steps: list[dict], deps: DependencyGraph, source: str = "plan") -> d
 
 
 def removed_entries(deps: DependencyGraph, plan: Plan) -> dict[tuple[str, int], np.ndarray]:
-    """Sorted entries removed from each (tensor, axis) by ``plan``."""
+    """Sorted entries removed from each (tensor, axis) by ``plan`` (read-only arrays).
+
+    A prune asks this of the same plan several times (surgery, the pruned shapes, the graph
+    IO it changes; a DenseNet's 5,000 members each time): the last answer is kept on ``deps``,
+    keyed by the plan's contents, and a fresh dict of the same arrays is returned."""
+    key = tuple((gid, np.asarray(idx).dtype.str, np.asarray(idx).tobytes()) for gid, idx in plan.removals.items())
+    cached = deps._removed
+    if cached is not None and cached[0] == key and cached[1] == len(deps.groups):
+        return dict(cached[2])
     parts: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
     for group in deps.groups:
         js = plan.removed(group)
@@ -194,7 +202,11 @@ def removed_entries(deps: DependencyGraph, plan: Plan) -> dict[tuple[str, int], 
         for m in group.members:
             if m.kind != VIRTUAL:
                 parts[(m.tensor, m.axis)].append(m.indices[js].ravel())
-    return {d: _sorted_unique(p) for d, p in parts.items()}
+    removed = {d: _sorted_unique(p) for d, p in parts.items()}
+    for arr in removed.values():
+        arr.flags.writeable = False
+    deps._removed = (key, len(deps.groups), removed)
+    return dict(removed)
 
 
 def _sorted_unique(parts: list[np.ndarray]) -> np.ndarray:

@@ -45,6 +45,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..analysis.dependency import DependencyGraph
+from ..ir.files import cache_dir
 from .cost_model import CostModel
 
 FORMAT = "graphprune-latency-v5"
@@ -61,10 +62,6 @@ def grid(width: int, max_points: int = 12, step: int = 8) -> list[int]:
     else:
         stride = step * math.ceil(width / (step * max_points))
     return [*range(stride, width, stride), width]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GRAPHPRUNE_CACHE_DIR") or Path.home() / ".cache" / "graphprune")
 
 
 def machine() -> dict:
