@@ -86,3 +86,30 @@ def test_random_graph_whose_pruning_cancels_the_output_still_validates():
     # soak seed 50419: pruning leaves an output 250x smaller than the original's
     result = graphprune.prune(random_model(50419), ratio=0.395, criterion="fpgm", round_to=4, latency=False)
     assert result.report.exact.passed
+
+
+def test_a_wrong_layer_that_fades_by_the_output_is_caught_at_the_layer():
+    """In mobilenet_v2's skeleton an input-channel swap in an early pruned Conv moves the
+    model's output by ~3e-7 relative, under the tolerance; the layer's own output, compared at
+    its kept entries, differs by orders of magnitude more."""
+    import onnx
+
+    from graphprune.validation.contract import rel_diff
+    from models import zoo
+
+    model = zoo.load("mobilenet_v2")
+    result = graphprune.prune(model, ratio=0.3, criterion="l2", validate=False)
+    good = check_pruned(model, result.model, result.deps, result.plan)
+    assert good.exact.passed and good.exact.layers_compared >= 20
+    wrong = onnx.ModelProto()
+    wrong.CopyFrom(result.model)
+    t = next(x for x in wrong.graph.initializer if len(x.dims) == 4 and x.dims[1] > 2)  # the first full Conv
+    w = numpy_helper.to_array(t).copy()
+    w[:, [0, 1]] = w[:, [1, 0]]
+    t.CopyFrom(numpy_helper.from_array(w, t.name))
+    feeds = random_feeds(model)
+    at_output = rel_diff(run(wrong, feeds), run(masked_reference(model, result.deps, result.plan), feeds))
+    assert at_output < 1e-4  # what the outputs alone would have passed
+    bad = check_pruned(model, wrong, result.deps, result.plan)
+    assert not bad.exact.passed and bad.exact.max_rel_diff > 1e-2
+    assert "layer output" in bad.exact.note

@@ -477,8 +477,9 @@ def layer_probes(after, base, ref: Reference, taken: list[str]) -> list[str]:
     an input-channel swap moved the output by 3e-7 relative) but not at the layer itself.
 
     Float models in memory only; tensors whose type, rank and sample shape the analysis knows,
-    that both models make and that are not fetched already (``taken``); evenly spread over the
-    graph within :data:`LAYER_PROBE_ELEMENTS` elements."""
+    that both models make and that are not fetched already (``taken``); when they do not all fit
+    in :data:`LAYER_PROBE_ELEMENTS` elements, those no larger than an even share of it, smallest
+    first, in graph order."""
     deps, plan = ref.deps, ref.plan
     if deps is None or plan is None or not isinstance(after, onnx.ModelProto):
         return []
@@ -508,8 +509,8 @@ def layer_probes(after, base, ref: Reference, taken: list[str]) -> list[str]:
     order = sorted(range(len(names)), key=lambda k: sizes[k])
     per = LAYER_PROBE_ELEMENTS / max(len(names), 1)
     chosen, budget = set(), LAYER_PROBE_ELEMENTS
-    for k in order:  # the small ones first, then as many as fit, keeping graph order below
-        if sizes[k] <= max(per, 0) and sizes[k] <= budget:
+    for k in order:
+        if sizes[k] <= per and sizes[k] <= budget:
             chosen.add(k)
             budget -= sizes[k]
     return [names[k] for k in sorted(chosen)]
