@@ -304,15 +304,24 @@ def quantized_exactness(
         rels.append(rel_diff([p], [r], scale_of=[o]))
         scale = max(float(np.max(np.abs(np.asarray(a, np.float64)), initial=0.0)) for a in (r, o))
         bounds.append(tol if step is None else max(tol, QUANT_STEPS * step / max(scale, 1e-12)))
-    float_diff, note = None, ""
+    float_diff, note, layer, layers = None, "", "", []
     try:
-        with fake_quant_bypassed(base) as bypassed:
+        with fake_quant_bypassed(base) as bypassed, fake_quant_bypassed(pruned):
             if bypassed:
-                ref_float = run(reference(), feeds)
+                # the layers that lost input entries too, in float (see layer_probes): a wrong
+                # index map fades by the outputs of mobilenet_v2's quantized skeleton
+                n = len(base.graph.output)
+                if isinstance(reference, Reference):
+                    layers = layer_probes(pruned, base, reference, [o.name for o in base.graph.output])
                 base_float = run(base, feeds)
-        if bypassed:
-            with fake_quant_bypassed(pruned):
-                float_diff = rel_diff(run(pruned, feeds), ref_float, scale_of=base_float)
+                with _fetching([base, pruned], layers, reference.deps if layers else None):
+                    ref_run, pruned_run = run(reference(), feeds), run(pruned, feeds)
+                float_diff = rel_diff(pruned_run[:n], ref_run[:n], scale_of=base_float)
+                if layers:
+                    removed = removed_entries(reference.deps, reference.plan)
+                    layer_diff, layer = _layer_diff(layers, pruned_run[n:], ref_run[n:], removed)
+                    layer = layer if layer_diff > float_diff else ""
+                    float_diff = max(float_diff, layer_diff)
     except Exception as exc:  # a quantizer the bypass cannot read as float (types): say so
         note = f"fake quantization could not be bypassed ({str(exc).strip().splitlines()[0][:200]})"
     held = [k for k in range(len(rels)) if steps[k] is not None or float_diff is None]
@@ -324,8 +333,9 @@ def quantized_exactness(
     passed = all(rels[k] <= bounds[k] for k in held) and (float_diff is None or float_diff <= tol)
     if float_diff is not None and float_diff > tol:
         note = f"with fake quantization bypassed: max rel diff {float_diff:.2e} over {tol:.0e}"
+        note += f" at layer output {layer!r}" if layer else ""
     known = [s for s in in_steps if s is not None]
-    return Exactness(
+    exact = Exactness(
         checked=True,
         passed=passed,
         max_rel_diff=max(rels, default=0.0),
@@ -336,6 +346,8 @@ def quantized_exactness(
         max_step_diff=max(known) if known else None,
         float_max_rel_diff=float_diff,
     )
+    exact.layers_compared = len(layers) if float_diff is not None else None
+    return exact
 
 
 def fidelity_sums(p: np.ndarray, o: np.ndarray) -> tuple[float, float, float, float]:
