@@ -113,3 +113,21 @@ def test_a_wrong_layer_that_fades_by_the_output_is_caught_at_the_layer():
     bad = check_pruned(model, wrong, result.deps, result.plan)
     assert not bad.exact.passed and bad.exact.max_rel_diff > 1e-2
     assert "layer output" in bad.exact.note
+
+
+def test_layer_outputs_compared_stay_within_their_element_budget(monkeypatch):
+    from graphprune.validation import contract
+
+    model = builders.residual_net(seed=1)
+    result = graphprune.prune(model, ratio=0.5, criterion="l2", validate=False)
+    ref = contract.plan_reference(model, result.deps, result.plan)
+    names = contract.layer_probes(result.model, model, ref, [])
+    assert len(names) >= 3
+    assert check_pruned(model, result.model, result.deps, result.plan).exact.layers_compared == len(names)
+    shapes = result.deps.sample_shapes or result.deps.view.shapes
+    sizes = sorted(int(np.prod(shapes[n])) for n in names)
+    monkeypatch.setattr(contract, "LAYER_PROBE_ELEMENTS", sizes[0] + sizes[1])  # the two smallest fit
+    assert len(contract.layer_probes(result.model, model, ref, [])) == 2
+    assert check_pruned(model, result.model, result.deps, result.plan).exact.layers_compared == 2
+    monkeypatch.setattr(contract, "LAYER_PROBE_ELEMENTS", 0)
+    assert check_pruned(model, result.model, result.deps, result.plan).exact.layers_compared == 0

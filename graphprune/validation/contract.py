@@ -490,8 +490,7 @@ def layer_probes(after, base, ref: Reference, taken: list[str]) -> list[str]:
 
     Float models in memory only; tensors whose type, rank and sample shape the analysis knows,
     that both models make and that are not fetched already (``taken``); when they do not all fit
-    in :data:`LAYER_PROBE_ELEMENTS` elements, those no larger than an even share of it, smallest
-    first, in graph order."""
+    in :data:`LAYER_PROBE_ELEMENTS` elements, as many as fit, the smallest first."""
     deps, plan = ref.deps, ref.plan
     if deps is None or plan is None or not isinstance(after, onnx.ModelProto):
         return []
@@ -518,13 +517,12 @@ def layer_probes(after, base, ref: Reference, taken: list[str]) -> list[str]:
         sizes.append(int(np.prod(dims)))
     if sum(sizes) <= LAYER_PROBE_ELEMENTS:
         return names
-    order = sorted(range(len(names)), key=lambda k: sizes[k])
-    per = LAYER_PROBE_ELEMENTS / max(len(names), 1)
     chosen, budget = set(), LAYER_PROBE_ELEMENTS
-    for k in order:
-        if sizes[k] <= per and sizes[k] <= budget:
-            chosen.add(k)
-            budget -= sizes[k]
+    for k in sorted(range(len(names)), key=lambda k: sizes[k]):  # as many as fit
+        if sizes[k] > budget:
+            break
+        chosen.add(k)
+        budget -= sizes[k]
     return [names[k] for k in sorted(chosen)]
 
 
