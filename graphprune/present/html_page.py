@@ -902,12 +902,15 @@ def _owners(deps: DependencyGraph, summary: dict, idx: _Index) -> dict[int, int]
 
 def _table(summary: dict, owners: dict[int, int]) -> str:
     folded = Counter(owners.values())
+    n = len(owners)
+    hidden = "" if n else ' style="display:none"'  # no folded group: nothing to show (the script still binds it)
     head = (
         '<div class="filters"><h2 style="margin:0">Groups</h2>'
         '<input id="q" type="search" placeholder="filter: layer, tensor, reason…">'
         '<select id="st"><option value="all">all</option><option value="ok">prunable</option>'
         '<option value="bad">blocked</option></select>'
-        f'<label class="tiny"><input type="checkbox" id="trivial"> show {len(owners)} folded parameter groups</label>'
+        f'<label class="tiny"{hidden}><input type="checkbox" id="trivial"> show {n} folded parameter'
+        f" group{'s' if n != 1 else ''}</label>"
         '<span style="color:#59636e;font-size:12px">hover a row to light up its group; click to pin;'
         " click a header to sort</span></div>"
         '<table class="groups"><thead><tr><th data-sort="id" data-num="1">group</th>'
