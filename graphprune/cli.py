@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="fractions to remove")
     se.add_argument("--criterion", default="l2", help="which indices each ratio removes (default l2)")
     se.add_argument("--samples", type=int, default=128, help="calibration samples to run (default 128)")
-    se.add_argument("--batch-size", type=int, default=32, help="samples per run (default 32)")
+    se.add_argument("--batch-size", type=int, default=32, metavar="N", help="samples per run (default 32)")
     se.add_argument("--unit", nargs="+", default=[], choices=["heads", "mlp", "channels", "hidden"])
     se.add_argument("--no-blocks", action="store_true", help="skip the residual blocks (layer pass)")
     se.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="also report both models' top-1 accuracy, with the class labels of --data under KEY (default 'labels')",
     )
-    v.add_argument("--batch-size", type=int, default=32, help="samples per run on --data (default 32)")
+    v.add_argument("--batch-size", type=int, default=32, metavar="N", help="samples per run on --data (default 32)")
     v.add_argument(
         "--input-shape",
         action="append",
