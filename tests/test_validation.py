@@ -128,6 +128,10 @@ def test_layer_outputs_compared_stay_within_their_element_budget(monkeypatch):
     sizes = sorted(int(np.prod(shapes[n])) for n in names)
     monkeypatch.setattr(contract, "LAYER_PROBE_ELEMENTS", sizes[0] + sizes[1])  # the two smallest fit
     assert len(contract.layer_probes(result.model, model, ref, [])) == 2
+    inp = model.graph.input[0]
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    batch_of_two = {inp.name: np.zeros([2, *shape[1:]], np.float32)}  # per-sample shapes, twice the elements
+    assert len(contract.layer_probes(result.model, model, ref, [], batch_of_two)) == 1
     assert check_pruned(model, result.model, result.deps, result.plan).exact.layers_compared == 2
     monkeypatch.setattr(contract, "LAYER_PROBE_ELEMENTS", 0)
     assert check_pruned(model, result.model, result.deps, result.plan).exact.layers_compared == 0

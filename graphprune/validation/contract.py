@@ -312,7 +312,7 @@ def quantized_exactness(
                 # index map fades by the outputs of mobilenet_v2's quantized skeleton
                 n = len(base.graph.output)
                 if isinstance(reference, Reference):
-                    layers = layer_probes(pruned, base, reference, [o.name for o in base.graph.output])
+                    layers = layer_probes(pruned, base, reference, [o.name for o in base.graph.output], feeds)
                 base_float = run(base, feeds)
                 with _fetching([base, pruned], layers, reference.deps if layers else None):
                     ref_run, pruned_run = run(reference(), feeds), run(pruned, feeds)
@@ -482,7 +482,7 @@ def _probes(before, after, base, deps) -> tuple[dict[int, str], list[str]]:
 LAYER_PROBE_ELEMENTS = 4_000_000  # elements of layer outputs fetched per model (16 MB of float32)
 
 
-def layer_probes(after, base, ref: Reference, taken: list[str]) -> list[str]:
+def layer_probes(after, base, ref: Reference, taken: list[str], feeds: dict | None = None) -> list[str]:
     """Outputs of the nodes that sum over entries the plan removes (a Conv reading pruned input
     channels, a MatMul over a pruned K), to compare at their kept entries: a wrong index map at
     one layer can fade below the tolerance by the model's outputs (in mobilenet_v2's skeleton
@@ -490,7 +490,8 @@ def layer_probes(after, base, ref: Reference, taken: list[str]) -> list[str]:
 
     Float models in memory only; tensors whose type, rank and sample shape the analysis knows,
     that both models make and that are not fetched already (``taken``); when they do not all fit
-    in :data:`LAYER_PROBE_ELEMENTS` elements, as many as fit, the smallest first."""
+    in :data:`LAYER_PROBE_ELEMENTS` elements (counted at the size of ``feeds``: the analysis'
+    shapes are per sample, validation may run a batch of data), as many as fit, the smallest first."""
     deps, plan = ref.deps, ref.plan
     if deps is None or plan is None or not isinstance(after, onnx.ModelProto):
         return []
@@ -515,6 +516,16 @@ def layer_probes(after, base, ref: Reference, taken: list[str]) -> list[str]:
             continue
         names.append(t)
         sizes.append(int(np.prod(dims)))
+    per_sample = {i: shapes.get(i) for i in deps.view.graph_inputs} if feeds else {}
+    scale = max(
+        [
+            np.size(v) / max(int(np.prod(per_sample[k])), 1)
+            for k, v in (feeds or {}).items()
+            if isinstance(v, np.ndarray) and per_sample.get(k) and all(isinstance(d, int) for d in per_sample[k])
+        ],
+        default=1.0,
+    )
+    sizes = [int(z * max(scale, 1.0)) for z in sizes]
     if sum(sizes) <= LAYER_PROBE_ELEMENTS:
         return names
     chosen, budget = set(), LAYER_PROBE_ELEMENTS
@@ -647,7 +658,7 @@ def step_exactness(
         # layer outputs: fetched from the pruned model and the reference only (the step's input,
         # often the same object as base, has run already)
         quantized = is_quantized(base)
-        layers = layer_probes(after, base, ref, names) if ref is not None and not quantized else []
+        layers = layer_probes(after, base, ref, names, feeds) if ref is not None and not quantized else []
         m = n + len(probes)
         with _fetching([x for x in (after, base) if isinstance(x, onnx.ModelProto)], layers, deps):
             try:
