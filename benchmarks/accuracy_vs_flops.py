@@ -72,7 +72,7 @@ EXTRA_METHODS: dict[str, tuple[str, dict]] = {
     "fluctuation+lstsq": ("fluctuation + lstsq", dict(criterion="fluctuation", compensate="lstsq", calib=True)),
     "lasso": ("channel LASSO + lstsq", dict(pass_="channel", selection="lasso", calib=True)),
     # second order, sequential refits, margin-weighted (issue 15); a sequential row reads the
-    # calibration data once per stage: about 8 minutes per level on the digits CNN (batch 1)
+    # calibration data once per stage: 13-24 s per level on the digits CNN (batch 1)
     "obs": ("obs (structured OBS + OBS update)", dict(criterion="obs", calib=True)),
     "lstsq+seq": (
         "filter l2 + lstsq, sequential",

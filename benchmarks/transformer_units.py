@@ -2,13 +2,19 @@
 with ``--accuracy``, top-1 of the trained digits ViT after pruning heads and MLP width.
 
 python -m benchmarks.transformer_units [--models vit_b_16 swin_t convnext_tiny]
-python -m benchmarks.transformer_units --accuracy [--methods ...] [--calib-samples N] [--json OUT]
+python -m benchmarks.transformer_units --accuracy [--methods ...] [--points ...] [--calib-samples N] [--json OUT]
 
 ``--accuracy`` prunes ``models/examples/digits_vit`` (3 blocks of 4 heads x 16 and an MLP of
 256) at a few points (half the heads and half the MLP; heads only; MLP only at 1/4, 1/2, 3/4
 removed) with each post-training method, no fine-tuning, and measures top-1 on the digits test
 split (497 samples). Calibration data (criteria and compensation) is the first
 ``--calib-samples`` of the train split. Every ratio applies to every group of the point's units.
+``--methods`` also takes the second-order, sequential and margin-weighted methods of issue 15
+(``obs``, ``dcp``, ``...+seq``; not in the default run: a sequential row reads the calibration
+data once per stage, one sample per run at the model's batch of 1) and ``sparsity``, a table of
+its own: the sparsity pass on every MatMul/Gemm/Conv weight (50% and 75% unstructured, 2:4; by
+magnitude, Wanda and OBS), shapes and MACs kept. ``--points`` restricts the columns (labels as
+printed, e.g. ``"heads 1/2 + mlp 1/2"``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 import graphprune
+from benchmarks.accuracy_vs_flops import SparsePoint, sparsity_table
 from graphprune.calibration.datasets import open_dataset
 from graphprune.errors import InputError
 from graphprune.present.report import grid
@@ -54,6 +61,24 @@ METHODS: dict[str, tuple[str, dict]] = {
     "wanda+lstsq": ("wanda + lstsq", dict(criterion="wanda", compensate="lstsq", calib=True)),
     "channel": ("channel ThiNet + lstsq", dict(pass_="channel", calib=True)),
 }
+# Asked for by --methods only: second order, sequential refits, margin-weighted (issue 15).
+EXTRA_METHODS: dict[str, tuple[str, dict]] = {
+    "obs": ("obs (structured OBS + OBS update)", dict(criterion="obs", calib=True)),
+    "dcp": ("dcp (margin-weighted OBS)", dict(criterion="dcp", calib=True, labels="labels")),
+    "wanda+lstsq+seq": (
+        "wanda + lstsq, sequential",
+        dict(criterion="wanda", compensate="lstsq", calib=True, sequential=True),
+    ),
+    "fluctuation+lstsq+seq": (
+        "fluctuation + lstsq, sequential",
+        dict(criterion="fluctuation", compensate="lstsq", calib=True, sequential=True),
+    ),
+    "channel+seq": ("channel ThiNet + lstsq, sequential", dict(pass_="channel", calib=True, sequential=True)),
+    "obs+seq": ("obs, sequential", dict(criterion="obs", calib=True, sequential=True)),
+    "dcp+seq": ("dcp, sequential", dict(criterion="dcp", calib=True, labels="labels", sequential=True)),
+}
+ALL_METHODS = {**METHODS, **EXTRA_METHODS}
+SPARSITY = "sparsity"  # the sparsity pass's own table (benchmarks.accuracy_vs_flops.sparsity_sweep)
 SEEDS = [0, 1, 2]  # random is averaged over these
 
 
@@ -81,12 +106,13 @@ class Row:
 
 @dataclass
 class AccuracyTable:
-    """The digits ViT's unpruned top-1 and one row per method."""
+    """The digits ViT's unpruned top-1, one row per method and the sparsity pass's points."""
 
     accuracy_original: float
     test_samples: int
     calib_samples: int
     rows: list[Row]
+    sparsity: list[SparsePoint] = field(default_factory=list)
 
     def best(self, point: str) -> tuple[str, float]:
         """The method with the highest top-1 at ``point`` (the first row of a tie), and that top-1."""
@@ -100,20 +126,25 @@ def accuracy_table(
     *,
     calib_samples: int = 256,
 ) -> AccuracyTable:
-    """Prune the digits ViT at every point with every method and measure test top-1."""
-    from benchmarks.accuracy_vs_flops import top1
+    """Prune the digits ViT at every point with every method and measure test top-1 (``sparsity``
+    among the methods: the sparsity pass's table instead of a row)."""
+    from benchmarks.accuracy_vs_flops import sparsity_sweep, top1
     from models.examples import digits_vit
 
     methods = list(METHODS) if methods is None else methods
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in ALL_METHODS and m != SPARSITY]
     if unknown:
-        raise InputError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+        choices = ", ".join([*ALL_METHODS, SPARSITY])
+        raise InputError(f"unknown method {unknown[0]!r}; choose from {choices}")
     model = graphprune.load_model(str(digits_vit.MODEL))
     test, calib = open_dataset(digits_vit.TEST), str(digits_vit.TRAIN)
     base = top1(model, test)
-    rows = []
+    rows, sparse = [], []
     for name in methods:
-        label, options = METHODS[name]
+        if name == SPARSITY:
+            sparse = sparsity_sweep(model, calib, calib_samples, test, None)
+            continue
+        label, options = ALL_METHODS[name]
         if options.get("calib"):
             options = {**options, "calib": calib, "calib_samples": calib_samples}
         row, t0 = Row(name, label), time.perf_counter()
@@ -138,7 +169,8 @@ def accuracy_table(
             )
         row.seconds = time.perf_counter() - t0
         rows.append(row)
-    return AccuracyTable(base, test.n_samples, min(calib_samples, open_dataset(calib).n_samples), rows)
+    n_calib = min(calib_samples, open_dataset(calib).n_samples)
+    return AccuracyTable(base, test.n_samples, n_calib, rows, sparse)
 
 
 def accuracy_grid(t: AccuracyTable) -> str:
@@ -154,17 +186,26 @@ def accuracy_grid(t: AccuracyTable) -> str:
 
 
 def accuracy_main(args) -> int:
-    t = accuracy_table(args.methods, calib_samples=args.calib_samples)
+    points = [p for p in POINTS if p[0] in args.points] if args.points else POINTS
+    t = accuracy_table(args.methods, points, calib_samples=args.calib_samples)
     print(
         f"digits ViT, unpruned top-1 {100 * t.accuracy_original:.2f}% on {t.test_samples} test samples; "
         f"{t.calib_samples} calibration samples from the train split; no fine-tuning"
     )
-    print(accuracy_grid(t))
-    for point, _, _ in POINTS:
+    if t.rows:
+        print(accuracy_grid(t))
+    for point, _, _ in points:
         if t.rows:
             method, acc = t.best(point)
             share = acc / t.accuracy_original
-            print(f"best at {point}: {METHODS[method][0]}, {100 * acc:.1f}% = {share:.1%} of the original")
+            print(f"best at {point}: {ALL_METHODS[method][0]}, {100 * acc:.1f}% = {share:.1%} of the original")
+    if t.sparsity:
+        print("\nsparsity pass (zeros written into MatMul/Gemm/Conv weights, shapes kept; MACs unchanged):")
+        print(sparsity_table(t.sparsity))
+        print(
+            "cells: top-1 %; '!' = exactness failed; non-zero weights = fraction of all float weights left"
+            " non-zero; zip size = zipped model after / before (deflate)"
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(asdict(t), fh, indent=1)
@@ -176,7 +217,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="*", default=["vit_b_16", "swin_t", "convnext_tiny"])
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--accuracy", action="store_true", help="top-1 of the digits ViT per method and point instead")
-    ap.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD", help="with --accuracy")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        choices=[*ALL_METHODS, SPARSITY],
+        metavar="METHOD",
+        help=f"with --accuracy; default: {' '.join(METHODS)}; also: {' '.join(EXTRA_METHODS)} {SPARSITY}",
+    )
+    ap.add_argument(
+        "--points",
+        nargs="+",
+        choices=[p[0] for p in POINTS],
+        metavar="POINT",
+        help=f"with --accuracy: only these columns; of {', '.join(repr(p[0]) for p in POINTS)}",
+    )
     ap.add_argument("--calib-samples", type=int, default=256, help="with --accuracy: train-split samples")
     ap.add_argument("--json", help="with --accuracy: also write the numbers as JSON")
     args = ap.parse_args(argv)

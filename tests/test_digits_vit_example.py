@@ -10,6 +10,8 @@ and half the MLP, the best post-training method keeps at least 95% of the origin
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -17,7 +19,9 @@ import pytest
 from onnx import numpy_helper
 
 import graphprune
+from benchmarks import accuracy_vs_flops
 from benchmarks import transformer_units as bench
+from graphprune.passes.sparsity import check_pattern
 from models.examples import digits_vit
 
 DEPTH, HEADS, HEAD_DIM, MLP = 3, 4, 16, 256
@@ -118,3 +122,30 @@ def test_best_method_at_half_the_heads_and_half_the_mlp_keeps_95_percent():
     lines = bench.accuracy_grid(table).splitlines()
     assert "heads 1/2 + mlp 1/2" in lines[0] and len(lines) == 2 + 1 + 2  # header, rule, kept, 2 methods
     assert f"{100 * best.accuracy:.1f}" in next(line for line in lines if line.startswith("fluctuation + lstsq"))
+
+
+def test_second_order_and_sequential_rows_are_exact_at_half_the_heads_and_half_the_mlp():
+    point = [p for p in bench.POINTS if p[0] == "heads 1/2 + mlp 1/2"]
+    table = bench.accuracy_table(["obs", "obs+seq"], point, calib_samples=32)
+    (obs,), (seq,) = (r.cells for r in table.rows)
+    assert obs.exact and seq.exact
+    assert obs.flops_kept == seq.flops_kept and 0.45 < obs.flops_kept < 0.55
+    assert min(obs.accuracy, seq.accuracy) > 0.8  # far above l2's 63% without a refit
+    text = bench.accuracy_grid(table)
+    assert "obs, sequential" in text and "obs (structured OBS + OBS update)" in text
+
+
+def test_sparsity_method_gives_the_vit_a_table_over_its_matmul_weights(monkeypatch):
+    quick = functools.partial(accuracy_vs_flops.sparsity_sweep, configs=[("2:4", 0.5)], criteria=["magnitude"])
+    monkeypatch.setattr(accuracy_vs_flops, "sparsity_sweep", quick)
+    table = bench.accuracy_table(["sparsity"], bench.POINTS[:1], calib_samples=32)
+    assert table.rows == [] and len(table.sparsity) == 1
+    (p,) = table.sparsity
+    assert p.exact and 0.5 <= p.nonzero < 0.55  # every MatMul/Gemm weight half zero; LayerNorms and biases stay
+    assert "2:4 50%" in bench.sparsity_table(table.sparsity)
+    result = graphprune.prune(onnx.load(str(digits_vit.MODEL)), pass_="sparsity", pattern="2:4", latency=False)
+    layers = result.report.prune["sparsity"]["layers"]
+    assert sum(layer["op"] == "MatMul" for layer in layers) == 6 * DEPTH  # q, k, v, proj, fc1, fc2
+    weights = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    for layer in layers:
+        assert check_pattern(weights[layer["weight"]], layer["in_axis"], 2, 4) == 0

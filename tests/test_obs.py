@@ -143,6 +143,30 @@ def test_sequential_refits_lower_the_final_output_error_of_a_three_layer_model(t
         assert e_seq < (0.985 if data == calib else 1.0) * e_one, (data, e_seq, e_one)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sequential_sums_gathered_in_blocks_equal_the_sums_of_every_batch(weighted, monkeypatch):
+    from graphprune.edit import sequential
+
+    monkeypatch.setattr(sequential, "PENDING_BYTES", 1 << 20)  # batches of 300 KB: a block every 4, 2 left over
+    rng = np.random.default_rng(0)
+    f, pair = 300, sequential._Pair(300)
+    a, b, mu, mu_p, n = np.zeros((f, f)), np.zeros((f, f)), np.zeros(f), np.zeros(f), 0.0
+    for _ in range(42):
+        x, xp = rng.normal(size=(64, f)), rng.normal(size=(64, f))
+        w = rng.uniform(0.1, 2.0, size=64) if weighted else None
+        pair.add(x, xp, w)
+        w = np.ones(64) if w is None else w
+        a, b = a + (xp * w[:, None]).T @ xp, b + (xp * w[:, None]).T @ x
+        mu, mu_p, n = mu + w @ x, mu_p + w @ xp, n + w.sum()
+    assert len(pair.pending) == 2
+    pair.flush()
+    assert not pair.pending and pair.n == pytest.approx(n)
+    np.testing.assert_allclose(pair.a, a, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(pair.b, b, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(pair.mu, mu, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(pair.mu_p, mu_p, rtol=1e-12, atol=1e-9)
+
+
 def test_sequential_bias_compensation_passes_exactness(tmp_path):
     model = chain()
     calib = save(tmp_path, "c.npz", 32, (3, 8, 8))

@@ -13,8 +13,9 @@ Rules:
    consumers: what the pruned model computes, :func:`graphprune.validation.contract.masked_reference`)
    on the same batches, and collects for each consumer of the stage, from the same rows of
    both: ``Σ x̃ x̃ᵀ``, ``Σ x̃ xᵀ``, ``Σ x`` and ``Σ x̃`` (``x`` the original's input row,
-   ``x̃`` the pruned model's, float64). Only one stage's statistics are held at a time, so
-   memory is bounded by the widest stage (not by the model); the data is read once per stage.
+   ``x̃`` the pruned model's, float64). Only one stage's statistics are held at a time (with
+   at most 16 MB of rows per consumer waiting to enter them as one product), so memory is
+   bounded by the widest stage (not by the model); the data is read once per stage.
 4. The refit makes the consumer's output on the pruned model's input match the original's on
    its own: ``lstsq`` ``M'_K = M C_{x x̃_K} (Σ̃_KK + λI)⁻¹``, ``obs`` the same with the ridge
    pulling toward ``M_K`` (``(M C + λ M_K)(Σ̃_KK + λI)⁻¹``), ``bias`` keeps ``M`` and moves the
@@ -85,8 +86,14 @@ def stages(deps: DependencyGraph, plan: Plan, consumers: dict[int, Consumer]) ->
     return [sorted(s) for s in out if s]
 
 
+PENDING_BYTES = 16 << 20  # rows of one consumer waiting to enter its sums (rule 3)
+
+
 class _Pair:
-    """Rule 3's sums for one consumer."""
+    """Rule 3's sums for one consumer. Rows wait until they fill :data:`PENDING_BYTES` and
+    enter the sums in one large product: with one sample per batch (a model fixed to batch 1)
+    the small products of a few dozen rows each were most of a stage's time, and BLAS only
+    reaches its speed from several hundred rows on."""
 
     def __init__(self, f: int):
         self.a = np.zeros((f, f))  # Σ x̃ x̃ᵀ
@@ -94,16 +101,34 @@ class _Pair:
         self.mu = np.zeros(f)
         self.mu_p = np.zeros(f)
         self.n = 0.0
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # (√w x̃, √w x)
+        self.pending_bytes = 0
 
     def add(self, x: np.ndarray, xp: np.ndarray, w: np.ndarray | None) -> None:
         if w is None:
-            w = np.ones(len(x))
-        self.mu += w @ x
-        self.mu_p += w @ xp
-        self.n += float(w.sum())
-        xs = xp * w[:, None]
-        self.a += xs.T @ xp
-        self.b += xs.T @ x
+            self.mu += x.sum(axis=0)
+            self.mu_p += xp.sum(axis=0)
+            self.n += len(x)
+        else:
+            self.mu += w @ x
+            self.mu_p += w @ xp
+            self.n += float(w.sum())
+            root = np.sqrt(w)[:, None]
+            x, xp = x * root, xp * root  # Σ w x̃ xᵀ = (√w x̃)ᵀ (√w x)
+        self.pending.append((xp, x))
+        self.pending_bytes += xp.nbytes + x.nbytes
+        if self.pending_bytes >= PENDING_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        xp = np.concatenate([p for p, _ in self.pending])
+        x = np.concatenate([o for _, o in self.pending])
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.a += xp.T @ xp
+        self.b += xp.T @ x
 
 
 def _refit(c: Consumer, m: np.ndarray, b: np.ndarray, s: _Pair, keep: np.ndarray, method: str, ridge: float):
@@ -196,6 +221,7 @@ def sequential_compensate(
                 sums[i].add(x, xp, None if weight is None else weight[owner])
         del sess_o, sess_p
         for i in stage:
+            sums[i].flush()
             c = consumers[i]
             keep_mask = np.ones(c.features, dtype=bool)
             keep_mask[features_of(c, removed.get((c.data, c.axis), np.zeros(0, dtype=np.int64)))] = False
