@@ -16,6 +16,8 @@ Accuracy is measured on ``digits_test.npz`` against the unpruned model's, in thi
 kept) at 50% and 75% unstructured and 2:4, by magnitude, Wanda and OBS (SparseGPT-like update);
 its MACs are the dense model's (dense kernels do not skip zeros), so the table gives the
 fraction of weights left non-zero and the zipped size instead of FLOPs kept.
+The transformer example (the digits ViT) has the same methods by unit (heads, MLP) in
+``python -m benchmarks.transformer_units --accuracy``.
 """
 
 from __future__ import annotations
