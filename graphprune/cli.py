@@ -16,7 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .cli_shared import check_latency_runs, failure, input_shapes, quiet_progress, say
+from .cli_shared import check_latency_runs, input_shapes, quiet_progress, say
 from .errors import GraphpruneError, InputError, ValidationFailed
 
 # The rest of graphprune (numpy, onnx, networkx) is imported inside main(), so that an
@@ -485,7 +485,7 @@ def _write_outputs(args, src: Path, out: Path, model, report, t0: float, save_pl
             f" in {time.perf_counter() - t0:.1f}s"
         )
     if failed:
-        raise ValidationFailed(failure(report) + ("" if args.keep_failed else "; output not written"))
+        raise ValidationFailed(report.why_failed() + ("" if args.keep_failed else "; output not written"))
     return EXIT_OK
 
 
@@ -622,7 +622,7 @@ def _validate(args) -> int:
     elif not args.quiet:
         print(report.table())
     if not report.passed:
-        raise ValidationFailed(failure(report))
+        raise ValidationFailed(report.why_failed())
     return EXIT_OK
 
 

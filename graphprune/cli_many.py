@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli_shared import check_latency_runs, failure, input_shapes, quiet_progress, say
+from .cli_shared import check_latency_runs, input_shapes, quiet_progress, say
 from .errors import InputError, ValidationFailed
 
 REFUSED = (
@@ -155,7 +155,7 @@ def prune_files(args) -> None:
         print(f"{state} in {time.perf_counter() - t0:.1f}s")
     if failed:
         name, report = failed[0]
-        raise ValidationFailed(f"{name}: {failure(report)}" + ("" if args.keep_failed else "; nothing written"))
+        raise ValidationFailed(f"{name}: {report.why_failed()}" + ("" if args.keep_failed else "; nothing written"))
 
 
 def tied_lines(result) -> list[str]:

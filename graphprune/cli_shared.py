@@ -1,5 +1,5 @@
 """What the commands share (``cli`` and ``cli_many``): reading the flags several take and
-speaking to the terminal (``-q``, progress, the one line of a failed validation)."""
+speaking to the terminal (``-q``, progress)."""
 
 from __future__ import annotations
 
@@ -36,15 +36,3 @@ def input_shapes(args) -> dict:
             raise InputError(f"--input-shape {name}: given twice")
         shapes[name] = dims
     return shapes
-
-
-def failure(report) -> str:
-    """Why a report's validation failed, in one line: the first check that did not pass."""
-    if not report.checker["passed"]:
-        return f"checker: {report.checker['error']}"
-    if not report.runtime["passed"]:
-        return f"onnxruntime: {report.runtime['error']}"
-    e = report.exact
-    if e.float_max_rel_diff is not None and e.note.startswith("with fake quantization bypassed"):
-        return f"exactness: {e.note}"  # a quantized graph whose outputs stayed within their steps
-    return f"exactness: max relative difference {e.max_rel_diff:.2e} over {e.tolerance:.0e}"

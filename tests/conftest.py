@@ -1,4 +1,5 @@
-"""Shared fixtures: a small model on disk and two ways of running the command line."""
+"""Shared fixtures: a small model on disk, two ways of running the command line, and a wrong
+surgery to catch."""
 
 from __future__ import annotations
 
@@ -73,3 +74,22 @@ def run_cli_subprocess():
         return proc.returncode, proc.stdout, proc.stderr
 
     return run
+
+
+@pytest.fixture
+def swap_first_conv_inputs():
+    """``swap(model)``: a copy of ``model`` with input channels 0 and 1 of its first Conv weight
+    reading more than two channels swapped, a wrong surgery exactness must catch."""
+    import onnx
+    from onnx import numpy_helper
+
+    def swap(model):
+        wrong = onnx.ModelProto()
+        wrong.CopyFrom(model)
+        t = next(x for x in wrong.graph.initializer if len(x.dims) == 4 and x.dims[1] > 2)
+        w = numpy_helper.to_array(t).copy()
+        w[:, [0, 1]] = w[:, [1, 0]]
+        t.CopyFrom(numpy_helper.from_array(w, t.name))
+        return wrong
+
+    return swap

@@ -189,7 +189,7 @@ def test_an_output_without_a_step_is_held_by_the_bypassed_comparison():
     assert v.exact.checked and not v.exact.passed and v.exact.float_max_rel_diff > 100 * EXACT_RTOL
 
 
-def test_a_wrong_layer_that_fades_by_the_output_is_caught_with_fake_quantization_bypassed(tmp_path):
+def test_a_wrong_layer_that_fades_by_the_output_is_caught_bypassed(tmp_path, swap_first_conv_inputs):
     """MobileNetV2's quantized skeleton: an input-channel swap in an early pruned Conv stays
     within the output's steps and, bypassed, under the float tolerance at the outputs (3e-7);
     the layer's own output, compared bypassed at its kept entries, is far off."""
@@ -199,12 +199,7 @@ def test_a_wrong_layer_that_fades_by_the_output_is_caught_with_fake_quantization
     result = graphprune.prune(q, ratio=0.3, criterion="l2", validate=False)
     good = check_pruned(q, result.model, result.deps, result.plan)
     assert good.exact.passed and good.exact.layers_compared >= 20
-    wrong = onnx.ModelProto()
-    wrong.CopyFrom(result.model)
-    t = next(x for x in wrong.graph.initializer if len(x.dims) == 4 and x.dims[1] > 2)  # the first full Conv
-    w = numpy_helper.to_array(t).copy()
-    w[:, [0, 1]] = w[:, [1, 0]]
-    t.CopyFrom(numpy_helper.from_array(w, t.name))
+    wrong = swap_first_conv_inputs(result.model)
     bad = check_pruned(q, wrong, result.deps, result.plan)
     assert not bad.exact.passed and bad.exact.float_max_rel_diff > 1e-2
     assert "at layer output" in bad.exact.note

@@ -45,6 +45,20 @@ class Report:
             and (not self.exact.checked or self.exact.passed)
         )
 
+    def why_failed(self) -> str:
+        """Why validation failed, in one line: the first check that did not hold (a quantized
+        graph's bypassed comparison, or a layer output, named by the exactness note)."""
+        if not self.checker["passed"]:
+            return f"checker: {self.checker['error']}"
+        if not self.runtime["passed"]:
+            return f"onnxruntime: {self.runtime['error']}"
+        e = self.exact
+        if e.note.startswith("with fake quantization bypassed") or "layer output" in e.note:
+            return f"exactness: {e.note}"
+        if e.max_rel_diff is not None:
+            return f"exactness: max relative difference {e.max_rel_diff:.2e} over {e.tolerance:.0e}"
+        return f"exactness: {e.note or 'failed'}"
+
     @property
     def groups_pruned(self) -> int:
         return int(self.prune.get("groups_pruned", 0))

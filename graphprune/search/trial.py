@@ -67,7 +67,7 @@ class Worker:
                 f"internal error ({type(exc).__name__}: {exc}); this is a bug, please report it", t0, timings
             )
         if not report.passed:
-            return _failed(_why_failed(report), t0, timings)
+            return _failed(report.why_failed(), t0, timings)
         if not (report.prune.get("channels_removed") or report.prune.get("blocks_removed") or plan):
             return _failed(report.prune.get("nothing_pruned") or "nothing pruned", t0, timings)
         t = time.perf_counter()
@@ -173,14 +173,3 @@ class Worker:
 
 def _failed(error: str, t0: float, timings: dict) -> dict:
     return {"status": "failed", "error": error, "seconds": time.perf_counter() - t0, "timings": timings}
-
-
-def _why_failed(report) -> str:
-    if not report.checker["passed"]:
-        return f"checker: {report.checker['error']}"
-    if not report.runtime["passed"]:
-        return f"onnxruntime: {report.runtime['error']}"
-    e = report.exact
-    if e.max_rel_diff is not None:
-        return f"exactness: max relative difference {e.max_rel_diff:.2e} over {e.tolerance:.0e}"
-    return f"exactness: {e.note or 'failed'}"
