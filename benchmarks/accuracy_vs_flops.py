@@ -323,6 +323,12 @@ def sparsity_sweep(
     return out
 
 
+SPARSITY_CELLS = (
+    "cells: top-1 %; '!' = exactness failed; non-zero weights = fraction of all float weights left"
+    " non-zero; zip size = zipped model after / before (deflate)"
+)
+
+
 def sparsity_table(points: list[SparsePoint]) -> str:
     """Rows = (pattern, fraction zeroed), columns = criteria, cells = top-1 %; then what every
     criterion shares at that row: non-zero weights, zipped size, MACs (dense: unchanged)."""
@@ -496,10 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     if s.sparsity:
         print("\nsparsity pass (zeros written into Conv/Gemm weights, shapes kept; MACs unchanged in dense kernels):")
         print(sparsity_table(s.sparsity))
-        print(
-            "cells: top-1 %; '!' = exactness failed; non-zero weights = fraction of all float weights left"
-            " non-zero; zip size = zipped model after / before (deflate)"
-        )
+        print(SPARSITY_CELLS)
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.out:
         try:

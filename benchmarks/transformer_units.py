@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 import graphprune
-from benchmarks.accuracy_vs_flops import SparsePoint, sparsity_table
+from benchmarks.accuracy_vs_flops import SPARSITY_CELLS, SparsePoint, sparsity_table
 from graphprune.calibration.datasets import open_dataset
 from graphprune.errors import InputError
 from graphprune.present.report import grid
@@ -202,10 +202,7 @@ def accuracy_main(args) -> int:
     if t.sparsity:
         print("\nsparsity pass (zeros written into MatMul/Gemm/Conv weights, shapes kept; MACs unchanged):")
         print(sparsity_table(t.sparsity))
-        print(
-            "cells: top-1 %; '!' = exactness failed; non-zero weights = fraction of all float weights left"
-            " non-zero; zip size = zipped model after / before (deflate)"
-        )
+        print(SPARSITY_CELLS)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(asdict(t), fh, indent=1)

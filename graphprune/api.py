@@ -698,9 +698,8 @@ def _replayed_step(orig: onnx.ModelProto, new: onnx.ModelProto, pruned: ModelLik
     compensated = get_metadata(new, COMPENSATE_METADATA_KEY)
     # a plan that changed graph inputs/outputs still says how to feed the pruned model (iochange)
     io_plan = plan if isinstance(plan, dict) and plan.get(IO_CHANGES_KEY) else None
-    if io_plan is not None and deps is None:
-        deps = _analyze(orig, inexact=True)
     if io_plan is not None:
+        deps = deps if deps is not None else _analyze(orig, inexact=True)
         release_for(io_plan, deps)
     io_chosen = plan_from_json(io_plan, deps, source=source) if io_plan is not None else None
     cut = io_map(deps, io_chosen) if io_chosen is not None else None

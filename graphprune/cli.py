@@ -30,12 +30,17 @@ class _Parser(argparse.ArgumentParser):
         command = self.prog.removeprefix("graphprune").strip()  # "graphprune: error:" is said once, by main
         if not command and message.endswith("required: command") and self._subparsers is not None:
             # bare `graphprune`: argparse names only the missing "command"; say which there are
-            names = sorted(self._subparsers._group_actions[0].choices)  # noqa: SLF001 (argparse has no public walk)
+            names = sorted(_subcommands(self))
             message = (
                 f"no command given: one of {', '.join(names)}"
                 " (graphprune --help says what each does; graphprune COMMAND --help lists its flags)"
             )
         raise InputError(f"{command}: {message}" if command else message)
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommands' parsers by name (argparse has no public walk)."""
+    return parser._subparsers._group_actions[0].choices  # noqa: SLF001
 
 
 def _input_map_flag(parser: argparse.ArgumentParser) -> None:
@@ -249,8 +254,8 @@ def _models_first(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]
     keys stay where they are."""
     greedy = {
         option
-        for sub in parser._subparsers._group_actions[0].choices.values()  # noqa: SLF001 (argparse has no public walk)
-        for action in sub._actions  # noqa: SLF001
+        for sub in _subcommands(parser).values()
+        for action in sub._actions  # noqa: SLF001 (argparse has no public walk)
         if action.nargs in ("+", "*", "?") and action.option_strings
         for option in action.option_strings
     }

@@ -65,7 +65,8 @@ class Exactness:
     quant_step: float | None = None
     max_step_diff: float | None = None
     float_max_rel_diff: float | None = None
-    # float graphs: outputs of layers that lost input entries, compared too (layer_probes)
+    # outputs of layers that lost input entries, compared too (layer_probes; a quantized graph's
+    # in its bypassed comparison); None where no comparison was made
     layers_compared: int | None = None
 
 
@@ -335,7 +336,7 @@ def quantized_exactness(
         note = f"with fake quantization bypassed: max rel diff {float_diff:.2e} over {tol:.0e}"
         note += f" at layer output {layer!r}" if layer else ""
     known = [s for s in in_steps if s is not None]
-    exact = Exactness(
+    return Exactness(
         checked=True,
         passed=passed,
         max_rel_diff=max(rels, default=0.0),
@@ -345,9 +346,8 @@ def quantized_exactness(
         quant_step=steps[worst] if worst is not None else None,
         max_step_diff=max(known) if known else None,
         float_max_rel_diff=float_diff,
+        layers_compared=len(layers) if float_diff is not None else None,
     )
-    exact.layers_compared = len(layers) if float_diff is not None else None
-    return exact
 
 
 def fidelity_sums(p: np.ndarray, o: np.ndarray) -> tuple[float, float, float, float]:
@@ -701,8 +701,8 @@ def step_exactness(
         max_rel_diff=max(diff, layer_diff),
         tolerance=tol,
         note=ref.note,
+        layers_compared=len(layers),
     )
-    exact.layers_compared = len(layers)
     if layer_diff > tol:
         said = f"layer output {layer!r} differs from the reference's at its kept entries by {layer_diff:.2e}"
         exact.note = f"{exact.note}; {said}" if exact.note else said
